@@ -1,0 +1,119 @@
+// Package api is the management and agent API under /v1: agent registration, claim, revocation
+// and key rotation, users and API tokens, signing keys, the revocation feed, and the agent
+// "whoami" resource protected by the verify SDK.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/principal"
+	"github.com/mandate-dev/mandate/internal/registry"
+	"github.com/mandate-dev/mandate/internal/token"
+)
+
+// Config wires the API.
+type Config struct {
+	Issuer     string
+	Registry   *registry.Service
+	Agents     registry.Store
+	Principals *principal.Service
+	Keys       *token.Keys
+	Tokens     token.Store
+	Audit      audit.Store
+	AgentAuth  func(http.Handler) http.Handler // verify middleware for agent-authenticated routes
+	Log        *slog.Logger
+	Now        func() time.Time
+}
+
+// API serves /v1.
+type API struct{ cfg Config }
+
+// New returns the API.
+func New(cfg Config) *API {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &API{cfg: cfg}
+}
+
+// Register adds the /v1 routes to mux.
+func (a *API) Register(mux *http.ServeMux) {
+	h := func(f httpapi.HandlerFunc) http.Handler { return httpapi.Handle(a.cfg.Log, f) }
+	u := func(f userHandler) http.Handler { return h(a.withUser(f)) }
+	mux.Handle("GET /v1/openapi.json", h(a.openAPI))
+	mux.Handle("POST /v1/agents", h(a.registerAgent))
+	mux.Handle("GET /v1/agents", u(a.listAgents))
+	mux.Handle("POST /v1/agents/claim", u(a.claimAgent))
+	mux.Handle("GET /v1/agents/{ref}", u(a.getAgent))
+	mux.Handle("POST /v1/agents/{ref}/revoke", u(a.revokeAgent))
+	mux.Handle("POST /v1/agents/{id}/keys", h(a.rotateAgentKey))
+	mux.Handle("GET /v1/agent/whoami", a.cfg.AgentAuth(h(a.agentWhoami)))
+	mux.Handle("GET /v1/revocations", h(a.revocations))
+	mux.Handle("GET /v1/whoami", u(a.whoami))
+	mux.Handle("GET /v1/users", u(a.listUsers))
+	mux.Handle("POST /v1/users", u(a.createUser))
+	mux.Handle("GET /v1/tokens", u(a.listTokens))
+	mux.Handle("POST /v1/tokens", u(a.createToken))
+	mux.Handle("DELETE /v1/tokens/{id}", u(a.revokeToken))
+	mux.Handle("GET /v1/keys", u(a.listKeys))
+	mux.Handle("POST /v1/keys/rotate", u(a.rotateKeys))
+}
+
+type userHandler func(w http.ResponseWriter, r *http.Request, u principal.User) error
+
+// withUser authenticates the management API token (Authorization: Bearer).
+func (a *API) withUser(f userHandler) httpapi.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			return &httpapi.Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Reason: "missing",
+				Description: "send an API token as Authorization: Bearer <token>; get one with mandate login",
+				Header:      http.Header{"WWW-Authenticate": {`Bearer realm="mandate"`}}}
+		}
+		u, err := a.cfg.Principals.Authenticate(r.Context(), secret)
+		if err != nil {
+			return err
+		}
+		return f(w, r, u)
+	}
+}
+
+// decodeJSON reads a small JSON body, refusing unknown fields so typos are not ignored.
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a JSON object of the documented fields (at most 64 KiB): %v", err)
+	}
+	return nil
+}
+
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) (string, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, limit)
+	b, err := io.ReadAll(r.Body)
+	if err != nil {
+		return "", apperr.Wrap(err, apperr.Invalid, "too_large", "the body is larger than %d bytes", limit)
+	}
+	return string(b), nil
+}
+
+func requestID(ctx context.Context) string { return httpapi.RequestID(ctx) }
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}

@@ -1,0 +1,161 @@
+package api
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/principal"
+)
+
+// UserJSON is a user as the API shows it.
+type UserJSON struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	Admin     bool      `json:"admin"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func userJSON(u principal.User) UserJSON {
+	return UserJSON{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt.UTC()}
+}
+
+// TokenJSON is an API token's metadata; Token (the secret) is set only in the create response.
+type TokenJSON struct {
+	ID        string     `json:"id"`
+	UserID    string     `json:"user_id"`
+	Name      string     `json:"name"`
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Token     string     `json:"token,omitempty"`
+}
+
+func tokenJSON(t principal.APIToken) TokenJSON {
+	return TokenJSON{ID: t.ID, UserID: t.UserID, Name: t.Name, CreatedAt: t.CreatedAt.UTC(),
+		ExpiresAt: timePtr(t.ExpiresAt), RevokedAt: timePtr(t.RevokedAt)}
+}
+
+func (a *API) whoami(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	httpapi.WriteJSON(w, http.StatusOK, userJSON(u))
+	return nil
+}
+
+func (a *API) listUsers(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	list, err := a.cfg.Principals.ListUsers(r.Context(), u)
+	if err != nil {
+		return err
+	}
+	out := make([]UserJSON, 0, len(list))
+	for _, x := range list {
+		out = append(out, userJSON(x))
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"users": out})
+	return nil
+}
+
+func (a *API) createUser(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	var req struct {
+		Name  string `json:"name"`
+		Admin bool   `json:"admin"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	nu, err := a.cfg.Principals.CreateUser(r.Context(), requestID(r.Context()), u, req.Name, req.Admin)
+	if err != nil {
+		return err
+	}
+	httpapi.WriteJSON(w, http.StatusCreated, userJSON(nu))
+	return nil
+}
+
+func (a *API) createToken(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	var req struct {
+		User string `json:"user"`
+		Name string `json:"name"`
+		TTL  string `json:"ttl"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	var ttl time.Duration
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil {
+			return apperr.New(apperr.Invalid, "ttl", "ttl %q: want a duration such as 720h", req.TTL)
+		}
+		ttl = d
+	}
+	t, secret, err := a.cfg.Principals.CreateToken(r.Context(), requestID(r.Context()), u, req.User, req.Name, ttl)
+	if err != nil {
+		return err
+	}
+	out := tokenJSON(t)
+	out.Token = secret
+	w.Header().Set("Cache-Control", "no-store")
+	httpapi.WriteJSON(w, http.StatusCreated, out)
+	return nil
+}
+
+func (a *API) listTokens(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	list, err := a.cfg.Principals.ListTokens(r.Context(), u, r.URL.Query().Get("user"))
+	if err != nil {
+		return err
+	}
+	out := make([]TokenJSON, 0, len(list))
+	for _, t := range list {
+		out = append(out, tokenJSON(t))
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"tokens": out})
+	return nil
+}
+
+func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	if err := a.cfg.Principals.RevokeToken(r.Context(), requestID(r.Context()), u, r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// KeyJSONOut is a server signing key's public metadata.
+type SigningKeyJSON struct {
+	KID          string     `json:"kid"`
+	Alg          string     `json:"alg"`
+	CreatedAt    time.Time  `json:"created_at"`
+	ActiveAt     time.Time  `json:"active_at"`
+	PublishUntil *time.Time `json:"publish_until,omitempty"`
+}
+
+func (a *API) listKeys(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	if !u.Admin {
+		return apperr.New(apperr.Forbidden, "forbidden", "only an admin can list signing keys")
+	}
+	keys, err := a.cfg.Keys.List(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]SigningKeyJSON, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, SigningKeyJSON{KID: k.KID, Alg: k.Alg, CreatedAt: k.CreatedAt.UTC(), ActiveAt: k.ActiveAt.UTC(), PublishUntil: timePtr(k.PublishUntil)})
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"keys": out})
+	return nil
+}
+
+func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	if !u.Admin {
+		return apperr.New(apperr.Forbidden, "forbidden", "only an admin can rotate signing keys")
+	}
+	ev := audit.New(a.cfg.Now(), requestID(r.Context()), audit.ActionKeyRotate)
+	ev.ActorType, ev.ActorID, ev.PrincipalID = audit.ActorUser, u.ID, u.ID
+	k, err := a.cfg.Keys.Rotate(r.Context(), ev)
+	if err != nil {
+		return err
+	}
+	httpapi.WriteJSON(w, http.StatusCreated, SigningKeyJSON{KID: k.KID, Alg: k.Alg, CreatedAt: k.CreatedAt.UTC(), ActiveAt: k.ActiveAt.UTC()})
+	return nil
+}

@@ -1,0 +1,71 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/server"
+)
+
+func newServeCmd() *cobra.Command {
+	cfg := config.Default()
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the mandate server (SQLite in ./mandate-data unless told otherwise)",
+		Long: `Run the mandate server.
+
+With no flags it keeps everything in ./mandate-data (SQLite, the master key that wraps the
+signing keys, and on first start a one-time admin bootstrap token) and listens on 127.0.0.1:8420.
+
+Every flag can also be set with its MANDATE_* environment variable or in a YAML file given with
+--config whose keys are the flag names. Flags beat the environment, which beats the file.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := config.Resolve(cmd.Flags(), os.Getenv); err != nil {
+				return err
+			}
+			if err := cfg.Validate(); err != nil {
+				return fmt.Errorf("invalid settings:\n%w", err)
+			}
+			log := newLogger(cmd, cfg)
+			ctx := cmd.Context()
+			ln, err := net.Listen("tcp", cfg.Listen)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w (is another mandate running? choose another --listen)", cfg.Listen, err)
+			}
+			srv, err := server.New(ctx, cfg, log, nil)
+			if err != nil {
+				ln.Close()
+				return err
+			}
+			defer srv.Close()
+			if srv.BootstrapPath != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "\nFirst start: the admin bootstrap token is in %s (mode 0600).\nLog in with:  mandate login --server %s --token-file %s\n\n", srv.BootstrapPath, cfg.Issuer, srv.BootstrapPath)
+			}
+			log.Info("mandate listening", slog.String("addr", ln.Addr().String()), slog.String("issuer", cfg.Issuer),
+				slog.String("data_dir", cfg.DataDir), slog.String("database", srv.Store().Dialect()))
+			return srv.Serve(ctx, ln)
+		},
+	}
+	cfg.Bind(cmd.Flags())
+	return cmd
+}
+
+func newLogger(cmd *cobra.Command, cfg config.Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(cmd.ErrOrStderr(), opts)
+	} else {
+		h = slog.NewTextHandler(cmd.ErrOrStderr(), opts)
+	}
+	return slog.New(httpapi.LogHandler{Handler: h})
+}

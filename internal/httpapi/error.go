@@ -1,0 +1,124 @@
+// Package httpapi holds what every HTTP handler shares: the error type and the one place it is
+// written, the error-returning handler adapter, and the middleware (request id, recovery,
+// structured logs, metrics).
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+
+	"github.com/mandate-dev/mandate/internal/apperr"
+)
+
+// Error is an OAuth-style error response: RFC 6749 §5.2 for the token endpoint, the same shape
+// for the management API. Description is for the client; Cause is for the log only.
+type Error struct {
+	Status      int
+	Code        string
+	Description string
+	Reason      string      // machine word for metrics and audit; defaults to Code
+	Header      http.Header // extra response headers (WWW-Authenticate, DPoP-Nonce)
+	Cause       error
+}
+
+func (e *Error) Error() string {
+	if e.Cause != nil {
+		return e.Code + ": " + e.Description + ": " + e.Cause.Error()
+	}
+	return e.Code + ": " + e.Description
+}
+
+func (e *Error) Unwrap() error { return e.Cause }
+
+// Errorf is a shorthand for an Error without a cause.
+func Errorf(status int, code, description string) *Error {
+	return &Error{Status: status, Code: code, Description: description}
+}
+
+// kindStatus maps each domain refusal to one status and code; this is the only such table.
+var kindStatus = map[apperr.Kind]struct {
+	status int
+	code   string
+}{
+	apperr.Invalid:         {http.StatusBadRequest, "invalid_request"},
+	apperr.Unauthenticated: {http.StatusUnauthorized, "unauthenticated"},
+	apperr.Forbidden:       {http.StatusForbidden, "forbidden"},
+	apperr.NotFound:        {http.StatusNotFound, "not_found"},
+	apperr.Conflict:        {http.StatusConflict, "conflict"},
+}
+
+// AsError turns any error into the response to send: an *Error as is, a domain refusal through
+// the kind table, anything else as a 500 whose description reveals nothing.
+func AsError(err error) *Error {
+	var he *Error
+	if errors.As(err, &he) {
+		return he
+	}
+	if de, ok := apperr.As(err); ok {
+		if m, ok := kindStatus[de.Kind]; ok {
+			return &Error{Status: m.status, Code: m.code, Description: de.Msg, Reason: de.Reason, Cause: err}
+		}
+	}
+	return &Error{Status: http.StatusInternalServerError, Code: "server_error",
+		Description: "the server failed to handle the request; quote the request id when reporting it", Reason: "internal", Cause: err}
+}
+
+// ReasonOf is the reason word recorded for err in metrics and audit events.
+func ReasonOf(err error) string {
+	e := AsError(err)
+	if e.Reason != "" {
+		return e.Reason
+	}
+	return e.Code
+}
+
+type errorBody struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description,omitempty"`
+	RequestID   string `json:"request_id,omitempty"`
+}
+
+// WriteError writes err as JSON with Cache-Control: no-store. It is the one place errors are
+// written; the cause goes to the log, never to the client.
+func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
+	e := AsError(err)
+	level := slog.LevelInfo
+	if e.Status >= 500 {
+		level = slog.LevelError
+	}
+	attrs := []any{slog.String("code", e.Code), slog.Int("status", e.Status)}
+	if e.Cause != nil {
+		attrs = append(attrs, slog.String("cause", e.Cause.Error()))
+	}
+	log.Log(r.Context(), level, "request refused", attrs...)
+	for k, vs := range e.Header {
+		for _, v := range vs {
+			w.Header().Add(k, v)
+		}
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	WriteJSON(w, e.Status, errorBody{Error: e.Code, Description: e.Description, RequestID: RequestID(r.Context())})
+}
+
+// WriteJSON writes v as the JSON response body with status.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away; nothing useful to do
+}
+
+// HandlerFunc is an http handler that returns its error instead of writing it.
+type HandlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// Handle adapts h: a returned error is written by WriteError.
+func Handle(log *slog.Logger, h HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			WriteError(w, r, log, err)
+		}
+	})
+}

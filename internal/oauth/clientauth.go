@@ -1,0 +1,124 @@
+package oauth
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/registry"
+)
+
+// AssertionType is the client_assertion_type of private_key_jwt (RFC 7523 §2.2).
+const AssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+// maxAssertionLifetime bounds exp - now, so a captured assertion is short-lived even before its
+// jti is remembered.
+const maxAssertionLifetime = 5 * time.Minute
+
+type assertionClaims struct {
+	Issuer    string          `json:"iss"`
+	Subject   string          `json:"sub"`
+	Audience  json.RawMessage `json:"aud"`
+	Expiry    *int64          `json:"exp"`
+	NotBefore *int64          `json:"nbf"`
+	IssuedAt  *int64          `json:"iat"`
+	JTI       string          `json:"jti"`
+}
+
+// authenticateClient checks private_key_jwt: an assertion signed by one of the agent's current
+// keys, for this server, unexpired, with a jti never used before. It returns the agent.
+func (s *Server) authenticateClient(ctx context.Context, form url.Values) (registry.Agent, error) {
+	if form.Get("client_assertion_type") != AssertionType || form.Get("client_assertion") == "" {
+		return registry.Agent{}, invalidClient("no_client_auth", "authenticate with private_key_jwt: client_assertion_type="+AssertionType+" and a client_assertion signed by the agent's key", nil)
+	}
+	jws, err := jose.ParseSigned(form.Get("client_assertion"), registry.SignatureAlgs)
+	if err != nil || len(jws.Signatures) != 1 {
+		return registry.Agent{}, invalidClient("assertion_malformed", "client_assertion must be a compact JWS signed with EdDSA or ES256", err)
+	}
+	// The agent id is read unverified only to find the keys to verify with.
+	var c assertionClaims
+	if err := json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &c); err != nil {
+		return registry.Agent{}, invalidClient("assertion_malformed", "client_assertion claims are not a JSON object", err)
+	}
+	if c.Issuer == "" || c.Issuer != c.Subject {
+		return registry.Agent{}, invalidClient("assertion_iss", "client_assertion iss and sub must both be the agent id", nil)
+	}
+	if id := form.Get("client_id"); id != "" && id != c.Issuer {
+		return registry.Agent{}, invalidClient("client_id", "client_id does not match the client_assertion's iss", nil)
+	}
+	agent, keys, err := s.cfg.Registry.ActiveKeys(ctx, c.Issuer)
+	if err != nil {
+		return registry.Agent{}, invalidClient("unknown_agent", "no such agent: register it with mandate agent register", err)
+	}
+	if err := verifyWithAny(jws, jws.Signatures[0].Protected.KeyID, keys); err != nil {
+		return agent, invalidClient("assertion_signature", "client_assertion is not signed by a current key of the agent (rotated keys stop working after their grace period)", err)
+	}
+	now := s.cfg.Now()
+	if !audienceIncludes(c.Audience, s.cfg.Issuer, s.tokenEndpoint()) {
+		return agent, invalidClient("assertion_aud", "client_assertion aud must be the issuer "+s.cfg.Issuer+" or the token endpoint", nil)
+	}
+	if c.Expiry == nil || !time.Unix(*c.Expiry, 0).After(now) {
+		return agent, invalidClient("assertion_expired", "client_assertion has no exp or has expired: sign a new one for each request", nil)
+	}
+	exp := time.Unix(*c.Expiry, 0)
+	if exp.Sub(now) > maxAssertionLifetime {
+		return agent, invalidClient("assertion_lifetime", fmt.Sprintf("client_assertion exp may be at most %v ahead", maxAssertionLifetime), nil)
+	}
+	if c.NotBefore != nil && time.Unix(*c.NotBefore, 0).After(now.Add(s.cfg.ClockSkew)) {
+		return agent, invalidClient("assertion_nbf", "client_assertion is not valid yet: check the agent's clock", nil)
+	}
+	if c.JTI == "" || len(c.JTI) > 256 {
+		return agent, invalidClient("assertion_jti", "client_assertion needs a unique jti (at most 256 characters)", nil)
+	}
+	if err := s.cfg.JTIs.Use(ctx, "cca:"+agent.ID+":"+c.JTI, exp); err != nil {
+		if errors.Is(err, dpop.ErrReplay) {
+			return agent, invalidClient("assertion_replay", "client_assertion was already used: sign a new one with a fresh jti for every request", err)
+		}
+		return agent, fmt.Errorf("record assertion jti: %w", err)
+	}
+	return agent, nil
+}
+
+// verifyWithAny verifies with the key named by kid, or with each current key when there is no kid.
+func verifyWithAny(jws *jose.JSONWebSignature, kid string, keys map[string]crypto.PublicKey) error {
+	if kid != "" {
+		pub, ok := keys[kid]
+		if !ok {
+			return fmt.Errorf("kid %q is not a current key of the agent", kid)
+		}
+		_, err := jws.Verify(pub)
+		return err
+	}
+	for _, pub := range keys {
+		if _, err := jws.Verify(pub); err == nil {
+			return nil
+		}
+	}
+	return errors.New("no current key verifies the signature")
+}
+
+// audienceIncludes accepts aud as a string or an array, matching any of want.
+func audienceIncludes(raw json.RawMessage, want ...string) bool {
+	var list []string
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		list = []string{one}
+	} else if json.Unmarshal(raw, &list) != nil {
+		return false
+	}
+	for _, a := range list {
+		for _, w := range want {
+			if a == w {
+				return true
+			}
+		}
+	}
+	return false
+}

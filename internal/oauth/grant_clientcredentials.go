@@ -1,0 +1,84 @@
+package oauth
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/mandate-dev/mandate/internal/ids"
+	"github.com/mandate-dev/mandate/internal/registry"
+	"github.com/mandate-dev/mandate/internal/token"
+)
+
+// ScopeAgent is the one scope of an agent acting as itself: it proves who the agent is and
+// carries no delegated authority. Authority on a person's behalf comes from a grant.
+const ScopeAgent = "agent"
+
+// clientCredentials lets a claimed agent obtain a token for itself (RFC 6749 §4.4), authenticated
+// with private_key_jwt and bound to its DPoP key.
+type clientCredentials struct{ s *Server }
+
+func (g *clientCredentials) Type() string     { return "client_credentials" }
+func (g *clientCredentials) ClientAuth() bool { return true }
+
+func (g *clientCredentials) Issue(ctx context.Context, req *tokenRequest) (*tokenResponse, error) {
+	a := req.Client
+	switch a.Status {
+	case registry.StatusClaimed:
+	case registry.StatusUnclaimed:
+		return nil, badRequest(CodeUnauthorizedClient, "agent_unclaimed", "the agent is UNCLAIMED: its owner must first run mandate agents claim <code>")
+	default:
+		return nil, invalidClient("agent_revoked", "the agent is revoked and can get no tokens", nil)
+	}
+	scope := req.Form.Get("scope")
+	if scope == "" {
+		scope = ScopeAgent
+	}
+	for _, sc := range strings.Fields(scope) {
+		if sc != ScopeAgent {
+			return nil, badRequest(CodeInvalidScope, "scope", fmt.Sprintf("an agent acting as itself can request only the scope %q; authority on someone's behalf needs a grant", ScopeAgent))
+		}
+	}
+	aud, err := g.s.audiences(req.Form["resource"])
+	if err != nil {
+		return nil, err
+	}
+	return g.s.mint(ctx, req, token.AccessClaims{
+		Subject: a.ID, Audience: aud, Scope: ScopeAgent, ClientID: a.ID,
+		Handle: a.Handle, DID: a.Keys[0].DID,
+	})
+}
+
+// audiences validates RFC 8707 resource indicators; without one the token is for this server.
+func (s *Server) audiences(resources []string) (jwt.Audience, error) {
+	if len(resources) == 0 {
+		return jwt.Audience{s.cfg.Issuer}, nil
+	}
+	for _, r := range resources {
+		u, err := url.Parse(r)
+		if err != nil || !u.IsAbs() || u.Fragment != "" || u.Host == "" {
+			return nil, badRequest(CodeInvalidTarget, "resource", "resource must be an absolute URI without a fragment (RFC 8707 §2)")
+		}
+	}
+	return jwt.Audience(resources), nil
+}
+
+// mint fills in the claims every access token has (issuer, times, id, key binding) and signs.
+func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClaims) (*tokenResponse, error) {
+	now := s.cfg.Now()
+	c.Issuer = s.cfg.Issuer
+	c.IssuedAt, c.NotBefore = now.Unix(), now.Unix()
+	c.Expiry = now.Add(s.cfg.TokenTTL).Unix()
+	c.JTI = ids.New("at")
+	c.Cnf = token.Confirmation{JKT: req.Proof.JKT}
+	raw, err := s.cfg.Keys.Sign(ctx, token.TypeAccessToken, c)
+	if err != nil {
+		return nil, fmt.Errorf("sign access token: %w", err)
+	}
+	req.Event.TokenID = c.JTI
+	req.Event.Detail = "scope=" + c.Scope + " aud=" + strings.Join(c.Audience, ",") + " jkt=" + c.Cnf.JKT
+	return &tokenResponse{AccessToken: raw, TokenType: "DPoP", ExpiresIn: int64(s.cfg.TokenTTL.Seconds()), Scope: c.Scope}, nil
+}

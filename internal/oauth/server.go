@@ -1,0 +1,257 @@
+package oauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/principal"
+	"github.com/mandate-dev/mandate/internal/registry"
+	"github.com/mandate-dev/mandate/internal/token"
+)
+
+// Endpoint paths, relative to the issuer.
+const (
+	PathToken      = "/oauth/token"
+	PathJWKS       = "/oauth/jwks"
+	PathIntrospect = "/oauth/introspect"
+	PathRevoke     = "/oauth/revoke"
+	PathMetadata   = "/.well-known/oauth-authorization-server"
+)
+
+// Config wires the OAuth endpoints.
+type Config struct {
+	Issuer     string
+	Keys       *token.Keys
+	Tokens     token.Store // revoked tokens
+	Registry   *registry.Service
+	Agents     registry.Store // agent status for introspection
+	Principals *principal.Service
+	Audit      audit.Store
+	JTIs       dpop.ReplayStore // single-use client assertion ids, shared by replicas
+	DPoP       *dpop.Checker    // proofs at the token endpoint (nonces required when configured)
+	Nonces     *dpop.Nonces     // nil when nonces are off
+	TokenTTL   time.Duration
+	ClockSkew  time.Duration
+	Metrics    *Metrics
+	Log        *slog.Logger
+	Now        func() time.Time
+}
+
+// Metrics count token decisions.
+type Metrics struct {
+	issued *prometheus.CounterVec
+	denied *prometheus.CounterVec
+}
+
+// NewMetrics registers the token counters on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mandate_tokens_issued_total", Help: "Access tokens issued, by grant type.",
+		}, []string{"grant_type"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mandate_tokens_denied_total", Help: "Token requests refused, by grant type and reason.",
+		}, []string{"grant_type", "reason"}),
+	}
+	reg.MustRegister(m.issued, m.denied)
+	return m
+}
+
+// Server serves the OAuth endpoints.
+type Server struct {
+	cfg    Config
+	grants map[string]grant
+}
+
+// New returns the OAuth server with every grant it supports.
+func New(cfg Config) *Server {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ClockSkew == 0 {
+		cfg.ClockSkew = 30 * time.Second
+	}
+	s := &Server{cfg: cfg, grants: map[string]grant{}}
+	for _, g := range []grant{&clientCredentials{s: s}} {
+		s.grants[g.Type()] = g
+	}
+	return s
+}
+
+func (s *Server) tokenEndpoint() string { return s.cfg.Issuer + PathToken }
+
+// grant is one grant type. The endpoint runs the shared steps (form parsing, DPoP, client
+// authentication when ClientAuth is true, audit, metrics) before Issue, so no grant can skip them.
+type grant interface {
+	Type() string
+	ClientAuth() bool
+	Issue(ctx context.Context, req *tokenRequest) (*tokenResponse, error)
+}
+
+// tokenRequest is what the shared steps established.
+type tokenRequest struct {
+	Form   url.Values
+	Proof  *dpop.Proof    // the verified DPoP proof; the new token is bound to its key
+	Client registry.Agent // the authenticated agent, for grants with ClientAuth
+	Event  *audit.Event   // the grant fills in who and what; the endpoint writes it
+}
+
+type tokenResponse struct {
+	AccessToken     string `json:"access_token"`
+	TokenType       string `json:"token_type"`
+	ExpiresIn       int64  `json:"expires_in"`
+	Scope           string `json:"scope,omitempty"`
+	IssuedTokenType string `json:"issued_token_type,omitempty"`
+}
+
+const maxFormBytes = 64 << 10
+
+// Token is the token endpoint (RFC 6749 §3.2).
+func (s *Server) Token(w http.ResponseWriter, r *http.Request) error {
+	ctx := r.Context()
+	ev := audit.New(s.cfg.Now(), httpapi.RequestID(ctx), audit.ActionTokenDeny)
+	ev.ActorType = audit.ActorAnonymous
+	grantType := "unknown"
+	resp, err := s.token(w, r, &ev, &grantType)
+	if s.cfg.Nonces != nil {
+		w.Header().Set(dpop.NonceHeaderName, s.cfg.Nonces.Current())
+	}
+	if err != nil {
+		reason := httpapi.ReasonOf(err)
+		s.cfg.Metrics.denied.WithLabelValues(grantType, reason).Inc()
+		ev.Reason = reason
+		ev.Detail = httpapi.AsError(err).Description
+		if aerr := s.cfg.Audit.AppendEvent(context.WithoutCancel(ctx), ev); aerr != nil {
+			return errors.Join(err, fmt.Errorf("record denial: %w", aerr))
+		}
+		return err
+	}
+	s.cfg.Metrics.issued.WithLabelValues(grantType).Inc()
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Pragma", "no-cache")
+	httpapi.WriteJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, grantType *string) (*tokenResponse, error) {
+	ctx := r.Context()
+	form, err := parseForm(w, r)
+	if err != nil {
+		return nil, err
+	}
+	g, ok := s.grants[form.Get("grant_type")]
+	if !ok {
+		return nil, badRequest(CodeUnsupportedGrantType, "grant_type", "grant_type must be one of: "+strings.Join(s.grantTypes(), ", "))
+	}
+	*grantType = g.Type()
+	proof, err := s.checkProof(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	req := &tokenRequest{Form: form, Proof: proof, Event: ev}
+	if g.ClientAuth() {
+		agent, err := s.authenticateClient(ctx, form)
+		if agent.ID != "" {
+			ev.AgentID, ev.ActorType, ev.ActorID, ev.PrincipalID = agent.ID, audit.ActorAgent, agent.ID, agent.OwnerID
+		}
+		if err != nil {
+			return nil, err
+		}
+		req.Client = agent
+	}
+	resp, err := g.Issue(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	// The token is returned only once its record is stored (invariant: nothing lost).
+	ev.Action, ev.Outcome = audit.ActionTokenIssue, audit.OutcomeSuccess
+	if err := s.cfg.Audit.AppendEvent(ctx, *ev); err != nil {
+		ev.Action, ev.Outcome = audit.ActionTokenDeny, audit.OutcomeFailure
+		return nil, fmt.Errorf("record token issue: %w", err)
+	}
+	return resp, nil
+}
+
+func parseForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
+	if r.Method != http.MethodPost {
+		return nil, badRequest(CodeInvalidRequest, "method", "use POST")
+	}
+	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+		return nil, badRequest(CodeInvalidRequest, "content_type", "the body must be application/x-www-form-urlencoded (RFC 6749 §3.2)")
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		return nil, badRequest(CodeInvalidRequest, "form", "the form body is malformed or larger than 64 KiB")
+	}
+	for k, v := range r.PostForm {
+		if len(v) > 1 && k != "resource" && k != "audience" {
+			return nil, badRequest(CodeInvalidRequest, "duplicate_param", "parameter "+k+" is repeated (RFC 6749 §3.2)")
+		}
+	}
+	return r.PostForm, nil
+}
+
+// checkProof verifies the DPoP proof of a token request: required, for POST at the token
+// endpoint's configured URL (not the Host header, which the client controls).
+func (s *Server) checkProof(ctx context.Context, r *http.Request) (*dpop.Proof, error) {
+	hdrs := r.Header.Values(dpop.HeaderName)
+	if len(hdrs) != 1 {
+		return nil, badRequest(CodeInvalidDPoPProof, "missing", "send exactly one DPoP header: every token is bound to a key (RFC 9449)")
+	}
+	proof, err := s.cfg.DPoP.Check(ctx, hdrs[0], dpop.Request{Method: r.Method, URL: s.tokenEndpoint()})
+	if err != nil {
+		return nil, dpopError(err, s.cfg.Nonces)
+	}
+	return proof, nil
+}
+
+// dpopError turns a proof refusal into the token endpoint's 400 response (RFC 9449 §5, §8).
+func dpopError(err error, nonces *dpop.Nonces) error {
+	var de *dpop.Error
+	if !errors.As(err, &de) {
+		return fmt.Errorf("check DPoP proof: %w", err)
+	}
+	e := badRequest(de.Code, "dpop_"+de.Reason, de.Description)
+	if de.Code == CodeUseDPoPNonce && nonces != nil {
+		e.Header = http.Header{dpop.NonceHeaderName: {nonces.Current()}}
+	}
+	return e
+}
+
+func (s *Server) grantTypes() []string {
+	out := make([]string, 0, len(s.grants))
+	for t := range s.grants {
+		out = append(out, t)
+	}
+	return out
+}
+
+// principalFromBearer authenticates a management API token, for introspection and revocation
+// by people.
+func (s *Server) principalFromBearer(ctx context.Context, r *http.Request) (principal.User, bool, error) {
+	auth := r.Header.Get("Authorization")
+	secret, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		return principal.User{}, false, nil
+	}
+	u, err := s.cfg.Principals.Authenticate(ctx, secret)
+	if err != nil {
+		if _, ok := apperr.As(err); ok {
+			return principal.User{}, true, invalidClient("bad_api_token", "the API token is unknown, revoked or expired", err)
+		}
+		return principal.User{}, true, err
+	}
+	return u, true, nil
+}

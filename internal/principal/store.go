@@ -1,0 +1,47 @@
+package principal
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/audit"
+)
+
+// User is a person who owns agents and grants them authority.
+type User struct {
+	ID        string // usr_…
+	Name      string // unique, e.g. "alice"
+	Admin     bool
+	CreatedAt time.Time
+}
+
+// APIToken is a user's credential for the management API and CLI. Only its hash is stored.
+type APIToken struct {
+	ID        string // tok_…
+	UserID    string
+	Name      string
+	Hash      string // ids.Hash of the secret
+	CreatedAt time.Time
+	ExpiresAt time.Time // zero = no expiry
+	RevokedAt time.Time // zero unless revoked
+}
+
+// Store errors.
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrNameTaken = errors.New("user name already taken")
+)
+
+// Store is what principals need from storage.
+type Store interface {
+	CreateUser(ctx context.Context, u User, ev audit.Event) error
+	GetUser(ctx context.Context, ref string) (User, error) // by id, or by name
+	ListUsers(ctx context.Context) ([]User, error)
+	CountUsers(ctx context.Context) (int, error)
+	CreateAPIToken(ctx context.Context, t APIToken, ev audit.Event) error
+	// LookupAPIToken finds an unrevoked token by hash and its user. Expiry is the caller's check.
+	LookupAPIToken(ctx context.Context, hash string) (APIToken, User, error)
+	ListAPITokens(ctx context.Context, userID string) ([]APIToken, error)
+	RevokeAPIToken(ctx context.Context, id string, at time.Time, ev audit.Event) error
+}

@@ -1,0 +1,86 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/audit"
+)
+
+// Status is an agent's place in its life cycle. REVOKED is final.
+type Status string
+
+// Agent statuses.
+const (
+	StatusUnclaimed Status = "UNCLAIMED"
+	StatusClaimed   Status = "CLAIMED"
+	StatusRevoked   Status = "REVOKED"
+)
+
+// Agent is a registered non-human actor. Its identity is its keys; its handle stays across
+// key rotation.
+type Agent struct {
+	ID          string // agt_…
+	Handle      string
+	Name        string
+	Description string
+	Status      Status
+	OwnerID     string // usr_… once claimed
+	CreatedAt   time.Time
+	ClaimedAt   time.Time // zero until claimed
+	RevokedAt   time.Time // zero unless revoked
+	Keys        []Key     // newest first
+}
+
+// Key is one did:key of an agent. A rotated-out key keeps working until ExpiresAt.
+type Key struct {
+	DID       string
+	JKT       string // RFC 7638 thumbprint of the key
+	CreatedAt time.Time
+	ExpiresAt time.Time // zero = no expiry (the current key)
+}
+
+// ClaimCode is the hashed one-time code that lets a principal take ownership of an agent.
+type ClaimCode struct {
+	Hash      string // ids.Hash of the code
+	ExpiresAt time.Time
+}
+
+// Filter selects agents for ListAgents. Empty fields match everything.
+type Filter struct {
+	OwnerID string
+	Status  Status
+}
+
+// Store errors. Stores return these (possibly wrapped) so the edge can map them.
+var (
+	ErrNotFound       = errors.New("agent not found")
+	ErrDIDTaken       = errors.New("did already registered")
+	ErrHandleTaken    = errors.New("handle already taken")
+	ErrClaimCode      = errors.New("claim code is invalid, expired or already used")
+	ErrConflict       = errors.New("agent changed concurrently")
+)
+
+// Store is what the registry needs from storage.
+type Store interface {
+	// CreateAgent stores a new UNCLAIMED agent with its first key and claim code, and ev.
+	// A DID registered to any agent (current or rotated-out key) gives ErrDIDTaken; a used
+	// handle gives ErrHandleTaken.
+	CreateAgent(ctx context.Context, a Agent, code ClaimCode, ev audit.Event) error
+	// GetAgent finds an agent by id, or by handle when ref starts with "@".
+	GetAgent(ctx context.Context, ref string) (Agent, error)
+	// GetAgentByDID finds the agent that has (or had) the key.
+	GetAgentByDID(ctx context.Context, did string) (Agent, error)
+	ListAgents(ctx context.Context, f Filter) ([]Agent, error)
+	// ClaimAgent consumes an unexpired claim code (it can never be used again, success or not
+	// is decided atomically), sets the owner and status CLAIMED, and appends ev.
+	ClaimAgent(ctx context.Context, codeHash, ownerID string, now time.Time, ev audit.Event) (Agent, error)
+	// UpdateAgent reads the agent, applies fn and writes the result with ev in one
+	// transaction. Only Status, OwnerID, ClaimedAt, RevokedAt, Name and Description are
+	// written; keys change through RotateKey.
+	UpdateAgent(ctx context.Context, id string, fn func(*Agent) error, ev audit.Event) (Agent, error)
+	// RotateKey adds newKey as the agent's current key and sets ExpiresAt on every other key
+	// that has none (or a later one) to oldExpires, with ev, in one transaction.
+	RotateKey(ctx context.Context, agentID string, newKey Key, oldExpires time.Time, ev audit.Event) (Agent, error)
+}

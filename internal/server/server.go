@@ -1,0 +1,266 @@
+// Package server is the composition root: it opens the store, loads keys, builds every service
+// and the router, and runs the HTTP server until its context ends. Only this package knows which
+// store backend runs.
+package server
+
+import (
+	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/api"
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/oauth"
+	"github.com/mandate-dev/mandate/internal/principal"
+	"github.com/mandate-dev/mandate/internal/registry"
+	"github.com/mandate-dev/mandate/internal/sqlstore"
+	"github.com/mandate-dev/mandate/internal/token"
+	"github.com/mandate-dev/mandate/verify"
+)
+
+// File names inside the data directory.
+const (
+	DatabaseFile  = "mandate.db"
+	MasterKeyFile = "master.key"
+	BootstrapFile = "bootstrap-token"
+)
+
+// Server is a running mandate.
+type Server struct {
+	cfg     config.Config
+	log     *slog.Logger
+	store   *sqlstore.Store
+	keys    *token.Keys
+	handler http.Handler
+
+	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
+	BootstrapPath string
+}
+
+// New builds the server from validated settings. now may be nil (time.Now).
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (*Server, error) {
+	if now == nil {
+		now = time.Now
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
+	}
+	dsn := cfg.Database
+	if dsn == "" {
+		dsn = filepath.Join(cfg.DataDir, DatabaseFile)
+		// SQLite creates the file (and its -wal and -shm siblings) with the mode of the
+		// existing file: create it 0600 first, it holds every hash and key of the server.
+		f, err := os.OpenFile(dsn, os.O_RDONLY|os.O_CREATE, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create database file: %w", err)
+		}
+		f.Close()
+	}
+	store, err := sqlstore.Open(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open database: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, store: store}
+	if err := s.build(ctx, now); err != nil {
+		store.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) build(ctx context.Context, now func() time.Time) error {
+	cfg := s.cfg
+	master, created, err := token.LoadOrCreateMasterKey(filepath.Join(cfg.DataDir, MasterKeyFile))
+	if err != nil {
+		return err
+	}
+	if created {
+		s.log.Info("created master key; back it up: it decrypts every signing key", slog.String("path", filepath.Join(cfg.DataDir, MasterKeyFile)))
+	}
+	s.keys, err = token.NewKeys(token.KeysConfig{Store: s.store, MasterKey: master, Alg: cfg.SigningAlg,
+		PublishDelay: cfg.KeyPublishDelay, MaxTokenTTL: cfg.TokenTTL, Now: now})
+	if err != nil {
+		return err
+	}
+	if err := s.keys.Ensure(ctx); err != nil {
+		return fmt.Errorf("signing keys: %w", err)
+	}
+	principals := principal.New(s.store, now)
+	if err := s.bootstrap(ctx, principals); err != nil {
+		return err
+	}
+
+	// DPoP nonces are stateless HMACs; deriving their secret from the master key lets every
+	// replica that shares the key accept every other replica's nonces.
+	nonceSecret, err := hkdf.Key(sha256.New, master, nil, "mandate dpop nonce v1", 32)
+	if err != nil {
+		return fmt.Errorf("derive nonce secret: %w", err)
+	}
+	var nonces *dpop.Nonces
+	if cfg.DPoPNonce {
+		nonces = dpop.NewNonces(nonceSecret, cfg.NonceRotation, now)
+	}
+	replay := dpop.NewMemoryReplayStore()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.store, JTIs: s.store, Issuer: cfg.Issuer,
+		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, Now: now})
+	oauthSrv := oauth.New(oauth.Config{
+		Issuer: cfg.Issuer, Keys: s.keys, Tokens: s.store, Registry: registrySvc, Agents: s.store,
+		Principals: principals, Audit: s.store, JTIs: s.store,
+		DPoP:     dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now}),
+		Nonces:   nonces,
+		TokenTTL: cfg.TokenTTL, Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
+	})
+	verifier, err := verify.New(verify.Config{
+		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,
+		Keys:   s.keys, Status: localStatus{agents: s.store, tokens: s.store},
+		DPoP:   dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
+		Now:    now, OnDeny: s.auditResourceDenial(now),
+	})
+	if err != nil {
+		return fmt.Errorf("verifier: %w", err)
+	}
+	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
+		Keys: s.keys, Tokens: s.store, Audit: s.store, AgentAuth: verifier.Middleware, Log: s.log, Now: now})
+
+	mux := http.NewServeMux()
+	h := func(f httpapi.HandlerFunc) http.Handler { return httpapi.Handle(s.log, f) }
+	mux.Handle("GET "+oauth.PathMetadata, h(oauthSrv.Metadata))
+	mux.Handle("GET "+oauth.PathJWKS, h(oauthSrv.JWKS))
+	mux.Handle("POST "+oauth.PathToken, h(oauthSrv.Token))
+	mux.Handle("POST "+oauth.PathIntrospect, h(oauthSrv.Introspect))
+	mux.Handle("POST "+oauth.PathRevoke, h(oauthSrv.Revoke))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"}) })
+	mux.Handle("GET /readyz", h(func(w http.ResponseWriter, r *http.Request) error {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.store.Ping(ctx); err != nil {
+			return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Description: "the database is unreachable", Cause: err}
+		}
+		httpapi.WriteJSON(w, 200, map[string]string{"status": "ready"})
+		return nil
+	}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	apiSrv.Register(mux)
+	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
+		return httpapi.Errorf(http.StatusNotFound, "not_found", "no such endpoint; the API is described at "+cfg.Issuer+"/v1/openapi.json")
+	}))
+	s.handler = httpapi.Middleware(s.log, httpapi.NewMetrics(reg), mux)
+	return nil
+}
+
+// bootstrap creates the admin and writes its token to a 0600 file on the very first start.
+func (s *Server) bootstrap(ctx context.Context, principals *principal.Service) error {
+	path := filepath.Join(s.cfg.DataDir, BootstrapFile)
+	created, err := principals.Bootstrap(ctx, func(secret string) (func(), error) {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("%s exists but the database has no users: remove it if the database was reset", path)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("write bootstrap token: %w", err)
+		}
+		_, err = f.WriteString(secret + "\n")
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		undo := func() { os.Remove(path) }
+		if err != nil {
+			undo()
+			return nil, fmt.Errorf("write bootstrap token: %w", err)
+		}
+		return undo, nil
+	})
+	if err != nil {
+		return err
+	}
+	if created {
+		s.BootstrapPath = path
+	}
+	return nil
+}
+
+// auditResourceDenial records every refusal of the verify middleware on our own resources.
+func (s *Server) auditResourceDenial(now func() time.Time) func(*http.Request, *verify.Error) {
+	return func(r *http.Request, e *verify.Error) {
+		ev := audit.New(now(), httpapi.RequestID(r.Context()), audit.ActionResourceDeny)
+		ev.ActorType, ev.Reason, ev.Detail, ev.Target = audit.ActorAnonymous, e.Reason, e.Description, r.URL.Path
+		if err := s.store.AppendEvent(context.WithoutCancel(r.Context()), ev); err != nil {
+			s.log.ErrorContext(r.Context(), "record resource denial", slog.String("error", err.Error()))
+		}
+	}
+}
+
+// Handler is the server's HTTP handler (for tests on a real listener).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Store is the open store (for tests and the CLI's offline commands).
+func (s *Server) Store() *sqlstore.Store { return s.store }
+
+// Close closes the store.
+func (s *Server) Close() error { return s.store.Close() }
+
+// Serve answers on ln until ctx ends, then shuts down gracefully within the configured timeout.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	go s.purgeLoop(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", slog.Duration("timeout", s.cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// purgeLoop deletes expired state (used jtis, revoked tokens, retired keys) in batches.
+func (s *Server) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := s.store.Purge(ctx, time.Now())
+			if err != nil {
+				s.log.Warn("purge expired state", slog.String("error", err.Error()))
+			} else if n > 0 {
+				s.log.Debug("purged expired state", slog.Int64("rows", n))
+			}
+		}
+	}
+}

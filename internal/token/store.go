@@ -1,0 +1,48 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/audit"
+)
+
+// SigningKey is one server signing key. Private is the private key wrapped with the master key;
+// it is never stored or logged unwrapped.
+type SigningKey struct {
+	KID          string
+	Alg          string // "EdDSA" or "ES256"
+	PublicJWK    []byte // JSON
+	Private      []byte // sealed with the master key
+	CreatedAt    time.Time
+	ActiveAt     time.Time // signs from this time on (publish, then sign)
+	PublishUntil time.Time // zero while it may still sign; then the last token it signed has expired by this time
+}
+
+// RevokedToken is an access token revoked before its expiry (RFC 7009). Kept until Expires.
+type RevokedToken struct {
+	JTI       string
+	AgentID   string
+	ExpiresAt time.Time
+	RevokedAt time.Time
+}
+
+// ErrNotFound is returned for an unknown key or token.
+var ErrNotFound = errors.New("not found")
+
+// Store is what token minting, key rotation and revocation need from storage.
+type Store interface {
+	// AddSigningKey stores k and sets PublishUntil = retireUntil on every other key whose
+	// PublishUntil is zero, with ev, in one transaction. The first key passes a zero retireUntil.
+	AddSigningKey(ctx context.Context, k SigningKey, retireUntil time.Time, ev audit.Event) error
+	// ListSigningKeys returns every key whose PublishUntil is zero or after now, newest first.
+	ListSigningKeys(ctx context.Context, now time.Time) ([]SigningKey, error)
+	RevokeToken(ctx context.Context, t RevokedToken, ev audit.Event) error
+	IsTokenRevoked(ctx context.Context, jti string) (bool, error)
+	// ListRevokedTokens returns revoked tokens not yet expired at now.
+	ListRevokedTokens(ctx context.Context, now time.Time) ([]RevokedToken, error)
+	// Purge deletes state that can no longer matter at now: expired revoked tokens, expired
+	// used jtis, keys past PublishUntil. It returns how many rows went.
+	Purge(ctx context.Context, now time.Time) (int64, error)
+}
