@@ -208,7 +208,7 @@ func parseForm(w http.ResponseWriter, r *http.Request) (url.Values, error) {
 func (s *Server) checkProof(ctx context.Context, r *http.Request) (*dpop.Proof, error) {
 	hdrs := r.Header.Values(dpop.HeaderName)
 	if len(hdrs) != 1 {
-		return nil, badRequest(CodeInvalidDPoPProof, "missing", "send exactly one DPoP header: every token is bound to a key (RFC 9449)")
+		return nil, badRequest(CodeInvalidDPoPProof, "dpop_missing", "send exactly one DPoP header: every token is bound to a key (RFC 9449)")
 	}
 	proof, err := s.cfg.DPoP.Check(ctx, hdrs[0], dpop.Request{Method: r.Method, URL: s.tokenEndpoint()})
 	if err != nil {

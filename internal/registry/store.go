@@ -55,11 +55,11 @@ type Filter struct {
 
 // Store errors. Stores return these (possibly wrapped) so the edge can map them.
 var (
-	ErrNotFound       = errors.New("agent not found")
-	ErrDIDTaken       = errors.New("did already registered")
-	ErrHandleTaken    = errors.New("handle already taken")
-	ErrClaimCode      = errors.New("claim code is invalid, expired or already used")
-	ErrConflict       = errors.New("agent changed concurrently")
+	ErrNotFound    = errors.New("agent not found")
+	ErrDIDTaken    = errors.New("did already registered")
+	ErrHandleTaken = errors.New("handle already taken")
+	ErrClaimCode   = errors.New("claim code is invalid, expired or already used")
+	ErrConflict    = errors.New("agent changed concurrently")
 )
 
 // Store is what the registry needs from storage.

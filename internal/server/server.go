@@ -131,9 +131,9 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	})
 	verifier, err := verify.New(verify.Config{
 		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,
-		Keys:   s.keys, Status: localStatus{agents: s.store, tokens: s.store},
-		DPoP:   dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
-		Now:    now, OnDeny: s.auditResourceDenial(now),
+		Keys: localKeys{s.keys}, Status: localStatus{agents: s.store, tokens: s.store},
+		DPoP: dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
+		Now:  now, OnDeny: s.auditResourceDenial(now),
 	})
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
@@ -148,7 +148,9 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	mux.Handle("POST "+oauth.PathToken, h(oauthSrv.Token))
 	mux.Handle("POST "+oauth.PathIntrospect, h(oauthSrv.Introspect))
 	mux.Handle("POST "+oauth.PathRevoke, h(oauthSrv.Revoke))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
+	})
 	mux.Handle("GET /readyz", h(func(w http.ResponseWriter, r *http.Request) error {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
