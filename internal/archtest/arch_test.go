@@ -1,0 +1,80 @@
+// Package archtest holds the test that keeps imports pointing one way:
+// cmd → cli → server → edge (api, oauth, httpapi) → domain → store, and the SDK apart.
+package archtest
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const mod = "github.com/mandate-dev/mandate/"
+
+// forbidden maps a package (relative to the module) to the module packages it must not import.
+// A prefix ending in "/" matches every package below it.
+var forbidden = map[string][]string{
+	"didkey": {"internal/"},
+	"dpop":   {"internal/"},
+	"verify": {"internal/"},
+	"client": {"internal/"},
+
+	"internal/registry":  {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli"},
+	"internal/principal": {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/registry"},
+	"internal/token":     {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/registry"},
+	"internal/audit":     {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/registry", "internal/principal", "internal/token"},
+	"internal/apperr":    {"internal/"},
+	"internal/ids":       {"internal/"},
+	"internal/config":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
+
+	"internal/sqlstore": {"internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli"},
+	"internal/httpapi":  {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
+	"internal/oauth":    {"internal/sqlstore", "internal/server", "internal/api", "internal/cli"},
+	"internal/api":      {"internal/sqlstore", "internal/server", "internal/oauth", "internal/cli"},
+	"internal/server":   {"internal/cli"},
+}
+
+func TestImportsPointOneWay(t *testing.T) {
+	out, err := exec.Command("go", "list", "-json", mod+"...").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	seen := 0
+	for dec.More() {
+		var p struct {
+			ImportPath string
+			Imports    []string
+		}
+		if err := dec.Decode(&p); err != nil {
+			t.Fatal(err)
+		}
+		rel := strings.TrimPrefix(p.ImportPath, mod)
+		if rel == "cmd/mandate" {
+			for _, imp := range p.Imports {
+				if strings.HasPrefix(imp, mod) && imp != mod+"internal/cli" {
+					t.Errorf("cmd/mandate imports %s: main only calls internal/cli", imp)
+				}
+			}
+		}
+		rules, ok := forbidden[rel]
+		if !ok {
+			continue
+		}
+		seen++
+		for _, imp := range p.Imports {
+			for _, bad := range rules {
+				target := strings.TrimPrefix(imp, mod)
+				if !strings.HasPrefix(imp, mod) || target == rel {
+					continue
+				}
+				if target == bad || (strings.HasSuffix(bad, "/") && strings.HasPrefix(target, bad)) {
+					t.Errorf("%s imports %s: the arrow points the wrong way", rel, target)
+				}
+			}
+		}
+	}
+	if seen < len(forbidden)-2 {
+		t.Errorf("checked %d packages, want about %d: did a package move?", seen, len(forbidden))
+	}
+}
