@@ -9,9 +9,8 @@ import (
 	"net/url"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-
 	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/jwsverify"
 	"github.com/mandate-dev/mandate/internal/registry"
 )
 
@@ -38,13 +37,13 @@ func (s *Server) authenticateClient(ctx context.Context, form url.Values) (regis
 	if form.Get("client_assertion_type") != AssertionType || form.Get("client_assertion") == "" {
 		return registry.Agent{}, invalidClient("no_client_auth", "authenticate with private_key_jwt: client_assertion_type="+AssertionType+" and a client_assertion signed by the agent's key", nil)
 	}
-	jws, err := jose.ParseSigned(form.Get("client_assertion"), registry.SignatureAlgs)
-	if err != nil || len(jws.Signatures) != 1 {
-		return registry.Agent{}, invalidClient("assertion_malformed", "client_assertion must be a compact JWS signed with EdDSA or ES256", err)
+	jws, err := jwsverify.Parse(form.Get("client_assertion"))
+	if err != nil {
+		return registry.Agent{}, invalidClient("assertion_malformed", "client_assertion must be a compact JWS signed with EdDSA, Ed25519 or ES256", err)
 	}
 	// The agent id is read unverified only to find the keys to verify with.
 	var c assertionClaims
-	if err := json.Unmarshal(jws.UnsafePayloadWithoutVerification(), &c); err != nil {
+	if err := json.Unmarshal(jws.UnverifiedPayload(), &c); err != nil {
 		return registry.Agent{}, invalidClient("assertion_malformed", "client_assertion claims are not a JSON object", err)
 	}
 	if c.Issuer == "" || c.Issuer != c.Subject {
@@ -57,7 +56,7 @@ func (s *Server) authenticateClient(ctx context.Context, form url.Values) (regis
 	if err != nil {
 		return registry.Agent{}, invalidClient("unknown_agent", "no such agent: register it with mandate agent register", err)
 	}
-	if err := verifyWithAny(jws, jws.Signatures[0].Protected.KeyID, keys); err != nil {
+	if err := verifyWithAny(jws, jws.Header().KeyID, keys); err != nil {
 		return agent, invalidClient("assertion_signature", "client_assertion is not signed by a current key of the agent (rotated keys stop working after their grace period)", err)
 	}
 	now := s.cfg.Now()
@@ -87,7 +86,7 @@ func (s *Server) authenticateClient(ctx context.Context, form url.Values) (regis
 }
 
 // verifyWithAny verifies with the key named by kid, or with each current key when there is no kid.
-func verifyWithAny(jws *jose.JSONWebSignature, kid string, keys map[string]crypto.PublicKey) error {
+func verifyWithAny(jws *jwsverify.JWS, kid string, keys map[string]crypto.PublicKey) error {
 	if kid != "" {
 		pub, ok := keys[kid]
 		if !ok {

@@ -20,6 +20,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/ids"
+	"github.com/mandate-dev/mandate/internal/jwsverify"
 	"github.com/mandate-dev/mandate/internal/principal"
 )
 
@@ -35,7 +36,8 @@ const (
 	TypeRegistration = "mandate-registration+jwt"
 )
 
-// SignatureAlgs are the JWS algorithms accepted from agents.
+// SignatureAlgs are the algorithms accepted in the two-signature key rotation (JSON
+// serialization, verified by go-jose).
 var SignatureAlgs = []jose.SignatureAlgorithm{jose.EdDSA, jose.ES256}
 
 var handleRE = regexp.MustCompile(`^[a-z0-9](?:[a-z0-9-]{1,38})[a-z0-9]$`)
@@ -86,15 +88,11 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 	ev.ActorType = audit.ActorAnonymous
 	defer s.recordDenial(ctx, &ev, &err)
 
-	jws, err := jose.ParseSigned(strings.TrimSpace(body), SignatureAlgs)
+	jws, err := jwsverify.Parse(strings.TrimSpace(body))
 	if err != nil {
-		return Registered{}, apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a compact JWS signed with EdDSA or ES256 by the agent's key")
+		return Registered{}, apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a compact JWS signed by the agent's key with EdDSA, Ed25519 or ES256")
 	}
-	if len(jws.Signatures) != 1 {
-		return Registered{}, apperr.New(apperr.Invalid, "malformed", "the registration must carry exactly one signature")
-	}
-	h := jws.Signatures[0].Protected
-	did := h.KeyID
+	did := jws.Header().KeyID
 	pub, err := didkey.Parse(did)
 	if err != nil {
 		return Registered{}, apperr.Wrap(err, apperr.Invalid, "kid", "the JWS header kid must be the agent's did:key (Ed25519 or P-256): %v", err)

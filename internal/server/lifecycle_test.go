@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -192,4 +194,33 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestFullySpecifiedEd25519: an agent may sign its client assertion and DPoP proof with the
+// RFC 9864 alg name "Ed25519" instead of "EdDSA".
+func TestFullySpecifiedEd25519(t *testing.T) {
+	ts := newTestServer(t)
+	a := ts.newAgent(t, "fully-specified", true)
+	dpopKey, _ := newKey(t)
+	ts.token(t, a, dpopKey, nil) // fetch a nonce
+	now := ts.Clock.Now()
+	assertion := rawSign(a.Key, map[string]any{"alg": "Ed25519", "kid": a.DID, "typ": "JWT"},
+		map[string]any{"iss": a.ID, "sub": a.ID, "aud": ts.URL + "/oauth/token", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix(), "jti": randomID()})
+	h, payload := splitJWS(t, ts.proof(t, dpopKey, "POST", ts.URL+"/oauth/token", ""))
+	h["alg"] = "Ed25519"
+	proof := signedWith(dpopKey, h, payload)
+	resp, body := ts.tokenRequest(t, ts.ccForm(t, a, assertion), proof)
+	if resp.StatusCode != 200 {
+		t.Fatalf("token with alg Ed25519: %d %v", resp.StatusCode, body)
+	}
+}
+
+func rawSign(key ed25519.PrivateKey, header, claims map[string]any) string {
+	b, _ := json.Marshal(claims)
+	return signedWith(key, header, base64.RawURLEncoding.EncodeToString(b))
+}
+
+func signedWith(key ed25519.PrivateKey, header map[string]any, payload string) string {
+	in := encodeHeader(header) + "." + payload
+	return in + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(key, []byte(in)))
 }
