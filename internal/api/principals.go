@@ -121,7 +121,7 @@ func (a *API) revokeToken(w http.ResponseWriter, r *http.Request, u principal.Us
 	return nil
 }
 
-// KeyJSONOut is a server signing key's public metadata.
+// SigningKeyJSON is a server signing key's public metadata.
 type SigningKeyJSON struct {
 	KID          string     `json:"kid"`
 	Alg          string     `json:"alg"`

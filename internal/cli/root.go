@@ -45,5 +45,8 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.SetOut(out)
 	root.SetErr(errOut)
 	root.AddCommand(newServeCmd())
+	root.AddCommand(newLoginCmd(), newLogoutCmd())
+	root.AddCommand(newUsersCmd(), newTokensCmd(), newAgentsCmd(), newKeysCmd())
+	root.AddCommand(newAgentCmd(), newTokenCmd())
 	return root
 }

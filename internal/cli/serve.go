@@ -27,7 +27,7 @@ Every flag can also be set with its MANDATE_* environment variable or in a YAML 
 --config whose keys are the flag names. Flags beat the environment, which beats the file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := config.Resolve(cmd.Flags(), os.Getenv); err != nil {
+			if err := config.Resolve(cmd.LocalFlags(), os.Getenv); err != nil {
 				return err
 			}
 			if err := cfg.Validate(); err != nil {

@@ -163,8 +163,11 @@ func (s *Service) ListTokens(ctx context.Context, by User, userRef string) ([]AP
 			return nil, apperr.New(apperr.Forbidden, "forbidden", "only an admin can list another user's tokens")
 		}
 		u, err := s.store.GetUser(ctx, userRef)
-		if err != nil {
+		if errors.Is(err, ErrNotFound) {
 			return nil, apperr.Wrap(err, apperr.NotFound, "not_found", "no user %q", truncate(userRef, 70))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get user %s: %w", userRef, err)
 		}
 		id = u.ID
 	}

@@ -41,8 +41,11 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 		return Agent{}, apperr.New(apperr.Invalid, "malformed", "the key rotation must carry exactly two signatures: the current key's and the new key's")
 	}
 	a, keys, err := s.ActiveKeys(ctx, agentID)
-	if err != nil {
+	if de, ok := apperr.As(err); ok && de.Reason == "unknown_agent" {
 		return Agent{}, apperr.Wrap(err, apperr.NotFound, "not_found", "no agent %q is registered", truncate(agentID, 80))
+	}
+	if err != nil {
+		return Agent{}, err
 	}
 	ev.PrincipalID = a.OwnerID
 	if a.Status == StatusRevoked {

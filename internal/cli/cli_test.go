@@ -1,0 +1,430 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/server"
+)
+
+// testServer is a real mandate on a real 127.0.0.1 listener, with the CLI's config directory
+// pointed at a temporary directory.
+type testServer struct {
+	URL       string
+	DataDir   string
+	ConfigDir string
+}
+
+func newTestServer(t *testing.T) *testServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.DataDir = filepath.Join(t.TempDir(), "data")
+	cfg.Listen = ln.Addr().String()
+	cfg.Issuer = "http://" + ln.Addr().String()
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if testing.Verbose() {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, cfg, log, nil)
+	if err != nil {
+		cancel()
+		ln.Close()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		srv.Close()
+	})
+	confDir := filepath.Join(t.TempDir(), "conf")
+	t.Setenv(envConfigDir, confDir)
+	t.Setenv(envToken, "")
+	t.Setenv(envAgentKey, "")
+	return &testServer{URL: cfg.Issuer, DataDir: cfg.DataDir, ConfigDir: confDir}
+}
+
+// mandate runs the command tree with args and stdin, returning what it printed.
+func mandate(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	var buf bytes.Buffer
+	root := NewRoot(&buf, &buf)
+	root.SetArgs(args)
+	root.SetIn(strings.NewReader(stdin))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return buf.String(), err
+}
+
+// ok runs a command that must succeed and returns its output.
+func ok(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := mandate(t, "", args...)
+	if err != nil {
+		t.Fatalf("mandate %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// fails runs a command that must fail with an error containing every one of want.
+func fails(t *testing.T, stdin string, args []string, want ...string) string {
+	t.Helper()
+	out, err := mandate(t, stdin, args...)
+	if err == nil {
+		t.Fatalf("mandate %s succeeded, want an error containing %q\n%s", strings.Join(args, " "), want, out)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Fatalf("mandate %s: error %q does not contain %q", strings.Join(args, " "), err, w)
+		}
+	}
+	return err.Error()
+}
+
+func hasAll(t *testing.T, got string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(got, w) {
+			t.Fatalf("output does not contain %q:\n%s", w, got)
+		}
+	}
+}
+
+func decodeJSON(t *testing.T, out string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("--json output does not parse: %v\n%s", err, out)
+	}
+}
+
+func fileMode(t *testing.T, path string) os.FileMode {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Mode().Perm()
+}
+
+func TestEndToEnd(t *testing.T) {
+	ts := newTestServer(t)
+	bootstrap := filepath.Join(ts.DataDir, server.BootstrapFile)
+
+	// Not logged in yet: every management command says how to log in.
+	fails(t, "", []string{"users", "list"}, "not logged in: run mandate login --server URL --token-file <data-dir>/bootstrap-token")
+
+	// Login with the bootstrap token.
+	out := ok(t, "login", "--server", ts.URL+"/", "--token-file", bootstrap)
+	hasAll(t, out, "Logged in to "+ts.URL+" as admin (admin)")
+	if m := fileMode(t, filepath.Join(ts.ConfigDir, loginFile)); m != 0o600 {
+		t.Errorf("config.json mode %04o, want 0600", m)
+	}
+	if m := fileMode(t, ts.ConfigDir); m != 0o700 {
+		t.Errorf("config dir mode %04o, want 0700", m)
+	}
+	secret, err := os.ReadFile(bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, strings.TrimSpace(string(secret))) {
+		t.Error("login printed the token")
+	}
+	// The token may come on stdin too.
+	if out, err := mandate(t, string(secret), "login", "--server", ts.URL, "--json"); err != nil {
+		t.Fatalf("login from stdin: %v\n%s", err, out)
+	} else {
+		var res struct {
+			Server string `json:"server"`
+			User   struct {
+				Name  string `json:"name"`
+				Admin bool   `json:"admin"`
+			} `json:"user"`
+		}
+		decodeJSON(t, out, &res)
+		if res.Server != ts.URL || res.User.Name != "admin" || !res.User.Admin {
+			t.Errorf("login --json = %+v", res)
+		}
+	}
+
+	t.Run("users", func(t *testing.T) {
+		hasAll(t, ok(t, "users", "create", "alice"), "Created user alice (usr_")
+		ok(t, "users", "create", "root2", "--admin")
+		hasAll(t, ok(t, "users", "list"), "alice", "root2", "ADMIN")
+		var res struct {
+			Users []userOut `json:"users"`
+		}
+		decodeJSON(t, ok(t, "users", "list", "--json"), &res)
+		if len(res.Users) != 3 {
+			t.Errorf("users list --json: %d users, want 3", len(res.Users))
+		}
+		fails(t, "", []string{"users", "create", "alice"}, "a user named \"alice\" exists (conflict, request ")
+	})
+
+	t.Run("tokens", func(t *testing.T) {
+		out := ok(t, "tokens", "create", "--user", "alice", "--name", "laptop", "--ttl", "168h")
+		hasAll(t, out, "mnd_", "shown only once", "laptop")
+		var tok tokenOut
+		decodeJSON(t, ok(t, "tokens", "create", "--user", "alice", "--json"), &tok)
+		if tok.ID == "" || !strings.HasPrefix(tok.Token, "mnd_") || tok.ExpiresAt == nil {
+			t.Fatalf("tokens create --json = %+v", tok)
+		}
+		list := ok(t, "tokens", "list", "--user", "alice")
+		hasAll(t, list, tok.ID, "laptop", "active")
+		if strings.Contains(list, tok.Token) {
+			t.Error("tokens list printed a secret")
+		}
+		// The new token logs alice in (into another config dir, to keep the admin's login).
+		t.Setenv(envConfigDir, t.TempDir())
+		hasAll(t, ok(t, "login", "--server", ts.URL, "--token", tok.Token), "as alice\n")
+		fails(t, "", []string{"users", "list"}, "only an admin can list users (forbidden, request ")
+		t.Setenv(envConfigDir, ts.ConfigDir)
+
+		hasAll(t, ok(t, "tokens", "revoke", tok.ID), "Revoked API token "+tok.ID)
+		hasAll(t, ok(t, "tokens", "list", "--user", "alice"), "revoked")
+		fails(t, "", []string{"login", "--server", ts.URL, "--token", tok.Token},
+			"the API token is unknown, revoked or expired", "(unauthenticated, request ")
+		// A token given in the environment is used instead of the saved login.
+		t.Setenv(envToken, tok.Token)
+		fails(t, "", []string{"users", "list"}, "(unauthenticated, request ")
+		t.Setenv(envToken, "")
+		// The saved token is never sent to another server.
+		fails(t, "", []string{"users", "list", "--server", "http://127.0.0.1:1"}, "you are logged in to "+ts.URL)
+	})
+
+	keyFile := filepath.Join(ts.ConfigDir, "agent", "key.jwk")
+	var did string
+	t.Run("agent init", func(t *testing.T) {
+		var res struct {
+			KeyFile string `json:"key_file"`
+			DID     string `json:"did"`
+		}
+		decodeJSON(t, ok(t, "agent", "init", "--json"), &res)
+		if res.KeyFile != keyFile || !strings.HasPrefix(res.DID, "did:key:z6Mk") {
+			t.Fatalf("agent init --json = %+v", res)
+		}
+		did = res.DID
+		if m := fileMode(t, keyFile); m != 0o600 {
+			t.Errorf("key file mode %04o, want 0600", m)
+		}
+		fails(t, "", []string{"agent", "init"}, "already exists", "refusing to overwrite")
+		// Before registration the agent commands say what to do.
+		fails(t, "", []string{"agent", "token"}, "mandate agent register")
+	})
+
+	var claimCode, agentID string
+	t.Run("agent register", func(t *testing.T) {
+		fails(t, "", []string{"agent", "register", "--server", ts.URL, "--handle", "Bad Handle"}, "handle", "(invalid_request, request ")
+		var reg struct {
+			AgentID   string    `json:"agent_id"`
+			Handle    string    `json:"handle"`
+			DID       string    `json:"did"`
+			Status    string    `json:"status"`
+			ClaimCode string    `json:"claim_code"`
+			Expires   time.Time `json:"claim_code_expires_at"`
+		}
+		decodeJSON(t, ok(t, "agent", "register", "--server", ts.URL, "--handle", "test-bot", "--name", "Test bot", "--json"), &reg)
+		if !strings.HasPrefix(reg.AgentID, "agt_") || reg.Handle != "test-bot" || reg.DID != did || reg.Status != "UNCLAIMED" || reg.ClaimCode == "" || reg.Expires.Before(time.Now()) {
+			t.Fatalf("agent register --json = %+v", reg)
+		}
+		claimCode, agentID = reg.ClaimCode, reg.AgentID
+		statePath := filepath.Join(filepath.Dir(keyFile), agentStateFile)
+		if m := fileMode(t, statePath); m != 0o600 {
+			t.Errorf("agent.json mode %04o, want 0600", m)
+		}
+		st, err := loadAgentState(keyFile)
+		if err != nil || st == nil || *st != (agentState{Server: ts.URL, AgentID: agentID, Handle: "test-bot", DID: did}) {
+			t.Errorf("agent.json = %+v, %v", st, err)
+		}
+		fails(t, "", []string{"agent", "register", "--server", ts.URL, "--handle", "again"}, "already registered as @test-bot")
+		// Unclaimed agents get no tokens, and are told why.
+		fails(t, "", []string{"agent", "token"}, "mandate agents claim", "(unauthorized_client, request ")
+	})
+
+	t.Run("register shows the next step", func(t *testing.T) {
+		kf := filepath.Join(t.TempDir(), "other", "key.jwk")
+		hasAll(t, ok(t, "agent", "init", "--key-file", kf), "did:key:", "--key-file "+kf)
+		out := ok(t, "agent", "register", "--server", ts.URL, "--handle", "other-bot", "--key-file", kf)
+		hasAll(t, out, "claim code", "Ask the agent's owner to run: mandate agents claim ")
+	})
+
+	t.Run("agents claim", func(t *testing.T) {
+		fails(t, "", []string{"agents", "claim", "AAAA-BBBB-CCCC-DDDD"}, "the claim code is invalid, expired or already used", "(invalid_request, request ")
+		hasAll(t, ok(t, "agents", "claim", strings.ToLower(claimCode)), "Claimed agent @test-bot ("+agentID+")")
+		fails(t, "", []string{"agents", "claim", claimCode}, "already used")
+	})
+
+	t.Run("agents list and show", func(t *testing.T) {
+		hasAll(t, ok(t, "agents", "list"), agentID, "@test-bot", "CLAIMED", "@other-bot", "UNCLAIMED")
+		var res struct {
+			Agents []agentOut `json:"agents"`
+		}
+		decodeJSON(t, ok(t, "agents", "list", "--status", "claimed", "--json"), &res)
+		if len(res.Agents) != 1 || res.Agents[0].AgentID != agentID {
+			t.Errorf("agents list --status claimed --json = %+v", res.Agents)
+		}
+		fails(t, "", []string{"agents", "list", "--status", "nope"}, "want UNCLAIMED, CLAIMED or REVOKED")
+		hasAll(t, ok(t, "agents", "show", "@test-bot"), agentID, did, "CLAIMED", "keys:")
+		var a agentOut
+		decodeJSON(t, ok(t, "agents", "show", agentID, "--json"), &a)
+		if a.Handle != "test-bot" || len(a.Keys) != 1 {
+			t.Errorf("agents show --json = %+v", a)
+		}
+		fails(t, "", []string{"agents", "show", "@nobody"}, "no agent \"@nobody\"", "(not_found, request ")
+	})
+
+	var accessToken string
+	t.Run("agent token and inspect", func(t *testing.T) {
+		accessToken = strings.TrimSpace(ok(t, "agent", "token"))
+		if strings.Count(accessToken, ".") != 2 {
+			t.Fatalf("agent token printed %q", accessToken)
+		}
+		out := ok(t, "token", "inspect", accessToken)
+		hasAll(t, out, "header:", "at+jwt", "claims:", agentID, "test-bot", "cnf", "signature: valid (kid ", "expires: in ", "valid: yes")
+		if strings.Contains(out, accessToken) {
+			t.Error("token inspect printed the token")
+		}
+		// From stdin, as JSON.
+		o, err := mandate(t, accessToken+"\n", "token", "inspect", "-", "--json")
+		if err != nil {
+			t.Fatalf("token inspect -: %v\n%s", err, o)
+		}
+		var ins inspection
+		decodeJSON(t, o, &ins)
+		if !ins.Valid || !ins.Signature.Valid || ins.Claims["client_id"] != agentID || ins.Header["typ"] != "at+jwt" {
+			t.Errorf("token inspect --json = %+v", ins)
+		}
+		// A tampered signature is refused, and says why.
+		parts := strings.Split(accessToken, ".")
+		sig := []byte(parts[2])
+		sig[5] ^= 'A' ^ 'B'
+		if sig[5] == parts[2][5] {
+			sig[5] = 'C'
+		}
+		tampered := parts[0] + "." + parts[1] + "." + string(sig)
+		fails(t, "", []string{"token", "inspect", tampered}, "the token is not valid", "signature")
+		fails(t, "", []string{"token", "inspect", "not-a-token"}, "not a signed JWT")
+		// Never fetch keys from a server the token names: with another --server, iss mismatches.
+		fails(t, "", []string{"token", "inspect", accessToken, "--server", "http://127.0.0.1:1"}, "is mandate serve running at http://127.0.0.1:1")
+	})
+
+	t.Run("agent whoami", func(t *testing.T) {
+		hasAll(t, ok(t, "agent", "whoami"), agentID, "@test-bot", did, "agent")
+		var who agentCaller
+		decodeJSON(t, ok(t, "agent", "whoami", "--json"), &who)
+		if who.AgentID != agentID || who.DID != did || who.Handle != "test-bot" {
+			t.Errorf("agent whoami --json = %+v", who)
+		}
+	})
+
+	t.Run("agent rotate-key", func(t *testing.T) {
+		var res struct {
+			DID    string `json:"did"`
+			OldDID string `json:"old_did"`
+		}
+		decodeJSON(t, ok(t, "agent", "rotate-key", "--json"), &res)
+		if res.OldDID != did || res.DID == did || !strings.HasPrefix(res.DID, "did:key:") {
+			t.Fatalf("agent rotate-key --json = %+v (old did %s)", res, did)
+		}
+		for _, p := range []string{keyFile + ".new", keyFile + ".old"} {
+			if _, err := os.Stat(p); err == nil {
+				t.Errorf("%s was left behind", p)
+			}
+		}
+		if m := fileMode(t, keyFile); m != 0o600 {
+			t.Errorf("key file mode %04o after rotation, want 0600", m)
+		}
+		st, err := loadAgentState(keyFile)
+		if err != nil || st.DID != res.DID || st.AgentID != agentID {
+			t.Errorf("agent.json after rotation = %+v, %v", st, err)
+		}
+		did = res.DID
+		// The new key gets tokens, and the server sees the new key.
+		hasAll(t, ok(t, "token", "inspect", strings.TrimSpace(ok(t, "agent", "token"))), "valid: yes")
+		var who agentCaller
+		decodeJSON(t, ok(t, "agent", "whoami", "--json"), &who)
+		if who.AgentID != agentID || who.DID != did {
+			t.Errorf("whoami after rotation = %+v, want did %s", who, did)
+		}
+		hasAll(t, ok(t, "agents", "show", "@test-bot"), did)
+	})
+
+	t.Run("keys", func(t *testing.T) {
+		hasAll(t, ok(t, "keys", "list"), "KID", "signing", "EdDSA")
+		hasAll(t, ok(t, "keys", "rotate"), "is published now and starts signing at ", "(in 10m)")
+		out := ok(t, "keys", "list")
+		hasAll(t, out, "signing", "published")
+		var res struct {
+			Keys []signingKeyOut `json:"keys"`
+		}
+		decodeJSON(t, ok(t, "keys", "list", "--json"), &res)
+		if len(res.Keys) != 2 {
+			t.Errorf("keys list --json: %d keys, want 2", len(res.Keys))
+		}
+	})
+
+	t.Run("agents revoke", func(t *testing.T) {
+		// No terminal and no --yes: refuse.
+		fails(t, "y\n", []string{"agents", "revoke", "@test-bot"}, "pass --yes")
+		// On a terminal, anything but y keeps the agent.
+		isTerminal = func(io.Reader) bool { return true }
+		t.Cleanup(func() { isTerminal = stdinIsTerminal })
+		fails(t, "n\n", []string{"agents", "revoke", "@test-bot"}, "not revoked")
+		hasAll(t, ok(t, "agents", "show", "@test-bot"), "CLAIMED")
+		isTerminal = stdinIsTerminal
+
+		hasAll(t, ok(t, "agents", "revoke", "@test-bot", "--yes"), "Revoked agent @test-bot ("+agentID+")")
+		hasAll(t, ok(t, "agents", "show", "@test-bot"), "REVOKED")
+		fails(t, "", []string{"agent", "token"}, "the agent is revoked and can get no tokens (invalid_client, request ")
+		fails(t, "", []string{"agent", "whoami"}, "revoked")
+	})
+
+	t.Run("logout", func(t *testing.T) {
+		hasAll(t, ok(t, "logout"), "Logged out of "+ts.URL)
+		if _, err := os.Stat(filepath.Join(ts.ConfigDir, loginFile)); !os.IsNotExist(err) {
+			t.Errorf("config.json still there: %v", err)
+		}
+		fails(t, "", []string{"agents", "list"}, "not logged in")
+		hasAll(t, ok(t, "logout"), "Not logged in.")
+	})
+}
+
+func TestServerUnreachable(t *testing.T) {
+	t.Setenv(envConfigDir, t.TempDir())
+	t.Setenv(envToken, "")
+	// A port nobody listens on: take one and close it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ln.Close()
+	fails(t, "", []string{"login", "--server", url, "--token", "mnd_x"},
+		"cannot reach "+url, "is mandate serve running at "+url+"? start it with: mandate serve")
+	kf := filepath.Join(t.TempDir(), "key.jwk")
+	ok(t, "agent", "init", "--key-file", kf)
+	fails(t, "", []string{"agent", "register", "--server", url, "--handle", "x-bot", "--key-file", kf}, "is mandate serve running at "+url)
+	fails(t, "", []string{"login", "--server", "ftp://x"}, "want the server's URL")
+	fails(t, "", []string{"login", "--server", url}, "no API token")
+}

@@ -1,0 +1,331 @@
+package cli
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/big"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mandate-dev/mandate/verify"
+)
+
+// inspectAlgs are the only signature algorithms token inspect accepts (never none, HMAC, RSA).
+var inspectAlgs = []string{verify.AlgEdDSA, verify.AlgEd25519, verify.AlgES256}
+
+// inspectLeeway is the clock difference tolerated on iat and nbf (not on exp: an expired token is
+// reported as expired).
+const inspectLeeway = 30 * time.Second
+
+func newTokenCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "token",
+		Short: "Work with access tokens",
+		Args:  cobra.NoArgs,
+	}
+	addJSONFlag(cmd)
+	var server string
+	inspect := &cobra.Command{
+		Use:   "inspect TOKEN|-",
+		Short: "Decode an access token and check its signature against the server's keys",
+		Long: `Print an access token's header and claims and check it: the signature with the keys the
+server publishes (EdDSA, Ed25519 or ES256 only), the issuer, and the expiry. The keys are fetched
+from --server, else the server in agent.json, else the one you logged in to; never from the
+token's own iss. Exits non-zero, saying why, when the token is not valid. "-" reads the token
+from standard input. Revocation is not checked.`,
+		Example: "  mandate agent token | mandate token inspect -",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw := args[0]
+			if raw == "-" {
+				b, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 64<<10))
+				if err != nil {
+					return fmt.Errorf("reading the token from stdin: %w", err)
+				}
+				raw = string(b)
+			}
+			raw = strings.TrimSpace(raw)
+			if raw == "" {
+				return errors.New("no token: pass it as the argument, or pipe it in with -")
+			}
+			srv, err := inspectServer(cmd, server)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			hc := newHTTPClient()
+			md, err := fetchMetadata(ctx, hc, srv)
+			if err != nil {
+				return err
+			}
+			if md.JWKSURI == "" {
+				return fmt.Errorf("the metadata of %s has no jwks_uri", srv)
+			}
+			now := time.Now()
+			ins, err := inspectToken(ctx, raw, srv, verify.RemoteKeys(md.JWKSURI, hc), now)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if wantJSON(cmd) {
+				if err := printJSON(out, ins); err != nil {
+					return err
+				}
+			} else if err := ins.print(out, now); err != nil {
+				return err
+			}
+			if !ins.Valid {
+				return fmt.Errorf("the token is not valid: %s", strings.Join(ins.Problems, "; "))
+			}
+			return nil
+		},
+	}
+	inspect.Flags().StringVar(&server, serverFlag, "", "the server whose keys to check against (default: agent.json's, else the login's)")
+	cmd.AddCommand(inspect)
+	return cmd
+}
+
+// inspectServer picks the server to fetch keys from: --server, agent.json, the saved login.
+func inspectServer(cmd *cobra.Command, flag string) (string, error) {
+	if flag != "" {
+		return normalizeServer(flag)
+	}
+	if path, err := agentKeyPath(cmd); err == nil {
+		if st, err := loadAgentState(path); err == nil && st != nil {
+			return st.Server, nil
+		}
+	}
+	login, err := loadLogin()
+	if err != nil {
+		return "", err
+	}
+	if login != nil {
+		return login.Server, nil
+	}
+	return "", errors.New("no server to check the token against: pass --server URL (the token's own iss is not trusted to say where its keys are)")
+}
+
+// inspection is what token inspect found.
+type inspection struct {
+	Server    string         `json:"server"`
+	Header    map[string]any `json:"header"`
+	Claims    map[string]any `json:"claims"`
+	Signature sigResult      `json:"signature"`
+	Valid     bool           `json:"valid"`
+	Problems  []string       `json:"problems,omitempty"`
+}
+
+type sigResult struct {
+	Valid bool   `json:"valid"`
+	KID   string `json:"kid,omitempty"`
+	Alg   string `json:"alg,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+// inspectToken decodes raw and checks it against issuer's keys at now. It returns an error only
+// when raw is not a JWT at all or the keys cannot be read; anything wrong with the token itself
+// is a problem in the result.
+func inspectToken(ctx context.Context, raw, issuer string, keys verify.KeySource, now time.Time) (*inspection, error) {
+	parts := strings.Split(raw, ".")
+	if len(parts) != 3 {
+		return nil, errors.New("this is not a signed JWT (want three dot-separated parts)")
+	}
+	ins := &inspection{Server: issuer}
+	if err := decodeSegment(parts[0], &ins.Header); err != nil {
+		return nil, fmt.Errorf("the token's header: %w", err)
+	}
+	if err := decodeSegment(parts[1], &ins.Claims); err != nil {
+		return nil, fmt.Errorf("the token's claims: %w", err)
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil {
+		return nil, errors.New("the token's signature is not base64url")
+	}
+	problem := func(format string, args ...any) { ins.Problems = append(ins.Problems, fmt.Sprintf(format, args...)) }
+
+	alg, _ := ins.Header["alg"].(string)
+	kid, _ := ins.Header["kid"].(string)
+	typ, _ := ins.Header["typ"].(string)
+	ins.Signature.Alg, ins.Signature.KID = alg, kid
+	sigProblem := ""
+	switch {
+	case !contains(inspectAlgs, alg):
+		sigProblem = fmt.Sprintf("algorithm %q is not accepted (only %s)", alg, strings.Join(inspectAlgs, ", "))
+	case ins.Header["crit"] != nil:
+		sigProblem = "the header has critical parameters (crit) this tool does not understand"
+	case kid == "":
+		sigProblem = "the header names no signing key (kid)"
+	default:
+		pub, err := keys.PublicKey(ctx, kid)
+		switch {
+		case errors.Is(err, verify.ErrUnknownKey):
+			sigProblem = fmt.Sprintf("%s does not publish the signing key %q", issuer, kid)
+		case err != nil:
+			return nil, explain(fmt.Errorf("reading the server's signing keys: %w", err), issuer)
+		case !verifySignature(alg, pub, parts[0]+"."+parts[1], sig):
+			sigProblem = "the signature does not verify"
+		default:
+			ins.Signature.Valid = true
+		}
+	}
+	if sigProblem != "" {
+		ins.Signature.Error = sigProblem
+		problem("signature: %s", sigProblem)
+	}
+	if !strings.EqualFold(typ, "at+jwt") && !strings.EqualFold(typ, "application/at+jwt") {
+		problem("typ %q: not an access token (at+jwt)", typ)
+	}
+	if iss, _ := ins.Claims["iss"].(string); iss != issuer {
+		problem("issued by %q, not by %s", iss, issuer)
+	}
+	if exp, ok := numericDate(ins.Claims["exp"]); !ok {
+		problem("no valid exp claim")
+	} else if !now.Before(exp) {
+		problem("expired %s", relTime(exp, now))
+	}
+	if nbf, ok := numericDate(ins.Claims["nbf"]); ok && nbf.After(now.Add(inspectLeeway)) {
+		problem("not valid until %s", relTime(nbf, now))
+	}
+	if iat, ok := numericDate(ins.Claims["iat"]); ok && iat.After(now.Add(inspectLeeway)) {
+		problem("issued in the future (%s): check the clocks", relTime(iat, now))
+	}
+	ins.Valid = len(ins.Problems) == 0
+	return ins, nil
+}
+
+func decodeSegment(seg string, v *map[string]any) error {
+	b, err := base64.RawURLEncoding.DecodeString(seg)
+	if err != nil {
+		return errors.New("not base64url")
+	}
+	if err := json.Unmarshal(b, v); err != nil || *v == nil {
+		return errors.New("not a JSON object")
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// verifySignature checks a JWS signature over signed with pub, for the pinned algorithms only.
+func verifySignature(alg string, pub any, signed string, sig []byte) bool {
+	switch alg {
+	case verify.AlgEdDSA, verify.AlgEd25519:
+		k, ok := pub.(ed25519.PublicKey)
+		return ok && len(k) == ed25519.PublicKeySize && ed25519.Verify(k, []byte(signed), sig)
+	case verify.AlgES256:
+		k, ok := pub.(*ecdsa.PublicKey)
+		if !ok || len(sig) != 64 {
+			return false
+		}
+		h := sha256.Sum256([]byte(signed))
+		return ecdsa.Verify(k, h[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+	}
+	return false
+}
+
+// numericDate reads a JWT NumericDate decoded from JSON.
+func numericDate(v any) (time.Time, bool) {
+	f, ok := v.(float64)
+	if !ok || f < 0 || f > 1<<53 || math.IsNaN(f) {
+		return time.Time{}, false
+	}
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)), true
+}
+
+// claimOrder puts the claims people look for first; the rest follow alphabetically.
+var claimOrder = []string{"iss", "sub", "aud", "scope", "client_id", "handle", "did", "cnf", "act", "txn", "grant", "jti", "iat", "nbf", "exp"}
+
+var timeClaims = map[string]bool{"iat": true, "nbf": true, "exp": true, "auth_time": true}
+
+func orderedKeys(m map[string]any, first []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, k := range first {
+		if _, ok := m[k]; ok {
+			out = append(out, k)
+			seen[k] = true
+		}
+	}
+	var rest []string
+	for k := range m {
+		if !seen[k] {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	return append(out, rest...)
+}
+
+// claimValue prints one claim: strings as they are, times with their relative form, the rest as
+// compact JSON.
+func claimValue(name string, v any, now time.Time) string {
+	if timeClaims[name] {
+		if t, ok := numericDate(v); ok {
+			return fmt.Sprintf("%d  %s", t.Unix(), when(t, now))
+		}
+	}
+	if s, ok := v.(string); ok {
+		return s
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	return string(b)
+}
+
+func (ins *inspection) print(w io.Writer, now time.Time) error {
+	fmt.Fprintln(w, "header:")
+	t := newTable(w)
+	for _, k := range orderedKeys(ins.Header, []string{"alg", "typ", "kid"}) {
+		t.row("  "+k, claimValue(k, ins.Header[k], now))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "claims:")
+	t = newTable(w)
+	for _, k := range orderedKeys(ins.Claims, claimOrder) {
+		t.row("  "+k, claimValue(k, ins.Claims[k], now))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if ins.Signature.Valid {
+		fmt.Fprintf(w, "signature: valid (kid %s, %s, keys of %s)\n", ins.Signature.KID, ins.Signature.Alg, ins.Server)
+	} else {
+		fmt.Fprintf(w, "signature: INVALID (%s)\n", ins.Signature.Error)
+	}
+	if exp, ok := numericDate(ins.Claims["exp"]); ok {
+		if now.Before(exp) {
+			fmt.Fprintf(w, "expires: %s\n", relTime(exp, now))
+		} else {
+			fmt.Fprintf(w, "expired: %s\n", relTime(exp, now))
+		}
+	}
+	if ins.Valid {
+		fmt.Fprintln(w, "valid: yes (revocation not checked)")
+	} else {
+		fmt.Fprintf(w, "valid: no (%s)\n", strings.Join(ins.Problems, "; "))
+	}
+	return nil
+}

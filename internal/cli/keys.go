@@ -1,0 +1,104 @@
+package cli
+
+import (
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// signingKeyOut mirrors api.SigningKeyJSON.
+type signingKeyOut struct {
+	KID          string     `json:"kid"`
+	Alg          string     `json:"alg"`
+	CreatedAt    time.Time  `json:"created_at"`
+	ActiveAt     time.Time  `json:"active_at"`
+	PublishUntil *time.Time `json:"publish_until,omitempty"`
+}
+
+// keyStates names each published key's role at now: the newest key already active is
+// "signing"; newer ones are "published" (they sign later); older ones "retiring".
+func keyStates(keys []signingKeyOut, now time.Time) []string {
+	signing := -1
+	for i, k := range keys {
+		if !k.ActiveAt.After(now) && (signing < 0 || k.ActiveAt.After(keys[signing].ActiveAt)) {
+			signing = i
+		}
+	}
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		switch {
+		case i == signing:
+			out[i] = "signing"
+		case k.ActiveAt.After(now):
+			out[i] = "published"
+		default:
+			out[i] = "retiring"
+		}
+	}
+	return out
+}
+
+func newKeysCmd() *cobra.Command {
+	cmd := managementGroup("keys", "List and rotate the server's token signing keys (admin)")
+
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List the published signing keys",
+		Example: "  mandate keys list",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := managementClient(cmd)
+			if err != nil {
+				return err
+			}
+			var res struct {
+				Keys []signingKeyOut `json:"keys"`
+			}
+			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/keys", nil, &res)
+			if err != nil {
+				return err
+			}
+			if wantJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			now := time.Now()
+			states := keyStates(res.Keys, now)
+			t := newTable(cmd.OutOrStdout(), "KID", "ALG", "STATE", "CREATED", "SIGNS FROM", "PUBLISHED UNTIL")
+			for i, k := range res.Keys {
+				t.row(k.KID, k.Alg, states[i], ago(k.CreatedAt, now), ago(k.ActiveAt, now), agoPtr(k.PublishUntil, now))
+			}
+			return t.flush()
+		},
+	}
+
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Add a new signing key: published now, signing after the publish delay",
+		Long: `Add a new signing key. It is published in the JWKS at once and starts signing after the
+server's --key-publish-delay, so verifiers have fetched it first; the old key stays published
+until the last token it signed has expired.`,
+		Example: "  mandate keys rotate",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := managementClient(cmd)
+			if err != nil {
+				return err
+			}
+			var k signingKeyOut
+			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/keys/rotate", nil, &k)
+			if err != nil {
+				return err
+			}
+			if wantJSON(cmd) {
+				return printJSON(cmd.OutOrStdout(), raw)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "New signing key %s (%s) is published now and starts signing at %s.\n",
+				k.KID, k.Alg, when(k.ActiveAt, time.Now()))
+			return nil
+		},
+	}
+	cmd.AddCommand(list, rotate)
+	return cmd
+}
