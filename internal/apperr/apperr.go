@@ -62,3 +62,11 @@ func ReasonOf(err error) string {
 	}
 	return "internal"
 }
+
+// Clip shortens caller input quoted back in a message, so a refusal never echoes a large payload.
+func Clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}

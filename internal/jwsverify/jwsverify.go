@@ -6,6 +6,7 @@ package jwsverify
 import (
 	"crypto"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"strings"
 
@@ -56,4 +57,24 @@ func (j *JWS) Verify(pub crypto.PublicKey) ([]byte, error) {
 		return nil, errors.New("signature does not verify")
 	}
 	return j.jws.UnsafePayloadWithoutVerification(), nil
+}
+
+// AudienceIncludes reports whether an aud claim (a string or an array of strings, RFC 7519
+// §4.1.3) names any of want.
+func AudienceIncludes(raw json.RawMessage, want ...string) bool {
+	var list []string
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		list = []string{one}
+	} else if json.Unmarshal(raw, &list) != nil {
+		return false
+	}
+	for _, a := range list {
+		for _, w := range want {
+			if a == w {
+				return true
+			}
+		}
+	}
+	return false
 }

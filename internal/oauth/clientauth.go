@@ -60,7 +60,7 @@ func (s *Server) authenticateClient(ctx context.Context, form url.Values) (regis
 		return agent, invalidClient("assertion_signature", "client_assertion is not signed by a current key of the agent (rotated keys stop working after their grace period)", err)
 	}
 	now := s.cfg.Now()
-	if !audienceIncludes(c.Audience, s.cfg.Issuer, s.tokenEndpoint()) {
+	if !jwsverify.AudienceIncludes(c.Audience, s.cfg.Issuer, s.tokenEndpoint()) {
 		return agent, invalidClient("assertion_aud", "client_assertion aud must be the issuer "+s.cfg.Issuer+" or the token endpoint", nil)
 	}
 	if c.Expiry == nil || !time.Unix(*c.Expiry, 0).After(now) {
@@ -101,23 +101,4 @@ func verifyWithAny(jws *jwsverify.JWS, kid string, keys map[string]crypto.Public
 		}
 	}
 	return errors.New("no current key verifies the signature")
-}
-
-// audienceIncludes accepts aud as a string or an array, matching any of want.
-func audienceIncludes(raw json.RawMessage, want ...string) bool {
-	var list []string
-	var one string
-	if json.Unmarshal(raw, &one) == nil {
-		list = []string{one}
-	} else if json.Unmarshal(raw, &list) != nil {
-		return false
-	}
-	for _, a := range list {
-		for _, w := range want {
-			if a == w {
-				return true
-			}
-		}
-	}
-	return false
 }

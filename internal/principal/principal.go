@@ -95,7 +95,7 @@ func (s *Service) CreateUser(ctx context.Context, requestID string, by User, nam
 		return User{}, apperr.New(apperr.Forbidden, "forbidden", "only an admin can create users")
 	}
 	if !nameRE.MatchString(name) {
-		return User{}, apperr.New(apperr.Invalid, "name", "user name %q: use 1 to 63 lower-case letters, digits, dots, dashes and underscores", truncate(name, 70))
+		return User{}, apperr.New(apperr.Invalid, "name", "user name %q: use 1 to 63 lower-case letters, digits, dots, dashes and underscores", apperr.Clip(name, 70))
 	}
 	u := User{ID: ids.New("usr"), Name: name, Admin: admin, CreatedAt: s.now().UTC()}
 	ev := audit.New(s.now(), requestID, audit.ActionUserCreate)
@@ -128,7 +128,7 @@ func (s *Service) CreateToken(ctx context.Context, requestID string, by User, us
 		}
 		u, err := s.store.GetUser(ctx, userRef)
 		if errors.Is(err, ErrNotFound) {
-			return APIToken{}, "", apperr.Wrap(err, apperr.NotFound, "not_found", "no user %q", truncate(userRef, 70))
+			return APIToken{}, "", apperr.Wrap(err, apperr.NotFound, "not_found", "no user %q", apperr.Clip(userRef, 70))
 		}
 		if err != nil {
 			return APIToken{}, "", fmt.Errorf("get user %s: %w", userRef, err)
@@ -143,7 +143,7 @@ func (s *Service) CreateToken(ctx context.Context, requestID string, by User, us
 	}
 	secret := ids.Secret(TokenPrefix)
 	now := s.now().UTC()
-	t := APIToken{ID: ids.New("tok"), UserID: owner.ID, Name: truncate(name, 100), Hash: ids.Hash(secret), CreatedAt: now}
+	t := APIToken{ID: ids.New("tok"), UserID: owner.ID, Name: apperr.Clip(name, 100), Hash: ids.Hash(secret), CreatedAt: now}
 	if ttl > 0 {
 		t.ExpiresAt = now.Add(ttl)
 	}
@@ -164,7 +164,7 @@ func (s *Service) ListTokens(ctx context.Context, by User, userRef string) ([]AP
 		}
 		u, err := s.store.GetUser(ctx, userRef)
 		if errors.Is(err, ErrNotFound) {
-			return nil, apperr.Wrap(err, apperr.NotFound, "not_found", "no user %q", truncate(userRef, 70))
+			return nil, apperr.Wrap(err, apperr.NotFound, "not_found", "no user %q", apperr.Clip(userRef, 70))
 		}
 		if err != nil {
 			return nil, fmt.Errorf("get user %s: %w", userRef, err)
@@ -182,14 +182,14 @@ func (s *Service) RevokeToken(ctx context.Context, requestID string, by User, to
 			return fmt.Errorf("list API tokens: %w", err)
 		}
 		if !containsToken(toks, tokenID) {
-			return apperr.New(apperr.NotFound, "not_found", "you have no API token %q: see mandate tokens list", truncate(tokenID, 70))
+			return apperr.New(apperr.NotFound, "not_found", "you have no API token %q: see mandate tokens list", apperr.Clip(tokenID, 70))
 		}
 	}
 	ev := audit.New(s.now(), requestID, audit.ActionAPITokenRevoke)
 	ev.ActorType, ev.ActorID, ev.PrincipalID, ev.Target = audit.ActorUser, by.ID, by.ID, tokenID
 	err := s.store.RevokeAPIToken(ctx, tokenID, s.now().UTC(), ev)
 	if errors.Is(err, ErrNotFound) {
-		return apperr.Wrap(err, apperr.NotFound, "not_found", "no API token %q", truncate(tokenID, 70))
+		return apperr.Wrap(err, apperr.NotFound, "not_found", "no API token %q", apperr.Clip(tokenID, 70))
 	}
 	return err
 }
@@ -201,11 +201,4 @@ func containsToken(toks []APIToken, id string) bool {
 		}
 	}
 	return false
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

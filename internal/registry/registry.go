@@ -113,7 +113,7 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 		return Registered{}, err
 	}
 	if !handleRE.MatchString(c.Handle) {
-		return Registered{}, apperr.New(apperr.Invalid, "handle", "handle %q: use 3 to 40 lower-case letters, digits and dashes, starting and ending with a letter or digit", truncate(c.Handle, 60))
+		return Registered{}, apperr.New(apperr.Invalid, "handle", "handle %q: use 3 to 40 lower-case letters, digits and dashes, starting and ending with a letter or digit", apperr.Clip(c.Handle, 60))
 	}
 	if len(c.Name) > 200 || len(c.Description) > 2000 {
 		return Registered{}, apperr.New(apperr.Invalid, "too_long", "name is limited to 200 bytes and description to 2000")
@@ -149,7 +149,7 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 // server, iat not in the future, exp after now and at most five minutes after iat, and a jti
 // never seen before.
 func (s *Service) checkFreshness(ctx context.Context, kind string, aud json.RawMessage, iat, exp *int64, jti string) error {
-	if !audienceIncludes(aud, s.cfg.Issuer) {
+	if !jwsverify.AudienceIncludes(aud, s.cfg.Issuer) {
 		return apperr.New(apperr.Invalid, "aud", "aud must be this server's issuer, %s", s.cfg.Issuer)
 	}
 	if iat == nil || exp == nil {
@@ -176,23 +176,6 @@ func (s *Service) checkFreshness(ctx context.Context, kind string, aud json.RawM
 	return nil
 }
 
-// audienceIncludes accepts aud as a string or an array of strings (RFC 7519 §4.1.3).
-func audienceIncludes(raw json.RawMessage, want string) bool {
-	var one string
-	if json.Unmarshal(raw, &one) == nil {
-		return one == want
-	}
-	var many []string
-	if json.Unmarshal(raw, &many) == nil {
-		for _, a := range many {
-			if a == want {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // Claim makes the principal the owner of the agent whose claim code it presents.
 func (s *Service) Claim(ctx context.Context, requestID string, by principal.User, code string) (_ Agent, err error) {
 	ev := audit.New(s.cfg.Now(), requestID, audit.ActionAgentClaim)
@@ -213,14 +196,14 @@ func (s *Service) Claim(ctx context.Context, requestID string, by principal.User
 func (s *Service) Get(ctx context.Context, by principal.User, ref string) (Agent, error) {
 	a, err := s.cfg.Store.GetAgent(ctx, ref)
 	if errors.Is(err, ErrNotFound) {
-		return Agent{}, apperr.Wrap(err, apperr.NotFound, "not_found", "no agent %q: list agents with mandate agents list", truncate(ref, 80))
+		return Agent{}, apperr.Wrap(err, apperr.NotFound, "not_found", "no agent %q: list agents with mandate agents list", apperr.Clip(ref, 80))
 	}
 	if err != nil {
 		return Agent{}, fmt.Errorf("get agent %s: %w", ref, err)
 	}
 	if !by.Admin && a.OwnerID != by.ID {
 		// Same answer as a missing agent, so ids cannot be probed.
-		return Agent{}, apperr.New(apperr.NotFound, "not_found", "no agent %q: list agents with mandate agents list", truncate(ref, 80))
+		return Agent{}, apperr.New(apperr.NotFound, "not_found", "no agent %q: list agents with mandate agents list", apperr.Clip(ref, 80))
 	}
 	return a, nil
 }
@@ -236,7 +219,7 @@ func (s *Service) List(ctx context.Context, by principal.User, f Filter) ([]Agen
 	switch f.Status {
 	case "", StatusUnclaimed, StatusClaimed, StatusRevoked:
 	default:
-		return nil, apperr.New(apperr.Invalid, "status", "status %q: want UNCLAIMED, CLAIMED or REVOKED", truncate(string(f.Status), 20))
+		return nil, apperr.New(apperr.Invalid, "status", "status %q: want UNCLAIMED, CLAIMED or REVOKED", apperr.Clip(string(f.Status), 20))
 	}
 	return s.cfg.Store.ListAgents(ctx, f)
 }
@@ -272,7 +255,7 @@ func (s *Service) Revoke(ctx context.Context, requestID string, by principal.Use
 func (s *Service) ActiveKeys(ctx context.Context, agentID string) (Agent, map[string]crypto.PublicKey, error) {
 	a, err := s.cfg.Store.GetAgent(ctx, agentID)
 	if errors.Is(err, ErrNotFound) {
-		return Agent{}, nil, apperr.Wrap(err, apperr.Unauthenticated, "unknown_agent", "no agent %q is registered", truncate(agentID, 80))
+		return Agent{}, nil, apperr.Wrap(err, apperr.Unauthenticated, "unknown_agent", "no agent %q is registered", apperr.Clip(agentID, 80))
 	}
 	if err != nil {
 		return Agent{}, nil, fmt.Errorf("get agent %s: %w", agentID, err)
@@ -340,11 +323,4 @@ func normalizeClaimCode(code string) string {
 		sb.WriteRune(r)
 	}
 	return sb.String()
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

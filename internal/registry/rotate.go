@@ -42,7 +42,7 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 	}
 	a, keys, err := s.ActiveKeys(ctx, agentID)
 	if de, ok := apperr.As(err); ok && de.Reason == "unknown_agent" {
-		return Agent{}, apperr.Wrap(err, apperr.NotFound, "not_found", "no agent %q is registered", truncate(agentID, 80))
+		return Agent{}, apperr.Wrap(err, apperr.NotFound, "not_found", "no agent %q is registered", apperr.Clip(agentID, 80))
 	}
 	if err != nil {
 		return Agent{}, err
