@@ -1,0 +1,190 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/principal"
+)
+
+const (
+	userCols     = `id, name, admin, created_at`
+	apiTokenCols = `id, user_id, name, hash, created_at, expires_at, revoked_at`
+)
+
+// CreateUser stores u with ev (Target defaults to u.ID). A used name gives principal.ErrNameTaken.
+func (s *Store) CreateUser(ctx context.Context, u principal.User, ev audit.Event) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO users (`+userCols+`) VALUES ($1, $2, $3, $4)`,
+			u.ID, u.Name, u.Admin, nanos(u.CreatedAt))
+		if uniqueViolation(err, "users", "name") {
+			return fmt.Errorf("name %q: %w", u.Name, principal.ErrNameTaken)
+		}
+		if err != nil {
+			return err
+		}
+		if ev.Target == "" {
+			ev.Target = u.ID
+		}
+		return appendSuccess(ctx, tx, &ev)
+	})
+	if err != nil {
+		return fmt.Errorf("create user %s: %w", u.ID, err)
+	}
+	return nil
+}
+
+// GetUser finds a user by id, or else by name.
+func (s *Store) GetUser(ctx context.Context, ref string) (principal.User, error) {
+	u, err := scanUser(s.rdb.QueryRowContext(ctx, `SELECT `+userCols+` FROM users
+		WHERE id = $1 OR name = $1 ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1`, ref))
+	if errors.Is(err, sql.ErrNoRows) {
+		err = principal.ErrNotFound
+	}
+	if err != nil {
+		return principal.User{}, fmt.Errorf("get user %s: %w", ref, err)
+	}
+	return u, nil
+}
+
+// ListUsers returns every user, by name.
+func (s *Store) ListUsers(ctx context.Context) ([]principal.User, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+userCols+` FROM users ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	defer rows.Close()
+	var users []principal.User
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list users: %w", err)
+		}
+		users = append(users, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list users: %w", err)
+	}
+	return users, nil
+}
+
+// CountUsers returns how many users there are.
+func (s *Store) CountUsers(ctx context.Context) (int, error) {
+	var n int
+	if err := s.rdb.QueryRowContext(ctx, `SELECT COUNT(*) FROM users`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count users: %w", err)
+	}
+	return n, nil
+}
+
+func scanUser(r rowScanner) (principal.User, error) {
+	var u principal.User
+	var created int64
+	if err := r.Scan(&u.ID, &u.Name, &u.Admin, &created); err != nil {
+		return principal.User{}, err
+	}
+	u.CreatedAt = fromNanos(created)
+	return u, nil
+}
+
+// CreateAPIToken stores t with ev (Target defaults to t.ID). An unknown user gives
+// principal.ErrNotFound.
+func (s *Store) CreateAPIToken(ctx context.Context, t principal.APIToken, ev audit.Event) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (`+apiTokenCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			t.ID, t.UserID, t.Name, t.Hash, nanos(t.CreatedAt), nanos(t.ExpiresAt), nanos(t.RevokedAt))
+		if foreignKeyViolation(err) {
+			return fmt.Errorf("user %s: %w", t.UserID, principal.ErrNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		if ev.Target == "" {
+			ev.Target = t.ID
+		}
+		return appendSuccess(ctx, tx, &ev)
+	})
+	if err != nil {
+		return fmt.Errorf("create api token %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+// LookupAPIToken finds an unrevoked token by hash, and its user. Expiry is the caller's check.
+func (s *Store) LookupAPIToken(ctx context.Context, hash string) (principal.APIToken, principal.User, error) {
+	var t principal.APIToken
+	var u principal.User
+	var tCreated, tExpires, tRevoked, uCreated int64
+	err := s.rdb.QueryRowContext(ctx, `SELECT t.id, t.user_id, t.name, t.hash, t.created_at, t.expires_at,
+			t.revoked_at, u.id, u.name, u.admin, u.created_at
+		FROM api_tokens t JOIN users u ON u.id = t.user_id
+		WHERE t.hash = $1 AND t.revoked_at = 0`, hash).
+		Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &tCreated, &tExpires, &tRevoked, &u.ID, &u.Name, &u.Admin, &uCreated)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = principal.ErrNotFound
+	}
+	if err != nil {
+		// Never put the hash in the message: it is a lookup key for a bearer secret.
+		return principal.APIToken{}, principal.User{}, fmt.Errorf("look up api token: %w", err)
+	}
+	t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNanos(tCreated), fromNanos(tExpires), fromNanos(tRevoked)
+	u.CreatedAt = fromNanos(uCreated)
+	return t, u, nil
+}
+
+// ListAPITokens returns every token of the user, revoked ones included, newest first.
+func (s *Store) ListAPITokens(ctx context.Context, userID string) ([]principal.APIToken, error) {
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+apiTokenCols+` FROM api_tokens WHERE user_id = $1
+		ORDER BY created_at DESC, id`, userID)
+	if err != nil {
+		return nil, fmt.Errorf("list api tokens of %s: %w", userID, err)
+	}
+	defer rows.Close()
+	var toks []principal.APIToken
+	for rows.Next() {
+		var t principal.APIToken
+		var created, expires, revoked int64
+		if err := rows.Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &created, &expires, &revoked); err != nil {
+			return nil, fmt.Errorf("list api tokens of %s: %w", userID, err)
+		}
+		t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNanos(created), fromNanos(expires), fromNanos(revoked)
+		toks = append(toks, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list api tokens of %s: %w", userID, err)
+	}
+	return toks, nil
+}
+
+// RevokeAPIToken marks the token revoked at at, with ev (Target defaults to id). Revoking a
+// revoked token succeeds and keeps the first revocation time; an unknown id gives
+// principal.ErrNotFound.
+func (s *Store) RevokeAPIToken(ctx context.Context, id string, at time.Time, ev audit.Event) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var revoked int64
+		err := tx.QueryRowContext(ctx, `SELECT revoked_at FROM api_tokens WHERE id = $1`, id).Scan(&revoked)
+		if errors.Is(err, sql.ErrNoRows) {
+			return principal.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if revoked == 0 {
+			if _, err := tx.ExecContext(ctx, `UPDATE api_tokens SET revoked_at = $2 WHERE id = $1`, id, nanos(at)); err != nil {
+				return err
+			}
+		}
+		if ev.Target == "" {
+			ev.Target = id
+		}
+		return appendSuccess(ctx, tx, &ev)
+	})
+	if err != nil {
+		return fmt.Errorf("revoke api token %s: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+// Package sqlstore implements every mandate store (audit, registry, principal, token and the DPoP
+// replay cache) on SQLite and PostgreSQL through database/sql. Only the composition root imports
+// it; domain packages see their own small Store interfaces.
+//
+// # Dialects and SQL
+//
+// Queries are written once, with PostgreSQL's numbered placeholders ($1, $2, …), and run
+// unchanged on both dialects. This is safe because SQLite treats "$1" as a named parameter and
+// modernc.org/sqlite binds a parameter named "$N" to the argument with ordinal N (see argFinder
+// and scanArgs in its conn.go), and SQLite gives every occurrence of one name the same index, so
+// a "$1" used twice or placeholders out of order bind correctly (the Placeholders test in
+// dialect_test.go checks it on both dialects). Never rewrite placeholders. One SQLite quirk to
+// respect: a "$name" may carry "::" and a "(…)" suffix, so never write a PostgreSQL cast such as
+// "$1::text" right after a placeholder; write CAST($1 AS TEXT) instead. Only the migrations
+// (migrations/<dialect>/) and a few dialect-only statements (advisory locks, transaction
+// options) differ per dialect.
+//
+// # Portable schema
+//
+// Times are BIGINT unix nanoseconds UTC with 0 for the zero time; booleans are INTEGER (SQLite)
+// or BOOLEAN (PostgreSQL); ids are TEXT.
+//
+// # Writes and the audit chain
+//
+// Every mutating method that takes an audit.Event appends it to the hash chain in the same
+// transaction as its change, and marks it OutcomeSuccess; when the change fails nothing is
+// written. Appends are serialised so the chain never forks: SQLite has a single writer
+// connection with BEGIN IMMEDIATE transactions, and PostgreSQL takes a transaction-scoped
+// advisory lock at the start of every audited write transaction (see writeTx).
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
+)
+
+// Dialect names, as returned by Store.Dialect.
+const (
+	DialectSQLite   = "sqlite"
+	DialectPostgres = "postgres"
+)
+
+// Store is every mandate store on one database. It is safe for concurrent use.
+type Store struct {
+	dialect string
+	// db runs every write. On SQLite it holds exactly one connection (the single writer); on
+	// PostgreSQL it is the one pool for reads and writes.
+	db *sql.DB
+	// rdb runs reads outside write transactions. On SQLite it is a separate pool of read-only
+	// connections that WAL lets run concurrently with the writer; on PostgreSQL it is db.
+	rdb *sql.DB
+	now func() time.Time
+}
+
+// Open opens and migrates the database. dsn is a postgres:// or postgresql:// URL for
+// PostgreSQL; anything else is a SQLite file path (whose directory must exist). Open refuses,
+// with an error wrapping ErrDatabaseNewer, a database migrated by a newer mandate.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		return openPostgres(ctx, dsn)
+	}
+	return openSQLite(ctx, dsn)
+}
+
+// SQLite connection settings.
+//
+// SQLite allows one writer at a time. Rather than letting several pooled connections race for
+// the write lock (and fail with SQLITE_BUSY, or deadlock when two deferred transactions both
+// try to upgrade from read to write), the store funnels every write through one connection:
+// database/sql queues writers in Go, where waiting is cheap and respects contexts, and
+// transactions begin IMMEDIATE (_txlock) so a write transaction holds the write lock from its
+// first statement. Reads go to a separate pool of query_only connections; in WAL mode they run
+// concurrently with the writer and see the last committed state. busy_timeout covers other
+// processes on the same file (a CLI next to the server) and WAL checkpoints. synchronous=FULL
+// makes every commit durable across power loss: a revocation or an audit record must not
+// silently disappear (NORMAL would be faster and still consistent, but may lose the last
+// commits).
+const (
+	sqliteWriterParams = "_busy_timeout=10000&_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL&_txlock=immediate"
+	sqliteReaderParams = "_busy_timeout=10000&_foreign_keys=1&_query_only=1"
+)
+
+func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
+	switch {
+	case path == "":
+		return nil, errors.New("open sqlite: empty database path")
+	case strings.ContainsAny(path, "?#"):
+		return nil, fmt.Errorf("open sqlite %q: the path must not contain '?' or '#'", path)
+	case path == ":memory:" || strings.HasPrefix(path, "file:"):
+		// The writer and reader pools must see the same database, which an in-memory
+		// database is not; and URIs would bypass the settings above.
+		return nil, fmt.Errorf("open sqlite %q: want a file path", path)
+	}
+	w, err := sql.Open("sqlite", path+"?"+sqliteWriterParams)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	w.SetConnMaxIdleTime(0)
+	defer func() {
+		if err != nil {
+			w.Close()
+		}
+	}()
+	if err := w.PingContext(ctx); err != nil { // creates the file and switches it to WAL
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	if err := migrate(ctx, w, DialectSQLite); err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+
+	r, err := sql.Open("sqlite", path+"?"+sqliteReaderParams)
+	if err != nil {
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	n := max(4, runtime.GOMAXPROCS(0))
+	r.SetMaxOpenConns(n)
+	r.SetMaxIdleConns(n)
+	if err := r.PingContext(ctx); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
+	return &Store{dialect: DialectSQLite, db: w, rdb: r, now: time.Now}, nil
+}
+
+func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err) // never print the URL: it may hold a password
+	}
+	// Bounded so that several replicas stay well under max_connections (100 by default);
+	// connections are recycled so that a fail-over or a DNS change is picked up.
+	db.SetMaxOpenConns(20)
+	db.SetMaxIdleConns(10)
+	db.SetConnMaxLifetime(30 * time.Minute)
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	defer func() {
+		if err != nil {
+			db.Close()
+		}
+	}()
+	if err := db.PingContext(ctx); err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	if err := migrate(ctx, db, DialectPostgres); err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	return &Store{dialect: DialectPostgres, db: db, rdb: db, now: time.Now}, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	err := s.db.Close()
+	if s.rdb != s.db {
+		err = errors.Join(err, s.rdb.Close())
+	}
+	return err
+}
+
+// Ping checks that the database answers, for /readyz.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.db.PingContext(ctx); err != nil {
+		return fmt.Errorf("ping %s: %w", s.dialect, err)
+	}
+	if s.rdb != s.db {
+		if err := s.rdb.PingContext(ctx); err != nil {
+			return fmt.Errorf("ping %s readers: %w", s.dialect, err)
+		}
+	}
+	return nil
+}
+
+// Dialect returns "sqlite" or "postgres".
+func (s *Store) Dialect() string { return s.dialect }
+
+// PostgreSQL advisory lock keys: "mandate" followed by one byte, as a big-endian integer.
+const (
+	// chainLockID serialises audited write transactions, and with them appends to the audit
+	// hash chain (transaction-scoped).
+	chainLockID int64 = 0x6d616e64617465_01
+	// migrateLockID serialises migrations of replicas starting together (session-scoped).
+	migrateLockID int64 = 0x6d616e64617465_02
+)
+
+// querier is what both *sql.DB and *sql.Tx offer, so that reads can run inside or outside a
+// write transaction.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// writeTx runs fn in a write transaction that may append to the audit chain, and commits when fn
+// returns nil. On PostgreSQL it first takes the chain lock, so audited writes are serialised
+// across every replica just as SQLite's single writer serialises them; the chain's order is
+// then the commit order, and read-modify-write methods (UpdateAgent, RotateKey, AddSigningKey)
+// need no row locks of their own.
+//
+// fn must use tx only: on SQLite the writer pool has one connection, which tx holds.
+func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	if s.dialect == DialectPostgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, chainLockID); err != nil {
+			return fmt.Errorf("lock audit chain: %w", err)
+		}
+	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// nanos turns t into the stored form: unix nanoseconds, 0 for the zero time. Times outside the
+// int64 range (years before 1678 or after 2261) are clamped.
+func nanos(t time.Time) int64 {
+	switch {
+	case t.IsZero():
+		return 0
+	case t.Before(minTime):
+		return math.MinInt64
+	case t.After(maxTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+var (
+	minTime = time.Unix(0, math.MinInt64)
+	maxTime = time.Unix(0, math.MaxInt64)
+)
+
+// fromNanos is the inverse of nanos; times come back in UTC.
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// nullString stores "" as NULL, for optional unique or foreign-key columns.
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
