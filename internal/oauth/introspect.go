@@ -28,8 +28,11 @@ func (s *Server) authenticateCaller(ctx context.Context, r *http.Request) (calle
 		}
 		return caller{userID: u.ID, admin: u.Admin}, nil
 	}
-	a, err := s.authenticateClient(ctx, r.PostForm)
+	a, use, err := s.authenticateClient(ctx, r.PostForm)
 	if err != nil {
+		return caller{}, err
+	}
+	if err := s.useAssertion(ctx, use); err != nil {
 		return caller{}, err
 	}
 	if a.Status == registry.StatusRevoked {

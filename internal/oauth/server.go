@@ -103,9 +103,10 @@ type grant interface {
 // tokenRequest is what the shared steps established.
 type tokenRequest struct {
 	Form   url.Values
-	Proof  *dpop.Proof    // the verified DPoP proof; the new token is bound to its key
-	Client registry.Agent // the authenticated agent, for grants with ClientAuth
-	Event  *audit.Event   // the grant fills in who and what; the endpoint writes it
+	Proof  *dpop.Proof       // the verified DPoP proof; the new token is bound to its key
+	Client registry.Agent    // the authenticated agent, for grants with ClientAuth
+	Uses   []token.SingleUse // single-use ids committed with the token's audit event
+	Event  *audit.Event      // the grant fills in who and what; the endpoint writes it
 }
 
 type tokenResponse struct {
@@ -162,7 +163,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 	}
 	req := &tokenRequest{Form: form, Proof: proof, Event: ev}
 	if g.ClientAuth() {
-		agent, err := s.authenticateClient(ctx, form)
+		agent, use, err := s.authenticateClient(ctx, form)
 		if agent.ID != "" {
 			ev.AgentID, ev.ActorType, ev.ActorID, ev.PrincipalID = agent.ID, audit.ActorAgent, agent.ID, agent.OwnerID
 		}
@@ -170,15 +171,21 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 			return nil, err
 		}
 		req.Client = agent
+		req.Uses = append(req.Uses, use)
 	}
 	resp, err := g.Issue(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	// The token is returned only once its record is stored (invariant: nothing lost).
-	ev.Action, ev.Outcome = audit.ActionTokenIssue, audit.OutcomeSuccess
-	if err := s.cfg.Audit.AppendEvent(ctx, *ev); err != nil {
-		ev.Action, ev.Outcome = audit.ActionTokenDeny, audit.OutcomeFailure
+	// The token is returned only once its record is stored (invariant: nothing lost), and the
+	// client assertion is used up in the same transaction.
+	issued := *ev
+	issued.Action = audit.ActionTokenIssue
+	if err := s.cfg.Tokens.RecordIssue(ctx, req.Uses, issued); err != nil {
+		if errors.Is(err, dpop.ErrReplay) {
+			return nil, assertionReplayed(err)
+		}
+		ev.Outcome = audit.OutcomeFailure
 		return nil, fmt.Errorf("record token issue: %w", err)
 	}
 	return resp, nil

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 
@@ -26,7 +27,27 @@ var (
 // One statement decides, so of concurrent uses exactly one succeeds; an expired record is
 // replaced. Expired records are deleted by Purge.
 func (s *Store) Use(ctx context.Context, id string, exp time.Time) error {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO used_jtis (id, expires_at) VALUES ($1, $2)
+	return s.use(ctx, s.db, id, exp)
+}
+
+// RecordIssue uses up the ids and appends ev in one write transaction.
+func (s *Store) RecordIssue(ctx context.Context, uses []token.SingleUse, ev audit.Event) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		for _, u := range uses {
+			if err := s.use(ctx, tx, u.ID, u.ExpiresAt); err != nil {
+				return err
+			}
+		}
+		return appendSuccess(ctx, tx, &ev)
+	})
+	if err != nil {
+		return fmt.Errorf("record token issue %s: %w", ev.TokenID, err)
+	}
+	return nil
+}
+
+func (s *Store) use(ctx context.Context, q querier, id string, exp time.Time) error {
+	res, err := q.ExecContext(ctx, `INSERT INTO used_jtis (id, expires_at) VALUES ($1, $2)
 		ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
 		WHERE used_jtis.expires_at <= $3`, id, nanos(exp), nanos(s.now()))
 	if err != nil {

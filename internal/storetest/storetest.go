@@ -60,6 +60,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"Purge", testPurge},
 		{"Use", testUse},
 		{"UseConcurrent", testUseConcurrent},
+		{"RecordIssue", testRecordIssue},
 		{"AuditEvents", testAuditEvents},
 		{"ListEventsFilter", testListEventsFilter},
 		{"AuditConcurrent", testAuditConcurrent},
@@ -1091,6 +1092,27 @@ func testUseConcurrent(t *testing.T, s Store) {
 		if wins != 1 {
 			t.Errorf("Use(%s) from 10 goroutines: %d succeeded, want exactly 1", id, wins)
 		}
+	}
+}
+
+// testRecordIssue: a token's single-use ids and its audit event commit together or not at all.
+func testRecordIssue(t *testing.T, s Store) {
+	ctx := t.Context()
+	exp := time.Now().Add(time.Minute)
+	ev := newEvent(audit.ActionTokenIssue)
+	ev.TokenID = "at_1"
+	if err := s.RecordIssue(ctx, []token.SingleUse{{ID: "cca:1", ExpiresAt: exp}}, ev); err != nil {
+		t.Fatalf("RecordIssue: %v", err)
+	}
+	wantLastEvent(t, s, success(ev))
+	before := eventCount(t, s)
+	again := newEvent(audit.ActionTokenIssue)
+	err := s.RecordIssue(ctx, []token.SingleUse{{ID: "cca:2", ExpiresAt: exp}, {ID: "cca:1", ExpiresAt: exp}}, again)
+	wantErr(t, "RecordIssue with a used id", err, dpop.ErrReplay)
+	wantNoNewEvents(t, s, before)
+	wantErr(t, "Use of an id from the rolled-back issue", s.Use(ctx, "cca:2", exp), nil)
+	if err := s.RecordIssue(ctx, nil, newEvent(audit.ActionTokenIssue)); err != nil {
+		t.Errorf("RecordIssue without single-use ids: %v", err)
 	}
 }
 

@@ -28,6 +28,13 @@ type RevokedToken struct {
 	RevokedAt time.Time
 }
 
+// SingleUse is an identifier that may be used once (a client assertion's jti), remembered
+// until ExpiresAt.
+type SingleUse struct {
+	ID        string
+	ExpiresAt time.Time
+}
+
 // ErrNotFound is returned for an unknown key or token.
 var ErrNotFound = errors.New("not found")
 
@@ -38,6 +45,10 @@ type Store interface {
 	AddSigningKey(ctx context.Context, k SigningKey, retireUntil time.Time, ev audit.Event) error
 	// ListSigningKeys returns every key whose PublishUntil is zero or after now, newest first.
 	ListSigningKeys(ctx context.Context, now time.Time) ([]SigningKey, error)
+	// RecordIssue commits the issue of a token: it uses up every id in uses (dpop.ErrReplay,
+	// wrapped, if one was used before and nothing is written) and appends ev as a success, in
+	// one transaction, so a token never exists without its record and costs one disk sync.
+	RecordIssue(ctx context.Context, uses []SingleUse, ev audit.Event) error
 	RevokeToken(ctx context.Context, t RevokedToken, ev audit.Event) error
 	IsTokenRevoked(ctx context.Context, jti string) (bool, error)
 	// ListRevokedTokens returns revoked tokens not yet expired at now.
