@@ -1,0 +1,78 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mandate-dev/mandate/internal/apperr"
+)
+
+func TestErrorsAndRequestIDs(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(LogHandler{slog.NewJSONHandler(&logs, nil)})
+	mux := http.NewServeMux()
+	mux.Handle("GET /refused", Handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		return apperr.New(apperr.Conflict, "handle_taken", "handle %q is taken", "x")
+	}))
+	mux.Handle("GET /broken", Handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		return errors.New("dial tcp 10.0.0.1: password=hunter2 refused")
+	}))
+	mux.Handle("GET /panic", Handle(log, func(w http.ResponseWriter, r *http.Request) error { panic("boom") }))
+	h := Middleware(log, NewMetrics(prometheus.NewRegistry()), mux)
+
+	tests := map[string]struct {
+		path, reqID      string
+		status           int
+		code, descSubstr string
+		keepID           bool
+	}{
+		"domain refusal":        {"/refused", "", 409, "conflict", `handle "x" is taken`, false},
+		"internal error hidden": {"/broken", "", 500, "server_error", "request id", false},
+		"panic recovered":       {"/panic", "", 500, "server_error", "request id", false},
+		"caller's request id":   {"/refused", "abc-123", 409, "conflict", "taken", true},
+		"forged request id":     {"/refused", "x\ny=1", 409, "conflict", "taken", false},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			logs.Reset()
+			req := httptest.NewRequest("GET", tt.path, nil)
+			if tt.reqID != "" {
+				req.Header.Set(RequestIDHeader, tt.reqID)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			var body map[string]string
+			json.Unmarshal(rec.Body.Bytes(), &body)
+			if rec.Code != tt.status || body["error"] != tt.code || !strings.Contains(body["error_description"], tt.descSubstr) {
+				t.Fatalf("got %d %v", rec.Code, body)
+			}
+			if rec.Header().Get("Cache-Control") != "no-store" {
+				t.Error("error response is cacheable")
+			}
+			id := rec.Header().Get(RequestIDHeader)
+			if body["request_id"] != id || id == "" {
+				t.Errorf("request_id %q, header %q", body["request_id"], id)
+			}
+			if tt.keepID != (id == tt.reqID) {
+				t.Errorf("request id %q for caller's %q", id, tt.reqID)
+			}
+			if strings.Contains(rec.Body.String(), "hunter2") {
+				t.Error("the cause leaked to the client")
+			}
+			for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+				var rec map[string]any
+				if err := json.Unmarshal([]byte(line), &rec); err != nil || rec["request_id"] != id {
+					t.Errorf("log line without the request id: %s", line)
+				}
+			}
+		})
+	}
+}
