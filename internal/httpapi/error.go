@@ -93,10 +93,10 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		attrs = append(attrs, slog.String("cause", e.Cause.Error()))
 	}
 	log.Log(r.Context(), level, "request refused", attrs...)
+	// The error's headers replace any set earlier (a handler may have set DPoP-Nonce already):
+	// a header that is not a list must be sent once (RFC 9110 §5.3).
 	for k, vs := range e.Header {
-		for _, v := range vs {
-			w.Header().Add(k, v)
-		}
+		w.Header()[http.CanonicalHeaderKey(k)] = vs
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	WriteJSON(w, e.Status, errorBody{Error: e.Code, Description: e.Description, RequestID: RequestID(r.Context())})

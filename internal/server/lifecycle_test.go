@@ -224,3 +224,18 @@ func signedWith(key ed25519.PrivateKey, header map[string]any, payload string) s
 	in := encodeHeader(header) + "." + payload
 	return in + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(key, []byte(in)))
 }
+
+// TestNonceChallenge: a proof without the server's nonce gets use_dpop_nonce and exactly one
+// DPoP-Nonce field (a repeated field reads as "n, n" to fetch clients, RFC 9110 §5.3).
+func TestNonceChallenge(t *testing.T) {
+	ts := newTestServer(t)
+	a := ts.newAgent(t, "nonce-less", true)
+	dpopKey, _ := newKey(t)
+	resp, body := ts.tokenRequest(t, ts.ccForm(t, a, ts.assertion(t, a, randomID())), ts.proof(t, dpopKey, "POST", ts.URL+"/oauth/token", ""))
+	if resp.StatusCode != 400 || body["error"] != "use_dpop_nonce" {
+		t.Fatalf("proof without nonce: %d %v", resp.StatusCode, body)
+	}
+	if n := resp.Header.Values("DPoP-Nonce"); len(n) != 1 || n[0] == "" {
+		t.Fatalf("DPoP-Nonce fields: %q, want exactly one", n)
+	}
+}
