@@ -81,6 +81,10 @@ func (a *API) withUser(f userHandler) httpapi.HandlerFunc {
 				Header:      http.Header{"WWW-Authenticate": {`Bearer realm="mandate"`}}}
 		}
 		u, err := a.cfg.Principals.Authenticate(r.Context(), secret)
+		if de, ok := apperr.As(err); ok && de.Kind == apperr.Unauthenticated {
+			return &httpapi.Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Reason: de.Reason, Description: de.Msg,
+				Header: http.Header{"WWW-Authenticate": {`Bearer realm="mandate", error="invalid_token"`}}, Cause: err}
+		}
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/httpapi"
@@ -35,10 +36,29 @@ func (s *Server) authenticateCaller(ctx context.Context, r *http.Request) (calle
 	if err := s.useAssertion(ctx, use); err != nil {
 		return caller{}, err
 	}
-	if a.Status == registry.StatusRevoked {
-		return caller{}, invalidClient("agent_revoked", "the agent is revoked", nil)
+	if a.Status != registry.StatusClaimed {
+		return caller{}, invalidClient("agent_"+strings.ToLower(string(a.Status)), "the agent is "+string(a.Status)+": only a claimed agent may call this endpoint", nil)
 	}
 	return caller{agentID: a.ID}, nil
+}
+
+// mayAct reports whether who may see or revoke the tokens of agentID: the agent itself, its
+// owner, or an admin.
+func (s *Server) mayAct(ctx context.Context, who caller, agentID string) (bool, error) {
+	if who.admin || (who.agentID != "" && who.agentID == agentID) {
+		return true, nil
+	}
+	if who.userID == "" {
+		return false, nil
+	}
+	a, err := s.cfg.Agents.GetAgent(ctx, agentID)
+	if errors.Is(err, registry.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("agent %s: %w", agentID, err)
+	}
+	return a.OwnerID == who.userID, nil
 }
 
 // active verifies a token of ours and returns its claims when it is usable now: signature,
@@ -72,7 +92,8 @@ func (s *Server) Introspect(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.authenticateCaller(ctx, r); err != nil {
+	who, err := s.authenticateCaller(ctx, r)
+	if err != nil {
 		return err
 	}
 	if form.Get("token") == "" {
@@ -80,12 +101,21 @@ func (s *Server) Introspect(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	c, err := s.active(ctx, form.Get("token"))
-	if errors.Is(err, token.ErrInvalidToken) {
+	inactive := errors.Is(err, token.ErrInvalidToken)
+	if err != nil && !inactive {
+		return err
+	}
+	if !inactive {
+		// A caller learns about its own tokens only (RFC 7662 §4): others read as inactive.
+		ok, err := s.mayAct(ctx, who, c.ClientID)
+		if err != nil {
+			return err
+		}
+		inactive = !ok
+	}
+	if inactive {
 		httpapi.WriteJSON(w, http.StatusOK, map[string]any{"active": false})
 		return nil
-	}
-	if err != nil {
-		return err
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{
 		"active": true, "token_type": "DPoP", "scope": c.Scope, "client_id": c.ClientID,
@@ -123,17 +153,16 @@ func (s *Server) Revoke(w http.ResponseWriter, r *http.Request) (err error) {
 	} else {
 		ev.ActorType, ev.ActorID, ev.PrincipalID = audit.ActorUser, who.userID, who.userID
 	}
-	allowed := who.admin || who.agentID == c.ClientID
-	if !allowed && who.userID != "" {
-		a, err := s.cfg.Agents.GetAgent(ctx, c.ClientID)
-		allowed = err == nil && a.OwnerID == who.userID
+	allowed, err := s.mayAct(ctx, who, c.ClientID)
+	if err != nil {
+		return err
 	}
 	if !allowed {
 		ev.Reason = "forbidden"
 		if err := s.cfg.Audit.AppendEvent(ctx, ev); err != nil {
 			return err
 		}
-		return oauthError(http.StatusForbidden, "unauthorized_client", "forbidden", "only the token's agent, the agent's owner or an admin may revoke it")
+		return badRequest(CodeUnauthorizedClient, "forbidden", "only the token's agent, the agent's owner or an admin may revoke it (RFC 7009 §2.1)")
 	}
 	err = s.cfg.Tokens.RevokeToken(ctx, token.RevokedToken{JTI: c.JTI, AgentID: c.ClientID, ExpiresAt: c.ExpiresAt(), RevokedAt: s.cfg.Now().UTC()}, ev)
 	if err != nil {

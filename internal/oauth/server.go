@@ -256,7 +256,9 @@ func (s *Server) principalFromBearer(ctx context.Context, r *http.Request) (prin
 	u, err := s.cfg.Principals.Authenticate(ctx, secret)
 	if err != nil {
 		if _, ok := apperr.As(err); ok {
-			return principal.User{}, true, invalidClient("bad_api_token", "the API token is unknown, revoked or expired", err)
+			e := invalidClient("bad_api_token", "the API token is unknown, revoked or expired", err)
+			e.Header = http.Header{"WWW-Authenticate": {`Bearer realm="mandate", error="invalid_token"`}}
+			return principal.User{}, true, e
 		}
 		return principal.User{}, true, err
 	}

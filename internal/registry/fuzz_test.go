@@ -35,7 +35,7 @@ func registration(t testing.TB, seed byte, claims map[string]any) string {
 	for k, v := range claims {
 		base[k] = v
 	}
-	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", did))
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", did).WithType(registry.TypeRegistration))
 	b, _ := json.Marshal(base)
 	jws, _ := s.Sign(b)
 	out, _ := jws.CompactSerialize()
@@ -83,6 +83,7 @@ func TestRegisterRefusals(t *testing.T) {
 		"bad handle":       {registration(t, 15, map[string]any{"handle": "-x"}), "handle"},
 		"iss is not kid":   {registration(t, 16, map[string]any{"iss": "did:key:someone-else"}), "iss"},
 		"signature broken": {breakSig(registration(t, 17, nil)), "signature"},
+		"wrong typ":        {wrongTyp(t), "typ"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -111,7 +112,7 @@ func TestRegisterRefusals(t *testing.T) {
 
 func mustSign(t *testing.T, kid string, claims map[string]any) string {
 	key := ed25519.NewKeyFromSeed(make([]byte, 32))
-	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", kid))
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", kid).WithType(registry.TypeRegistration))
 	jws, _ := s.Sign([]byte(`{}`))
 	out, _ := jws.CompactSerialize()
 	return out
@@ -119,3 +120,14 @@ func mustSign(t *testing.T, kid string, claims map[string]any) string {
 
 // breakSig replaces the end of the signature, so it no longer verifies.
 func breakSig(jws string) string { return jws[:len(jws)-4] + "AAAA" }
+
+// wrongTyp is a valid registration but for its typ: a client assertion must not pass for one.
+func wrongTyp(t *testing.T) string {
+	key := ed25519.NewKeyFromSeed(append(make([]byte, 31), 30))
+	did, _ := didkey.Format(key.Public())
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", did).WithType("JWT"))
+	b, _ := json.Marshal(map[string]any{"iss": did, "aud": issuer, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Minute).Unix(), "jti": "typ", "handle": "typ-agent"})
+	jws, _ := s.Sign(b)
+	out, _ := jws.CompactSerialize()
+	return out
+}

@@ -92,6 +92,9 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 	if err != nil {
 		return Registered{}, apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a compact JWS signed by the agent's key with EdDSA, Ed25519 or ES256")
 	}
+	if typ, _ := jws.Header().ExtraHeaders["typ"].(string); typ != TypeRegistration {
+		return Registered{}, apperr.New(apperr.Invalid, "typ", "the JWS header typ must be %s, so no other signed object can pass for a registration", TypeRegistration)
+	}
 	did := jws.Header().KeyID
 	pub, err := didkey.Parse(did)
 	if err != nil {
@@ -250,9 +253,13 @@ func (s *Service) Revoke(ctx context.Context, requestID string, by principal.Use
 	return a, nil
 }
 
-// ActiveKeys returns a non-revoked agent and its keys usable at now (the current key, and
-// rotated-out keys within their grace period), with their public keys.
+// ActiveKeys returns an agent, whatever its status, and its keys usable at now (the current key,
+// and rotated-out keys within their grace period) with their public keys. agentID must be an
+// agent id: a handle names an agent for people, never for authentication.
 func (s *Service) ActiveKeys(ctx context.Context, agentID string) (Agent, map[string]crypto.PublicKey, error) {
+	if !strings.HasPrefix(agentID, "agt_") {
+		return Agent{}, nil, apperr.New(apperr.Unauthenticated, "unknown_agent", "%q is not an agent id (agt_…)", apperr.Clip(agentID, 80))
+	}
 	a, err := s.cfg.Store.GetAgent(ctx, agentID)
 	if errors.Is(err, ErrNotFound) {
 		return Agent{}, nil, apperr.Wrap(err, apperr.Unauthenticated, "unknown_agent", "no agent %q is registered", apperr.Clip(agentID, 80))

@@ -48,9 +48,6 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 		return Agent{}, err
 	}
 	ev.PrincipalID = a.OwnerID
-	if a.Status == StatusRevoked {
-		return Agent{}, apperr.New(apperr.Forbidden, "agent_revoked", "the agent is revoked; a revoked agent cannot rotate keys")
-	}
 	var oldIdx, newIdx = -1, -1
 	var newDID string
 	for i, sig := range jws.Signatures {
@@ -74,6 +71,10 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 	}
 	if _, err := verifyIndex(jws, newIdx, newPub); err != nil {
 		return Agent{}, apperr.Wrap(err, apperr.Invalid, "signature", "the new key's signature does not verify")
+	}
+	// Only the agent itself learns that it is revoked.
+	if a.Status == StatusRevoked {
+		return Agent{}, apperr.New(apperr.Forbidden, "agent_revoked", "the agent is revoked; a revoked agent cannot rotate keys")
 	}
 	var c rotationClaims
 	if err := json.Unmarshal(payload, &c); err != nil {

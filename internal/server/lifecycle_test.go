@@ -110,6 +110,14 @@ func TestIntrospectionAndRevocation(t *testing.T) {
 	if _, out := introspect("Bearer "+ts.Admin, url.Values{"token": {"garbage"}}); out["active"] != false {
 		t.Fatalf("garbage token: %v", out)
 	}
+	// Another user learns nothing about a token of an agent that is not theirs.
+	bob := ts.userToken(t, "bob")
+	if resp, out := introspect("Bearer "+bob, url.Values{"token": {tok}}); resp.StatusCode != 200 || out["active"] != false || len(out) != 1 {
+		t.Fatalf("introspection by a stranger: %d %v", resp.StatusCode, out)
+	}
+	if resp, out := introspect("Bearer mnd_wrong", url.Values{"token": {tok}}); resp.StatusCode != 401 || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer ") {
+		t.Fatalf("bad API token: %d %v %q", resp.StatusCode, out, resp.Header.Get("WWW-Authenticate"))
+	}
 
 	// The agent revokes its own token.
 	form = ts.ccForm(t, a, ts.assertion(t, a, randomID()))
@@ -238,4 +246,21 @@ func TestNonceChallenge(t *testing.T) {
 	if n := resp.Header.Values("DPoP-Nonce"); len(n) != 1 || n[0] == "" {
 		t.Fatalf("DPoP-Nonce fields: %q, want exactly one", n)
 	}
+}
+
+// userToken creates a user (as the admin) and returns an API token of theirs.
+func (ts *testServer) userToken(t *testing.T, name string) string {
+	t.Helper()
+	post := func(path, body string) map[string]any {
+		req, _ := http.NewRequest("POST", ts.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+ts.Admin)
+		req.Header.Set("Content-Type", "application/json")
+		resp, out := ts.do(t, req)
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %s: %d %v", path, resp.StatusCode, out)
+		}
+		return out
+	}
+	post("/v1/users", `{"name":"`+name+`"}`)
+	return post("/v1/tokens", `{"user":"`+name+`"}`)["token"].(string)
 }

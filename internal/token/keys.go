@@ -95,10 +95,11 @@ func (k *Keys) Ensure(ctx context.Context) error {
 	if len(snap.keys) > 0 {
 		return nil
 	}
-	ev := audit.New(k.cfg.Now(), "", audit.ActionKeyRotate)
+	now := k.cfg.Now()
+	ev := audit.New(now, "", audit.ActionKeyRotate)
 	ev.ActorType = audit.ActorSystem
 	ev.Detail = "first signing key"
-	_, err = k.add(ctx, k.cfg.Now(), time.Time{}, ev)
+	_, err = k.add(ctx, now, time.Time{}, ev)
 	return err
 }
 
@@ -155,8 +156,12 @@ func (k *Keys) generate(activeAt time.Time) (SigningKey, error) {
 	if err != nil {
 		return SigningKey{}, fmt.Errorf("seal signing key: %w", err)
 	}
+	created := k.cfg.Now().UTC()
+	if activeAt.Before(created) {
+		created = activeAt.UTC()
+	}
 	return SigningKey{KID: jwk.KeyID, Alg: k.cfg.Alg, PublicJWK: pub, Private: sealed,
-		CreatedAt: k.cfg.Now().UTC(), ActiveAt: activeAt.UTC()}, nil
+		CreatedAt: created, ActiveAt: activeAt.UTC()}, nil
 }
 
 // current returns a snapshot no older than the reload interval.
