@@ -85,22 +85,32 @@ func (s *Server) active(ctx context.Context, raw string) (*token.AccessClaims, e
 	return c, nil
 }
 
+// tokenRequestBy reads the form of introspection and revocation: the authenticated caller and
+// the token parameter. Their answers are never cached.
+func (s *Server) tokenRequestBy(w http.ResponseWriter, r *http.Request) (caller, string, error) {
+	form, err := parseForm(w, r)
+	if err != nil {
+		return caller{}, "", err
+	}
+	who, err := s.authenticateCaller(r.Context(), r)
+	if err != nil {
+		return caller{}, "", err
+	}
+	if form.Get("token") == "" {
+		return caller{}, "", badRequest(CodeInvalidRequest, "token", "the token parameter is required")
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return who, form.Get("token"), nil
+}
+
 // Introspect is RFC 7662 token introspection.
 func (s *Server) Introspect(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
-	form, err := parseForm(w, r)
+	who, raw, err := s.tokenRequestBy(w, r)
 	if err != nil {
 		return err
 	}
-	who, err := s.authenticateCaller(ctx, r)
-	if err != nil {
-		return err
-	}
-	if form.Get("token") == "" {
-		return badRequest(CodeInvalidRequest, "token", "the token parameter is required")
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	c, err := s.active(ctx, form.Get("token"))
+	c, err := s.active(ctx, raw)
 	inactive := errors.Is(err, token.ErrInvalidToken)
 	if err != nil && !inactive {
 		return err
@@ -129,19 +139,11 @@ func (s *Server) Introspect(w http.ResponseWriter, r *http.Request) error {
 // revoke it; as the RFC asks, an invalid or unknown token is answered with 200 all the same.
 func (s *Server) Revoke(w http.ResponseWriter, r *http.Request) (err error) {
 	ctx := r.Context()
-	form, err := parseForm(w, r)
+	who, raw, err := s.tokenRequestBy(w, r)
 	if err != nil {
 		return err
 	}
-	who, err := s.authenticateCaller(ctx, r)
-	if err != nil {
-		return err
-	}
-	if form.Get("token") == "" {
-		return badRequest(CodeInvalidRequest, "token", "the token parameter is required")
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	c, err := s.cfg.Keys.ParseAccess(ctx, form.Get("token"), s.cfg.Issuer)
+	c, err := s.cfg.Keys.ParseAccess(ctx, raw, s.cfg.Issuer)
 	if err != nil {
 		w.WriteHeader(http.StatusOK)
 		return nil
