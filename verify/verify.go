@@ -1,0 +1,503 @@
+// Package verify checks mandate access tokens at a resource server: the DPoP-bound JWT
+// (RFC 9068, RFC 9449) in the Authorization header, the DPoP proof that must come with it, and the
+// agent's and token's revocation status. Use Verifier.Middleware in front of net/http handlers,
+// or Verifier.Verify where you need the decision yourself.
+//
+// The package imports nothing internal to mandate, so any Go program can use it.
+package verify
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"math/big"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/mandate-dev/mandate/dpop"
+)
+
+// Signature algorithms accepted for access tokens. "Ed25519" is the fully-specified name of
+// EdDSA over Ed25519 (RFC 9864); both are accepted.
+const (
+	AlgEdDSA   = "EdDSA"
+	AlgEd25519 = "Ed25519"
+	AlgES256   = "ES256"
+)
+
+// Config configures a Verifier. Issuer and Audience are required.
+type Config struct {
+	Issuer   string       // required: the expected iss, exactly as the issuer's metadata names it
+	Audience string       // required: this resource server's identifier; must be in aud
+	Keys     KeySource    // nil = RemoteKeys(jwks_uri from the issuer's metadata, read once lazily)
+	Status   StatusSource // nil = RevocationFeed(Issuer+"/v1/revocations", HTTPClient, 1s)
+	DPoP     dpop.Config  // proof window, replay store, nonces; Replay nil = a new in-memory store
+	Leeway   time.Duration
+	// Algs lists the token signature algorithms to accept: a subset of EdDSA, Ed25519 and ES256
+	// (the default is all three). none, HMAC and RSA are never accepted.
+	Algs []string
+	// BaseURL is this resource server's public scheme://host[:port], the prefix of the URL clients
+	// sign in their proofs (htu). Set it behind a proxy or load balancer. Empty means it is taken
+	// from the request: https when it arrived over TLS, else http, and the Host header.
+	// X-Forwarded-* headers are never trusted.
+	BaseURL string
+	// RequiredScopes are checked after verification: a token missing one is refused with 403
+	// insufficient_scope.
+	RequiredScopes []string
+	HTTPClient     *http.Client     // for the default key and status sources; nil = http.DefaultClient
+	Now            func() time.Time // nil = time.Now
+	// OnDeny is called by Verify (and so by Middleware) once for every refusal, before it returns.
+	OnDeny func(r *http.Request, err *Error)
+}
+
+// Verifier checks requests. It is safe for concurrent use.
+type Verifier struct {
+	issuer   string
+	audience string
+	keys     KeySource
+	status   StatusSource
+	checker  *dpop.Checker
+	nonces   *dpop.Nonces
+	leeway   time.Duration
+	algs     []string
+	baseURL  string
+	required []string
+	now      func() time.Time
+	onDeny   func(*http.Request, *Error)
+}
+
+// New checks cfg, reporting every problem at once, and returns a Verifier.
+func New(cfg Config) (*Verifier, error) {
+	var problems []error
+	if cfg.Issuer == "" {
+		problems = append(problems, errors.New("Issuer is required"))
+	}
+	if cfg.Audience == "" {
+		problems = append(problems, errors.New("Audience is required"))
+	}
+	if cfg.Leeway < 0 {
+		problems = append(problems, errors.New("Leeway must not be negative"))
+	}
+	algs := cfg.Algs
+	if len(algs) == 0 {
+		algs = []string{AlgEdDSA, AlgEd25519, AlgES256}
+	}
+	for _, a := range algs {
+		switch a {
+		case AlgEdDSA, AlgEd25519, AlgES256:
+		default:
+			problems = append(problems, fmt.Errorf("Algs: %q is not accepted (use EdDSA, Ed25519 or ES256)", a))
+		}
+	}
+	base := strings.TrimSuffix(cfg.BaseURL, "/")
+	if base != "" && !strings.HasPrefix(base, "https://") && !strings.HasPrefix(base, "http://") {
+		problems = append(problems, fmt.Errorf("BaseURL %q must start with https:// or http://", cfg.BaseURL))
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("verify: invalid config: %w", errors.Join(problems...))
+	}
+
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	hc := cfg.HTTPClient
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	leeway := cfg.Leeway
+	if leeway == 0 {
+		leeway = 30 * time.Second
+	}
+	keys := cfg.Keys
+	if keys == nil {
+		opts := []Option{WithNow(now)}
+		keys = &discoveredKeys{issuer: cfg.Issuer, hc: hc, opts: opts, o: buildOptions(opts)}
+	}
+	status := cfg.Status
+	if status == nil {
+		status = RevocationFeed(strings.TrimSuffix(cfg.Issuer, "/")+"/v1/revocations", hc, 0, WithNow(now))
+	}
+	dc := cfg.DPoP
+	if dc.Replay == nil {
+		dc.Replay = dpop.NewMemoryReplayStore()
+	}
+	if dc.Now == nil {
+		dc.Now = now
+	}
+	return &Verifier{
+		issuer:   cfg.Issuer,
+		audience: cfg.Audience,
+		keys:     keys,
+		status:   status,
+		checker:  dpop.NewChecker(dc),
+		nonces:   dc.Nonces,
+		leeway:   leeway,
+		algs:     append([]string(nil), algs...),
+		baseURL:  base,
+		required: append([]string(nil), cfg.RequiredScopes...),
+		now:      now,
+		onDeny:   cfg.OnDeny,
+	}, nil
+}
+
+// Caller is who made a verified request.
+type Caller struct {
+	Subject   string // sub: the principal, or the agent id when the agent acts as itself
+	ClientID  string // client_id: the agent that holds the token
+	AgentID   string // the acting agent: client_id, or sub when it is an agent id (agt_…)
+	Handle    string // the agent's handle
+	DID       string // the agent's did:key
+	JTI       string
+	JKT       string // cnf.jkt: thumbprint of the key that proved possession
+	Scopes    []string
+	Audience  []string
+	IssuedAt  time.Time
+	ExpiresAt time.Time
+	// Claims holds every claim of the token as decoded JSON (act, txn, grant, ...). Do not modify.
+	Claims map[string]any
+}
+
+// HasScope reports whether the token carries scope s.
+func (c *Caller) HasScope(s string) bool {
+	for _, x := range c.Scopes {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+type callerKey struct{}
+
+// CallerFrom returns the Caller that Middleware put in the request context.
+func CallerFrom(ctx context.Context) (*Caller, bool) {
+	c, ok := ctx.Value(callerKey{}).(*Caller)
+	return c, ok && c != nil
+}
+
+// WithCaller returns a copy of ctx carrying c, as Middleware does; for tests of handlers.
+func WithCaller(ctx context.Context, c *Caller) context.Context {
+	return context.WithValue(ctx, callerKey{}, c)
+}
+
+// Middleware verifies every request before next runs. A refusal is written with its status, a
+// WWW-Authenticate: DPoP challenge, DPoP-Nonce when a nonce is required, and a JSON body
+// {"error","error_description"}; next does not run. On success next runs with the Caller in the
+// request context (CallerFrom), and the response carries a fresh DPoP-Nonce when nonces are on.
+func (v *Verifier) Middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := v.Verify(r.Context(), r)
+		if err != nil {
+			var e *Error
+			if !errors.As(err, &e) {
+				e = refuse(http.StatusInternalServerError, "server_error", "internal", "the request could not be verified")
+			}
+			e.WriteHTTP(w)
+			return
+		}
+		if v.nonces != nil {
+			w.Header().Set(dpop.NonceHeaderName, v.nonces.Current())
+		}
+		next.ServeHTTP(w, r.WithContext(WithCaller(r.Context(), c)))
+	})
+}
+
+var (
+	headerAuthorization = http.CanonicalHeaderKey("Authorization")
+	headerDPoP          = http.CanonicalHeaderKey(dpop.HeaderName)
+)
+
+// Verify checks the request's access token, DPoP proof and status. Errors are *Error; OnDeny has
+// been called with them.
+func (v *Verifier) Verify(ctx context.Context, r *http.Request) (*Caller, error) {
+	c, e := v.verify(ctx, r)
+	if e != nil {
+		if v.onDeny != nil {
+			v.onDeny(r, e)
+		}
+		return nil, e
+	}
+	return c, nil
+}
+
+func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error) {
+	// 1. The credentials: exactly one Authorization: DPoP <token>.
+	auths := r.Header[headerAuthorization]
+	if len(auths) == 0 {
+		return nil, invalidToken(ReasonMissing, "this resource needs a DPoP-bound access token: send Authorization: DPoP <token> with a DPoP proof")
+	}
+	if len(auths) > 1 {
+		return nil, invalidToken(ReasonMalformed, "send exactly one Authorization header")
+	}
+	scheme, tok, _ := strings.Cut(auths[0], " ")
+	tok = strings.TrimLeft(tok, " ")
+	switch {
+	case strings.EqualFold(scheme, "DPoP"):
+	case strings.EqualFold(scheme, "Bearer"):
+		return nil, invalidToken(ReasonBearer, "this token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof")
+	default:
+		return nil, invalidToken(ReasonScheme, "unsupported authorization scheme: send Authorization: DPoP <token> with a DPoP proof")
+	}
+	if tok == "" {
+		return nil, invalidToken(ReasonMalformed, "the Authorization header has no token")
+	}
+
+	// 2. Exactly one proof (RFC 9449 §4.3 check 1).
+	proofs := r.Header[headerDPoP]
+	switch {
+	case len(proofs) == 0:
+		return nil, refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, ReasonMissingProof, "a DPoP proof is required: send a DPoP header signed by the token's key")
+	case len(proofs) > 1:
+		return nil, refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, ReasonMultipleProofs, "send exactly one DPoP header")
+	}
+
+	// 3. The token: a compact JWS with a pinned algorithm, typ at+jwt, a known kid.
+	jws, ok := parseCompact(tok)
+	if !ok {
+		return nil, invalidToken(ReasonMalformed, "the access token is not a well-formed signed JWT")
+	}
+	hdr := &jws.header
+	if !v.algAllowed(hdr.Alg) {
+		return nil, invalidToken(ReasonAlg, "the token's signature algorithm is not accepted")
+	}
+	if hdr.Crit != nil {
+		return nil, invalidToken(ReasonMalformed, "the access token has critical header parameters this verifier does not understand")
+	}
+	if !strings.EqualFold(hdr.Typ, "at+jwt") && !strings.EqualFold(hdr.Typ, "application/at+jwt") {
+		return nil, invalidToken(ReasonTyp, "the token is not an access token (typ at+jwt)")
+	}
+	if hdr.Kid == "" {
+		return nil, invalidToken(ReasonUnknownKID, "the access token names no signing key (kid)")
+	}
+	key, err := v.keys.PublicKey(ctx, hdr.Kid)
+	if err != nil {
+		if errors.Is(err, ErrUnknownKey) {
+			return nil, invalidToken(ReasonUnknownKID, "the access token is signed with a key the issuer does not publish")
+		}
+		return nil, refuse(http.StatusServiceUnavailable, CodeTemporarilyUnavail, ReasonKeysUnavailable, "the issuer's signing keys cannot be read right now; try again later")
+	}
+
+	// 4. The signature, over the exact bytes received.
+	if !verifySignature(hdr.Alg, key, jws.signingInput, jws.sig) {
+		return nil, invalidToken(ReasonSignature, "the access token's signature does not verify")
+	}
+
+	// 5. The claims.
+	payload, err := jws.decodePayload()
+	if err != nil {
+		return nil, invalidToken(ReasonMalformed, "the access token's payload is not base64url")
+	}
+	c, e := v.claims(payload)
+	if e != nil {
+		return nil, e
+	}
+
+	// 6. The proof: fresh, for this request, by the key the token is bound to, with ath.
+	if _, err := v.checker.Check(ctx, proofs[0], dpop.Request{
+		Method:      r.Method,
+		URL:         v.requestURL(r),
+		AccessToken: tok,
+		JKT:         c.JKT,
+	}); err != nil {
+		return nil, v.proofError(err, tok, proofs[0])
+	}
+
+	// 7. Status: the agent and the token are not revoked.
+	if err := v.status.Check(ctx, c); err != nil {
+		if errors.Is(err, ErrRevoked) {
+			desc := strings.TrimPrefix(err.Error(), ErrRevoked.Error()+": ")
+			return nil, invalidToken(ReasonRevoked, desc)
+		}
+		return nil, refuse(http.StatusServiceUnavailable, CodeTemporarilyUnavail, ReasonStatusUnavailable, "the token's revocation status cannot be checked right now; try again later")
+	}
+
+	// 8. Scopes this resource needs.
+	for _, s := range v.required {
+		if !c.HasScope(s) {
+			e := refuse(http.StatusForbidden, CodeInsufficientScope, ReasonScope, "the token does not carry the scopes this resource needs: "+strings.Join(v.required, " "))
+			e.scope = strings.Join(v.required, " ")
+			return nil, e
+		}
+	}
+	return c, nil
+}
+
+func (v *Verifier) algAllowed(alg string) bool {
+	for _, a := range v.algs {
+		if a == alg {
+			return true
+		}
+	}
+	return false
+}
+
+func verifySignature(alg string, key any, signed string, sig []byte) bool {
+	switch alg {
+	case AlgEdDSA, AlgEd25519:
+		k, ok := key.(ed25519.PublicKey)
+		return ok && len(k) == ed25519.PublicKeySize && ed25519.Verify(k, []byte(signed), sig)
+	case AlgES256:
+		k, ok := key.(*ecdsa.PublicKey)
+		if !ok || signingKey(k) == nil || len(sig) != 64 {
+			return false
+		}
+		h := sha256.Sum256([]byte(signed))
+		r := new(big.Int).SetBytes(sig[:32])
+		s := new(big.Int).SetBytes(sig[32:])
+		return ecdsa.Verify(k, h[:], r, s)
+	}
+	return false
+}
+
+func (v *Verifier) claims(payload []byte) (*Caller, *Error) {
+	m, err := decodeClaims(payload)
+	if err != nil {
+		return nil, invalidToken(ReasonMalformed, "the access token's claims are not a JSON object")
+	}
+	if iss, _ := m["iss"].(string); iss != v.issuer {
+		return nil, invalidToken(ReasonIssuer, "the access token was issued by another issuer")
+	}
+	c := &Caller{Claims: m}
+	switch aud := m["aud"].(type) {
+	case string:
+		c.Audience = []string{aud}
+	case []any:
+		c.Audience = make([]string, 0, len(aud))
+		for _, a := range aud {
+			if s, ok := a.(string); ok {
+				c.Audience = append(c.Audience, s)
+			}
+		}
+	}
+	found := false
+	for _, a := range c.Audience {
+		if a == v.audience {
+			found = true
+			break
+		}
+	}
+	if !found {
+		return nil, invalidToken(ReasonAudience, "the access token is not meant for this resource (aud)")
+	}
+
+	now := v.now()
+	exp, ok := numericDate(m["exp"])
+	if !ok {
+		return nil, invalidToken(ReasonClaims, "the access token has no valid exp claim")
+	}
+	if !now.Before(exp.Add(v.leeway)) {
+		return nil, invalidToken(ReasonExpired, "the access token has expired: get a new one")
+	}
+	iat, ok := numericDate(m["iat"])
+	if !ok {
+		return nil, invalidToken(ReasonClaims, "the access token has no valid iat claim")
+	}
+	if iat.After(now.Add(v.leeway)) {
+		return nil, invalidToken(ReasonNotYetValid, "the access token is issued in the future: check the clocks")
+	}
+	if raw, present := m["nbf"]; present {
+		nbf, ok := numericDate(raw)
+		if !ok {
+			return nil, invalidToken(ReasonClaims, "the access token's nbf claim is not a number")
+		}
+		if nbf.After(now.Add(v.leeway)) {
+			return nil, invalidToken(ReasonNotYetValid, "the access token is not valid yet")
+		}
+	}
+	c.ExpiresAt, c.IssuedAt = exp, iat
+
+	c.Subject, _ = m["sub"].(string)
+	c.JTI, _ = m["jti"].(string)
+	c.ClientID, _ = m["client_id"].(string)
+	if c.Subject == "" || c.JTI == "" || c.ClientID == "" {
+		return nil, invalidToken(ReasonClaims, "the access token lacks sub, jti or client_id")
+	}
+	c.Handle, _ = m["handle"].(string)
+	c.DID, _ = m["did"].(string)
+	c.AgentID = c.ClientID
+	if scope, _ := m["scope"].(string); scope != "" {
+		c.Scopes = strings.Fields(scope)
+	}
+	if cnf, ok := m["cnf"].(map[string]any); ok {
+		c.JKT, _ = cnf["jkt"].(string)
+	}
+	if c.JKT == "" {
+		return nil, invalidToken(ReasonUnbound, "the access token is not DPoP-bound (no cnf.jkt)")
+	}
+	return c, nil
+}
+
+func decodeClaims(payload []byte) (map[string]any, error) {
+	if len(payload) == 0 || payload[0] != '{' {
+		return nil, errors.New("claims are not a JSON object")
+	}
+	var m map[string]any
+	if err := json.Unmarshal(payload, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// numericDate reads a JWT NumericDate (RFC 7519 §2) decoded as float64.
+func numericDate(v any) (time.Time, bool) {
+	f, ok := v.(float64)
+	if !ok || f < 0 || f > 1<<53 || math.IsNaN(f) {
+		return time.Time{}, false
+	}
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)), true
+}
+
+func (v *Verifier) requestURL(r *http.Request) string {
+	path := r.URL.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if v.baseURL != "" {
+		return v.baseURL + path
+	}
+	scheme := "http://"
+	if r.TLS != nil {
+		scheme = "https://"
+	}
+	host := r.Host
+	if host == "" {
+		host = r.URL.Host
+	}
+	return scheme + host + path
+}
+
+func (v *Verifier) proofError(err error, tok, proof string) *Error {
+	var de *dpop.Error
+	if !errors.As(err, &de) {
+		if errors.Is(err, dpop.ErrReplay) {
+			return refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, "replay", "this DPoP proof was already used: make a fresh proof for every request")
+		}
+		return refuse(http.StatusServiceUnavailable, CodeTemporarilyUnavail, ReasonProof, "the DPoP proof cannot be checked right now; try again later")
+	}
+	code := de.Code
+	if code == "" {
+		code = CodeInvalidDPoPProof
+	}
+	reason := de.Reason
+	if reason == "" {
+		reason = ReasonProof
+	}
+	desc := de.Description
+	// Never echo credentials back, whatever the proof checker wrote.
+	if desc == "" || strings.Contains(desc, tok) || (len(proof) >= 16 && strings.Contains(desc, proof)) {
+		desc = "the DPoP proof was refused"
+	}
+	e := refuse(http.StatusUnauthorized, code, reason, desc)
+	if code == CodeUseDPoPNonce && v.nonces != nil {
+		e.Nonce = v.nonces.Current()
+	}
+	return e
+}
