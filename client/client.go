@@ -73,8 +73,9 @@ var hints = map[string]string{
 	"server_error":            "the server failed: try again, and report the request id if it persists",
 }
 
-// errorFrom reads a server error response.
-func errorFrom(resp *http.Response) *Error {
+// ReadError reads a server error response ({"error", "error_description", "request_id"}, or any
+// other body) into an *Error.
+func ReadError(resp *http.Response) *Error {
 	e := &Error{Status: resp.StatusCode, RequestID: resp.Header.Get("X-Request-Id")}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	var doc struct {
@@ -308,7 +309,7 @@ func post(ctx context.Context, hc *http.Client, url, contentType, body string, w
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != want {
-		return errorFrom(resp)
+		return ReadError(resp)
 	}
 	return decodeJSON(resp, out)
 }

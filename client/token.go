@@ -156,7 +156,7 @@ func (s *TokenSource) metadata(ctx context.Context) (*metadata, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("client: reading the server's metadata at %s: %w", u, errorFrom(resp))
+		return nil, fmt.Errorf("client: reading the server's metadata at %s: %w", u, ReadError(resp))
 	}
 	md = new(metadata)
 	if err := decodeJSON(resp, md); err != nil {
@@ -242,7 +242,7 @@ func (s *TokenSource) requestToken(ctx context.Context, tokenEndpoint string) (*
 		s.nonces.set(origin, nonce)
 	}
 	if resp.StatusCode != http.StatusOK {
-		e := errorFrom(resp)
+		e := ReadError(resp)
 		e.nonceSet = nonce != ""
 		return nil, e
 	}

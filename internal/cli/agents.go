@@ -11,27 +11,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-)
 
-// agentOut mirrors api.AgentJSON.
-type agentOut struct {
-	AgentID     string     `json:"agent_id"`
-	Handle      string     `json:"handle"`
-	Name        string     `json:"name,omitempty"`
-	Description string     `json:"description,omitempty"`
-	DID         string     `json:"did"`
-	Status      string     `json:"status"`
-	OwnerID     string     `json:"owner_id,omitempty"`
-	CreatedAt   time.Time  `json:"created_at"`
-	ClaimedAt   *time.Time `json:"claimed_at,omitempty"`
-	RevokedAt   *time.Time `json:"revoked_at,omitempty"`
-	Keys        []struct {
-		DID       string     `json:"did"`
-		JKT       string     `json:"jkt"`
-		CreatedAt time.Time  `json:"created_at"`
-		ExpiresAt *time.Time `json:"expires_at,omitempty"`
-	} `json:"keys"`
-}
+	"github.com/mandate-dev/mandate/internal/api"
+)
 
 // agentPath is the API path of an agent given as an id or @handle.
 func agentPath(ref string) string { return "/v1/agents/" + url.PathEscape(ref) }
@@ -51,7 +33,7 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 			if err != nil {
 				return err
 			}
-			var a agentOut
+			var a api.AgentJSON
 			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/agents/claim", map[string]string{"claim_code": args[0]}, &a)
 			if err != nil {
 				return err
@@ -87,7 +69,7 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 				path += "?" + q.Encode()
 			}
 			var res struct {
-				Agents []agentOut `json:"agents"`
+				Agents []api.AgentJSON `json:"agents"`
 			}
 			raw, err := c.do(cmd.Context(), http.MethodGet, path, nil, &res)
 			if err != nil {
@@ -117,7 +99,7 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 			if err != nil {
 				return err
 			}
-			var a agentOut
+			var a api.AgentJSON
 			raw, err := c.do(cmd.Context(), http.MethodGet, agentPath(args[0]), nil, &a)
 			if err != nil {
 				return err
@@ -148,7 +130,7 @@ Asks for confirmation on a terminal; elsewhere (scripts, CI) pass --yes.`,
 				if !isTerminal(in) {
 					return fmt.Errorf("refusing to revoke %s without confirmation (there is no terminal to ask on): pass --yes", ref)
 				}
-				var a agentOut
+				var a api.AgentJSON
 				if _, err := c.do(cmd.Context(), http.MethodGet, agentPath(ref), nil, &a); err != nil {
 					return err
 				}
@@ -161,7 +143,7 @@ Asks for confirmation on a terminal; elsewhere (scripts, CI) pass --yes.`,
 				}
 				ref = a.AgentID
 			}
-			var a agentOut
+			var a api.AgentJSON
 			raw, err := c.do(cmd.Context(), http.MethodPost, agentPath(ref)+"/revoke", nil, &a)
 			if err != nil {
 				return err
@@ -193,7 +175,7 @@ func confirm(r io.Reader, w io.Writer, question string) (bool, error) {
 	return false, nil
 }
 
-func printAgent(w io.Writer, a agentOut, now time.Time) error {
+func printAgent(w io.Writer, a api.AgentJSON, now time.Time) error {
 	t := newTable(w)
 	t.row("agent", a.AgentID)
 	t.row("handle", "@"+a.Handle)

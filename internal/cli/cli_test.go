@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/server"
 )
@@ -173,7 +174,7 @@ func TestEndToEnd(t *testing.T) {
 		ok(t, "users", "create", "root2", "--admin")
 		hasAll(t, ok(t, "users", "list"), "alice", "root2", "ADMIN")
 		var res struct {
-			Users []userOut `json:"users"`
+			Users []api.UserJSON `json:"users"`
 		}
 		decodeJSON(t, ok(t, "users", "list", "--json"), &res)
 		if len(res.Users) != 3 {
@@ -185,7 +186,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("tokens", func(t *testing.T) {
 		out := ok(t, "tokens", "create", "--user", "alice", "--name", "laptop", "--ttl", "168h")
 		hasAll(t, out, "mnd_", "shown only once", "laptop")
-		var tok tokenOut
+		var tok api.TokenJSON
 		decodeJSON(t, ok(t, "tokens", "create", "--user", "alice", "--json"), &tok)
 		if tok.ID == "" || !strings.HasPrefix(tok.Token, "mnd_") || tok.ExpiresAt == nil {
 			t.Fatalf("tokens create --json = %+v", tok)
@@ -278,7 +279,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("agents list and show", func(t *testing.T) {
 		hasAll(t, ok(t, "agents", "list"), agentID, "@test-bot", "CLAIMED", "@other-bot", "UNCLAIMED")
 		var res struct {
-			Agents []agentOut `json:"agents"`
+			Agents []api.AgentJSON `json:"agents"`
 		}
 		decodeJSON(t, ok(t, "agents", "list", "--status", "claimed", "--json"), &res)
 		if len(res.Agents) != 1 || res.Agents[0].AgentID != agentID {
@@ -286,7 +287,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		fails(t, "", []string{"agents", "list", "--status", "nope"}, "want UNCLAIMED, CLAIMED or REVOKED")
 		hasAll(t, ok(t, "agents", "show", "@test-bot"), agentID, did, "CLAIMED", "keys:")
-		var a agentOut
+		var a api.AgentJSON
 		decodeJSON(t, ok(t, "agents", "show", agentID, "--json"), &a)
 		if a.Handle != "test-bot" || len(a.Keys) != 1 {
 			t.Errorf("agents show --json = %+v", a)
@@ -376,7 +377,7 @@ func TestEndToEnd(t *testing.T) {
 		out := ok(t, "keys", "list")
 		hasAll(t, out, "signing", "published")
 		var res struct {
-			Keys []signingKeyOut `json:"keys"`
+			Keys []api.SigningKeyJSON `json:"keys"`
 		}
 		decodeJSON(t, ok(t, "keys", "list", "--json"), &res)
 		if len(res.Keys) != 2 {

@@ -51,26 +51,8 @@ func (e *serverError) Error() string {
 }
 
 func readServerError(resp *http.Response) *serverError {
-	e := &serverError{Status: resp.StatusCode, RequestID: resp.Header.Get("X-Request-Id")}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	var doc struct {
-		Error       string `json:"error"`
-		Description string `json:"error_description"`
-		RequestID   string `json:"request_id"`
-	}
-	if json.Unmarshal(body, &doc) == nil {
-		e.Code, e.Description = doc.Error, doc.Description
-		if doc.RequestID != "" {
-			e.RequestID = doc.RequestID
-		}
-	}
-	if e.Code == "" && e.Description == "" {
-		e.Description = strings.TrimSpace(string(body))
-		if len(e.Description) > 200 {
-			e.Description = e.Description[:200] + "…"
-		}
-	}
-	return e
+	e := client.ReadError(resp)
+	return &serverError{Status: e.Status, Code: e.Code, Description: e.Description, RequestID: e.RequestID}
 }
 
 // unreachableError says the server could not be reached and what to do about it.

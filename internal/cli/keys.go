@@ -6,20 +6,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-)
 
-// signingKeyOut mirrors api.SigningKeyJSON.
-type signingKeyOut struct {
-	KID          string     `json:"kid"`
-	Alg          string     `json:"alg"`
-	CreatedAt    time.Time  `json:"created_at"`
-	ActiveAt     time.Time  `json:"active_at"`
-	PublishUntil *time.Time `json:"publish_until,omitempty"`
-}
+	"github.com/mandate-dev/mandate/internal/api"
+)
 
 // keyStates names each published key's role at now: the newest key already active is
 // "signing"; newer ones are "published" (they sign later); older ones "retiring".
-func keyStates(keys []signingKeyOut, now time.Time) []string {
+func keyStates(keys []api.SigningKeyJSON, now time.Time) []string {
 	signing := -1
 	for i, k := range keys {
 		if !k.ActiveAt.After(now) && (signing < 0 || k.ActiveAt.After(keys[signing].ActiveAt)) {
@@ -54,7 +47,7 @@ func newKeysCmd() *cobra.Command {
 				return err
 			}
 			var res struct {
-				Keys []signingKeyOut `json:"keys"`
+				Keys []api.SigningKeyJSON `json:"keys"`
 			}
 			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/keys", nil, &res)
 			if err != nil {
@@ -86,7 +79,7 @@ until the last token it signed has expired.`,
 			if err != nil {
 				return err
 			}
-			var k signingKeyOut
+			var k api.SigningKeyJSON
 			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/keys/rotate", nil, &k)
 			if err != nil {
 				return err

@@ -12,6 +12,8 @@ import (
 
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
+
+	"github.com/mandate-dev/mandate/internal/api"
 )
 
 func newLoginCmd() *cobra.Command {
@@ -37,7 +39,7 @@ writes an admin token to <data-dir>/bootstrap-token.`,
 				return err
 			}
 			c := &apiClient{server: srv, token: secret, hc: newHTTPClient()}
-			var u userOut
+			var u api.UserJSON
 			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/whoami", nil, &u)
 			if err != nil {
 				return err

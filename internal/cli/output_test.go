@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/mandate-dev/mandate/client"
+	"github.com/mandate-dev/mandate/internal/api"
 )
 
 func TestRelTime(t *testing.T) {
@@ -172,15 +173,17 @@ func TestNormalizeServer(t *testing.T) {
 
 func TestKeyStates(t *testing.T) {
 	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
-	key := func(activeIn time.Duration) signingKeyOut { return signingKeyOut{ActiveAt: now.Add(activeIn)} }
+	key := func(activeIn time.Duration) api.SigningKeyJSON {
+		return api.SigningKeyJSON{ActiveAt: now.Add(activeIn)}
+	}
 	tests := map[string]struct {
-		keys []signingKeyOut
+		keys []api.SigningKeyJSON
 		want []string
 	}{
-		"one":                  {[]signingKeyOut{key(-time.Hour)}, []string{"signing"}},
-		"rotated, not yet":     {[]signingKeyOut{key(10 * time.Minute), key(-time.Hour)}, []string{"published", "signing"}},
-		"rotated, now signing": {[]signingKeyOut{key(-time.Minute), key(-time.Hour)}, []string{"signing", "retiring"}},
-		"any order":            {[]signingKeyOut{key(-time.Hour), key(-time.Minute), key(time.Hour)}, []string{"retiring", "signing", "published"}},
+		"one":                  {[]api.SigningKeyJSON{key(-time.Hour)}, []string{"signing"}},
+		"rotated, not yet":     {[]api.SigningKeyJSON{key(10 * time.Minute), key(-time.Hour)}, []string{"published", "signing"}},
+		"rotated, now signing": {[]api.SigningKeyJSON{key(-time.Minute), key(-time.Hour)}, []string{"signing", "retiring"}},
+		"any order":            {[]api.SigningKeyJSON{key(-time.Hour), key(-time.Minute), key(time.Hour)}, []string{"retiring", "signing", "published"}},
 		"none":                 {nil, []string{}},
 	}
 	for name, tc := range tests {
@@ -196,18 +199,18 @@ func TestTokenStatus(t *testing.T) {
 	now := time.Now()
 	past, future := now.Add(-time.Minute), now.Add(time.Minute)
 	tests := map[string]struct {
-		tok  tokenOut
+		tok  api.TokenJSON
 		want string
 	}{
-		"active":           {tokenOut{ExpiresAt: &future}, "active"},
-		"no expiry":        {tokenOut{}, "active"},
-		"expired":          {tokenOut{ExpiresAt: &past}, "expired"},
-		"revoked":          {tokenOut{RevokedAt: &past, ExpiresAt: &future}, "revoked"},
-		"revoked, expired": {tokenOut{RevokedAt: &past, ExpiresAt: &past}, "revoked"},
+		"active":           {api.TokenJSON{ExpiresAt: &future}, "active"},
+		"no expiry":        {api.TokenJSON{}, "active"},
+		"expired":          {api.TokenJSON{ExpiresAt: &past}, "expired"},
+		"revoked":          {api.TokenJSON{RevokedAt: &past, ExpiresAt: &future}, "revoked"},
+		"revoked, expired": {api.TokenJSON{RevokedAt: &past, ExpiresAt: &past}, "revoked"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			if got := tc.tok.status(now); got != tc.want {
+			if got := tokenStatus(tc.tok, now); got != tc.want {
 				t.Errorf("status = %q, want %q", got, tc.want)
 			}
 		})

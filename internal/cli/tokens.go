@@ -7,20 +7,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/mandate-dev/mandate/internal/api"
 )
 
-// tokenOut mirrors api.TokenJSON.
-type tokenOut struct {
-	ID        string     `json:"id"`
-	UserID    string     `json:"user_id"`
-	Name      string     `json:"name"`
-	CreatedAt time.Time  `json:"created_at"`
-	ExpiresAt *time.Time `json:"expires_at,omitempty"`
-	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-	Token     string     `json:"token,omitempty"`
-}
-
-func (t tokenOut) status(now time.Time) string {
+// tokenStatus is active, revoked or expired at now.
+func tokenStatus(t api.TokenJSON, now time.Time) string {
 	switch {
 	case t.RevokedAt != nil:
 		return "revoked"
@@ -54,7 +46,7 @@ is printed this once; the server keeps only its hash. --ttl 0 makes a token that
 			if ttl > 0 {
 				req["ttl"] = ttl.String()
 			}
-			var t tokenOut
+			var t api.TokenJSON
 			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/tokens", req, &t)
 			if err != nil {
 				return err
@@ -97,7 +89,7 @@ is printed this once; the server keeps only its hash. --ttl 0 makes a token that
 				path += "?" + url.Values{"user": {listUser}}.Encode()
 			}
 			var res struct {
-				Tokens []tokenOut `json:"tokens"`
+				Tokens []api.TokenJSON `json:"tokens"`
 			}
 			raw, err := c.do(cmd.Context(), http.MethodGet, path, nil, &res)
 			if err != nil {
@@ -109,7 +101,7 @@ is printed this once; the server keeps only its hash. --ttl 0 makes a token that
 			now := time.Now()
 			t := newTable(cmd.OutOrStdout(), "ID", "NAME", "USER", "STATUS", "CREATED", "EXPIRES")
 			for _, x := range res.Tokens {
-				t.row(x.ID, x.Name, x.UserID, x.status(now), ago(x.CreatedAt, now), agoPtr(x.ExpiresAt, now))
+				t.row(x.ID, x.Name, x.UserID, tokenStatus(x, now), ago(x.CreatedAt, now), agoPtr(x.ExpiresAt, now))
 			}
 			return t.flush()
 		},

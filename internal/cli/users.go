@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/mandate-dev/mandate/internal/api"
 )
 
 // managementGroup is a command group of the management API: --json and --server for all of it.
@@ -14,13 +16,6 @@ func managementGroup(use, short string) *cobra.Command {
 	addJSONFlag(cmd)
 	cmd.PersistentFlags().String(serverFlag, "", "the server's URL (default: the one you logged in to)")
 	return cmd
-}
-
-type userOut struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Admin     bool      `json:"admin"`
-	CreatedAt time.Time `json:"created_at"`
 }
 
 func newUsersCmd() *cobra.Command {
@@ -37,7 +32,7 @@ func newUsersCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var u userOut
+			var u api.UserJSON
 			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/users", map[string]any{"name": args[0], "admin": admin}, &u)
 			if err != nil {
 				return err
@@ -67,7 +62,7 @@ func newUsersCmd() *cobra.Command {
 				return err
 			}
 			var res struct {
-				Users []userOut `json:"users"`
+				Users []api.UserJSON `json:"users"`
 			}
 			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/users", nil, &res)
 			if err != nil {
