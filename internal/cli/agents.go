@@ -34,12 +34,8 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 				return err
 			}
 			var a api.AgentJSON
-			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/agents/claim", map[string]string{"claim_code": args[0]}, &a)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodPost, "/v1/agents/claim", map[string]string{"claim_code": args[0]}, &a); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Claimed agent @%s (%s); you are its owner and it can now get tokens.\n", a.Handle, a.AgentID)
 			return nil
@@ -71,12 +67,8 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 			var res struct {
 				Agents []api.AgentJSON `json:"agents"`
 			}
-			raw, err := c.do(cmd.Context(), http.MethodGet, path, nil, &res)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodGet, path, nil, &res); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			now := time.Now()
 			t := newTable(cmd.OutOrStdout(), "ID", "HANDLE", "STATUS", "OWNER", "CREATED")
@@ -100,12 +92,8 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 				return err
 			}
 			var a api.AgentJSON
-			raw, err := c.do(cmd.Context(), http.MethodGet, agentPath(args[0]), nil, &a)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodGet, agentPath(args[0]), nil, &a); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			return printAgent(cmd.OutOrStdout(), a, time.Now())
 		},
@@ -144,12 +132,8 @@ Asks for confirmation on a terminal; elsewhere (scripts, CI) pass --yes.`,
 				ref = a.AgentID
 			}
 			var a api.AgentJSON
-			raw, err := c.do(cmd.Context(), http.MethodPost, agentPath(ref)+"/revoke", nil, &a)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodPost, agentPath(ref)+"/revoke", nil, &a); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Revoked agent @%s (%s); its tokens no longer work.\n", a.Handle, a.AgentID)
 			return nil

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/mandate-dev/mandate/client"
 )
 
@@ -122,6 +124,19 @@ type apiClient struct {
 // do sends a JSON request and decodes a 2xx answer into out (when not nil). It returns the raw
 // answer for --json. Any other status is a *serverError; a transport failure an
 // *unreachableError.
+// call is do for a command: with --json it prints the server's answer as it came and reports
+// printed, so the command renders its table only otherwise.
+func (c *apiClient) call(cmd *cobra.Command, method, path string, in, out any) (printed bool, err error) {
+	raw, err := c.do(cmd.Context(), method, path, in, out)
+	if err != nil {
+		return false, err
+	}
+	if wantJSON(cmd) {
+		return true, printJSON(cmd.OutOrStdout(), raw)
+	}
+	return false, nil
+}
+
 func (c *apiClient) do(ctx context.Context, method, path string, in, out any) ([]byte, error) {
 	var body io.Reader
 	if in != nil {

@@ -49,12 +49,8 @@ func newKeysCmd() *cobra.Command {
 			var res struct {
 				Keys []api.SigningKeyJSON `json:"keys"`
 			}
-			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/keys", nil, &res)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodGet, "/v1/keys", nil, &res); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			now := time.Now()
 			states := keyStates(res.Keys, now)
@@ -80,12 +76,8 @@ until the last token it signed has expired.`,
 				return err
 			}
 			var k api.SigningKeyJSON
-			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/keys/rotate", nil, &k)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodPost, "/v1/keys/rotate", nil, &k); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "New signing key %s (%s) is published now and starts signing at %s.\n",
 				k.KID, k.Alg, when(k.ActiveAt, time.Now()))

@@ -91,12 +91,8 @@ is printed this once; the server keeps only its hash. --ttl 0 makes a token that
 			var res struct {
 				Tokens []api.TokenJSON `json:"tokens"`
 			}
-			raw, err := c.do(cmd.Context(), http.MethodGet, path, nil, &res)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodGet, path, nil, &res); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			now := time.Now()
 			t := newTable(cmd.OutOrStdout(), "ID", "NAME", "USER", "STATUS", "CREATED", "EXPIRES")

@@ -64,12 +64,8 @@ func newUsersCmd() *cobra.Command {
 			var res struct {
 				Users []api.UserJSON `json:"users"`
 			}
-			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/users", nil, &res)
-			if err != nil {
+			if printed, err := c.call(cmd, http.MethodGet, "/v1/users", nil, &res); printed || err != nil {
 				return err
-			}
-			if wantJSON(cmd) {
-				return printJSON(cmd.OutOrStdout(), raw)
 			}
 			now := time.Now()
 			t := newTable(cmd.OutOrStdout(), "ID", "NAME", "ADMIN", "CREATED")
