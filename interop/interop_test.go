@@ -11,8 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/server"
+	"github.com/mandate-dev/mandate/internal/servertest"
 )
 
 // result is the JSON line agent.mjs prints.
@@ -186,41 +184,9 @@ func TestNodeInterop(t *testing.T) {
 // startServer runs an in-process mandate on a loopback port until the test ends.
 func startServer(t *testing.T) (*server.Server, string, string, *syncBuffer) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Listen = ln.Addr().String()
-	cfg.Issuer = "http://" + cfg.Listen
-	if err := cfg.Validate(); err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
 	logs := &syncBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, logger, nil)
-	if err != nil {
-		cancel()
-		ln.Close()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		srv.Close()
-	})
-	tok, err := os.ReadFile(filepath.Join(cfg.DataDir, server.BootstrapFile))
-	if err != nil {
-		t.Fatalf("read bootstrap token: %v", err)
-	}
-	return srv, cfg.Issuer, strings.TrimSpace(string(tok)), logs
+	s := servertest.Start(t, servertest.Options{Log: logs})
+	return s.Srv, s.URL, s.AdminToken, logs
 }
 
 // syncBuffer collects the server log; handlers write it from many goroutines.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,8 +13,8 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/api"
-	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/server"
+	"github.com/mandate-dev/mandate/internal/servertest"
 )
 
 // testServer is a real mandate on a real 127.0.0.1 listener, with the CLI's config directory
@@ -28,42 +27,12 @@ type testServer struct {
 
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.DataDir = filepath.Join(t.TempDir(), "data")
-	cfg.Listen = ln.Addr().String()
-	cfg.Issuer = "http://" + ln.Addr().String()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, log, nil)
-	if err != nil {
-		cancel()
-		ln.Close()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		srv.Close()
-	})
+	s := servertest.Start(t, servertest.Options{})
 	confDir := filepath.Join(t.TempDir(), "conf")
 	t.Setenv(envConfigDir, confDir)
 	t.Setenv(envToken, "")
 	t.Setenv(envAgentKey, "")
-	return &testServer{URL: cfg.Issuer, DataDir: cfg.DataDir, ConfigDir: confDir}
+	return &testServer{URL: s.URL, DataDir: s.DataDir, ConfigDir: confDir}
 }
 
 // mandate runs the command tree with args and stdin, returning what it printed.

@@ -7,14 +7,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +22,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/server"
+	"github.com/mandate-dev/mandate/internal/servertest"
 )
 
 // clock is the test's time, shared by server and clients so expiry can be tested without sleeping.
@@ -60,45 +56,13 @@ type testServer struct {
 
 func newTestServer(t testing.TB, edit ...func(*config.Config)) *testServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.DataDir = filepath.Join(t.TempDir(), "data")
-	cfg.Listen = ln.Addr().String()
-	for _, e := range edit {
-		e(&cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
 	clk := &clock{}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, log, clk.Now)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("serve: %v", err)
+	s := servertest.Start(t, servertest.Options{Now: clk.Now, Config: func(c *config.Config) {
+		for _, e := range edit {
+			e(c)
 		}
-		srv.Close()
-	})
-	admin, err := os.ReadFile(filepath.Join(cfg.DataDir, server.BootstrapFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testServer{URL: cfg.Issuer, Admin: strings.TrimSpace(string(admin)), Srv: srv, Clock: clk,
-		HC: &http.Client{Timeout: 10 * time.Second}}
+	}})
+	return &testServer{URL: s.URL, Admin: s.AdminToken, Srv: s.Srv, Clock: clk, HC: &http.Client{Timeout: 10 * time.Second}}
 }
 
 // testAgent is an agent's key and, once registered, its id.
