@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/pgtest"
 )
 
 // TestEndToEnd walks the whole path an agent takes: key → register → claim → client_credentials
@@ -314,4 +316,28 @@ func mustProof(t *testing.T, key ed25519.PrivateKey, u, tok string, now time.Tim
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestEndToEndPostgres runs the agent's whole path on PostgreSQL (--database postgres://…):
+// register, claim, token, resource call, revocation.
+func TestEndToEndPostgres(t *testing.T) {
+	dsn := pgtest.URL(t)
+	ts := newTestServer(t, func(c *config.Config) { c.Database = dsn })
+	if d := ts.Srv.Store().Dialect(); d != "postgres" {
+		t.Fatalf("dialect %s, want postgres", d)
+	}
+	agent := ts.newAgent(t, "pg-agent", true)
+	dpopKey, _ := newKey(t)
+	tok := ts.token(t, agent, dpopKey, nil)
+	whoami := ts.URL + "/v1/agent/whoami"
+	if resp, body := ts.callResource(t, "DPoP "+tok, ts.proof(t, dpopKey, "GET", whoami, tok)); resp.StatusCode != 200 || body["agent_id"] != agent.ID {
+		t.Fatalf("whoami: %d %v", resp.StatusCode, body)
+	}
+	ts.adminPost(t, "/v1/agents/"+agent.ID+"/revoke")
+	if resp, body := ts.callResource(t, "DPoP "+tok, ts.proof(t, dpopKey, "GET", whoami, tok)); resp.StatusCode != 401 || body["error"] != "invalid_token" {
+		t.Fatalf("revoked agent: %d %v", resp.StatusCode, body)
+	}
+	if err := ts.Srv.Store().VerifyChain(t.Context()); err != nil {
+		t.Errorf("audit chain: %v", err)
+	}
 }
