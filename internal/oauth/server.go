@@ -132,6 +132,11 @@ func (s *Server) Token(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		reason := httpapi.ReasonOf(err)
 		s.cfg.Metrics.denied.WithLabelValues(grantType, reason).Inc()
+		if httpapi.AsError(err).Code == CodeUseDPoPNonce {
+			// A nonce challenge is a step of the protocol every new client meets once, not a
+			// refusal of authority: counted, but kept out of the audit trail.
+			return err
+		}
 		ev.Reason = reason
 		ev.Detail = httpapi.AsError(err).Description
 		if aerr := s.cfg.Audit.AppendEvent(context.WithoutCancel(ctx), ev); aerr != nil {

@@ -264,3 +264,13 @@ func (ts *testServer) userToken(t *testing.T, name string) string {
 	post("/v1/users", `{"name":"`+name+`"}`)
 	return post("/v1/tokens", `{"user":"`+name+`"}`)["token"].(string)
 }
+
+func TestNonceChallengeNotAudited(t *testing.T) {
+	ts := newTestServer(t)
+	a := ts.newAgent(t, "quiet", true)
+	dpopKey, _ := newKey(t)
+	ts.token(t, a, dpopKey, nil) // meets the nonce challenge once, then succeeds
+	if n := ts.denials(t, "dpop_nonce"); n != 0 {
+		t.Fatalf("%d audit denials for the nonce challenge, want 0", n)
+	}
+}
