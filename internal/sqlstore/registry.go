@@ -12,6 +12,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
+	"github.com/mandate-dev/mandate/internal/token"
 )
 
 const agentCols = `id, handle, name, description, status, owner_id, created_at, claimed_at, revoked_at`
@@ -258,7 +259,9 @@ func (s *Store) ClaimAgent(ctx context.Context, codeHash, ownerID string, now ti
 // UpdateAgent reads the agent, applies fn and writes Status, OwnerID, ClaimedAt, RevokedAt,
 // Name and Description with ev (AgentID and Target default to id), in one transaction. An error
 // from fn is returned as it is and writes nothing. Leaving UNCLAIMED clears the claim code.
-// fn must not call the store: the write transaction is open while it runs.
+// Becoming REVOKED appends a revocation log entry (kind agent, never expiring, at RevokedAt, or
+// now if fn left it zero). fn must not call the store: the write transaction is open while it
+// runs.
 func (s *Store) UpdateAgent(ctx context.Context, id string, fn func(*registry.Agent) error, ev audit.Event) (registry.Agent, error) {
 	var a registry.Agent
 	var fnErr error
@@ -267,6 +270,7 @@ func (s *Store) UpdateAgent(ctx context.Context, id string, fn func(*registry.Ag
 		if a, err = getAgent(ctx, tx, id); err != nil {
 			return err
 		}
+		wasRevoked := a.Status == registry.StatusRevoked
 		if fnErr = fn(&a); fnErr != nil {
 			return fnErr
 		}
@@ -285,6 +289,15 @@ func (s *Store) UpdateAgent(ctx context.Context, id string, fn func(*registry.Ag
 		}
 		if a, err = getAgent(ctx, tx, id); err != nil {
 			return err
+		}
+		if a.Status == registry.StatusRevoked && !wasRevoked {
+			revoked := a.RevokedAt
+			if revoked.IsZero() {
+				revoked = s.now()
+			}
+			if err := appendRevocation(ctx, tx, token.KindAgent, id, time.Time{}, revoked); err != nil {
+				return err
+			}
 		}
 		defaultAgentEvent(&ev, id)
 		return appendSuccess(ctx, tx, &ev)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
@@ -19,6 +20,7 @@ var (
 	_ registry.Store   = (*Store)(nil)
 	_ principal.Store  = (*Store)(nil)
 	_ token.Store      = (*Store)(nil)
+	_ delegation.Store = (*Store)(nil)
 	_ dpop.ReplayStore = (*Store)(nil)
 )
 

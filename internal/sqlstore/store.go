@@ -1,6 +1,6 @@
-// Package sqlstore implements every mandate store (audit, registry, principal, token and the DPoP
-// replay cache) on SQLite and PostgreSQL through database/sql. Only the composition root imports
-// it; domain packages see their own small Store interfaces.
+// Package sqlstore implements every mandate store (audit, registry, principal, token, delegation
+// and the DPoP replay cache) on SQLite and PostgreSQL through database/sql. Only the composition
+// root imports it; domain packages see their own small Store interfaces.
 //
 // # Dialects and SQL
 //

@@ -73,15 +73,26 @@ func (s *Store) ListSigningKeys(ctx context.Context, now time.Time) ([]token.Sig
 	return keys, nil
 }
 
-// RevokeToken records t as revoked until t.ExpiresAt, with ev (TokenID and Target default to
-// t.JTI, AgentID to t.AgentID). Revoking a revoked token succeeds and keeps the first record.
+// RevokeToken records t as revoked until t.ExpiresAt, appends a revocation log entry (kind
+// token, expiring with the token) and ev (TokenID and Target default to t.JTI, AgentID to
+// t.AgentID), in one transaction. Revoking a revoked token succeeds, keeps the first record and
+// appends ev but no second log entry.
 func (s *Store) RevokeToken(ctx context.Context, t token.RevokedToken, ev audit.Event) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO revoked_tokens (jti, agent_id, expires_at, revoked_at)
+		res, err := tx.ExecContext(ctx, `INSERT INTO revoked_tokens (jti, agent_id, expires_at, revoked_at)
 			VALUES ($1, $2, $3, $4) ON CONFLICT (jti) DO NOTHING`,
 			t.JTI, t.AgentID, nanos(t.ExpiresAt), nanos(t.RevokedAt))
 		if err != nil {
 			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			if err := appendRevocation(ctx, tx, token.KindToken, t.JTI, t.ExpiresAt, t.RevokedAt); err != nil {
+				return err
+			}
 		}
 		if ev.TokenID == "" {
 			ev.TokenID = t.JTI
@@ -138,8 +149,10 @@ func (s *Store) ListRevokedTokens(ctx context.Context, now time.Time) ([]token.R
 // holds the write lock (SQLite) or row locks (PostgreSQL) for long.
 const purgeBatch = 1000
 
-// Purge deletes, in batches, revoked tokens expired at now, used jtis expired at now and signing
-// keys whose PublishUntil has passed. It returns how many rows went.
+// Purge deletes, in batches, revoked tokens expired at now, used jtis expired at now, signing
+// keys whose PublishUntil has passed and revocation log entries expired at now (never those
+// with no expiry). Grants, grant requests and tasks are state and stay. It returns how many rows
+// went.
 func (s *Store) Purge(ctx context.Context, now time.Time) (int64, error) {
 	// The subquery form of a limited DELETE works on both dialects (SQLite's DELETE … LIMIT
 	// needs a compile-time option).
@@ -150,6 +163,8 @@ func (s *Store) Purge(ctx context.Context, now time.Time) (int64, error) {
 			(SELECT id FROM used_jtis WHERE expires_at <= $1 LIMIT $2)`},
 		{"signing keys", `DELETE FROM signing_keys WHERE kid IN
 			(SELECT kid FROM signing_keys WHERE publish_until <> 0 AND publish_until <= $1 LIMIT $2)`},
+		{"revocation log", `DELETE FROM revocations WHERE seq IN
+			(SELECT seq FROM revocations WHERE expires_at <> 0 AND expires_at <= $1 LIMIT $2)`},
 	}
 	var total int64
 	for _, st := range steps {

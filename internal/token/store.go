@@ -35,6 +35,25 @@ type SingleUse struct {
 	ExpiresAt time.Time
 }
 
+// Revocation is one entry of the revocation log that verifiers follow: every revocation of an
+// agent, grant, task (ended or revoked) or access token appends one, in the transaction of the
+// change.
+type Revocation struct {
+	Seq       int64  // the cursor: strictly increasing
+	Kind      string // KindAgent, KindGrant, KindTask or KindToken
+	ID        string
+	ExpiresAt time.Time // after this the entry no longer matters (what it revoked has expired); zero = never
+	RevokedAt time.Time
+}
+
+// Revocation kinds.
+const (
+	KindAgent = "agent"
+	KindGrant = "grant"
+	KindTask  = "task"
+	KindToken = "token"
+)
+
 // ErrNotFound is returned for an unknown key or token.
 var ErrNotFound = errors.New("not found")
 
@@ -53,6 +72,9 @@ type Store interface {
 	IsTokenRevoked(ctx context.Context, jti string) (bool, error)
 	// ListRevokedTokens returns revoked tokens not yet expired at now.
 	ListRevokedTokens(ctx context.Context, now time.Time) ([]RevokedToken, error)
+	// ListRevocations returns up to limit log entries with Seq > after, oldest first, leaving out
+	// those expired at now.
+	ListRevocations(ctx context.Context, after int64, now time.Time, limit int) ([]Revocation, error)
 	// Purge deletes state that can no longer matter at now: expired revoked tokens, expired
 	// used jtis, keys past PublishUntil. It returns how many rows went.
 	Purge(ctx context.Context, now time.Time) (int64, error)
