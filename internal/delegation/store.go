@@ -1,0 +1,148 @@
+package delegation
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/token"
+)
+
+// GrantStatus is a grant's state. Revoked is final; an expired grant is active in the store but
+// past ExpiresAt.
+type GrantStatus string
+
+// Grant statuses.
+const (
+	GrantActive  GrantStatus = "active"
+	GrantRevoked GrantStatus = "revoked"
+)
+
+// Limits bound what tasks under a grant may do.
+type Limits struct {
+	MaxTaskTTL         time.Duration    // longest task
+	MaxTokenTTL        time.Duration    // longest access token of a task
+	MaxDepth           int              // agents in a chain, the grant's own agent counted as 1
+	AllowSubdelegation bool             // may a task hand narrower authority to another agent
+	Budget             map[string]int64 // per-task budget defaults (e.g. "requests": 100); enforced by the proxy
+}
+
+// Grant is a standing delegation: PrincipalID lets AgentID act for them within Scopes, Resources
+// and AuthorizationDetails, under Limits, until ExpiresAt.
+type Grant struct {
+	ID                   string // gr_…; also the grant token's jti
+	PrincipalID          string // usr_… who granted
+	AgentID              string // agt_… who may act
+	Scopes               []string
+	Resources            []string          // RFC 8707 resource URIs
+	AuthorizationDetails []json.RawMessage // RFC 9396 objects, each with a "type"
+	Limits               Limits
+	Status               GrantStatus
+	CreatedAt            time.Time
+	ExpiresAt            time.Time
+	RevokedAt            time.Time // zero unless revoked
+	RequestID            string    // grq_… the grant answers, if any
+}
+
+// RequestStatus is a grant request's state.
+type RequestStatus string
+
+// Grant request statuses.
+const (
+	RequestPending  RequestStatus = "pending"
+	RequestApproved RequestStatus = "approved"
+	RequestDenied   RequestStatus = "denied"
+)
+
+// GrantRequest is an agent's ask for a grant, pending until its owner answers.
+type GrantRequest struct {
+	ID                   string // grq_…
+	AgentID              string
+	OwnerID              string // who must answer: the agent's owner when it asked
+	Scopes               []string
+	Resources            []string
+	AuthorizationDetails []json.RawMessage
+	Limits               Limits // what the agent asked for; zero fields take the server defaults
+	Reason               string
+	Status               RequestStatus
+	GrantID              string // set when approved
+	CreatedAt            time.Time
+	DecidedAt            time.Time
+	ExpiresAt            time.Time // a pending request lapses (reads as denied) after this
+	LastPolledAt         time.Time // for slow_down
+}
+
+// TaskStatus is a task's state. Only active tasks' tokens work.
+type TaskStatus string
+
+// Task statuses. An active task past ExpiresAt is expired.
+const (
+	TaskActive    TaskStatus = "active"
+	TaskCompleted TaskStatus = "completed"
+	TaskRevoked   TaskStatus = "revoked"
+)
+
+// Task is one execution under a grant (Depth 1) or under a parent task (sub-delegation).
+type Task struct {
+	ID                   string // tsk_…
+	GrantID              string
+	ParentID             string // "" for a task started from the grant token
+	RootID               string // the depth-1 task of the chain (itself at depth 1)
+	Depth                int    // agents in the chain up to and including AgentID
+	PrincipalID          string
+	AgentID              string // who holds the task's tokens
+	InstanceJKT          string // thumbprint of the ephemeral instance key, if bound to one
+	Purpose              string
+	Scopes               []string
+	Resources            []string
+	AuthorizationDetails []json.RawMessage
+	Budget               map[string]int64
+	Status               TaskStatus
+	CreatedAt            time.Time
+	ExpiresAt            time.Time
+	EndedAt              time.Time // completed or revoked
+}
+
+// Store errors.
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrNotActive = errors.New("not active") // revoking or ending what is already ended
+)
+
+// Store is what delegation needs from storage.
+type Store interface {
+	// CreateGrant stores g and ev in one transaction. When g.RequestID is set, the request is
+	// marked approved with GrantID = g.ID in the same transaction (ErrNotActive if it is no
+	// longer pending).
+	CreateGrant(ctx context.Context, g Grant, ev audit.Event) error
+	GetGrant(ctx context.Context, id string) (Grant, error)
+	// ListGrants filters by principal and agent ("" = any).
+	ListGrants(ctx context.Context, principalID, agentID string) ([]Grant, error)
+	// RevokeGrant marks the grant revoked, revokes every active task under it, appends a
+	// revocation log entry for the grant and each task (with their expiry), and ev.
+	RevokeGrant(ctx context.Context, id string, at time.Time, ev audit.Event) (Grant, error)
+
+	CreateGrantRequest(ctx context.Context, r GrantRequest, ev audit.Event) error
+	GetGrantRequest(ctx context.Context, id string) (GrantRequest, error)
+	// ListGrantRequests filters by owner and status ("" = any).
+	ListGrantRequests(ctx context.Context, ownerID string, status RequestStatus) ([]GrantRequest, error)
+	// DenyGrantRequest marks a pending request denied (ErrNotActive otherwise), with ev.
+	DenyGrantRequest(ctx context.Context, id string, at time.Time, ev audit.Event) (GrantRequest, error)
+	// TouchGrantRequest sets LastPolledAt and returns the request as it was before.
+	TouchGrantRequest(ctx context.Context, id string, at time.Time) (GrantRequest, error)
+
+	// CreateTask stores t, uses up the single-use ids (dpop.ErrReplay, wrapped, if one was used
+	// before; then nothing is written) and appends ev as a success, in one transaction. It
+	// returns ErrNotActive when the grant is revoked or the parent task has ended by then, so a
+	// revocation racing an exchange always wins.
+	CreateTask(ctx context.Context, t Task, uses []token.SingleUse, ev audit.Event) error
+	GetTask(ctx context.Context, id string) (Task, error)
+	// ListTasks filters by principal, agent and grant ("" = any), newest first.
+	ListTasks(ctx context.Context, principalID, agentID, grantID string) ([]Task, error)
+	// EndTask sets the task and every active descendant (ParentID chain) to status (completed or
+	// revoked) at at, appends a revocation log entry per task, and ev. ErrNotActive if the task
+	// is not active.
+	EndTask(ctx context.Context, id string, status TaskStatus, at time.Time, ev audit.Event) (Task, error)
+}
