@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -30,7 +31,7 @@ func BenchmarkEd25519Verify(b *testing.B) {
 // BenchmarkVerifyRequest is the hot path of a resource server: a token and a fresh proof, keys
 // and revocation feed already cached, proofs recorded in the in-memory replay store.
 func BenchmarkVerifyRequest(b *testing.B) {
-	bv := newBenchVerify(b)
+	bv := newBenchVerify(b, false)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -46,7 +47,17 @@ func BenchmarkVerifyRequest(b *testing.B) {
 // reports the ratio of their times (x2ed25519), which stays meaningful on a busy machine where
 // separate ns/op figures drift.
 func BenchmarkVerifyRequestRatio(b *testing.B) {
-	bv := newBenchVerify(b)
+	benchRatio(b, newBenchVerify(b, false))
+}
+
+// BenchmarkVerifyRequestDelegatedRatio is BenchmarkVerifyRequestRatio for a token issued by token
+// exchange (a three-agent act chain, txn, grant, authorization_details), checked against a feed
+// holding a few revocations of other agents, grants, tasks and tokens.
+func BenchmarkVerifyRequestDelegatedRatio(b *testing.B) {
+	benchRatio(b, newBenchVerify(b, true))
+}
+
+func benchRatio(b *testing.B, bv *benchVerify) {
 	ctx := context.Background()
 	_, priv, _ := ed25519.GenerateKey(nil)
 	pub := priv.Public().(ed25519.PublicKey)
@@ -84,9 +95,16 @@ type benchVerify struct {
 
 const benchTarget = "https://rs.example/v1/data"
 
-func newBenchVerify(b *testing.B) *benchVerify {
+func newBenchVerify(b *testing.B, delegated bool) *benchVerify {
 	is := newTestIssuer(b)
 	a := newAgent(b, "agt_bench")
+	if delegated {
+		for _, kind := range []string{"agent", "grant", "task", "token"} {
+			for i := 0; i < 4; i++ {
+				is.revoke(kind, fmt.Sprintf("%s_other_%d", kind, i), time.Now().Add(time.Hour).Unix())
+			}
+		}
+	}
 	ctx := context.Background()
 	keys := RemoteKeys(is.url+"/oauth/jwks", nil)
 	status := RevocationFeed(is.url+"/v1/revocations", nil, time.Hour)
@@ -101,6 +119,12 @@ func newBenchVerify(b *testing.B) *benchVerify {
 		b.Fatal(err)
 	}
 	claims := is.claims(a)
+	if delegated {
+		claims = is.delegated("usr_bench", a,
+			Actor{AgentID: "agt_orch", Handle: "orchestrator", DID: "did:key:z6MkOrch", InstanceJKT: "jkt-orch", Task: "tsk_a"},
+			Actor{AgentID: "agt_plan", Handle: "planner", DID: "did:key:z6MkPlan", Task: "tsk_b"},
+			Actor{AgentID: a.id, Handle: "researcher", DID: "did:key:z6MkRes", InstanceJKT: a.jkt, Task: "tsk_c"})
+	}
 	claims["exp"] = time.Now().Add(time.Hour).Unix()
 	tok := is.mint("k1", "EdDSA", "at+jwt", claims)
 	req, err := http.NewRequest("GET", benchTarget, nil)

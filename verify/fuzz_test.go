@@ -60,12 +60,47 @@ func fuzzSeeds(t testing.TB) [][2]string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A delegated token: usr_fuzz granted agt_orch, which delegated to agt_fuzz.
 	claims := map[string]any{
-		"iss": fuzzIssuer, "sub": "agt_fuzz", "client_id": "agt_fuzz", "aud": testAudience,
+		"iss": fuzzIssuer, "sub": "usr_fuzz", "client_id": "agt_fuzz", "aud": testAudience,
 		"scope": "read", "iat": fuzzNow.Unix(), "exp": fuzzNow.Add(5 * time.Minute).Unix(),
 		"jti": "tok_fuzz", "cnf": map[string]any{"jkt": jkt},
-		"act": map[string]any{"sub": "agt_a", "act": map[string]any{"sub": "agt_b"}},
+		"handle": "fuzzer", "did": "did:key:z6MkFuzz", "txn": "tsk_b", "grant": "gr_fuzz",
+		"authorization_details": []any{map[string]any{"type": "repo", "actions": []any{"read"}}},
+		"act": map[string]any{"sub": "agt_fuzz", "handle": "fuzzer", "did": "did:key:z6MkFuzz", "txn": "tsk_b", "jkt": jkt,
+			"act": map[string]any{"sub": "agt_orch", "handle": "orchestrator", "did": "did:key:z6MkOrch", "txn": "tsk_a"}},
 	}
+	// Near misses in the act chain, validly signed, so the fuzzer mutates from them too.
+	variant := func(mod func(c map[string]any)) (string, string) {
+		t.Helper()
+		c := map[string]any{}
+		for k, v := range claims {
+			c[k] = v
+		}
+		mod(c)
+		p, _ := json.Marshal(c)
+		tok := signCompact(t, issuer, map[string]any{"alg": "EdDSA", "typ": "at+jwt", "kid": "k1"}, p)
+		proof, err := dpop.NewProof(fuzzAgentKey, "GET", "https://rs.example/data", dpop.ProofOptions{AccessToken: tok, Now: fuzzNow})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "DPoP " + tok, proof
+	}
+	selfTok, selfProof := variant(func(c map[string]any) {
+		for _, k := range []string{"act", "txn", "grant", "authorization_details"} {
+			delete(c, k)
+		}
+		c["sub"] = "agt_fuzz"
+	})
+	deep := map[string]any{"sub": "agt_fuzz"}
+	for i := 0; i < MaxChainDepth; i++ {
+		deep = map[string]any{"sub": "agt_fuzz", "act": deep}
+	}
+	deepTok, deepProof := variant(func(c map[string]any) { c["act"] = deep })
+	noSubTok, noSubProof := variant(func(c map[string]any) {
+		c["act"] = map[string]any{"sub": "agt_fuzz", "txn": "tsk_b", "act": map[string]any{"txn": "tsk_a"}}
+	})
+	txnTok, txnProof := variant(func(c map[string]any) { c["txn"] = "tsk_a" })
 	payload, _ := json.Marshal(claims)
 	tok := signCompact(t, issuer, map[string]any{"alg": "EdDSA", "typ": "at+jwt", "kid": "k1"}, payload)
 	alias := signCompact(t, issuer, map[string]any{"alg": "Ed25519", "typ": "at+jwt", "kid": "k1"}, payload)
@@ -90,6 +125,10 @@ func fuzzSeeds(t testing.TB) [][2]string {
 		{"DPoP", ""},
 		{"", proof},
 		{"DPoP \x00\"\\", "\xff\xfe"},
+		{selfTok, selfProof},
+		{deepTok, deepProof},
+		{noSubTok, noSubProof},
+		{txnTok, txnProof},
 	}
 }
 
@@ -116,6 +155,9 @@ func FuzzVerifyToken(f *testing.F) {
 		if err == nil {
 			if c == nil || c.JKT == "" || c.Subject == "" {
 				t.Fatalf("accepted without a complete caller: %+v", c)
+			}
+			if n := len(c.Chain); n == 0 || n > MaxChainDepth || c.Chain[n-1].AgentID != c.ClientID || c.AgentID != c.ClientID {
+				t.Fatalf("accepted with a chain that does not end with the client: %+v", c)
 			}
 			return
 		}
@@ -157,16 +199,26 @@ func TestFuzzSeedCorpus(t *testing.T) {
 	}
 }
 
-// TestFuzzSeedsAccepted checks that the first seeds are valid requests, so the fuzzer starts from
-// inputs that reach every step.
+// TestFuzzSeedsAccepted checks that the valid seeds (a delegated token with two aliases of its
+// alg, and a self token) are accepted, so the fuzzer starts from inputs that reach every step.
 func TestFuzzSeedsAccepted(t *testing.T) {
-	for i, s := range fuzzSeeds(t)[:2] {
+	seeds := fuzzSeeds(t)
+	for i, s := range [][2]string{seeds[0], seeds[1], seeds[11]} {
 		v := fuzzVerifier(t)
 		r, _ := http.NewRequest("GET", "https://rs.example/data", nil)
 		r.Header.Set("Authorization", s[0])
 		r.Header.Set("DPoP", s[1])
 		if _, err := v.Verify(context.Background(), r); err != nil {
 			t.Errorf("seed %d: %v", i, err)
+		}
+	}
+	for i, s := range seeds[12:] {
+		v := fuzzVerifier(t)
+		r, _ := http.NewRequest("GET", "https://rs.example/data", nil)
+		r.Header.Set("Authorization", s[0])
+		r.Header.Set("DPoP", s[1])
+		if _, err := v.Verify(context.Background(), r); err == nil || err.(*Error).Reason != ReasonClaims {
+			t.Errorf("act seed %d: err = %v, want a claims refusal", 12+i, err)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,8 +19,14 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 )
 
-// testIssuer is a tiny mandate issuer: metadata, JWKS and revocation feed on a real listener,
-// and a signing key to mint access tokens with.
+// testIssuer is a tiny mandate issuer: metadata, JWKS and the paged revocation feed on a real
+// listener, and a signing key to mint self and delegated access tokens with.
+type revocation struct {
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+	Exp  int64  `json:"exp"`
+}
+
 type testIssuer struct {
 	t   testing.TB
 	srv *httptest.Server
@@ -27,10 +34,13 @@ type testIssuer struct {
 
 	mu        sync.Mutex
 	keys      map[string]crypto.Signer // kid -> signing key, all published
-	agents    []string                 // revoked agents
-	jtis      []string                 // revoked token ids
+	log       []revocation             // the revocation log; an entry's cursor is its index + 1
+	pageSize  int                      // entries per feed page (default 100)
+	afters    []int64                  // the after= cursor of every feed request, in order
 	jwksFails bool
 	feedFails bool
+	// feedFailAt, when positive, makes feed requests with after >= feedFailAt fail.
+	feedFailAt int64
 
 	jwksHits atomic.Int32
 	feedHits atomic.Int32
@@ -69,16 +79,27 @@ func newTestIssuer(t testing.TB) *testIssuer {
 		is.feedHits.Add(1)
 		is.mu.Lock()
 		defer is.mu.Unlock()
-		if is.feedFails {
+		after, err := strconv.ParseInt(r.URL.Query().Get("after"), 10, 64)
+		if err != nil || after < 0 {
+			http.Error(w, "bad cursor", http.StatusBadRequest)
+			return
+		}
+		is.afters = append(is.afters, after)
+		if is.feedFails || (is.feedFailAt > 0 && after >= is.feedFailAt) {
 			http.Error(w, "down", http.StatusServiceUnavailable)
 			return
 		}
-		tokens := []map[string]any{}
-		for _, j := range is.jtis {
-			tokens = append(tokens, map[string]any{"jti": j, "exp": time.Now().Add(time.Hour).Unix()})
+		size := is.pageSize
+		if size <= 0 {
+			size = 100
 		}
-		agents := append([]string{}, is.agents...)
-		writeJSON(w, map[string]any{"agents": agents, "tokens": tokens, "generated_at": time.Now().Unix()})
+		page := []revocation{}
+		cursor := after
+		for i := int(after); i < len(is.log) && len(page) < size; i++ {
+			page = append(page, is.log[i])
+			cursor = int64(i + 1)
+		}
+		writeJSON(w, map[string]any{"revocations": page, "cursor": cursor, "more": int(cursor) < len(is.log)})
 	})
 	is.srv = httptest.NewServer(mux)
 	is.url = is.srv.URL
@@ -106,16 +127,26 @@ func (is *testIssuer) addKey(kid string, k crypto.Signer) {
 	is.keys[kid] = k
 }
 
-func (is *testIssuer) revokeAgent(id string) {
+// revoke appends an entry to the revocation log.
+func (is *testIssuer) revoke(kind, id string, exp int64) {
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	is.agents = append(is.agents, id)
+	is.log = append(is.log, revocation{kind, id, exp})
 }
 
+func (is *testIssuer) revokeAgent(id string) { is.revoke("agent", id, 0) }
+
 func (is *testIssuer) revokeJTI(jti string) {
+	is.revoke("token", jti, time.Now().Add(time.Hour).Unix())
+}
+
+// feedAfters returns the cursors the feed was asked for since the last call.
+func (is *testIssuer) feedAfters() []int64 {
 	is.mu.Lock()
 	defer is.mu.Unlock()
-	is.jtis = append(is.jtis, jti)
+	a := is.afters
+	is.afters = nil
+	return a
 }
 
 func (is *testIssuer) setFailing(jwks, feed bool) {
@@ -159,6 +190,36 @@ func (is *testIssuer) claims(a *agent) map[string]any {
 		"handle":    "researcher",
 		"did":       "did:key:z6Mk-test",
 	}
+}
+
+// delegated returns the claims of a token issued by token exchange to holder, the last actor of
+// chain (in delegation order: chain[0] is the first agent the principal granted), for principal.
+// txn is the current actor's task; act nests with the current actor outermost.
+func (is *testIssuer) delegated(principal string, holder *agent, chain ...Actor) map[string]any {
+	is.t.Helper()
+	if len(chain) == 0 || chain[len(chain)-1].AgentID != holder.id {
+		is.t.Fatalf("the chain must end with the holder %s", holder.id)
+	}
+	c := is.claims(holder)
+	var act map[string]any
+	for _, a := range chain {
+		next := map[string]any{"sub": a.AgentID, "handle": a.Handle, "did": a.DID, "txn": a.Task}
+		if a.InstanceJKT != "" {
+			next["jkt"] = a.InstanceJKT
+		}
+		if act != nil {
+			next["act"] = act
+		}
+		act = next
+	}
+	current := chain[len(chain)-1]
+	c["sub"] = principal
+	c["handle"], c["did"] = current.Handle, current.DID
+	c["txn"] = current.Task
+	c["grant"] = "gr_test"
+	c["authorization_details"] = []any{map[string]any{"type": "repo", "actions": []any{"read"}, "locations": []any{"https://api.example/"}}}
+	c["act"] = act
+	return c
 }
 
 func randomBytes(n int) []byte {

@@ -49,6 +49,7 @@ type options struct {
 	maxAge     time.Duration
 	maxStale   time.Duration
 	timeout    time.Duration
+	retain     time.Duration // how long RevocationFeed keeps an entry past its exp
 	now        func() time.Time
 }
 
@@ -61,12 +62,26 @@ func WithMinRefresh(d time.Duration) Option { return func(o *options) { o.minRef
 // old set stays in use.
 func WithMaxAge(d time.Duration) Option { return func(o *options) { o.maxAge = d } }
 
-// WithMaxStale sets how long RevocationFeed keeps using its last feed while refetches fail
-// (default 1m); after that every Check fails closed.
+// WithMaxStale bounds how long RevocationFeed keeps answering from its last copy of the feed
+// while refetches fail (default 1m): it refuses on its own when it cannot reach the feed for
+// longer than this, failing every Check closed until the feed can be read again.
 func WithMaxStale(d time.Duration) Option { return func(o *options) { o.maxStale = d } }
 
 // WithTimeout bounds one fetch (default 10s).
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// withRetain makes RevocationFeed keep entries for at least d past their exp. New passes its
+// Leeway: a token is accepted until its exp plus the leeway, and so must its revocation be kept.
+func withRetain(d time.Duration) Option {
+	return func(o *options) {
+		if d > o.retain {
+			o.retain = d
+		}
+	}
+}
+
+// defaultRetain is how long RevocationFeed keeps an entry past its exp by default.
+const defaultRetain = 5 * time.Minute
 
 // WithNow sets the clock (default time.Now).
 func WithNow(now func() time.Time) Option { return func(o *options) { o.now = now } }
@@ -77,6 +92,7 @@ func buildOptions(opts []Option) options {
 		maxAge:     10 * time.Minute,
 		maxStale:   time.Minute,
 		timeout:    10 * time.Second,
+		retain:     defaultRetain,
 		now:        time.Now,
 	}
 	for _, opt := range opts {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,7 +15,7 @@ import (
 	"golang.org/x/sync/singleflight"
 )
 
-// ErrRevoked is wrapped by StatusSource errors for a revoked agent or token.
+// ErrRevoked is wrapped by StatusSource errors for a revoked agent, grant, task or token.
 var ErrRevoked = errors.New("revoked")
 
 // StatusSource tells whether a verified caller is still allowed. Check returns nil, an error
@@ -22,11 +25,25 @@ type StatusSource interface {
 	Check(ctx context.Context, c *Caller) error
 }
 
-// RevocationFeed is a StatusSource over the issuer's revocation feed
-// (GET {issuer}/v1/revocations). The feed is cached and refetched synchronously, one request for
-// all concurrent callers, once it is older than maxAge (0 means 1s). If a refetch fails the last
-// feed stays in use for at most MaxStale (default 1m) after it was fetched; then Check fails
-// closed until the feed can be read again. hc nil means http.DefaultClient.
+// RevocationFeed is a StatusSource over the issuer's revocation feed,
+// GET {feedURL}?after=<cursor>, which answers
+//
+//	{"revocations": [{"kind": "agent"|"grant"|"task"|"token", "id": "…", "exp": <unix seconds, 0 = never>}, …],
+//	 "cursor": <int>, "more": <bool>}
+//
+// with the entries after the cursor, oldest first, one page at a time. The feed keeps the set of
+// revoked agents, grants, tasks and tokens it has read, and reads the entries after its cursor
+// (every page, until more is false) synchronously, one request at a time for all concurrent
+// callers, once its copy is older than maxAge (0 means 1s). Entries of unknown kinds are
+// ignored. An entry is dropped once its exp has passed by 5 minutes, so that a token a Verifier
+// still accepts within its Leeway after exp stays refused (the feed a Verifier makes for itself
+// when Config.Status is nil keeps entries for Leeway plus a minute when that is longer).
+//
+// Check refuses a caller when its token (jti), its grant, its task or the task of any actor in
+// its chain, or any agent in its chain, its client_id or its sub when that is an agent, is in
+// the set. While the feed cannot be read the last copy stays in use for at most MaxStale (default
+// 1m) after it was last brought up to date; then Check fails closed until the feed can be read
+// again. hc nil means http.DefaultClient.
 func RevocationFeed(feedURL string, hc *http.Client, maxAge time.Duration, opts ...Option) StatusSource {
 	if hc == nil {
 		hc = http.DefaultClient
@@ -34,11 +51,38 @@ func RevocationFeed(feedURL string, hc *http.Client, maxAge time.Duration, opts 
 	if maxAge <= 0 {
 		maxAge = time.Second
 	}
-	return &feed{url: feedURL, hc: hc, maxAge: maxAge, o: buildOptions(opts)}
+	sep := "?"
+	if strings.Contains(feedURL, "?") {
+		sep = "&"
+	}
+	return &feed{url: feedURL + sep + "after=", hc: hc, maxAge: maxAge, o: buildOptions(opts)}
+}
+
+// Kinds of revocation feed entries.
+const (
+	kindAgent = iota
+	kindGrant
+	kindTask
+	kindToken
+	numKinds
+)
+
+func kindOf(s string) (int, bool) {
+	switch s {
+	case "agent":
+		return kindAgent, true
+	case "grant":
+		return kindGrant, true
+	case "task":
+		return kindTask, true
+	case "token":
+		return kindToken, true
+	}
+	return 0, false
 }
 
 type feed struct {
-	url    string
+	url    string // ends in after=
 	hc     *http.Client
 	maxAge time.Duration
 	o      options
@@ -51,19 +95,26 @@ type feed struct {
 	lastFailed error
 }
 
+// feedSnapshot is an immutable copy of the revocation set; a refresh that changes it stores a
+// new one.
 type feedSnapshot struct {
-	agents  map[string]struct{}
-	tokens  map[string]struct{}
+	sets   [numKinds]map[string]int64 // id -> exp (unix seconds, 0 = never)
+	cursor int64
+	// fetched is when the request that found no more pages started: the set holds every
+	// revocation published before it. Zero until the feed has been read to the end once.
 	fetched time.Time
+	// nextExp is the earliest nonzero exp in sets, 0 when none: nothing to drop before it.
+	nextExp int64
 }
 
-type feedDocument struct {
-	Agents []string `json:"agents"`
-	Tokens []struct {
-		JTI string `json:"jti"`
-		Exp int64  `json:"exp"`
-	} `json:"tokens"`
-	GeneratedAt int64 `json:"generated_at"`
+type feedPage struct {
+	Revocations []struct {
+		Kind string `json:"kind"`
+		ID   string `json:"id"`
+		Exp  int64  `json:"exp"`
+	} `json:"revocations"`
+	Cursor int64 `json:"cursor"`
+	More   bool  `json:"more"`
 }
 
 func (f *feed) Check(ctx context.Context, c *Caller) error {
@@ -71,40 +122,60 @@ func (f *feed) Check(ctx context.Context, c *Caller) error {
 	s := f.snap.Load()
 	if s == nil || now.Sub(s.fetched) >= f.maxAge {
 		fresh, err := f.refresh(ctx, now)
-		switch {
-		case err == nil:
+		if err == nil {
 			s = fresh
-		case s != nil && now.Sub(s.fetched) < f.o.maxStale:
-			// keep using the last feed for a little while
-		default:
-			return fmt.Errorf("verify: revocation status unknown: %w", err)
+		} else {
+			// A failed refresh may still have stored the pages it read.
+			s = f.snap.Load()
+			if s == nil || s.fetched.IsZero() || now.Sub(s.fetched) >= f.o.maxStale {
+				return fmt.Errorf("verify: revocation status unknown: %w", err)
+			}
+			// else keep using the last copy for a little while
 		}
 	}
 	return s.check(c)
 }
 
 func (s *feedSnapshot) check(c *Caller) error {
-	if len(s.agents) > 0 {
-		for _, id := range [...]string{c.AgentID, c.ClientID, c.Subject} {
-			if _, revoked := s.agents[id]; revoked && id != "" {
-				return fmt.Errorf("%w: the agent %s has been revoked", ErrRevoked, id)
+	if agents := s.sets[kindAgent]; len(agents) > 0 {
+		// Every agent in the delegation chain: revoking one stops every token derived from it.
+		for i := range c.Chain {
+			if id := c.Chain[i].AgentID; contains(agents, id) {
+				return fmt.Errorf("%w: agent %s is revoked", ErrRevoked, id)
 			}
 		}
-		// Every agent in the delegation chain: revoking one stops all tokens derived from it.
-		act, _ := c.Claims["act"].(map[string]any)
-		for depth := 0; act != nil && depth < 64; depth++ {
-			if id, _ := act["sub"].(string); id != "" {
-				if _, revoked := s.agents[id]; revoked {
-					return fmt.Errorf("%w: the agent %s in this token's delegation chain has been revoked", ErrRevoked, id)
-				}
+		for _, id := range [...]string{c.AgentID, c.ClientID, c.Subject} {
+			if !isPrincipal(id) && contains(agents, id) {
+				return fmt.Errorf("%w: agent %s is revoked", ErrRevoked, id)
 			}
-			act, _ = act["act"].(map[string]any)
 		}
 	}
-	if _, revoked := s.tokens[c.JTI]; revoked && c.JTI != "" {
-		return fmt.Errorf("%w: this token has been revoked", ErrRevoked)
+	if contains(s.sets[kindGrant], c.Grant) {
+		return fmt.Errorf("%w: grant %s is revoked", ErrRevoked, c.Grant)
+	}
+	if tasks := s.sets[kindTask]; len(tasks) > 0 {
+		// Ending a task ends its children: every task in the chain.
+		if contains(tasks, c.Task) {
+			return fmt.Errorf("%w: task %s has ended or was revoked", ErrRevoked, c.Task)
+		}
+		for i := range c.Chain {
+			if id := c.Chain[i].Task; contains(tasks, id) {
+				return fmt.Errorf("%w: task %s has ended or was revoked", ErrRevoked, id)
+			}
+		}
+	}
+	if contains(s.sets[kindToken], c.JTI) {
+		return fmt.Errorf("%w: token %s is revoked", ErrRevoked, c.JTI)
 	}
 	return nil
+}
+
+func contains(set map[string]int64, id string) bool {
+	if id == "" || len(set) == 0 {
+		return false
+	}
+	_, ok := set[id]
+	return ok
 }
 
 func (f *feed) refresh(ctx context.Context, now time.Time) (*feedSnapshot, error) {
@@ -118,7 +189,7 @@ func (f *feed) refresh(ctx context.Context, now time.Time) (*feedSnapshot, error
 	ch := f.sf.DoChan("feed", func() (any, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.o.timeout)
 		defer cancel()
-		s, err := f.fetch(fctx)
+		s, err := f.catchUp(fctx)
 		f.mu.Lock()
 		if err != nil {
 			f.failedAt, f.lastFailed = f.o.now(), err
@@ -129,7 +200,6 @@ func (f *feed) refresh(ctx context.Context, now time.Time) (*feedSnapshot, error
 		if err != nil {
 			return nil, err
 		}
-		f.snap.Store(s)
 		return s, nil
 	})
 	select {
@@ -143,24 +213,99 @@ func (f *feed) refresh(ctx context.Context, now time.Time) (*feedSnapshot, error
 	}
 }
 
-func (f *feed) fetch(ctx context.Context) (*feedSnapshot, error) {
-	// Stamp the snapshot with the time the request started: a revocation published while the
-	// request was in flight must not be considered covered.
-	started := f.o.now()
-	var doc feedDocument
-	if err := getJSON(ctx, f.hc, f.url, "application/json", &doc); err != nil {
-		return nil, fmt.Errorf("verify: fetching the revocation feed: %w", err)
+// catchUp reads the feed from the stored cursor, page after page until more is false, and
+// stores the new set. The pages read before a failure are stored too (more revocations are never
+// worse), but without moving fetched: the set is not known to be complete. Runs one at a time
+// (singleflight).
+func (f *feed) catchUp(ctx context.Context) (*feedSnapshot, error) {
+	next := &feedSnapshot{}
+	if old := f.snap.Load(); old != nil {
+		*next = *old // the maps stay shared until one changes
 	}
-	s := &feedSnapshot{
-		agents:  make(map[string]struct{}, len(doc.Agents)),
-		tokens:  make(map[string]struct{}, len(doc.Tokens)),
-		fetched: started,
+	var cloned [numKinds]bool
+	changed := false
+	retain := int64(f.o.retain / time.Second)
+	for {
+		// Stamp with the time the request started: a revocation published while it was in
+		// flight must not be considered covered.
+		started := f.o.now()
+		after := next.cursor
+		var page feedPage
+		err := getJSON(ctx, f.hc, f.url+strconv.FormatInt(after, 10), "application/json", &page)
+		if err == nil && page.More && page.Cursor <= after {
+			err = fmt.Errorf("the cursor did not advance past %d although more pages follow", after)
+		}
+		if err != nil {
+			if changed {
+				f.snap.Store(next)
+			}
+			return nil, fmt.Errorf("verify: fetching the revocation feed: %w", err)
+		}
+		cutoff := started.Unix() - retain // entries with exp before it are dropped
+		for _, e := range page.Revocations {
+			kind, known := kindOf(e.Kind)
+			if !known || e.ID == "" || (e.Exp != 0 && e.Exp < cutoff) {
+				continue
+			}
+			set := next.sets[kind]
+			old, had := set[e.ID]
+			exp := e.Exp
+			if had && (old == 0 || (exp != 0 && old > exp)) {
+				exp = old // keep the later of the two: 0 (never) is the latest
+			}
+			if had && exp == old {
+				continue
+			}
+			if !cloned[kind] {
+				set = maps.Clone(set)
+				if set == nil {
+					set = make(map[string]int64)
+				}
+				next.sets[kind], cloned[kind] = set, true
+			}
+			set[e.ID] = exp
+			changed = true
+			if exp != 0 && (next.nextExp == 0 || exp < next.nextExp) {
+				next.nextExp = exp
+			}
+		}
+		if page.Cursor != next.cursor {
+			next.cursor, changed = page.Cursor, true
+		}
+		if page.More {
+			continue
+		}
+		next.fetched = started
+		next.prune(cutoff)
+		f.snap.Store(next)
+		return next, nil
 	}
-	for _, a := range doc.Agents {
-		s.agents[a] = struct{}{}
+}
+
+// prune drops the entries whose exp is before cutoff, copying the sets it changes.
+func (s *feedSnapshot) prune(cutoff int64) {
+	if s.nextExp == 0 || s.nextExp >= cutoff {
+		return
 	}
-	for _, t := range doc.Tokens {
-		s.tokens[t.JTI] = struct{}{}
+	s.nextExp = 0
+	for k, set := range s.sets {
+		for _, exp := range set {
+			if exp != 0 && exp < cutoff {
+				kept := make(map[string]int64, len(set))
+				for id, exp := range set {
+					if exp == 0 || exp >= cutoff {
+						kept[id] = exp
+					}
+				}
+				set = kept
+				s.sets[k] = kept
+				break
+			}
+		}
+		for _, exp := range set {
+			if exp != 0 && (s.nextExp == 0 || exp < s.nextExp) {
+				s.nextExp = exp
+			}
+		}
 	}
-	return s, nil
 }

@@ -1,7 +1,9 @@
 // Package verify checks mandate access tokens at a resource server: the DPoP-bound JWT
 // (RFC 9068, RFC 9449) in the Authorization header, the DPoP proof that must come with it, and the
-// agent's and token's revocation status. Use Verifier.Middleware in front of net/http handlers,
-// or Verifier.Verify where you need the decision yourself.
+// revocation status of the token, its grant, its task and every agent and task of its delegation
+// chain. Use Verifier.Middleware in front of net/http handlers, or Verifier.Verify where you need
+// the decision yourself. Caller carries the principal, the delegation chain, the task and the
+// grant.
 //
 // The package imports nothing internal to mandate, so any Go program can use it.
 package verify
@@ -122,7 +124,7 @@ func New(cfg Config) (*Verifier, error) {
 	}
 	status := cfg.Status
 	if status == nil {
-		status = RevocationFeed(strings.TrimSuffix(cfg.Issuer, "/")+"/v1/revocations", hc, 0, WithNow(now))
+		status = RevocationFeed(strings.TrimSuffix(cfg.Issuer, "/")+"/v1/revocations", hc, 0, WithNow(now), withRetain(leeway+time.Minute))
 	}
 	dc := cfg.DPoP
 	if dc.Replay == nil {
@@ -148,10 +150,15 @@ func New(cfg Config) (*Verifier, error) {
 }
 
 // Caller is who made a verified request.
+//
+// A self token (client_credentials) names the agent itself: Subject and ClientID are the agent
+// id, Principal is empty and Chain holds that one agent. A delegated token (RFC 8693 token
+// exchange) names the principal the agents act for in Subject and Principal, and every agent the
+// authority passed through in Chain, oldest first.
 type Caller struct {
 	Subject   string // sub: the principal, or the agent id when the agent acts as itself
 	ClientID  string // client_id: the agent that holds the token
-	AgentID   string // the acting agent: client_id, or sub when it is an agent id (agt_…)
+	AgentID   string // the acting (current) agent: client_id, which is also the outermost act.sub
 	Handle    string // the agent's handle
 	DID       string // the agent's did:key
 	JTI       string
@@ -160,9 +167,35 @@ type Caller struct {
 	Audience  []string
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+
+	// Principal is sub when it names a principal (usr_… or svc_…), and "" for a self token.
+	Principal string
+	// Chain lists the actors in delegation order: Chain[0] is the first agent the principal
+	// granted, the last is the current one (the outermost act, RFC 8693 §4.1). A token without
+	// act (a self token) has one Actor, built from client_id, handle, did and txn. Never empty
+	// for a verified Caller.
+	Chain []Actor
+	Task  string // txn: the task the token was issued for; "" when the token names none
+	Grant string // grant: the standing delegation the token derives from; "" when none
+	// AuthorizationDetails are the token's RFC 9396 authorization_details, one JSON object each
+	// (re-encoded from the verified claims: the same values, not necessarily the same bytes).
+	AuthorizationDetails []json.RawMessage
+
 	// Claims holds every claim of the token as decoded JSON (act, txn, grant, ...). Do not modify.
 	Claims map[string]any
 }
+
+// Actor is one agent of a delegation chain.
+type Actor struct {
+	AgentID     string // act.sub: the agent id (agt_…)
+	Handle      string // act.handle
+	DID         string // act.did: the agent's did:key
+	InstanceJKT string // act.jkt: thumbprint of the instance key the actor's token was bound to; "" if none
+	Task        string // act.txn: the task the actor worked on; "" if none
+}
+
+// MaxChainDepth is the deepest delegation chain (nested act claims) a token may carry.
+const MaxChainDepth = 16
 
 // HasScope reports whether the token carries scope s.
 func (c *Caller) HasScope(s string) bool {
@@ -309,7 +342,7 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 		return nil, v.proofError(err, tok, proofs[0])
 	}
 
-	// 7. Status: the agent and the token are not revoked.
+	// 7. Status: the token, its grant, its tasks and the agents of its chain are not revoked.
 	if err := v.status.Check(ctx, c); err != nil {
 		if errors.Is(err, ErrRevoked) {
 			desc := strings.TrimPrefix(err.Error(), ErrRevoked.Error()+": ")
@@ -364,7 +397,10 @@ func (v *Verifier) claims(payload []byte) (*Caller, *Error) {
 	if iss, _ := m["iss"].(string); iss != v.issuer {
 		return nil, invalidToken(ReasonIssuer, "the access token was issued by another issuer")
 	}
-	c := &Caller{Claims: m}
+	// One allocation holds the Caller and the one-actor chain of a self token.
+	cs := &callerWithActor{}
+	c := &cs.c
+	c.Claims = m
 	switch aud := m["aud"].(type) {
 	case string:
 		c.Audience = []string{aud}
@@ -431,7 +467,134 @@ func (v *Verifier) claims(payload []byte) (*Caller, *Error) {
 	if c.JKT == "" {
 		return nil, invalidToken(ReasonUnbound, "the access token is not DPoP-bound (no cnf.jkt)")
 	}
+	if e := c.delegation(m, &cs.self); e != nil {
+		return nil, e
+	}
 	return c, nil
+}
+
+type callerWithActor struct {
+	c    Caller
+	self [1]Actor
+}
+
+// delegation reads txn, grant, authorization_details and the act chain. A token without act
+// costs four map lookups and no allocation.
+func (c *Caller) delegation(m map[string]any, self *[1]Actor) *Error {
+	var ok bool
+	if c.Task, ok = optString(m, "txn"); !ok {
+		return invalidToken(ReasonClaims, "the access token's txn claim is not a string")
+	}
+	if c.Grant, ok = optString(m, "grant"); !ok {
+		return invalidToken(ReasonClaims, "the access token's grant claim is not a string")
+	}
+	if raw, present := m["authorization_details"]; present {
+		details, e := authorizationDetails(raw)
+		if e != nil {
+			return e
+		}
+		c.AuthorizationDetails = details
+	}
+	if isPrincipal(c.Subject) {
+		c.Principal = c.Subject
+	}
+	act, present := m["act"]
+	if !present {
+		self[0] = Actor{AgentID: c.ClientID, Handle: c.Handle, DID: c.DID, Task: c.Task}
+		c.Chain = self[:]
+		return nil
+	}
+	chain, e := actorChain(act)
+	if e != nil {
+		return e
+	}
+	current := &chain[len(chain)-1]
+	if current.AgentID != c.ClientID {
+		return invalidToken(ReasonClaims, "the access token's current actor (act.sub) is not its client_id")
+	}
+	if _, hasTxn := m["txn"]; hasTxn && c.Task != current.Task {
+		return invalidToken(ReasonClaims, "the access token's txn is not the task of its current actor (act.txn)")
+	}
+	c.Chain = chain
+	return nil
+}
+
+// actorChain reads nested act claims (RFC 8693 §4.1), the outermost the current actor, into a
+// chain in delegation order: the first agent first, the current one last.
+func actorChain(v any) ([]Actor, *Error) {
+	depth := 0
+	for next := v; ; depth++ {
+		act, ok := next.(map[string]any)
+		if !ok {
+			return nil, invalidToken(ReasonClaims, "the access token's act claim is not an object")
+		}
+		if depth == MaxChainDepth {
+			return nil, invalidToken(ReasonClaims, fmt.Sprintf("the access token's delegation chain is deeper than %d", MaxChainDepth))
+		}
+		if next, ok = act["act"]; !ok {
+			depth++
+			break
+		}
+	}
+	chain := make([]Actor, depth)
+	act, _ := v.(map[string]any)
+	for i := depth - 1; i >= 0; i-- {
+		a := &chain[i]
+		var okSub, okHandle, okDID, okJKT, okTxn bool
+		a.AgentID, okSub = optString(act, "sub")
+		a.Handle, okHandle = optString(act, "handle")
+		a.DID, okDID = optString(act, "did")
+		a.InstanceJKT, okJKT = optString(act, "jkt")
+		a.Task, okTxn = optString(act, "txn")
+		if !okSub || a.AgentID == "" {
+			return nil, invalidToken(ReasonClaims, "an actor in the access token's act chain has no sub")
+		}
+		if !okHandle || !okDID || !okJKT || !okTxn {
+			return nil, invalidToken(ReasonClaims, "an actor in the access token's act chain has a handle, did, jkt or txn that is not a string")
+		}
+		act, _ = act["act"].(map[string]any)
+	}
+	return chain, nil
+}
+
+// authorizationDetails checks that v is an RFC 9396 authorization_details array (objects, each
+// with a string type) and re-encodes its elements.
+func authorizationDetails(v any) ([]json.RawMessage, *Error) {
+	list, ok := v.([]any)
+	if !ok {
+		return nil, invalidToken(ReasonClaims, "the access token's authorization_details claim is not an array")
+	}
+	out := make([]json.RawMessage, len(list))
+	for i, d := range list {
+		obj, ok := d.(map[string]any)
+		if !ok {
+			return nil, invalidToken(ReasonClaims, "the access token's authorization_details are not all objects")
+		}
+		if t, ok := obj["type"].(string); !ok || t == "" {
+			return nil, invalidToken(ReasonClaims, "an entry of the access token's authorization_details has no type")
+		}
+		b, err := json.Marshal(obj)
+		if err != nil {
+			return nil, invalidToken(ReasonClaims, "the access token's authorization_details cannot be encoded")
+		}
+		out[i] = b
+	}
+	return out, nil
+}
+
+// optString returns claim k of m: "" and true when absent, false when present but not a string.
+func optString(m map[string]any, k string) (string, bool) {
+	v, present := m[k]
+	if !present {
+		return "", true
+	}
+	s, ok := v.(string)
+	return s, ok
+}
+
+// isPrincipal reports whether id names a principal: a user (usr_…) or a service account (svc_…).
+func isPrincipal(id string) bool {
+	return strings.HasPrefix(id, "usr_") || strings.HasPrefix(id, "svc_")
 }
 
 func decodeClaims(payload []byte) (map[string]any, error) {

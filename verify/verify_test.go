@@ -503,6 +503,7 @@ func TestVerifyAccepts(t *testing.T) {
 				Audience:  []string{testAudience, "https://other.example"},
 				IssuedAt:  time.Unix(claims["iat"].(int64), 0),
 				ExpiresAt: time.Unix(claims["exp"].(int64), 0),
+				Chain:     []Actor{{AgentID: a.id, Handle: "researcher", DID: "did:key:z6Mk-test"}},
 			}
 			if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(Caller{}, "Claims"), cmpopts.EquateApproxTime(0)); diff != "" {
 				t.Errorf("caller mismatch (-want +got):\n%s", diff)
