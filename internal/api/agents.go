@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
@@ -153,31 +154,43 @@ func (a *API) agentWhoami(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// revocationPage is how many log entries one feed answer carries at most.
+const revocationPage = 1000
+
+// RevocationJSON is one entry of the revocation feed.
+type RevocationJSON struct {
+	Kind string `json:"kind"` // agent, grant, task or token
+	ID   string `json:"id"`
+	Exp  int64  `json:"exp"` // unix seconds after which the entry no longer matters; 0 = never
+}
+
+// revocations is the cursor-based revocation feed verifiers follow: the log entries after the
+// cursor, oldest first, one page at a time ("more" says another page follows).
 func (a *API) revocations(w http.ResponseWriter, r *http.Request) error {
-	ctx := r.Context()
-	now := a.cfg.Now()
-	revoked, err := a.cfg.Agents.ListAgents(ctx, registry.Filter{Status: registry.StatusRevoked})
+	var after int64
+	if v := r.URL.Query().Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			return apperr.New(apperr.Invalid, "cursor", "after must be a cursor returned by this feed (a whole number)")
+		}
+		after = n
+	}
+	list, err := a.cfg.Tokens.ListRevocations(r.Context(), after, a.cfg.Now(), revocationPage)
 	if err != nil {
 		return err
-	}
-	toks, err := a.cfg.Tokens.ListRevokedTokens(ctx, now)
-	if err != nil {
-		return err
-	}
-	type tok struct {
-		JTI string `json:"jti"`
-		Exp int64  `json:"exp"`
 	}
 	out := struct {
-		Agents      []string `json:"agents"`
-		Tokens      []tok    `json:"tokens"`
-		GeneratedAt int64    `json:"generated_at"`
-	}{Agents: []string{}, Tokens: []tok{}, GeneratedAt: now.Unix()}
-	for _, ag := range revoked {
-		out.Agents = append(out.Agents, ag.ID)
-	}
-	for _, t := range toks {
-		out.Tokens = append(out.Tokens, tok{JTI: t.JTI, Exp: t.ExpiresAt.Unix()})
+		Revocations []RevocationJSON `json:"revocations"`
+		Cursor      int64            `json:"cursor"`
+		More        bool             `json:"more"`
+	}{Revocations: make([]RevocationJSON, 0, len(list)), Cursor: after, More: len(list) == revocationPage}
+	for _, e := range list {
+		var exp int64
+		if !e.ExpiresAt.IsZero() {
+			exp = e.ExpiresAt.Unix()
+		}
+		out.Revocations = append(out.Revocations, RevocationJSON{Kind: e.Kind, ID: e.ID, Exp: exp})
+		out.Cursor = e.Seq
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	httpapi.WriteJSON(w, http.StatusOK, out)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
@@ -30,6 +31,7 @@ type Config struct {
 	Keys       *token.Keys
 	Tokens     token.Store
 	Audit      audit.Store
+	Delegation *delegation.Service
 	AgentAuth  func(http.Handler) http.Handler // verify middleware for agent-authenticated routes
 	Log        *slog.Logger
 	Now        func() time.Time
@@ -57,7 +59,6 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/agents/{ref}", u(a.getAgent))
 	mux.Handle("POST /v1/agents/{ref}/revoke", u(a.revokeAgent))
 	mux.Handle("POST /v1/agents/{id}/keys", h(a.rotateAgentKey))
-	mux.Handle("GET /v1/agent/whoami", a.cfg.AgentAuth(h(a.agentWhoami)))
 	mux.Handle("GET /v1/revocations", h(a.revocations))
 	mux.Handle("GET /v1/whoami", u(a.whoami))
 	mux.Handle("GET /v1/users", u(a.listUsers))
@@ -66,6 +67,23 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/tokens", u(a.createToken))
 	mux.Handle("DELETE /v1/tokens/{id}", u(a.revokeToken))
 	mux.Handle("GET /v1/keys", u(a.listKeys))
+	mux.Handle("POST /v1/grants", u(a.createGrant))
+	mux.Handle("GET /v1/grants", u(a.listGrants))
+	mux.Handle("GET /v1/grants/{id}", u(a.getGrant))
+	mux.Handle("POST /v1/grants/{id}/revoke", u(a.revokeGrant))
+	mux.Handle("GET /v1/grant-requests", u(a.listGrantRequests))
+	mux.Handle("POST /v1/grant-requests/{id}/approve", u(a.approveGrantRequest))
+	mux.Handle("POST /v1/grant-requests/{id}/deny", u(a.denyGrantRequest))
+	mux.Handle("GET /v1/tasks", u(a.listTasks))
+	mux.Handle("GET /v1/tasks/{id}", u(a.getTask))
+	mux.Handle("POST /v1/tasks/{id}/end", u(a.endTask(false)))
+	mux.Handle("POST /v1/tasks/{id}/revoke", u(a.endTask(true)))
+	agent := func(f httpapi.HandlerFunc) http.Handler { return a.cfg.AgentAuth(h(f)) }
+	mux.Handle("GET /v1/agent/grants", agent(a.agentGrants))
+	mux.Handle("POST /v1/agent/grant-requests", agent(a.agentRequestGrant))
+	mux.Handle("GET /v1/agent/grant-requests/{id}", agent(a.agentPollGrantRequest))
+	mux.Handle("POST /v1/agent/tasks/{id}/end", agent(a.agentEndTask))
+	mux.Handle("GET /v1/agent/whoami", agent(a.agentWhoami))
 	mux.Handle("POST /v1/keys/rotate", u(a.rotateKeys))
 }
 

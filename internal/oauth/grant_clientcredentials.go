@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/go-jose/go-jose/v4/jwt"
 
@@ -49,7 +50,7 @@ func (g *clientCredentials) Issue(ctx context.Context, req *tokenRequest) (*toke
 	return g.s.mint(ctx, req, token.AccessClaims{
 		Subject: a.ID, Audience: aud, Scope: ScopeAgent, ClientID: a.ID,
 		Handle: a.Handle, DID: a.Keys[0].DID,
-	})
+	}, time.Time{})
 }
 
 // audiences validates RFC 8707 resource indicators; without one the token is for this server.
@@ -66,19 +67,30 @@ func (s *Server) audiences(resources []string) (jwt.Audience, error) {
 	return jwt.Audience(resources), nil
 }
 
-// mint fills in the claims every access token has (issuer, times, id, key binding) and signs.
-func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClaims) (*tokenResponse, error) {
+// mint fills in the claims every access token has (issuer, times, id, key binding) and signs:
+// this is where access tokens are made. The token expires after the configured lifetime, or at
+// notAfter when that is earlier; it is bound to the request's proof key unless c names another.
+func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClaims, notAfter time.Time) (*tokenResponse, error) {
 	now := s.cfg.Now()
+	exp := now.Add(s.cfg.TokenTTL)
+	if !notAfter.IsZero() && notAfter.Before(exp) {
+		exp = notAfter
+	}
+	if !exp.After(now) {
+		return nil, badRequest(CodeInvalidGrant, "expired", "the authority this token rests on has expired")
+	}
 	c.Issuer = s.cfg.Issuer
 	c.IssuedAt, c.NotBefore = now.Unix(), now.Unix()
-	c.Expiry = now.Add(s.cfg.TokenTTL).Unix()
+	c.Expiry = exp.Unix()
 	c.JTI = ids.New("at")
-	c.Cnf = token.Confirmation{JKT: req.Proof.JKT}
+	if c.Cnf.JKT == "" {
+		c.Cnf = token.Confirmation{JKT: req.Proof.JKT}
+	}
 	raw, err := s.cfg.Keys.Sign(ctx, token.TypeAccessToken, c)
 	if err != nil {
 		return nil, fmt.Errorf("sign access token: %w", err)
 	}
 	req.Event.TokenID = c.JTI
 	req.Event.Detail = "scope=" + c.Scope + " aud=" + strings.Join(c.Audience, ",") + " jkt=" + c.Cnf.JKT
-	return &tokenResponse{AccessToken: raw, TokenType: "DPoP", ExpiresIn: int64(s.cfg.TokenTTL.Seconds()), Scope: c.Scope}, nil
+	return &tokenResponse{AccessToken: raw, TokenType: "DPoP", ExpiresIn: c.Expiry - now.Unix(), Scope: c.Scope}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
@@ -68,19 +69,12 @@ func (s *Server) active(ctx context.Context, raw string) (*token.AccessClaims, e
 	if err != nil {
 		return nil, err
 	}
-	revoked, err := s.cfg.Tokens.IsTokenRevoked(ctx, c.JTI)
-	if err != nil {
-		return nil, fmt.Errorf("check revocation of %s: %w", c.JTI, err)
-	}
-	if revoked {
-		return nil, fmt.Errorf("%w: token %s revoked", token.ErrInvalidToken, c.JTI)
-	}
-	a, err := s.cfg.Agents.GetAgent(ctx, c.ClientID)
-	if errors.Is(err, registry.ErrNotFound) || (err == nil && a.Status != registry.StatusClaimed) {
-		return nil, fmt.Errorf("%w: agent %s not active", token.ErrInvalidToken, c.ClientID)
+	err = s.cfg.Delegation.CheckLive(ctx, c.JTI, delegation.ChainAgents(c), c.Txn)
+	if errors.Is(err, delegation.ErrNotLive) {
+		return nil, fmt.Errorf("%w: %v", token.ErrInvalidToken, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("agent status: %w", err)
+		return nil, err
 	}
 	return c, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
@@ -39,6 +40,8 @@ type Config struct {
 	Agents     registry.Store // agent status for introspection
 	Principals *principal.Service
 	Audit      audit.Store
+	Delegation *delegation.Service
+	Tasks      delegation.Store
 	JTIs       dpop.ReplayStore // single-use client assertion ids, shared by replicas
 	DPoP       *dpop.Checker    // proofs at the token endpoint (nonces required when configured)
 	Nonces     *dpop.Nonces     // nil when nonces are off
@@ -84,7 +87,7 @@ func New(cfg Config) *Server {
 		cfg.ClockSkew = 30 * time.Second
 	}
 	s := &Server{cfg: cfg, grants: map[string]grant{}}
-	for _, g := range []grant{&clientCredentials{s: s}} {
+	for _, g := range []grant{&clientCredentials{s: s}, &tokenExchange{s: s}} {
 		s.grants[g.Type()] = g
 	}
 	return s
@@ -107,6 +110,9 @@ type tokenRequest struct {
 	Client registry.Agent    // the authenticated agent, for grants with ClientAuth
 	Uses   []token.SingleUse // single-use ids committed with the token's audit event
 	Event  *audit.Event      // the grant fills in who and what; the endpoint writes it
+	// Commit, when a grant sets it, stores what the token rests on (a new task) with the
+	// token's audit event in one transaction, instead of RecordIssue.
+	Commit func(ctx context.Context, ev audit.Event) error
 }
 
 type tokenResponse struct {
@@ -185,10 +191,25 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 	// The token is returned only once its record is stored (invariant: nothing lost), and the
 	// client assertion is used up in the same transaction.
 	issued := *ev
-	issued.Action = audit.ActionTokenIssue
-	if err := s.cfg.Tokens.RecordIssue(ctx, req.Uses, issued); err != nil {
+	if issued.Action == audit.ActionTokenDeny {
+		issued.Action = audit.ActionTokenIssue
+	}
+	commit := func(ctx context.Context, ev audit.Event) error { return s.cfg.Tokens.RecordIssue(ctx, req.Uses, ev) }
+	if req.Commit != nil {
+		commit = req.Commit
+	}
+	if err := commit(ctx, issued); err != nil {
+		var refused *httpapi.Error
+		if errors.As(err, &refused) {
+			return nil, err
+		}
 		if errors.Is(err, dpop.ErrReplay) {
-			return nil, assertionReplayed(err)
+			if g.ClientAuth() {
+				return nil, assertionReplayed(err)
+			}
+			e := badRequest(CodeInvalidRequest, "actor_token_replay", "the actor token was already used: sign a fresh one for every exchange")
+			e.Cause = err
+			return nil, e
 		}
 		ev.Outcome = audit.OutcomeFailure
 		return nil, fmt.Errorf("record token issue: %w", err)

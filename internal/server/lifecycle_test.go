@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -137,8 +138,14 @@ func TestIntrospectionAndRevocation(t *testing.T) {
 	}
 	// The revocation feed lists it for offline verifiers.
 	resp, out = ts.do(t, mustReq(t, "GET", ts.URL+"/v1/revocations"))
-	if resp.StatusCode != 200 || len(out["tokens"].([]any)) != 1 {
+	revs, _ := out["revocations"].([]any)
+	if resp.StatusCode != 200 || len(revs) != 1 || revs[0].(map[string]any)["kind"] != "token" {
 		t.Fatalf("revocation feed: %d %v", resp.StatusCode, out)
+	}
+	cursor := out["cursor"].(float64)
+	resp, out = ts.do(t, mustReq(t, "GET", ts.URL+"/v1/revocations?after="+strconv.Itoa(int(cursor))))
+	if revs, _ := out["revocations"].([]any); resp.StatusCode != 200 || len(revs) != 0 || out["cursor"].(float64) != cursor {
+		t.Fatalf("revocation feed after the cursor: %d %v", resp.StatusCode, out)
 	}
 
 	// Revoking the agent makes its other tokens inactive too.

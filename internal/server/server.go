@@ -25,6 +25,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/oauth"
 	"github.com/mandate-dev/mandate/internal/principal"
@@ -122,16 +123,18 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.store, JTIs: s.store, Issuer: cfg.Issuer,
 		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, Now: now})
+	deleg := delegation.New(delegation.Config{Store: s.store, Agents: s.store, Keys: s.keys, Tokens: s.store, Audit: s.store,
+		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Now: now})
 	oauthSrv := oauth.New(oauth.Config{
 		Issuer: cfg.Issuer, Keys: s.keys, Tokens: s.store, Registry: registrySvc, Agents: s.store,
-		Principals: principals, Audit: s.store, JTIs: s.store,
+		Principals: principals, Audit: s.store, JTIs: s.store, Delegation: deleg, Tasks: s.store,
 		DPoP:     dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now}),
 		Nonces:   nonces,
 		TokenTTL: cfg.TokenTTL, Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
 	})
 	verifier, err := verify.New(verify.Config{
 		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,
-		Keys: localKeys{s.keys}, Status: localStatus{agents: s.store, tokens: s.store},
+		Keys: localKeys{s.keys}, Status: localStatus{deleg},
 		DPoP: dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
 		Now:  now, OnDeny: s.auditResourceDenial(now),
 	})
@@ -139,7 +142,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return fmt.Errorf("verifier: %w", err)
 	}
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
-		Keys: s.keys, Tokens: s.store, Audit: s.store, AgentAuth: verifier.Middleware, Log: s.log, Now: now})
+		Keys: s.keys, Tokens: s.store, Audit: s.store, Delegation: deleg, AgentAuth: verifier.Middleware, Log: s.log, Now: now})
 
 	mux := http.NewServeMux()
 	h := func(f httpapi.HandlerFunc) http.Handler { return httpapi.Handle(s.log, f) }

@@ -6,37 +6,25 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/mandate-dev/mandate/internal/registry"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/token"
 	"github.com/mandate-dev/mandate/verify"
 )
 
 // localStatus answers the verify middleware of our own resources from the store directly, so a
 // revocation is seen by the next request.
-type localStatus struct {
-	agents registry.Store
-	tokens token.Store
-}
+type localStatus struct{ deleg *delegation.Service }
 
 func (l localStatus) Check(ctx context.Context, c *verify.Caller) error {
-	a, err := l.agents.GetAgent(ctx, c.AgentID)
-	if errors.Is(err, registry.ErrNotFound) {
-		return fmt.Errorf("agent %s: %w", c.AgentID, verify.ErrRevoked)
+	agents := []string{c.AgentID}
+	for _, a := range c.Chain {
+		agents = append(agents, a.AgentID)
 	}
-	if err != nil {
-		return fmt.Errorf("agent status: %w", err)
+	err := l.deleg.CheckLive(ctx, c.JTI, agents, c.Task)
+	if errors.Is(err, delegation.ErrNotLive) {
+		return fmt.Errorf("%v: %w", err, verify.ErrRevoked)
 	}
-	if a.Status != registry.StatusClaimed {
-		return fmt.Errorf("agent %s is %s: %w", a.ID, a.Status, verify.ErrRevoked)
-	}
-	revoked, err := l.tokens.IsTokenRevoked(ctx, c.JTI)
-	if err != nil {
-		return fmt.Errorf("token status: %w", err)
-	}
-	if revoked {
-		return fmt.Errorf("token %s: %w", c.JTI, verify.ErrRevoked)
-	}
-	return nil
+	return err
 }
 
 // localKeys gives the verify middleware our own published keys, without an HTTP round trip.

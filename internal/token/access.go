@@ -34,6 +34,32 @@ type AccessClaims struct {
 	Cnf       Confirmation `json:"cnf"`
 	Handle    string       `json:"handle,omitempty"`
 	DID       string       `json:"did,omitempty"`
+
+	// Delegated tokens (token exchange) only.
+	Txn                  string            `json:"txn,omitempty"`   // the task id
+	Grant                string            `json:"grant,omitempty"` // the grant id
+	AuthorizationDetails []json.RawMessage `json:"authorization_details,omitempty"`
+	Act                  *Act              `json:"act,omitempty"`
+}
+
+// Act is one actor of a delegation chain (RFC 8693 §4.1): the outermost is the current actor,
+// each nested Act the one before it. Sub is the agent id.
+type Act struct {
+	Sub    string `json:"sub"`
+	Handle string `json:"handle,omitempty"`
+	DID    string `json:"did,omitempty"`
+	JKT    string `json:"jkt,omitempty"` // the instance key the actor's tokens are bound to, if any
+	Txn    string `json:"txn,omitempty"`
+	Act    *Act   `json:"act,omitempty"`
+}
+
+// Depth is the number of actors in the chain.
+func (a *Act) Depth() int {
+	n := 0
+	for ; a != nil; a = a.Act {
+		n++
+	}
+	return n
 }
 
 // ExpiresAt is the exp claim as a time.
@@ -49,34 +75,53 @@ var ErrInvalidToken = errors.New("invalid token")
 // ParseAccess verifies an access token signed by one of our published keys and returns its
 // claims. It checks the signature, typ, issuer and expiry; revocation is the caller's check.
 func (k *Keys) ParseAccess(ctx context.Context, raw, issuer string) (*AccessClaims, error) {
+	var c AccessClaims
+	if err := k.parse(ctx, raw, TypeAccessToken, issuer, &c, &c.Issuer, &c.Expiry); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// parse verifies a JWT of ours of type typ and decodes its claims into v; iss and exp point
+// into v so the common checks need no reflection.
+func (k *Keys) parse(ctx context.Context, raw, typ, issuer string, v any, iss *string, exp *int64) error {
 	jws, err := jose.ParseSigned(raw, acceptedAlgs)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+		return fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}
 	if len(jws.Signatures) != 1 {
-		return nil, fmt.Errorf("%w: want one signature", ErrInvalidToken)
+		return fmt.Errorf("%w: want one signature", ErrInvalidToken)
 	}
 	h := jws.Signatures[0].Protected
-	if typ, _ := h.ExtraHeaders[jose.HeaderType].(string); typ != TypeAccessToken {
-		return nil, fmt.Errorf("%w: typ %q is not %s", ErrInvalidToken, typ, TypeAccessToken)
+	if got, _ := h.ExtraHeaders[jose.HeaderType].(string); got != typ {
+		return fmt.Errorf("%w: typ %q is not %s", ErrInvalidToken, got, typ)
 	}
 	pub, err := k.PublicKey(ctx, h.KeyID)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+		return fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}
 	payload, err := jws.Verify(pub)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidToken, err)
+		return fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}
-	var c AccessClaims
-	if err := json.Unmarshal(payload, &c); err != nil {
-		return nil, fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
+	if err := json.Unmarshal(payload, v); err != nil {
+		return fmt.Errorf("%w: claims: %v", ErrInvalidToken, err)
 	}
-	if c.Issuer != issuer {
-		return nil, fmt.Errorf("%w: issuer %q", ErrInvalidToken, c.Issuer)
+	if *iss != issuer {
+		return fmt.Errorf("%w: issuer %q", ErrInvalidToken, *iss)
 	}
-	if !k.cfg.Now().Before(c.ExpiresAt()) {
-		return nil, fmt.Errorf("%w: expired", ErrInvalidToken)
+	if !k.cfg.Now().Before(time.Unix(*exp, 0)) {
+		return fmt.Errorf("%w: expired", ErrInvalidToken)
 	}
-	return &c, nil
+	return nil
+}
+
+// TypeOf returns the typ header of a JWT without verifying anything: only to choose the parser.
+func TypeOf(raw string) string {
+	jws, err := jose.ParseSigned(raw, acceptedAlgs)
+	if err != nil || len(jws.Signatures) != 1 {
+		return ""
+	}
+	typ, _ := jws.Signatures[0].Protected.ExtraHeaders[jose.HeaderType].(string)
+	return typ
 }

@@ -1,0 +1,65 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+)
+
+// TestGrantRequestFlow: an agent asks; the poll says authorization_pending (and slow_down when
+// too eager); the owner approves, narrowing; the poll returns the grant token. A denied request
+// polls as access_denied.
+func TestGrantRequestFlow(t *testing.T) {
+	ts := newTestServer(t)
+	a := ts.newAgent(t, "asker", true)
+	ask := map[string]any{"scopes": []string{"repo:read", "repo:write"}, "resources": []string{"https://api.example.com/"},
+		"max_task_ttl": 1800, "reason": "nightly dependency updates"}
+
+	resp, req := ts.agentCall(t, a, "POST", "/v1/agent/grant-requests", ask)
+	if resp.StatusCode != 201 || req["status"] != "pending" {
+		t.Fatalf("request: %d %v", resp.StatusCode, req)
+	}
+	id := req["request_id"].(string)
+	poll := func() (int, map[string]any) {
+		resp, out := ts.agentCall(t, a, "GET", "/v1/agent/grant-requests/"+id, nil)
+		return resp.StatusCode, out
+	}
+	if code, out := poll(); code != 400 || out["error"] != "authorization_pending" {
+		t.Fatalf("first poll: %d %v", code, out)
+	}
+	if code, out := poll(); code != 400 || out["error"] != "slow_down" {
+		t.Fatalf("eager poll: %d %v", code, out)
+	}
+	resp, list := ts.adminJSON(t, "GET", "/v1/grant-requests?status=pending", nil)
+	if resp.StatusCode != 200 || len(list["requests"].([]any)) != 1 {
+		t.Fatalf("owner's pending requests: %d %v", resp.StatusCode, list)
+	}
+	// Approving with a wider scope than asked is refused; narrowing is fine.
+	if resp, out := ts.adminJSON(t, "POST", "/v1/grant-requests/"+id+"/approve", map[string]any{"scopes": []string{"admin"}}); resp.StatusCode != 400 {
+		t.Fatalf("approve wider: %d %v", resp.StatusCode, out)
+	}
+	resp, g := ts.adminJSON(t, "POST", "/v1/grant-requests/"+id+"/approve", map[string]any{"scopes": []string{"repo:read"}, "max_task_ttl": 600})
+	if resp.StatusCode != 201 || len(g["scopes"].([]any)) != 1 || g["max_task_ttl"].(float64) != 600 {
+		t.Fatalf("approve narrowed: %d %v", resp.StatusCode, g)
+	}
+	ts.Clock.Advance(6 * time.Second)
+	code, out := poll()
+	if code != 200 || out["grant_token"] == nil || out["grant_id"] != g["grant_id"] {
+		t.Fatalf("poll after approval: %d %v", code, out)
+	}
+	// The grant token works: it starts a task within the narrowed scope.
+	if tok := ts.startTask(t, a, out["grant_token"].(string)); tok == "" {
+		t.Fatal("no task token")
+	}
+
+	resp, req = ts.agentCall(t, a, "POST", "/v1/agent/grant-requests", ask)
+	if resp.StatusCode != 201 {
+		t.Fatalf("second request: %d %v", resp.StatusCode, req)
+	}
+	id = req["request_id"].(string)
+	if resp, out := ts.adminJSON(t, "POST", "/v1/grant-requests/"+id+"/deny", nil); resp.StatusCode != 200 || out["status"] != "denied" {
+		t.Fatalf("deny: %d %v", resp.StatusCode, out)
+	}
+	if code, out := poll(); code != 400 || out["error"] != "access_denied" {
+		t.Fatalf("poll after denial: %d %v", code, out)
+	}
+}
