@@ -285,7 +285,9 @@ func TestRevocationKinds(t *testing.T) {
 		"another task":                     {kind: "task", id: fixed("tsk_else")},
 		"the principal as an agent":        {kind: "agent", id: fixed("usr_alice")},
 		"the grant id as a token":          {kind: "token", id: fixed("gr_test")},
-		"an unknown kind":                  {kind: "key", id: fixed("agt_res")},
+		"the key the token is bound to":    {kind: "key", id: jktClaim, refuse: "the key {jkt} the token is bound to is revoked"},
+		"another key":                      {kind: "key", id: fixed("not-this-jkt")},
+		"an unknown kind":                  {kind: "certificate", id: fixed("agt_res")},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -310,6 +312,7 @@ func TestRevocationKinds(t *testing.T) {
 				return
 			}
 			want := strings.ReplaceAll(tc.refuse, "{jti}", claims["jti"].(string))
+			want = strings.ReplaceAll(want, "{jkt}", jktClaim(claims))
 			if e == nil {
 				t.Fatalf("accepted after one refresh, want refused: %s", want)
 			}
@@ -563,4 +566,11 @@ func TestRevocationFeedConcurrent(t *testing.T) {
 			t.Fatalf("round %d: %d feed requests, want 2 (one coalesced refresh)", round, got)
 		}
 	}
+}
+
+// jktClaim reads cnf.jkt, the key a token is bound to.
+func jktClaim(claims map[string]any) string {
+	cnf, _ := claims["cnf"].(map[string]any)
+	jkt, _ := cnf["jkt"].(string)
+	return jkt
 }

@@ -28,7 +28,7 @@ type StatusSource interface {
 // RevocationFeed is a StatusSource over the issuer's revocation feed,
 // GET {feedURL}?after=<cursor>, which answers
 //
-//	{"revocations": [{"kind": "agent"|"grant"|"task"|"token", "id": "…", "exp": <unix seconds, 0 = never>}, …],
+//	{"revocations": [{"kind": "agent"|"grant"|"task"|"token"|"key", "id": "…", "exp": <unix seconds, 0 = never>}, …],
 //	 "cursor": <int>, "more": <bool>}
 //
 // with the entries after the cursor, oldest first, one page at a time. The feed keeps the set of
@@ -64,6 +64,7 @@ const (
 	kindGrant
 	kindTask
 	kindToken
+	kindKey // an agent key, by its thumbprint: tokens bound to it (cnf.jkt) are refused
 	numKinds
 )
 
@@ -77,6 +78,8 @@ func kindOf(s string) (int, bool) {
 		return kindTask, true
 	case "token":
 		return kindToken, true
+	case "key":
+		return kindKey, true
 	}
 	return 0, false
 }
@@ -166,6 +169,9 @@ func (s *feedSnapshot) check(c *Caller) error {
 	}
 	if contains(s.sets[kindToken], c.JTI) {
 		return fmt.Errorf("%w: token %s is revoked", ErrRevoked, c.JTI)
+	}
+	if contains(s.sets[kindKey], c.JKT) {
+		return fmt.Errorf("%w: the key %s the token is bound to is revoked", ErrRevoked, c.JKT)
 	}
 	return nil
 }

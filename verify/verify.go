@@ -414,7 +414,7 @@ func (v *Verifier) claims(payload []byte) (*Caller, *Error) {
 	}
 	found := false
 	for _, a := range c.Audience {
-		if a == v.audience {
+		if sameAudience(a, v.audience) {
 			found = true
 			break
 		}
@@ -663,4 +663,20 @@ func (v *Verifier) proofError(err error, tok, proof string) *Error {
 		e.Nonce = v.nonces.Current()
 	}
 	return e
+}
+
+// sameAudience compares an aud value with this resource's identifier. A URL with an empty path
+// and the same URL with "/" are one resource (RFC 3986 §6.2.3): the issuer names resources in
+// normalised form (https://api.example/), while a configured audience is often written without
+// the slash.
+func sameAudience(aud, want string) bool {
+	if aud == want {
+		return true
+	}
+	short, long := aud, want
+	if len(short) > len(long) {
+		short, long = long, short
+	}
+	return len(long) == len(short)+1 && long[len(short)] == '/' && long[:len(short)] == short &&
+		strings.Count(short, "/") == 2 && strings.Contains(short, "://")
 }

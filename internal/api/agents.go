@@ -126,6 +126,21 @@ func (a *API) revokeAgent(w http.ResponseWriter, r *http.Request, u principal.Us
 	return nil
 }
 
+func (a *API) revokeAgentKey(w http.ResponseWriter, r *http.Request, u principal.User) error {
+	var req struct {
+		DID string `json:"did"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	ag, err := a.cfg.Registry.RevokeKey(r.Context(), requestID(r.Context()), u, r.PathValue("ref"), req.DID)
+	if err != nil {
+		return err
+	}
+	httpapi.WriteJSON(w, http.StatusOK, agentJSON(ag))
+	return nil
+}
+
 func (a *API) rotateAgentKey(w http.ResponseWriter, r *http.Request) error {
 	body, err := readBody(w, r, 32<<10)
 	if err != nil {

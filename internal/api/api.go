@@ -59,6 +59,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/agents/{ref}", u(a.getAgent))
 	mux.Handle("POST /v1/agents/{ref}/revoke", u(a.revokeAgent))
 	mux.Handle("POST /v1/agents/{id}/keys", h(a.rotateAgentKey))
+	mux.Handle("POST /v1/agents/{ref}/keys/revoke", u(a.revokeAgentKey))
 	mux.Handle("GET /v1/revocations", h(a.revocations))
 	mux.Handle("GET /v1/whoami", u(a.whoami))
 	mux.Handle("GET /v1/users", u(a.listUsers))

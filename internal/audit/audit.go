@@ -25,6 +25,7 @@ const (
 	ActionAgentClaim     = "agent.claim"
 	ActionAgentRevoke    = "agent.revoke"
 	ActionAgentRotateKey = "agent.rotate_key"
+	ActionAgentRevokeKey = "agent.revoke_key"
 	ActionTokenIssue     = "token.issue"
 	ActionTokenDeny      = "token.deny"
 	ActionTokenRevoke    = "token.revoke"

@@ -400,10 +400,11 @@ func earliest(ts ...time.Time) time.Time {
 var ErrNotLive = errors.New("authority revoked or ended")
 
 // CheckLive reports whether the authority a token rests on still stands: the token is not
-// revoked, every agent of its chain is CLAIMED, and its task (when it has one) and that task's
+// revoked, every agent of its chain is CLAIMED, the key it is bound to (jkt) is not a revoked or
+// rotated-out key of its agent (agentIDs[0]), and its task (when it has one) and that task's
 // grant are active and unexpired. Introspection and the server's own resources ask it; remote
 // verifiers learn the same from the revocation feed.
-func (s *Service) CheckLive(ctx context.Context, jti string, agentIDs []string, taskID string) error {
+func (s *Service) CheckLive(ctx context.Context, jti, jkt string, agentIDs []string, taskID string) error {
 	now := s.cfg.Now()
 	revoked, err := s.cfg.Tokens.IsTokenRevoked(ctx, jti)
 	if err != nil {
@@ -412,13 +413,16 @@ func (s *Service) CheckLive(ctx context.Context, jti string, agentIDs []string, 
 	if revoked {
 		return fmt.Errorf("token %s is revoked: %w", jti, ErrNotLive)
 	}
-	for _, id := range agentIDs {
+	for i, id := range agentIDs {
 		a, err := s.cfg.Agents.GetAgent(ctx, id)
 		if errors.Is(err, registry.ErrNotFound) || (err == nil && a.Status != registry.StatusClaimed) {
 			return fmt.Errorf("agent %s is %s: %w", id, a.Status, ErrNotLive)
 		}
 		if err != nil {
 			return fmt.Errorf("agent status: %w", err)
+		}
+		if i == 0 && keyEnded(a, jkt, now) {
+			return fmt.Errorf("the key %s the token is bound to is revoked: %w", jkt, ErrNotLive)
 		}
 	}
 	if taskID == "" {
@@ -450,4 +454,15 @@ func ChainAgents(c *token.AccessClaims) []string {
 		ids = append(ids, a.Sub)
 	}
 	return ids
+}
+
+// keyEnded reports whether jkt is a key of a that is revoked or rotated out; an instance key (not
+// registered) is not an agent key and stands or falls with its task.
+func keyEnded(a registry.Agent, jkt string, now time.Time) bool {
+	for _, k := range a.Keys {
+		if k.JKT == jkt {
+			return !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt)
+		}
+	}
+	return false
 }

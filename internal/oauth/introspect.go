@@ -69,7 +69,7 @@ func (s *Server) active(ctx context.Context, raw string) (*token.AccessClaims, e
 	if err != nil {
 		return nil, err
 	}
-	err = s.cfg.Delegation.CheckLive(ctx, c.JTI, delegation.ChainAgents(c), c.Txn)
+	err = s.cfg.Delegation.CheckLive(ctx, c.JTI, c.Cnf.JKT, delegation.ChainAgents(c), c.Txn)
 	if errors.Is(err, delegation.ErrNotLive) {
 		return nil, fmt.Errorf("%w: %v", token.ErrInvalidToken, err)
 	}

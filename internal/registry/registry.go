@@ -331,3 +331,38 @@ func normalizeClaimCode(code string) string {
 	}
 	return sb.String()
 }
+
+// RevokeKey ends one of an agent's keys at once (its owner or an admin may): tokens bound to it
+// stop working and it can no longer authenticate. The agent's last usable key cannot be revoked:
+// rotate first, or revoke the agent.
+func (s *Service) RevokeKey(ctx context.Context, requestID string, by principal.User, ref, did string) (_ Agent, err error) {
+	ev := audit.New(s.cfg.Now(), requestID, audit.ActionAgentRevokeKey)
+	ev.ActorType, ev.ActorID, ev.PrincipalID, ev.Target = audit.ActorUser, by.ID, by.ID, did
+	defer s.recordDenial(ctx, &ev, &err)
+	a, err := s.Get(ctx, by, ref)
+	if err != nil {
+		return Agent{}, err
+	}
+	ev.AgentID = a.ID
+	now := s.cfg.Now()
+	usable, found := 0, false
+	for _, k := range a.Keys {
+		live := k.ExpiresAt.IsZero() || now.Before(k.ExpiresAt)
+		if live {
+			usable++
+		}
+		found = found || (k.DID == did && live)
+	}
+	switch {
+	case !found:
+		return Agent{}, apperr.New(apperr.NotFound, "not_found", "agent @%s has no usable key %s", a.Handle, apperr.Clip(did, 80))
+	case usable == 1:
+		return Agent{}, apperr.New(apperr.Conflict, "last_key", "%s is the last usable key of @%s: rotate to a new key first (mandate agent rotate-key), or revoke the agent", apperr.Clip(did, 80), a.Handle)
+	}
+	a, err = s.cfg.Store.RevokeKey(ctx, a.ID, did, now.UTC(), ev)
+	if err != nil {
+		return Agent{}, fmt.Errorf("revoke key of %s: %w", ev.AgentID, err)
+	}
+	ev.Outcome = audit.OutcomeSuccess
+	return a, nil
+}

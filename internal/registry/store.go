@@ -83,4 +83,8 @@ type Store interface {
 	// RotateKey adds newKey as the agent's current key and sets ExpiresAt on every other key
 	// that has none (or a later one) to oldExpires, with ev, in one transaction.
 	RotateKey(ctx context.Context, agentID string, newKey Key, oldExpires time.Time, ev audit.Event) (Agent, error)
+	// RevokeKey ends the agent's key with did at at (ExpiresAt = at) and appends a revocation
+	// log entry for its thumbprint, with ev, in one transaction. ErrNotFound when the agent has
+	// no such key.
+	RevokeKey(ctx context.Context, agentID, did string, at time.Time, ev audit.Event) (Agent, error)
 }

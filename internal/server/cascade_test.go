@@ -63,3 +63,53 @@ func (ts *testServer) introspectActive(t *testing.T, tok string) bool {
 	}
 	return out["active"] == true
 }
+
+// TestKeyRevocation: revoking one key of an agent stops the tokens bound to it at once — at the
+// server's own resources, introspection, and third-party verifiers following the feed — while
+// the agent's other key keeps working. The last usable key cannot be revoked.
+func TestKeyRevocation(t *testing.T) {
+	ts := newTestServer(t)
+	a := ts.newAgent(t, "two-keys", true)
+	rs := newResourceServer(t, ts)
+	k, did := newKey(t)
+	next := &testAgent{Key: k, DID: did, ID: a.ID, Handle: a.Handle}
+	if resp, out := ts.postRotation(t, a.ID, rotation(t, ts, a, next, randomID())); resp.StatusCode != 200 {
+		t.Fatalf("rotate: %d %v", resp.StatusCode, out)
+	}
+	g := ts.grant(t, map[string]any{"agent": a.ID, "scopes": []string{"read"}, "resources": []string{rs.URL}})
+	oldTok := ts.startTask(t, next, ts.grantToken(t, next, g)) // the grant token is bound to the current key
+	selfOld := ts.token(t, a, a.Key, nil)                     // bound to the old key, still in its grace period
+	whoami := ts.URL + "/v1/agent/whoami"
+	if resp, _ := ts.callResource(t, "DPoP "+selfOld, ts.proof(t, a.Key, "GET", whoami, selfOld)); resp.StatusCode != 200 {
+		t.Fatal("old key before the revocation")
+	}
+	if resp, out := ts.adminJSON(t, "POST", "/v1/agents/"+a.ID+"/keys/revoke", map[string]string{"did": a.DID}); resp.StatusCode != 200 {
+		t.Fatalf("revoke key: %d %v", resp.StatusCode, out)
+	}
+	ts.Clock.Advance(time.Second)
+	if resp, out := ts.callResource(t, "DPoP "+selfOld, ts.proof(t, a.Key, "GET", whoami, selfOld)); resp.StatusCode != 401 {
+		t.Errorf("token bound to the revoked key at our resource: %d %v", resp.StatusCode, out)
+	}
+	if ts.introspectActive(t, selfOld) {
+		t.Error("token bound to the revoked key introspects active")
+	}
+	if resp, out := ts.tokenRequest(t, ts.ccForm(t, a, ts.assertion(t, a, randomID())), ts.proof(t, a.Key, "POST", ts.URL+"/oauth/token", "")); resp.StatusCode != 401 {
+		t.Errorf("the revoked key still authenticates: %d %v", resp.StatusCode, out)
+	}
+	// The other key is untouched.
+	if resp, out := rs.call(t, ts, next.Key, oldTok); resp.StatusCode != 200 {
+		t.Errorf("task token on the remaining key: %d %v", resp.StatusCode, out)
+	}
+	if resp, out := ts.adminJSON(t, "POST", "/v1/agents/"+a.ID+"/keys/revoke", map[string]string{"did": next.DID}); resp.StatusCode != 409 {
+		t.Errorf("revoking the last key: %d %v, want 409", resp.StatusCode, out)
+	}
+	// A third-party verifier learns it from the feed.
+	resp, out := ts.do(t, mustReq(t, "GET", ts.URL+"/v1/revocations"))
+	found := false
+	for _, r := range out["revocations"].([]any) {
+		found = found || r.(map[string]any)["kind"] == "key"
+	}
+	if resp.StatusCode != 200 || !found {
+		t.Errorf("no key entry in the revocation feed: %v", out)
+	}
+}

@@ -20,7 +20,7 @@ func (l localStatus) Check(ctx context.Context, c *verify.Caller) error {
 	for _, a := range c.Chain {
 		agents = append(agents, a.AgentID)
 	}
-	err := l.deleg.CheckLive(ctx, c.JTI, agents, c.Task)
+	err := l.deleg.CheckLive(ctx, c.JTI, c.JKT, agents, c.Task)
 	if errors.Is(err, delegation.ErrNotLive) {
 		return fmt.Errorf("%v: %w", err, verify.ErrRevoked)
 	}

@@ -344,3 +344,34 @@ func (s *Store) RotateKey(ctx context.Context, agentID string, newKey registry.K
 	}
 	return a, nil
 }
+
+// RevokeKey ends one key of an agent now and logs its thumbprint for verifiers.
+func (s *Store) RevokeKey(ctx context.Context, agentID, did string, at time.Time, ev audit.Event) (registry.Agent, error) {
+	var a registry.Agent
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var jkt string
+		err := tx.QueryRowContext(ctx, `SELECT jkt FROM agent_keys WHERE agent_id = $1 AND did = $2`, agentID, did).Scan(&jkt)
+		if errors.Is(err, sql.ErrNoRows) {
+			return registry.ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE agent_keys SET expires_at = $3
+			WHERE agent_id = $1 AND did = $2 AND (expires_at = 0 OR expires_at > $3)`, agentID, did, nanos(at)); err != nil {
+			return fmt.Errorf("expire key: %w", err)
+		}
+		if err := appendRevocation(ctx, tx, token.KindKey, jkt, time.Time{}, at); err != nil {
+			return err
+		}
+		if a, err = getAgent(ctx, tx, agentID); err != nil {
+			return err
+		}
+		defaultAgentEvent(&ev, agentID)
+		return appendSuccess(ctx, tx, &ev)
+	})
+	if err != nil {
+		return registry.Agent{}, fmt.Errorf("revoke key %s of agent %s: %w", did, agentID, err)
+	}
+	return a, nil
+}

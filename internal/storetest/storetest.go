@@ -56,6 +56,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"UpdateAgentErrors", testUpdateAgentErrors},
 		{"UpdateAgentConcurrent", testUpdateAgentConcurrent},
 		{"RotateKey", testRotateKey},
+		{"RevokeKey", testRevokeKey},
 		{"RotateKeyErrors", testRotateKeyErrors},
 		{"SigningKeys", testSigningKeys},
 		{"RevokedTokens", testRevokedTokens},
@@ -772,6 +773,37 @@ func testUpdateAgentConcurrent(t *testing.T, s Store) {
 	}
 	if got := mustGetAgent(t, s, a.ID).Description; got != want {
 		t.Errorf("after %d concurrent updates Description = %q, want %q", n, got, want)
+	}
+}
+
+// testRevokeKey: one key ends at once and is logged by thumbprint; the others stay.
+func testRevokeKey(t *testing.T, s Store) {
+	ctx := t.Context()
+	a, _ := mustCreateAgent(t, s, "revkey")
+	k1 := a.Keys[0]
+	k2 := newKey(at(time.Minute))
+	if _, err := s.RotateKey(ctx, a.ID, k2, at(time.Hour), newEvent(audit.ActionAgentRotateKey)); err != nil {
+		t.Fatalf("RotateKey: %v", err)
+	}
+	before := eventCount(t, s)
+	_, err := s.RevokeKey(ctx, a.ID, "did:key:zunknown", at(2*time.Minute), newEvent(audit.ActionAgentRevokeKey))
+	wantErr(t, "RevokeKey of an unknown key", err, registry.ErrNotFound)
+	wantNoNewEvents(t, s, before)
+
+	got, err := s.RevokeKey(ctx, a.ID, k1.DID, at(2*time.Minute), newEvent(audit.ActionAgentRevokeKey))
+	if err != nil {
+		t.Fatalf("RevokeKey: %v", err)
+	}
+	k1.ExpiresAt = at(2 * time.Minute)
+	if diff := cmp.Diff([]registry.Key{k2, k1}, got.Keys); diff != "" {
+		t.Errorf("keys after RevokeKey (-want +got):\n%s", diff)
+	}
+	revs, err := s.ListRevocations(ctx, 0, at(0), 10)
+	if err != nil || len(revs) != 1 || revs[0].Kind != token.KindKey || revs[0].ID != k1.JKT {
+		t.Errorf("revocation log after RevokeKey: %+v, %v", revs, err)
+	}
+	if eventCount(t, s) != before+1 {
+		t.Error("RevokeKey wrote no audit event")
 	}
 }
 

@@ -52,6 +52,7 @@ const (
 	KindGrant = "grant"
 	KindTask  = "task"
 	KindToken = "token"
+	KindKey   = "key" // an agent key, by its RFC 7638 thumbprint
 )
 
 // ErrNotFound is returned for an unknown key or token.

@@ -96,7 +96,7 @@ CREATE INDEX tasks_principal_id ON tasks (principal_id);
 -- own block of numbers, out of commit order. expires_at 0 = never.
 CREATE TABLE revocations (
     seq        BIGINT NOT NULL GENERATED ALWAYS AS IDENTITY (CACHE 1),
-    kind       TEXT   NOT NULL CHECK (kind IN ('agent', 'grant', 'task', 'token')),
+    kind       TEXT   NOT NULL CHECK (kind IN ('agent', 'grant', 'task', 'token', 'key')),
     id         TEXT   NOT NULL,
     expires_at BIGINT NOT NULL,
     revoked_at BIGINT NOT NULL,

@@ -85,7 +85,7 @@ CREATE INDEX tasks_principal_id ON tasks (principal_id);
 -- seq, and the single writer assigns them in commit order. expires_at 0 = never.
 CREATE TABLE revocations (
     seq        INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
-    kind       TEXT    NOT NULL CHECK (kind IN ('agent', 'grant', 'task', 'token')),
+    kind       TEXT    NOT NULL CHECK (kind IN ('agent', 'grant', 'task', 'token', 'key')),
     id         TEXT    NOT NULL,
     expires_at INTEGER NOT NULL,
     revoked_at INTEGER NOT NULL
