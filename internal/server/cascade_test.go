@@ -78,7 +78,7 @@ func TestKeyRevocation(t *testing.T) {
 	}
 	g := ts.grant(t, map[string]any{"agent": a.ID, "scopes": []string{"read"}, "resources": []string{rs.URL}})
 	oldTok := ts.startTask(t, next, ts.grantToken(t, next, g)) // the grant token is bound to the current key
-	selfOld := ts.token(t, a, a.Key, nil)                     // bound to the old key, still in its grace period
+	selfOld := ts.token(t, a, a.Key, nil)                      // bound to the old key, still in its grace period
 	whoami := ts.URL + "/v1/agent/whoami"
 	if resp, _ := ts.callResource(t, "DPoP "+selfOld, ts.proof(t, a.Key, "GET", whoami, selfOld)); resp.StatusCode != 200 {
 		t.Fatal("old key before the revocation")
