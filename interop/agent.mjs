@@ -29,7 +29,7 @@
 
 import * as oauth from 'oauth4webapi'
 import * as jose from 'jose'
-import { randomBytes } from 'node:crypto'
+import { insecure, checker, run, Fatal, didKey, rand, json, describe, register as registerAgent } from './lib.mjs'
 
 const ISSUER = process.env.ISSUER
 const ADMIN_TOKEN = process.env.ADMIN_TOKEN
@@ -37,89 +37,14 @@ if (!ISSUER || !ADMIN_TOKEN) {
   console.error('agent.mjs: set ISSUER and ADMIN_TOKEN')
   process.exit(2)
 }
-// Loopback http is what the test server speaks; oauth4webapi refuses it unless told.
-const insecure = { [oauth.allowInsecureRequests]: true }
 
-const checks = []
-const result = { issuer: ISSUER, checks }
-
-function check(name, ok, detail = '') {
-  checks.push({ name, ok: !!ok, detail: String(detail) })
-  return !!ok
-}
-
-class Fatal extends Error {}
-function must(name, ok, detail) {
-  if (!check(name, ok, detail)) throw new Fatal(`${name}: ${detail}`)
-}
-
-// did:key of an Ed25519 public key: "did:key:z" + base58btc(0xed 0x01 || key), per the did:key
-// method spec (multicodec ed25519-pub, multibase base58btc).
-const B58 = '123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz'
-function base58btc(bytes) {
-  const digits = [0]
-  for (const byte of bytes) {
-    let carry = byte
-    for (let i = 0; i < digits.length; i++) {
-      carry += digits[i] << 8
-      digits[i] = carry % 58
-      carry = (carry / 58) | 0
-    }
-    while (carry > 0) {
-      digits.push(carry % 58)
-      carry = (carry / 58) | 0
-    }
-  }
-  let out = ''
-  for (let i = 0; i < bytes.length && bytes[i] === 0; i++) out += '1'
-  for (let i = digits.length - 1; i >= 0; i--) out += B58[digits[i]]
-  return out
-}
-async function didKey(publicKey) {
-  const jwk = await jose.exportJWK(publicKey)
-  const raw = jose.base64url.decode(jwk.x)
-  if (jwk.kty !== 'OKP' || jwk.crv !== 'Ed25519' || raw.length !== 32) throw new Error('not an Ed25519 key')
-  return 'did:key:z' + base58btc(Uint8Array.from([0xed, 0x01, ...raw]))
-}
-
-function rand() {
-  return randomBytes(16).toString('hex')
-}
-
-async function json(res) {
-  const text = await res.text()
-  try {
-    return JSON.parse(text)
-  } catch {
-    return { _raw: text }
-  }
-}
-
-function describe(err) {
-  if (err instanceof oauth.ResponseBodyError) {
-    return `${err.status} ${err.error}: ${err.error_description ?? ''}`
-  }
-  if (err instanceof oauth.WWWAuthenticateChallengeError) {
-    return `${err.status} WWW-Authenticate ${JSON.stringify(err.cause)}`
-  }
-  return `${err?.name ?? 'Error'}: ${err?.message ?? err}${err?.code ? ` (${err.code})` : ''}`
-}
+const result = { issuer: ISSUER }
+const C = checker(result)
+const { check, must } = C
 
 // registration is mandate's own step: a JWS over the agent's claims, signed by its key.
-async function register(privateKey, did, handle, alg) {
-  const now = Math.floor(Date.now() / 1000)
-  const jws = await new jose.CompactSign(
-    new TextEncoder().encode(JSON.stringify({
-      iss: did, aud: ISSUER, iat: now, exp: now + 120, jti: rand(),
-      handle, name: 'oauth4webapi interop agent', description: 'registered by interop/agent.mjs',
-    })),
-  )
-    .setProtectedHeader({ alg, kid: did, typ: 'mandate-registration+jwt' })
-    .sign(privateKey)
-  const res = await fetch(`${ISSUER}/v1/agents`, {
-    method: 'POST', headers: { 'content-type': 'application/jose' }, body: jws,
-  })
-  return { status: res.status, body: await json(res) }
+function register(privateKey, did, handle, alg) {
+  return registerAgent(ISSUER, privateKey, did, handle, alg, 'registered by interop/agent.mjs')
 }
 
 async function main() {
@@ -332,17 +257,4 @@ async function main() {
   }
 }
 
-let code = 0
-try {
-  await main()
-} catch (err) {
-  if (!(err instanceof Fatal)) check('unexpected_error', false, `${describe(err)}\n${err?.stack ?? ''}`)
-}
-const failed = checks.filter((c) => !c.ok)
-result.ok = failed.length === 0
-if (!result.ok) {
-  code = 1
-  for (const f of failed) console.error(`FAIL ${f.name}: ${f.detail}`)
-}
-process.stdout.write(JSON.stringify(result) + '\n')
-process.exit(code)
+await run(result, C, main)

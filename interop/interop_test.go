@@ -1,6 +1,8 @@
 // Package interop checks mandate against independent clients: Node's oauth4webapi and jose run
-// agent.mjs against an in-process server, so the standards are honoured as others read them, not
-// only as our own Go client does. See the comment at the top of agent.mjs for what is proven.
+// agent.mjs (registration, private_key_jwt + DPoP, JWKS, the protected resource, introspection,
+// revocation) and delegation.mjs (the three-level delegation chain by RFC 8693 token exchange)
+// against an in-process server, so the standards are honoured as others read them, not only as
+// our own Go client does. See the comment at the top of each script for what is proven.
 //
 // Needs node (20 or later) and the pinned npm packages: npm ci --prefix interop.
 package interop
@@ -12,6 +14,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +25,7 @@ import (
 
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
+	"github.com/mandate-dev/mandate/verify"
 )
 
 // result is the JSON line agent.mjs prints.
@@ -50,11 +54,14 @@ type result struct {
 		Token    int `json:"token"`
 		Resource int `json:"resource"`
 	} `json:"nonce_retries"`
-	Checks []struct {
-		Name   string `json:"name"`
-		OK     bool   `json:"ok"`
-		Detail string `json:"detail"`
-	} `json:"checks"`
+	Checks []check `json:"checks"`
+}
+
+// check is one named check a script reports.
+type check struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail"`
 }
 
 // wantChecks are the checks agent.mjs must report, so a run that stops early cannot pass.
@@ -68,67 +75,13 @@ var wantChecks = []string{
 }
 
 func TestNodeInterop(t *testing.T) {
-	inCI := os.Getenv("CI") != ""
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if inCI {
-			t.Fatal("node is not on PATH; the interop test needs Node.js 20 or later")
-		}
-		t.Skip("node is not on PATH: install Node.js 20 or later to run the oauth4webapi interop test")
-	}
-	if _, err := os.Stat(filepath.Join("node_modules", "oauth4webapi")); err != nil {
-		if inCI {
-			t.Fatal("run npm ci in interop/ (done by .ci/run)")
-		}
-		t.Skip("interop/node_modules is missing: run npm ci --prefix interop (from the repository root) to run the oauth4webapi interop test")
-	}
-
+	node := needNode(t)
 	srv, issuer, adminToken, logs := startServer(t)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "agent.mjs")
-	cmd.Env = append(os.Environ(), "ISSUER="+issuer, "ADMIN_TOKEN="+adminToken)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	runErr := cmd.Run()
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("agent.mjs stderr:\n%s", stderr.String())
-			t.Logf("server log:\n%s", logs.String())
-		}
-	})
-	if ctx.Err() != nil {
-		t.Fatalf("agent.mjs did not finish within the timeout: %v", ctx.Err())
-	}
-	var exitErr *exec.ExitError
-	if runErr != nil && !errors.As(runErr, &exitErr) {
-		t.Fatalf("run node agent.mjs: %v", runErr)
-	}
-
-	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	var res result
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
-		t.Fatalf("agent.mjs printed no JSON result line (exit %v): %v\nstdout: %s\nstderr: %s", runErr, err, stdout.String(), stderr.String())
-	}
-	t.Logf("agent.mjs result: %s", lines[len(lines)-1])
+	runErr := runScript(t, node, "agent.mjs", logs, &res, "ISSUER="+issuer, "ADMIN_TOKEN="+adminToken)
 
-	// Every check, by name: a failed one is an interop bug in the server (or in this test).
-	seen := map[string]bool{}
-	for _, c := range res.Checks {
-		seen[c.Name] = true
-		if !c.OK {
-			t.Errorf("interop check %s failed: %s", c.Name, c.Detail)
-		}
-	}
-	for _, name := range wantChecks {
-		if !seen[name] {
-			t.Errorf("agent.mjs did not report check %s (it stopped early)", name)
-		}
-	}
-	if runErr != nil || !res.OK {
-		t.Errorf("agent.mjs exited with %v, ok=%v; want exit 0, ok=true", runErr, res.OK)
-	}
+	requireChecks(t, "agent.mjs", res.Checks, wantChecks, runErr, res.OK)
 	if res.AgentID == "" {
 		t.Fatal("agent.mjs reported no agent id")
 	}
@@ -205,4 +158,225 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// needNode returns the node binary, skipping the test (failing it in CI) when node or the pinned
+// npm packages are missing.
+func needNode(t *testing.T) string {
+	t.Helper()
+	inCI := os.Getenv("CI") != ""
+	node, err := exec.LookPath("node")
+	if err != nil {
+		if inCI {
+			t.Fatal("node is not on PATH; the interop test needs Node.js 20 or later")
+		}
+		t.Skip("node is not on PATH: install Node.js 20 or later to run the oauth4webapi interop test")
+	}
+	if _, err := os.Stat(filepath.Join("node_modules", "oauth4webapi")); err != nil {
+		if inCI {
+			t.Fatal("run npm ci in interop/ (done by .ci/run)")
+		}
+		t.Skip("interop/node_modules is missing: run npm ci --prefix interop (from the repository root) to run the oauth4webapi interop test")
+	}
+	return node
+}
+
+// runScript runs node script with env, decodes its JSON result line into out, and returns the
+// run's error (an *exec.ExitError when the script reported failures). On a failed test the
+// script's stderr and the server log are logged.
+func runScript(t *testing.T, node, script string, logs *syncBuffer, out any, env ...string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, script)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	runErr := cmd.Run()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", script, stderr.String())
+			t.Logf("server log:\n%s", logs.String())
+		}
+	})
+	if ctx.Err() != nil {
+		t.Fatalf("%s did not finish within the timeout: %v", script, ctx.Err())
+	}
+	var exitErr *exec.ExitError
+	if runErr != nil && !errors.As(runErr, &exitErr) {
+		t.Fatalf("run node %s: %v", script, runErr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), out); err != nil {
+		t.Fatalf("%s printed no JSON result line (exit %v): %v\nstdout: %s\nstderr: %s", script, runErr, err, stdout.String(), stderr.String())
+	}
+	t.Logf("%s result: %s", script, lines[len(lines)-1])
+	return runErr
+}
+
+// requireChecks fails the test for every failed check and every wanted check not reported (a
+// script that stops early cannot pass), and when the script did not exit 0 with ok=true.
+func requireChecks(t *testing.T, script string, checks []check, want []string, runErr error, ok bool) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, c := range checks {
+		seen[c.Name] = true
+		if !c.OK {
+			t.Errorf("interop check %s failed: %s", c.Name, c.Detail)
+		}
+	}
+	for _, name := range want {
+		if !seen[name] {
+			t.Errorf("%s did not report check %s (it stopped early)", script, name)
+		}
+	}
+	if runErr != nil || !ok {
+		t.Errorf("%s exited with %v, ok=%v; want exit 0, ok=true", script, runErr, ok)
+	}
+}
+
+// delegationResult is the JSON line delegation.mjs prints.
+type delegationResult struct {
+	OK          bool   `json:"ok"`
+	Issuer      string `json:"issuer"`
+	Principal   string `json:"principal"`
+	InstanceJKT string `json:"instance_jkt"`
+	Grant       struct {
+		ID        string   `json:"id"`
+		Resources []string `json:"resources"`
+	} `json:"grant"`
+	Orchestrator, Researcher struct {
+		ID, Handle, DID, JKT string
+	}
+	TaskToken  tokenClaims `json:"task_token"`
+	ChildToken tokenClaims `json:"child_token"`
+	Checks     []check     `json:"checks"`
+}
+
+// tokenClaims are the claims of a delegated token, as jose verified them.
+type tokenClaims struct {
+	Sub, Txn, Scope, Grant string
+	ClientID               string `json:"client_id"`
+	Cnf                    struct{ JKT string }
+}
+
+// wantDelegationChecks are the checks delegation.mjs must report.
+var wantDelegationChecks = []string{
+	"discovery", "discovery_token_exchange", "principal", "register_orchestrator", "claim_orchestrator",
+	"register_researcher", "claim_researcher", "grant_created", "self_token", "agent_grants",
+	"grant_token_jwt", "grant_token_cnf_jkt", "exchange_start_task", "task_token_jwt", "task_token_cnf_jkt",
+	"exchange_subdelegate", "child_token_jwt", "child_sub_principal", "child_act_outer", "child_act_inner",
+	"child_txn", "child_narrowed", "child_cnf_jkt", "resource_child_token", "resource_child_token_other_key_refused",
+	"exchange_actor_token_replay_refused", "exchange_scope_widening_refused", "exchange_wrong_proof_key_refused",
+	"whoami_task_token",
+}
+
+// TestNodeDelegationInterop: delegation.mjs builds the three-level chain (principal →
+// @orchestrator on an instance key → @researcher) with oauth4webapi's token exchange and checks
+// the resulting token with jose against the JWKS; it calls a separate verify-SDK resource with it.
+func TestNodeDelegationInterop(t *testing.T) {
+	node := needNode(t)
+	_, issuer, adminToken, logs := startServer(t)
+	rs := startResource(t, issuer)
+
+	var res delegationResult
+	runErr := runScript(t, node, "delegation.mjs", logs, &res,
+		"ISSUER="+issuer, "ADMIN_TOKEN="+adminToken, "RESOURCE_URL="+rs)
+	requireChecks(t, "delegation.mjs", res.Checks, wantDelegationChecks, runErr, res.OK)
+	if res.Grant.ID == "" || res.Researcher.ID == "" || res.Orchestrator.ID == "" {
+		t.Fatal("delegation.mjs reported no grant or agents")
+	}
+
+	// The server's own view of the chain: the grant, and two tasks, the child under the parent.
+	var tasks struct {
+		Tasks []struct {
+			TaskID      string `json:"task_id"`
+			GrantID     string `json:"grant_id"`
+			ParentID    string `json:"parent_id"`
+			Depth       int    `json:"depth"`
+			AgentID     string `json:"agent_id"`
+			PrincipalID string `json:"principal_id"`
+			InstanceJKT string `json:"instance_jkt"`
+			Scopes      []string
+		} `json:"tasks"`
+	}
+	adminGet(t, issuer, adminToken, "/v1/tasks?grant="+res.Grant.ID, &tasks)
+	byDepth := map[int]int{}
+	for i, tk := range tasks.Tasks {
+		if tk.GrantID == res.Grant.ID {
+			byDepth[tk.Depth] = i + 1
+		}
+	}
+	if byDepth[1] == 0 || byDepth[2] == 0 {
+		t.Fatalf("server tasks of grant %s: %+v; want one at depth 1 and one at depth 2", res.Grant.ID, tasks.Tasks)
+	}
+	parent, child := tasks.Tasks[byDepth[1]-1], tasks.Tasks[byDepth[2]-1]
+	if parent.AgentID != res.Orchestrator.ID || parent.InstanceJKT != res.InstanceJKT || parent.PrincipalID != res.Principal {
+		t.Errorf("parent task %+v; want agent %s on instance key %s for %s", parent, res.Orchestrator.ID, res.InstanceJKT, res.Principal)
+	}
+	if child.AgentID != res.Researcher.ID || child.ParentID != parent.TaskID || child.PrincipalID != res.Principal {
+		t.Errorf("child task %+v; want agent %s under %s for %s", child, res.Researcher.ID, parent.TaskID, res.Principal)
+	}
+	// The tokens the client verified name those tasks.
+	if res.TaskToken.Txn != parent.TaskID || res.ChildToken.Txn != child.TaskID {
+		t.Errorf("token txn %q / %q; want the server's tasks %s / %s", res.TaskToken.Txn, res.ChildToken.Txn, parent.TaskID, child.TaskID)
+	}
+	if res.ChildToken.Sub != res.Principal || res.ChildToken.ClientID != res.Researcher.ID || res.ChildToken.Scope != "repo:read" ||
+		res.ChildToken.Grant != res.Grant.ID || res.ChildToken.Cnf.JKT != res.Researcher.JKT {
+		t.Errorf("child token %+v; want sub %s client_id %s scope repo:read grant %s cnf.jkt %s",
+			res.ChildToken, res.Principal, res.Researcher.ID, res.Grant.ID, res.Researcher.JKT)
+	}
+}
+
+// startResource runs a protected resource on its own listener, as a third party would: the
+// verify SDK with the issuer's JWKS and revocation feed; GET /data answers with the caller.
+// It returns the resource's identifier (its URL with the trailing "/" of a normalised resource).
+func startResource(t *testing.T, issuer string) string {
+	t.Helper()
+	mux := http.NewServeMux()
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	v, err := verify.New(verify.Config{Issuer: issuer, Audience: srv.URL + "/", BaseURL: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Handle("GET /data", v.Middleware(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _ := verify.CallerFrom(r.Context())
+		type actor struct {
+			AgentID     string `json:"agent_id"`
+			Handle      string `json:"handle"`
+			DID         string `json:"did"`
+			InstanceJKT string `json:"instance_jkt"`
+			Task        string `json:"task"`
+		}
+		chain := make([]actor, 0, len(c.Chain))
+		for _, a := range c.Chain {
+			chain = append(chain, actor{a.AgentID, a.Handle, a.DID, a.InstanceJKT, a.Task})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{
+			"principal": c.Principal, "agent_id": c.AgentID, "client_id": c.ClientID, "jkt": c.JKT,
+			"scopes": c.Scopes, "aud": c.Audience, "task": c.Task, "grant": c.Grant, "chain": chain,
+		})
+	})))
+	return srv.URL + "/"
+}
+
+// adminGet decodes a management API answer into out.
+func adminGet(t *testing.T, issuer, adminToken, path string, out any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, issuer+path, nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, body)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		t.Fatalf("GET %s: %v: %s", path, err, body)
+	}
 }
