@@ -130,9 +130,13 @@ type GrantRequestJSON struct {
 	Interval  int        `json:"interval"` // seconds between polls
 }
 
-func requestJSON(r delegation.GrantRequest) GrantRequestJSON {
+func requestJSON(r delegation.GrantRequest, now time.Time) GrantRequestJSON {
+	status := string(r.Status)
+	if r.Status == delegation.RequestPending && !now.Before(r.ExpiresAt) {
+		status = "expired"
+	}
 	return GrantRequestJSON{RequestID: r.ID, AgentID: r.AgentID, OwnerID: r.OwnerID, Scopes: r.Scopes, Resources: r.Resources,
-		AuthorizationDetails: r.AuthorizationDetails, LimitsJSON: limitsJSON(r.Limits), Reason: r.Reason, Status: string(r.Status),
+		AuthorizationDetails: r.AuthorizationDetails, LimitsJSON: limitsJSON(r.Limits), Reason: r.Reason, Status: status,
 		GrantID: r.GrantID, CreatedAt: r.CreatedAt.UTC(), DecidedAt: timePtr(r.DecidedAt), ExpiresAt: r.ExpiresAt.UTC(),
 		Interval: int(delegation.PollInterval.Seconds())}
 }
@@ -191,7 +195,7 @@ func (a *API) listGrantRequests(w http.ResponseWriter, r *http.Request, u princi
 	}
 	out := make([]GrantRequestJSON, 0, len(list))
 	for _, x := range list {
-		out = append(out, requestJSON(x))
+		out = append(out, requestJSON(x, a.cfg.Now()))
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"requests": out})
 	return nil
@@ -223,7 +227,7 @@ func (a *API) denyGrantRequest(w http.ResponseWriter, r *http.Request, u princip
 	if err != nil {
 		return err
 	}
-	httpapi.WriteJSON(w, http.StatusOK, requestJSON(x))
+	httpapi.WriteJSON(w, http.StatusOK, requestJSON(x, a.cfg.Now()))
 	return nil
 }
 
@@ -302,7 +306,7 @@ func (a *API) agentRequestGrant(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	httpapi.WriteJSON(w, http.StatusCreated, requestJSON(x))
+	httpapi.WriteJSON(w, http.StatusCreated, requestJSON(x, a.cfg.Now()))
 	return nil
 }
 

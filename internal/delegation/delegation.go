@@ -213,8 +213,8 @@ func (s *Service) ListGrants(ctx context.Context, by principal.User, agentRef st
 	agentID := ""
 	if agentRef != "" {
 		a, err := s.cfg.Agents.GetAgent(ctx, agentRef)
-		if err != nil {
-			return nil, apperr.Wrap(err, apperr.NotFound, "not_found", "no agent %q", apperr.Clip(agentRef, 80))
+		if err != nil || (!by.Admin && a.OwnerID != by.ID) {
+			return nil, apperr.New(apperr.NotFound, "not_found", "no agent %q of yours", apperr.Clip(agentRef, 80))
 		}
 		agentID = a.ID
 	}

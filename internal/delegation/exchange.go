@@ -268,7 +268,11 @@ func (s *Service) planFromTask(ctx context.Context, req ExchangeRequest, ev *aud
 	// A fresh token for the same task: within the task's sets, bound to the caller's key or to
 	// the actor's (another key of the same agent, or an instance key).
 	if req.TaskTTL != 0 || len(req.Budget) > 0 {
-		return nil, requestRefusal("ttl", "task_ttl and budget apply when a task starts; this request refreshes a token of task %s", parent.ID)
+		reason := "ttl"
+		if req.TaskTTL == 0 {
+			reason = "budget"
+		}
+		return nil, requestRefusal(reason, "task_ttl and budget apply when a task starts; this request refreshes a token of task %s", parent.ID)
 	}
 	bind, did, instance := req.ProofJKT, ac.Act.DID, ac.Act.JKT
 	if req.Actor != nil {
@@ -379,7 +383,7 @@ func (s *Service) plan(req ExchangeRequest, ev *audit.Event, g Grant, newTask *T
 	if req.Actor != nil {
 		p.Uses = append(p.Uses, req.Actor.Use)
 	}
-	ev.Action, ev.PrincipalID, ev.AgentID, ev.Target = ActionTokenExchange, g.PrincipalID, holder.ID, act.Txn
+	ev.PrincipalID, ev.AgentID, ev.Target = g.PrincipalID, holder.ID, act.Txn
 	ev.Detail = "hop=" + hop + " grant=" + g.ID + " task=" + act.Txn + " depth=" + fmt.Sprint(act.Depth()) +
 		" scope=" + p.Claims.Scope + " aud=" + strings.Join(view.Resources, ",")
 	return p, nil

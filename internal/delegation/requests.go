@@ -88,6 +88,9 @@ func (s *Service) ApproveRequest(ctx context.Context, requestID string, by princ
 			return Grant{}, apperr.Wrap(err, apperr.Invalid, "authorization_details", "approval may only narrow the request: %v", err)
 		}
 		sp.Limits = narrowLimits(narrow.Limits, r.Limits)
+		if sp.Limits.Budget, err = NarrowBudget(narrow.Limits.Budget, r.Limits.Budget); err != nil {
+			return Grant{}, apperr.Wrap(err, apperr.Invalid, "budget", "approval may only narrow the request: %v", err)
+		}
 		sp.ExpiresIn = narrow.ExpiresIn
 	}
 	a, err := s.cfg.Agents.GetAgent(ctx, r.AgentID)

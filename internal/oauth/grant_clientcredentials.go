@@ -91,6 +91,9 @@ func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClai
 		return nil, fmt.Errorf("sign access token: %w", err)
 	}
 	req.Event.TokenID = c.JTI
-	req.Event.Detail = "scope=" + c.Scope + " aud=" + strings.Join(c.Audience, ",") + " jkt=" + c.Cnf.JKT
+	if req.Event.Detail == "" {
+		req.Event.Detail = "scope=" + c.Scope + " aud=" + strings.Join(c.Audience, ",")
+	}
+	req.Event.Detail += " jkt=" + c.Cnf.JKT
 	return &tokenResponse{AccessToken: raw, TokenType: "DPoP", ExpiresIn: c.Expiry - now.Unix(), Scope: c.Scope}, nil
 }

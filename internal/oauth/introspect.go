@@ -121,11 +121,18 @@ func (s *Server) Introspect(w http.ResponseWriter, r *http.Request) error {
 		httpapi.WriteJSON(w, http.StatusOK, map[string]any{"active": false})
 		return nil
 	}
-	httpapi.WriteJSON(w, http.StatusOK, map[string]any{
+	out := map[string]any{
 		"active": true, "token_type": "DPoP", "scope": c.Scope, "client_id": c.ClientID,
 		"sub": c.Subject, "aud": c.Audience, "iss": c.Issuer, "exp": c.Expiry, "iat": c.IssuedAt,
 		"nbf": c.NotBefore, "jti": c.JTI, "cnf": c.Cnf, "handle": c.Handle, "did": c.DID,
-	})
+	}
+	if c.Txn != "" {
+		out["txn"], out["grant"], out["act"] = c.Txn, c.Grant, c.Act
+		if len(c.AuthorizationDetails) > 0 {
+			out["authorization_details"] = c.AuthorizationDetails
+		}
+	}
+	httpapi.WriteJSON(w, http.StatusOK, out)
 	return nil
 }
 

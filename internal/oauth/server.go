@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sort"
 	"strings"
 	"time"
 
@@ -113,6 +114,8 @@ type tokenRequest struct {
 	// Commit, when a grant sets it, stores what the token rests on (a new task) with the
 	// token's audit event in one transaction, instead of RecordIssue.
 	Commit func(ctx context.Context, ev audit.Event) error
+	// IssueAction names the success in the audit trail; empty = token.issue.
+	IssueAction string
 }
 
 type tokenResponse struct {
@@ -191,8 +194,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 	// The token is returned only once its record is stored (invariant: nothing lost), and the
 	// client assertion is used up in the same transaction.
 	issued := *ev
-	if issued.Action == audit.ActionTokenDeny {
-		issued.Action = audit.ActionTokenIssue
+	issued.Action = audit.ActionTokenIssue
+	if req.IssueAction != "" {
+		issued.Action = req.IssueAction
 	}
 	commit := func(ctx context.Context, ev audit.Event) error { return s.cfg.Tokens.RecordIssue(ctx, req.Uses, ev) }
 	if req.Commit != nil {
@@ -268,6 +272,7 @@ func (s *Server) grantTypes() []string {
 	for t := range s.grants {
 		out = append(out, t)
 	}
+	sort.Strings(out)
 	return out
 }
 

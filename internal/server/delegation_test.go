@@ -1,9 +1,13 @@
 package server_test
 
 import (
+	"strings"
+
 	"net/http"
 	"net/url"
 	"testing"
+
+	"github.com/mandate-dev/mandate/internal/audit"
 
 	"github.com/mandate-dev/mandate/dpop"
 )
@@ -95,6 +99,16 @@ func TestDelegationChain(t *testing.T) {
 	}
 	if who["Grant"] != c.grantID {
 		t.Errorf("grant %v, want %s", who["Grant"], c.grantID)
+	}
+	// Each hop is in the audit trail as a token.exchange naming its kind, task and depth.
+	evs, err := ts.Srv.Store().ListEvents(t.Context(), audit.Filter{Action: "token.exchange"})
+	if err != nil || len(evs) != 2 {
+		t.Fatalf("token.exchange events: %d, %v", len(evs), err)
+	}
+	for _, ev := range evs {
+		if ev.Outcome != audit.OutcomeSuccess || ev.PrincipalID != admin || ev.TokenID == "" || !strings.Contains(ev.Detail, "hop=") || !strings.Contains(ev.Detail, "task=tsk_") {
+			t.Errorf("exchange event %+v", ev)
+		}
 	}
 	// The orchestrator's own task token works at the resource too, on its instance key only.
 	if resp, out := c.rs.call(t, ts, c.instance.Key, c.taskTok); resp.StatusCode != 200 {

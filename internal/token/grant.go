@@ -16,7 +16,7 @@ type GrantLimits struct {
 	MaxTaskTTL         int64            `json:"max_task_ttl"`
 	MaxTokenTTL        int64            `json:"max_token_ttl"`
 	MaxDepth           int              `json:"max_depth"`
-	AllowSubdelegation bool             `json:"subdelegation"`
+	AllowSubdelegation bool             `json:"allow_subdelegation"`
 	Budget             map[string]int64 `json:"budget,omitempty"`
 }
 
