@@ -2,6 +2,13 @@
 // rotation, a cached token source using private_key_jwt client authentication, and an
 // http.RoundTripper that sends every request with its access token and a fresh DPoP proof.
 //
+// Delegation: TokenSource.Grants lists the agent's grants with their grant tokens; RequestGrant
+// and PollGrant ask the owner for one. StartTask exchanges a grant token (RFC 8693) for a task,
+// optionally bound to an ephemeral instance key; a Task refreshes its token, sends requests with
+// it (Task.Transport), hands narrower child tasks to other agents named by their actor tokens
+// (NewActorToken, Task.Delegate), and ends (Task.End). ResumeTask takes up a task token given
+// by another process or agent.
+//
 // The package imports nothing internal to mandate, so any Go program can use it.
 package client
 

@@ -69,6 +69,9 @@ type fakeServer struct {
 	checker    *dpop.Checker
 	tokenHits  atomic.Int32
 	tokenCount atomic.Int32
+
+	mux      *http.ServeMux
+	exchange http.HandlerFunc // token exchange requests, when set (task_test.go)
 }
 
 func newFakeServer(t *testing.T, did string, clk *clock) *fakeServer {
@@ -86,6 +89,7 @@ func newFakeServer(t *testing.T, did string, clk *clock) *fakeServer {
 	mux.HandleFunc("POST /oauth/token", fs.token)
 	mux.HandleFunc("POST /v1/agents", fs.register)
 	mux.HandleFunc("POST /v1/agents/{id}/keys", fs.rotate)
+	fs.mux = mux
 	fs.srv = httptest.NewServer(mux)
 	fs.url = fs.srv.URL
 	t.Cleanup(fs.srv.Close)
@@ -140,6 +144,10 @@ func (fs *fakeServer) token(w http.ResponseWriter, r *http.Request) {
 	fs.tokenHits.Add(1)
 	if err := r.ParseForm(); err != nil {
 		oauthError(w, 400, "invalid_request", err.Error())
+		return
+	}
+	if fs.exchange != nil && r.PostForm.Get("grant_type") == grantTypeTokenExchange {
+		fs.exchange(w, r)
 		return
 	}
 	want := map[string]string{

@@ -144,13 +144,25 @@ func (s *TokenSource) metadata(ctx context.Context) (*metadata, error) {
 	if md != nil {
 		return md, nil
 	}
-	u := endpoint(s.cfg.Issuer, "/.well-known/oauth-authorization-server")
+	md, err := discover(ctx, s.hc, s.cfg.Issuer)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.md = md
+	s.mu.Unlock()
+	return md, nil
+}
+
+// discover reads the server's RFC 8414 metadata and checks that it names issuer as its issuer.
+func discover(ctx context.Context, hc *http.Client, issuer string) (*metadata, error) {
+	u := endpoint(issuer, "/.well-known/oauth-authorization-server")
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := s.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("client: reading the server's metadata: %w", err)
 	}
@@ -158,19 +170,16 @@ func (s *TokenSource) metadata(ctx context.Context) (*metadata, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("client: reading the server's metadata at %s: %w", u, ReadError(resp))
 	}
-	md = new(metadata)
+	md := new(metadata)
 	if err := decodeJSON(resp, md); err != nil {
 		return nil, err
 	}
-	if md.Issuer != s.cfg.Issuer {
+	if md.Issuer != issuer {
 		return nil, fmt.Errorf("client: the metadata at %s names issuer %q; set Issuer to exactly that", u, md.Issuer)
 	}
 	if md.TokenEndpoint == "" {
 		return nil, fmt.Errorf("client: the metadata at %s has no token_endpoint", u)
 	}
-	s.mu.Lock()
-	s.md = md
-	s.mu.Unlock()
 	return md, nil
 }
 
@@ -183,8 +192,7 @@ func (s *TokenSource) fetch(ctx context.Context) (*Token, error) {
 	}
 	for attempt := 0; ; attempt++ {
 		tok, err := s.requestToken(ctx, md.TokenEndpoint)
-		var e *Error
-		if attempt == 0 && errors.As(err, &e) && e.Code == "use_dpop_nonce" && e.nonceSet {
+		if nonceRetry(attempt, err) {
 			continue
 		}
 		return tok, err
@@ -220,49 +228,9 @@ func (s *TokenSource) requestToken(ctx context.Context, tokenEndpoint string) (*
 	if s.cfg.Resource != "" {
 		form.Set("resource", s.cfg.Resource)
 	}
-	origin := originOf(tokenEndpoint)
-	proof, err := dpop.NewProof(s.cfg.Key, http.MethodPost, tokenEndpoint, dpop.ProofOptions{Nonce: s.nonces.get(origin), Now: now})
+	out, err := postToken(ctx, s.hc, tokenEndpoint, s.cfg.Key, &s.nonces, now, form)
 	if err != nil {
-		return nil, fmt.Errorf("client: making the DPoP proof: %w", err)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenEndpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set(dpop.HeaderName, proof)
-	resp, err := s.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("client: POST %s: %w", tokenEndpoint, err)
-	}
-	defer resp.Body.Close()
-	nonce := resp.Header.Get(dpop.NonceHeaderName)
-	if nonce != "" {
-		s.nonces.set(origin, nonce)
-	}
-	if resp.StatusCode != http.StatusOK {
-		e := ReadError(resp)
-		e.nonceSet = nonce != ""
-		return nil, e
-	}
-	var out struct {
-		AccessToken string          `json:"access_token"`
-		TokenType   string          `json:"token_type"`
-		ExpiresIn   jsonNumberOrStr `json:"expires_in"`
-		Scope       string          `json:"scope"`
-	}
-	if err := decodeJSON(resp, &out); err != nil {
 		return nil, err
-	}
-	if out.AccessToken == "" {
-		return nil, errors.New("client: the token response has no access_token")
-	}
-	if !strings.EqualFold(out.TokenType, "DPoP") {
-		return nil, fmt.Errorf("client: the server issued a %q token, not a DPoP-bound one; refusing to use it", out.TokenType)
-	}
-	if out.ExpiresIn <= 0 {
-		return nil, errors.New("client: the token response has no positive expires_in")
 	}
 	lifetime := time.Duration(out.ExpiresIn) * time.Second
 	scope := out.Scope
@@ -275,6 +243,68 @@ func (s *TokenSource) requestToken(ctx context.Context, tokenEndpoint string) (*
 		ExpiresAt:   now.Add(lifetime),
 		refreshAt:   now.Add(lifetime - s.refreshBefore(lifetime)),
 	}, nil
+}
+
+// tokenAnswer is a token endpoint's successful answer.
+type tokenAnswer struct {
+	AccessToken     string          `json:"access_token"`
+	TokenType       string          `json:"token_type"`
+	ExpiresIn       jsonNumberOrStr `json:"expires_in"`
+	Scope           string          `json:"scope"`
+	IssuedTokenType string          `json:"issued_token_type"`
+}
+
+// postToken posts form to the token endpoint with a DPoP proof by key, carrying the latest nonce
+// known for the endpoint's origin, and keeps the nonce the server answers with. Only a DPoP-bound
+// token with a positive lifetime is accepted. A refusal is an *Error.
+func postToken(ctx context.Context, hc *http.Client, tokenEndpoint string, key crypto.Signer, nonces *nonceCache, now time.Time, form url.Values) (*tokenAnswer, error) {
+	origin := originOf(tokenEndpoint)
+	proof, err := dpop.NewProof(key, http.MethodPost, tokenEndpoint, dpop.ProofOptions{Nonce: nonces.get(origin), Now: now})
+	if err != nil {
+		return nil, fmt.Errorf("client: making the DPoP proof: %w", err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, tokenEndpoint, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set(dpop.HeaderName, proof)
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("client: POST %s: %w", tokenEndpoint, err)
+	}
+	defer resp.Body.Close()
+	nonce := resp.Header.Get(dpop.NonceHeaderName)
+	if nonce != "" {
+		nonces.set(origin, nonce)
+	}
+	if resp.StatusCode != http.StatusOK {
+		e := ReadError(resp)
+		e.nonceSet = nonce != ""
+		return nil, e
+	}
+	var out tokenAnswer
+	if err := decodeJSON(resp, &out); err != nil {
+		return nil, err
+	}
+	if out.AccessToken == "" {
+		return nil, errors.New("client: the token response has no access_token")
+	}
+	if !strings.EqualFold(out.TokenType, "DPoP") {
+		return nil, fmt.Errorf("client: the server issued a %q token, not a DPoP-bound one; refusing to use it", out.TokenType)
+	}
+	if out.ExpiresIn <= 0 {
+		return nil, errors.New("client: the token response has no positive expires_in")
+	}
+	return &out, nil
+}
+
+// nonceRetry reports whether err asks for the request to be sent again with the nonce the
+// server just supplied (once only: attempt 0).
+func nonceRetry(attempt int, err error) bool {
+	var e *Error
+	return attempt == 0 && errors.As(err, &e) && e.Code == "use_dpop_nonce" && e.nonceSet
 }
 
 func (s *TokenSource) refreshBefore(lifetime time.Duration) time.Duration {

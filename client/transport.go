@@ -1,11 +1,14 @@
 package client
 
 import (
+	"context"
+	"crypto"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/mandate-dev/mandate/dpop"
 )
@@ -23,16 +26,27 @@ func (s *TokenSource) Transport(base http.RoundTripper) http.RoundTripper {
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	return &transport{s: s, base: base}
+	return &transport{base: base, key: s.cfg.Key, nonces: &s.nonces, now: s.now,
+		token: func(ctx context.Context) (string, error) {
+			tok, err := s.Token(ctx)
+			if err != nil {
+				return "", err
+			}
+			return tok.AccessToken, nil
+		}}
 }
 
+// transport sends requests with a DPoP-bound token and a proof by its key.
 type transport struct {
-	s    *TokenSource
-	base http.RoundTripper
+	base   http.RoundTripper
+	key    crypto.Signer
+	nonces *nonceCache
+	now    func() time.Time
+	token  func(context.Context) (string, error) // a valid token, refreshed when due
 }
 
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	tok, err := t.s.Token(req.Context())
+	tok, err := t.token(req.Context())
 	if err != nil {
 		closeBody(req)
 		return nil, err
@@ -58,11 +72,11 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 // send sends a copy of req with body, the token and a new proof.
-func (t *transport) send(req *http.Request, body io.ReadCloser, tok *Token, origin string) (*http.Response, error) {
-	proof, err := dpop.NewProof(t.s.cfg.Key, req.Method, htu(req.URL), dpop.ProofOptions{
-		AccessToken: tok.AccessToken,
-		Nonce:       t.s.nonces.get(origin),
-		Now:         t.s.now(),
+func (t *transport) send(req *http.Request, body io.ReadCloser, tok, origin string) (*http.Response, error) {
+	proof, err := dpop.NewProof(t.key, req.Method, htu(req.URL), dpop.ProofOptions{
+		AccessToken: tok,
+		Nonce:       t.nonces.get(origin),
+		Now:         t.now(),
 	})
 	if err != nil {
 		if body != nil {
@@ -72,14 +86,14 @@ func (t *transport) send(req *http.Request, body io.ReadCloser, tok *Token, orig
 	}
 	r := req.Clone(req.Context())
 	r.Body = body
-	r.Header.Set("Authorization", "DPoP "+tok.AccessToken)
+	r.Header.Set("Authorization", "DPoP "+tok)
 	r.Header.Set(dpop.HeaderName, proof)
 	resp, err := t.base.RoundTrip(r)
 	if err != nil {
 		return nil, err
 	}
 	if n := resp.Header.Get(dpop.NonceHeaderName); n != "" {
-		t.s.nonces.set(origin, n)
+		t.nonces.set(origin, n)
 	}
 	return resp, nil
 }

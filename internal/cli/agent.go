@@ -2,6 +2,7 @@ package cli
 
 import (
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mandate-dev/mandate/client"
+	"github.com/mandate-dev/mandate/internal/api"
 )
 
 // newAgentCmd is the agent's side: its own key and registration, no login needed.
@@ -27,7 +29,8 @@ server, agent id and handle are kept in agent.json beside the key file. No login
 	}
 	addJSONFlag(cmd)
 	cmd.PersistentFlags().String(keyFileFlag, "", "the agent's key file (default $MANDATE_AGENT_KEY, else <config dir>/agent/key.jwk)")
-	cmd.AddCommand(newAgentInitCmd(), newAgentRegisterCmd(), newAgentRotateKeyCmd(), newAgentTokenCmd(), newAgentWhoamiCmd())
+	cmd.AddCommand(newAgentInitCmd(), newAgentRegisterCmd(), newAgentRotateKeyCmd(), newAgentTokenCmd(), newAgentWhoamiCmd(),
+		newAgentRequestGrantCmd(), newAgentGrantsCmd())
 	return cmd
 }
 
@@ -348,6 +351,122 @@ transport: a check, end to end, that the agent's key, registration and token wor
 			t.row("key (jkt)", who.JKT)
 			t.row("token", who.JTI)
 			t.row("expires", when(time.Unix(who.Exp, 0), now))
+			return t.flush()
+		},
+	}
+}
+
+func newAgentRequestGrantCmd() *cobra.Command {
+	var spec specFlags
+	var reason string
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "request-grant --scope S --resource URI [--reason R] [--wait] [flags]",
+		Short: "Ask the agent's owner for a grant",
+		Long: `Ask the agent's owner for a grant: the owner sees it in mandate grant requests and answers
+with mandate grant approve (possibly narrower) or mandate grant deny. With --wait the command
+polls until the owner answers and prints the grant id; a denial or a lapsed request is an error.`,
+		Example: `  mandate agent request-grant --scope repo:read --resource https://api.github.com/ --reason "nightly triage" --wait`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sp, err := spec.spec(cmd)
+			if err != nil {
+				return err
+			}
+			ts, st, err := agentTokenSource(cmd, "", "")
+			if err != nil {
+				return err
+			}
+			req := client.GrantRequest{Scopes: sp.Scopes, Resources: sp.Resources, AuthorizationDetails: sp.AuthorizationDetails,
+				Limits: client.Limits{MaxTaskTTL: time.Duration(sp.MaxTaskTTL) * time.Second, MaxTokenTTL: time.Duration(sp.MaxTokenTTL) * time.Second,
+					MaxDepth: sp.MaxDepth, AllowSubdelegation: sp.AllowSubdelegation, Budget: sp.Budget}, Reason: reason}
+			ctx := cmd.Context()
+			id, err := client.RequestGrant(ctx, ts, req)
+			if err != nil {
+				return explain(err, st.Server)
+			}
+			out := cmd.OutOrStdout()
+			if !wait {
+				if wantJSON(cmd) {
+					return printJSON(out, map[string]string{"request_id": id, "status": "pending"})
+				}
+				fmt.Fprintf(out, "Asked for a grant: request %s is pending.\nAsk the owner of @%s to run: mandate grant approve %s\n", id, st.Handle, id)
+				return nil
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Asked for a grant: request %s. Waiting for the owner of @%s to answer (mandate grant approve %s)…\n", id, st.Handle, id)
+			g, err := client.PollGrant(ctx, ts, id)
+			var ce *client.Error
+			if errors.As(err, &ce) {
+				switch ce.Code {
+				case "access_denied":
+					return fmt.Errorf("the owner denied grant request %s", id)
+				case "expired_token":
+					return fmt.Errorf("grant request %s lapsed unanswered: ask again", id)
+				}
+			}
+			if err != nil {
+				return explain(err, st.Server)
+			}
+			if wantJSON(cmd) {
+				return printJSON(out, map[string]string{"request_id": id, "status": "approved", "grant_id": g.ID})
+			}
+			fmt.Fprintln(out, g.ID)
+			return nil
+		},
+	}
+	spec.register(cmd, "ask for")
+	cmd.Flags().StringVar(&reason, "reason", "", "why the agent needs it, for the owner")
+	cmd.Flags().BoolVar(&wait, "wait", false, "wait for the answer and print the grant id")
+	return cmd
+}
+
+// agentGrant is a grant as agent grants --json shows it: never with its grant token.
+type agentGrant struct {
+	GrantID              string            `json:"grant_id"`
+	PrincipalID          string            `json:"principal_id"`
+	Scopes               []string          `json:"scopes"`
+	Resources            []string          `json:"resources"`
+	AuthorizationDetails []json.RawMessage `json:"authorization_details,omitempty"`
+	api.LimitsJSON
+	Status    string    `json:"status"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+func newAgentGrantsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "grants",
+		Short: "List the agent's grants",
+		Long: `List the grants the agent holds, as the agent sees them. Grant tokens are not printed: task
+start fetches a fresh one each time.`,
+		Example: "  mandate agent grants",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ts, st, err := agentTokenSource(cmd, "", "")
+			if err != nil {
+				return err
+			}
+			grants, err := ts.Grants(cmd.Context())
+			if err != nil {
+				return explain(err, st.Server)
+			}
+			list := make([]agentGrant, 0, len(grants))
+			for _, g := range grants {
+				list = append(list, agentGrant{GrantID: g.ID, PrincipalID: g.PrincipalID, Scopes: g.Scopes, Resources: g.Resources,
+					AuthorizationDetails: g.AuthorizationDetails, LimitsJSON: api.LimitsJSON{MaxTaskTTL: int64(g.MaxTaskTTL / time.Second),
+						MaxTokenTTL: int64(g.MaxTokenTTL / time.Second), MaxDepth: g.MaxDepth, AllowSubdelegation: g.AllowSubdelegation, Budget: g.Budget},
+					Status: g.Status, CreatedAt: g.CreatedAt, ExpiresAt: g.ExpiresAt})
+			}
+			out := cmd.OutOrStdout()
+			if wantJSON(cmd) {
+				return printJSON(out, map[string]any{"grants": list})
+			}
+			now := time.Now()
+			t := newTable(out, "ID", "FOR", "STATUS", "SCOPES", "RESOURCES", "MAX TASK", "SUB-DELEGATION", "EXPIRES")
+			for _, g := range list {
+				t.row(g.GrantID, g.PrincipalID, g.Status, strings.Join(g.Scopes, " "), strings.Join(g.Resources, " "),
+					secondsText(g.MaxTaskTTL), yesNo(g.AllowSubdelegation), ago(g.ExpiresAt, now))
+			}
 			return t.flush()
 		},
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"io"
 	"net"
@@ -12,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/mandate-dev/mandate/client"
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
@@ -397,4 +401,270 @@ func TestServerUnreachable(t *testing.T) {
 	fails(t, "", []string{"agent", "register", "--server", url, "--handle", "x-bot", "--key-file", kf}, "is mandate serve running at "+url)
 	fails(t, "", []string{"login", "--server", "ftp://x"}, "want the server's URL")
 	fails(t, "", []string{"login", "--server", url}, "no API token")
+}
+
+// newAgent makes, registers and claims an agent with its key in its own directory, and returns
+// the key file.
+func newAgent(t *testing.T, ts *testServer, handle string) string {
+	t.Helper()
+	kf := filepath.Join(t.TempDir(), handle, "key.jwk")
+	ok(t, "agent", "init", "--key-file", kf)
+	var reg struct {
+		ClaimCode string `json:"claim_code"`
+	}
+	decodeJSON(t, ok(t, "agent", "register", "--server", ts.URL, "--handle", handle, "--key-file", kf, "--json"), &reg)
+	ok(t, "agents", "claim", reg.ClaimCode)
+	return kf
+}
+
+// background runs a command in another goroutine; its output and error arrive on the channel.
+func background(t *testing.T, args ...string) <-chan [2]any {
+	ch := make(chan [2]any, 1)
+	go func() {
+		out, err := mandate(t, "", args...)
+		ch <- [2]any{out, err}
+	}()
+	return ch
+}
+
+// pendingRequest waits until a grant request is pending and returns its id.
+func pendingRequest(t *testing.T) string {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		var res struct {
+			Requests []api.GrantRequestJSON `json:"requests"`
+		}
+		decodeJSON(t, ok(t, "grant", "requests", "--json"), &res)
+		if len(res.Requests) > 0 {
+			return res.Requests[0].RequestID
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("no pending grant request appeared")
+	return ""
+}
+
+func TestDelegationEndToEnd(t *testing.T) {
+	ts := newTestServer(t)
+	ok(t, "login", "--server", ts.URL, "--token-file", filepath.Join(ts.DataDir, server.BootstrapFile))
+	orch := newAgent(t, ts, "orchestrator")
+	res := newAgent(t, ts, "researcher")
+	ctx := context.Background()
+
+	detailsFile := filepath.Join(t.TempDir(), "details.json")
+	if err := os.WriteFile(detailsFile, []byte(`[{"type":"repo","repos":["acme/*"],"actions":["read","write"]}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var grant api.GrantJSON
+	t.Run("grant create, list, show", func(t *testing.T) {
+		fails(t, "", []string{"grant", "create", "--agent", "@orchestrator", "--scope", "repo:read", "--resource", "https://api.example.com/", "--expires", "2x"}, "--expires", "30d")
+		fails(t, "", []string{"grant", "create", "--agent", "@orchestrator", "--scope", "repo:read"}, "resource", "(invalid_request, request ")
+		decodeJSON(t, ok(t, "grant", "create", "--agent", "@orchestrator", "--scope", "repo:read repo:write", "--scope", "issues:read",
+			"--resource", "https://api.example.com/", "--resource", "https://other.example/", "--details", detailsFile,
+			"--max-task-ttl", "1h", "--max-token-ttl", "5m", "--max-depth", "2", "--allow-subdelegation", "--budget", "requests=100",
+			"--expires", "30d", "--json"), &grant)
+		if !strings.HasPrefix(grant.GrantID, "gr_") || len(grant.Scopes) != 3 || grant.MaxTaskTTL != 3600 || grant.MaxTokenTTL != 300 ||
+			grant.MaxDepth != 2 || !grant.AllowSubdelegation || grant.Budget["requests"] != 100 || len(grant.AuthorizationDetails) != 1 {
+			t.Fatalf("grant create --json = %+v", grant)
+		}
+		if d := time.Until(grant.ExpiresAt); d < 29*24*time.Hour || d > 30*24*time.Hour {
+			t.Errorf("expires in %v, want 30d", d)
+		}
+		out := ok(t, "grant", "create", "--agent", "@researcher", "--scope", "issues:read", "--resource", "https://api.example.com/", "--expires", "1d12h")
+		hasAll(t, out, "Granted gr_", "to @researcher", "issues:read", "max task ttl", "1h", "mandate task start --grant gr_")
+		hasAll(t, ok(t, "grant", "list", "--agent", "@orchestrator"), grant.GrantID, "repo:read repo:write issues:read", "active")
+		if strings.Contains(ok(t, "grant", "list", "--agent", "@orchestrator"), "@researcher") {
+			t.Error("grant list --agent shows another agent's grant")
+		}
+		hasAll(t, ok(t, "grant", "show", grant.GrantID), grant.GrantID, "https://other.example/", `"acme/*"`, "sub-delegation", "yes", "requests=100")
+		fails(t, "", []string{"grant", "show", "gr_nope"}, "(not_found, request ")
+	})
+
+	t.Run("agent grants", func(t *testing.T) {
+		out := ok(t, "agent", "grants", "--key-file", orch)
+		hasAll(t, out, grant.GrantID, "repo:read", "1h", "yes")
+		raw := ok(t, "agent", "grants", "--key-file", orch, "--json")
+		if strings.Contains(raw, "grant_token") {
+			t.Error("agent grants --json printed a grant token")
+		}
+		var res struct {
+			Grants []agentGrant `json:"grants"`
+		}
+		decodeJSON(t, raw, &res)
+		if len(res.Grants) != 1 || res.Grants[0].GrantID != grant.GrantID {
+			t.Errorf("agent grants --json = %+v", res)
+		}
+	})
+
+	var plain, instance taskStarted
+	var file taskFile
+	taskFilePath := filepath.Join(t.TempDir(), "run", "task.json")
+	t.Run("task start", func(t *testing.T) {
+		out := ok(t, "task", "start", "--key-file", orch, "--grant", grant.GrantID, "--purpose", "triage the backlog", "--ttl", "15m", "--scope", "repo:read")
+		hasAll(t, out, "tsk_", "the key of @orchestrator", "token expires", "task ends")
+		if strings.Count(out, ".") >= 2 && strings.Contains(out, "eyJ") {
+			t.Error("task start printed the token without --print-token")
+		}
+		decodeJSON(t, ok(t, "task", "start", "--key-file", orch, "--grant", grant.GrantID, "--purpose", "plain", "--print-token", "--json"), &plain)
+		if !strings.HasPrefix(plain.TaskID, "tsk_") || plain.InstanceKey || strings.Count(plain.AccessToken, ".") != 2 || plain.Scope != "repo:read repo:write issues:read" {
+			t.Fatalf("task start --json = %+v", plain)
+		}
+		if d := time.Until(plain.TaskExpiresAt); d < 59*time.Minute || d > time.Hour {
+			t.Errorf("task ends in %v, want the grant's 1h", d)
+		}
+		fails(t, "", []string{"task", "start", "--key-file", orch, "--grant", grant.GrantID, "--instance-key"}, "--instance-key needs --out")
+		fails(t, "", []string{"task", "start", "--key-file", orch, "--grant", grant.GrantID, "--ttl", "2h"}, "task_ttl", "(invalid_request, request ")
+		fails(t, "", []string{"task", "start", "--key-file", orch, "--grant", grant.GrantID, "--scope", "admin"}, "(invalid_scope, request ")
+		fails(t, "", []string{"task", "start", "--key-file", res, "--grant", grant.GrantID}, "is not among the active grants of @researcher")
+
+		decodeJSON(t, ok(t, "task", "start", "--key-file", orch, "--grant", grant.GrantID, "--purpose", "one run", "--instance-key",
+			"--out", taskFilePath, "--json"), &instance)
+		if !instance.InstanceKey || instance.Out != taskFilePath || instance.AccessToken != "" {
+			t.Fatalf("task start --instance-key --json = %+v", instance)
+		}
+		if m := fileMode(t, taskFilePath); m != 0o600 {
+			t.Errorf("task file mode %04o, want 0600", m)
+		}
+		data, err := os.ReadFile(taskFilePath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		decodeJSON(t, string(data), &file)
+		if file.TaskID != instance.TaskID || file.JKT != instance.JKT || len(file.Key) == 0 || file.Issuer != ts.URL || file.TokenType != "DPoP" {
+			t.Fatalf("task file = %+v", file)
+		}
+		// --out - prints the file, and nothing else, on standard output.
+		var buf, errBuf bytes.Buffer
+		root := NewRoot(&buf, &errBuf)
+		root.SetArgs([]string{"task", "start", "--key-file", orch, "--grant", grant.GrantID, "--instance-key", "--out", "-"})
+		if err := root.ExecuteContext(ctx); err != nil {
+			t.Fatalf("task start --out -: %v\n%s", err, errBuf.String())
+		}
+		var viaStdout taskFile
+		decodeJSON(t, buf.String(), &viaStdout)
+		if viaStdout.AccessToken == "" || len(viaStdout.Key) == 0 {
+			t.Errorf("task start --out - printed %s", buf.String())
+		}
+		hasAll(t, errBuf.String(), viaStdout.TaskID, "instance key")
+	})
+
+	t.Run("token inspect draws the chain", func(t *testing.T) {
+		out := ok(t, "token", "inspect", plain.AccessToken, "--server", ts.URL)
+		hasAll(t, out, "delegation: usr_", " → @orchestrator ("+plain.TaskID+")\n", "grant: "+grant.GrantID, "authorization details:", `"acme/*"`, "valid: yes")
+
+		out = ok(t, "token", "inspect", file.AccessToken, "--server", ts.URL)
+		hasAll(t, out, " → @orchestrator ("+file.TaskID+", instance "+file.JKT[:8]+"…)\n")
+
+		// The orchestrator's instance hands a narrower task to the researcher (client SDK).
+		var jwk jose.JSONWebKey
+		if err := jwk.UnmarshalJSON(file.Key); err != nil {
+			t.Fatal(err)
+		}
+		task, err := client.ResumeTask(ts.URL, nil, file.AccessToken, jwk.Key.(ed25519.PrivateKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resKey, err := client.LoadKey(res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		act, err := client.NewActorToken(resKey, ts.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		child, err := task.Delegate(ctx, act, client.TaskRequest{Purpose: "read the issues", Scopes: []string{"repo:read"},
+			Resources: []string{"https://api.example.com/"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = ok(t, "token", "inspect", child.AccessToken, "--server", ts.URL)
+		hasAll(t, out, " → @orchestrator ("+file.TaskID+", instance "+file.JKT[:8]+"…) → @researcher ("+child.TaskID+")\n")
+		var ins inspection
+		decodeJSON(t, ok(t, "token", "inspect", child.AccessToken, "--server", ts.URL, "--json"), &ins)
+		if len(ins.Chain) != 2 || ins.Chain[0].Handle != "orchestrator" || ins.Chain[0].InstanceJKT != file.JKT || ins.Chain[0].Task != file.TaskID ||
+			ins.Chain[1].Handle != "researcher" || ins.Chain[1].Task != child.TaskID || ins.Chain[1].InstanceJKT != "" {
+			t.Errorf("token inspect --json chain = %+v", ins.Chain)
+		}
+
+		hasAll(t, ok(t, "task", "list", "--grant", grant.GrantID), file.TaskID, child.TaskID, "one run", "read the issues")
+		hasAll(t, ok(t, "task", "show", child.TaskID), "parent", file.TaskID, "depth", "2", "active")
+		var shown api.TaskJSON
+		decodeJSON(t, ok(t, "task", "show", file.TaskID, "--json"), &shown)
+		if shown.InstanceJKT != file.JKT || shown.Purpose != "one run" {
+			t.Errorf("task show --json = %+v", shown)
+		}
+
+		// Ending the instance's task as a person ends the researcher's too.
+		hasAll(t, ok(t, "task", "end", file.TaskID), "Task "+file.TaskID+" is completed")
+		var after api.TaskJSON
+		decodeJSON(t, ok(t, "task", "show", child.TaskID, "--json"), &after)
+		if after.Status != "completed" {
+			t.Errorf("child task after its parent ended: %s", after.Status)
+		}
+		if err := task.Refresh(ctx); err == nil {
+			t.Error("an ended task's token was refreshed")
+		}
+	})
+
+	t.Run("task end as the agent, task revoke", func(t *testing.T) {
+		t.Setenv(envConfigDir, t.TempDir()) // not logged in here
+		hasAll(t, ok(t, "task", "end", plain.TaskID, "--key-file", orch), "Task "+plain.TaskID+" is completed (ended by @orchestrator)")
+		fails(t, "", []string{"task", "end", plain.TaskID}, "not logged in")
+		t.Setenv(envConfigDir, ts.ConfigDir)
+		hasAll(t, ok(t, "task", "show", plain.TaskID), "completed")
+
+		var x taskStarted
+		decodeJSON(t, ok(t, "task", "start", "--key-file", orch, "--grant", grant.GrantID, "--json"), &x)
+		fails(t, "", []string{"task", "revoke", x.TaskID}, "pass --yes")
+		hasAll(t, ok(t, "task", "revoke", x.TaskID, "--yes"), "Revoked task "+x.TaskID)
+		hasAll(t, ok(t, "task", "show", x.TaskID), "revoked")
+	})
+
+	t.Run("grant requests", func(t *testing.T) {
+		var asked struct {
+			RequestID string `json:"request_id"`
+		}
+		decodeJSON(t, ok(t, "agent", "request-grant", "--key-file", res, "--scope", "repo:read repo:write", "--resource", "https://api.example.com/",
+			"--max-task-ttl", "30m", "--reason", "nightly dependency updates", "--json"), &asked)
+		out := ok(t, "grant", "requests")
+		hasAll(t, out, asked.RequestID, "pending", "repo:read repo:write", "nightly dependency updates")
+		fails(t, "", []string{"grant", "approve", asked.RequestID, "--scope", "admin"}, "(invalid_request, request ")
+		out = ok(t, "grant", "approve", asked.RequestID, "--scope", "repo:read", "--max-task-ttl", "15m")
+		hasAll(t, out, "Approved "+asked.RequestID+": grant gr_", "repo:read", "15m")
+		if strings.Contains(out, "repo:write") {
+			t.Error("approval did not narrow the scopes")
+		}
+		hasAll(t, ok(t, "grant", "requests", "--status", "approved"), asked.RequestID, "approved")
+		fails(t, "", []string{"grant", "deny", asked.RequestID}, "already answered")
+
+		// --wait picks up the approval.
+		done := background(t, "agent", "request-grant", "--key-file", res, "--scope", "issues:read", "--resource", "https://api.example.com/", "--wait")
+		id := pendingRequest(t)
+		var g api.GrantJSON
+		decodeJSON(t, ok(t, "grant", "approve", id, "--json"), &g)
+		r := <-done
+		if err, _ := r[1].(error); err != nil {
+			t.Fatalf("request-grant --wait: %v\n%s", err, r[0])
+		}
+		hasAll(t, r[0].(string), "Waiting for the owner of @researcher", g.GrantID+"\n")
+		hasAll(t, ok(t, "agent", "grants", "--key-file", res), g.GrantID)
+
+		// … and a denial.
+		done = background(t, "agent", "request-grant", "--key-file", res, "--scope", "issues:read", "--resource", "https://api.example.com/", "--wait")
+		id = pendingRequest(t)
+		hasAll(t, ok(t, "grant", "deny", id), "Denied grant request "+id)
+		r = <-done
+		if err, _ := r[1].(error); err == nil || !strings.Contains(err.Error(), "the owner denied grant request "+id) {
+			t.Fatalf("request-grant --wait after a denial: %v\n%s", r[1], r[0])
+		}
+	})
+
+	t.Run("grant revoke", func(t *testing.T) {
+		fails(t, "", []string{"grant", "revoke", grant.GrantID}, "pass --yes")
+		hasAll(t, ok(t, "grant", "revoke", grant.GrantID, "--yes"), "Revoked grant "+grant.GrantID)
+		hasAll(t, ok(t, "grant", "show", grant.GrantID), "revoked")
+		fails(t, "", []string{"task", "start", "--key-file", orch, "--grant", grant.GrantID}, "not among the active grants of @orchestrator")
+		hasAll(t, ok(t, "task", "list", "--grant", grant.GrantID), "revoked")
+		fails(t, "", []string{"grant", "requests", "--status", "bogus"}, "want pending, approved, denied or all")
+	})
 }

@@ -122,8 +122,12 @@ type inspection struct {
 	Header    map[string]any `json:"header"`
 	Claims    map[string]any `json:"claims"`
 	Signature sigResult      `json:"signature"`
-	Valid     bool           `json:"valid"`
-	Problems  []string       `json:"problems,omitempty"`
+	// Chain is the delegation chain, first agent first, the current holder last; Delegation
+	// draws it as one line from the principal.
+	Chain      []chainActor `json:"chain,omitempty"`
+	Delegation string       `json:"delegation,omitempty"`
+	Valid      bool         `json:"valid"`
+	Problems   []string     `json:"problems,omitempty"`
 }
 
 type sigResult struct {
@@ -151,6 +155,10 @@ func inspectToken(ctx context.Context, raw, issuer string, keys verify.KeySource
 	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
 		return nil, errors.New("the token's signature is not base64url")
+	}
+	if ins.Chain = delegationChain(ins.Claims); len(ins.Chain) > 0 {
+		sub, _ := ins.Claims["sub"].(string)
+		ins.Delegation = chainLine(sub, ins.Chain)
 	}
 	problem := func(format string, args ...any) { ins.Problems = append(ins.Problems, fmt.Sprintf(format, args...)) }
 
@@ -310,6 +318,19 @@ func (ins *inspection) print(w io.Writer, now time.Time) error {
 	if err := t.flush(); err != nil {
 		return err
 	}
+	if ins.Delegation != "" {
+		fmt.Fprintf(w, "delegation: %s\n", cleanCell(ins.Delegation))
+	}
+	if g, _ := ins.Claims["grant"].(string); g != "" {
+		fmt.Fprintf(w, "grant: %s\n", cleanCell(g))
+	}
+	if details, _ := ins.Claims["authorization_details"].([]any); len(details) > 0 {
+		fmt.Fprintln(w, "authorization details:")
+		for _, d := range details {
+			b, _ := json.Marshal(d)
+			fmt.Fprintf(w, "  %s\n", cleanCell(string(b)))
+		}
+	}
 	if ins.Signature.Valid {
 		fmt.Fprintf(w, "signature: valid (kid %s, %s, keys of %s)\n", ins.Signature.KID, ins.Signature.Alg, ins.Server)
 	} else {
@@ -328,4 +349,65 @@ func (ins *inspection) print(w io.Writer, now time.Time) error {
 		fmt.Fprintf(w, "valid: no (%s)\n", strings.Join(ins.Problems, "; "))
 	}
 	return nil
+}
+
+// chainActor is one agent of a token's delegation chain (an RFC 8693 act claim).
+type chainActor struct {
+	AgentID     string `json:"agent_id"`
+	Handle      string `json:"handle,omitempty"`
+	DID         string `json:"did,omitempty"`
+	Task        string `json:"task,omitempty"`
+	InstanceJKT string `json:"instance_jkt,omitempty"` // the instance key the agent's tokens were bound to
+}
+
+// maxChain bounds how deep an act claim is followed.
+const maxChain = 32
+
+// delegationChain reads the nested act claim: the outermost act is the current holder, each
+// inner one the agent before it. It returns the chain first agent first; nil without act.
+func delegationChain(claims map[string]any) []chainActor {
+	var chain []chainActor
+	act, _ := claims["act"].(map[string]any)
+	for ; act != nil && len(chain) < maxChain; act, _ = act["act"].(map[string]any) {
+		str := func(k string) string { s, _ := act[k].(string); return s }
+		chain = append(chain, chainActor{AgentID: str("sub"), Handle: str("handle"), DID: str("did"), Task: str("txn"), InstanceJKT: str("jkt")})
+	}
+	for i, j := 0, len(chain)-1; i < j; i, j = i+1, j-1 {
+		chain[i], chain[j] = chain[j], chain[i]
+	}
+	return chain
+}
+
+// chainLine draws a chain from the principal: usr_1 → @orchestrator (tsk_a, instance AbCdEfGh…)
+// → @researcher (tsk_b).
+func chainLine(principal string, chain []chainActor) string {
+	if principal == "" {
+		principal = "?"
+	}
+	parts := []string{principal}
+	for _, a := range chain {
+		name := a.AgentID
+		if a.Handle != "" {
+			name = "@" + a.Handle
+		}
+		if name == "" {
+			name = "?"
+		}
+		var meta []string
+		if a.Task != "" {
+			meta = append(meta, a.Task)
+		}
+		if a.InstanceJKT != "" {
+			jkt := a.InstanceJKT
+			if len(jkt) > 8 {
+				jkt = jkt[:8] + "…"
+			}
+			meta = append(meta, "instance "+jkt)
+		}
+		if len(meta) > 0 {
+			name += " (" + strings.Join(meta, ", ") + ")"
+		}
+		parts = append(parts, name)
+	}
+	return strings.Join(parts, " → ")
 }

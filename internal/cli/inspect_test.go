@@ -220,3 +220,62 @@ func TestInspectTokenKeysUnavailable(t *testing.T) {
 		t.Errorf("err = %v, want one about reading the keys", err)
 	}
 }
+
+func TestDelegationChain(t *testing.T) {
+	orch := map[string]any{"sub": "agt_o", "handle": "orchestrator", "did": "did:key:z6MkO", "txn": "tsk_a", "jkt": "AbCdEfGhIjKlMn"}
+	res := map[string]any{"sub": "agt_r", "handle": "researcher", "did": "did:key:z6MkR", "txn": "tsk_b", "act": orch}
+	for name, tc := range map[string]struct {
+		claims    map[string]any
+		wantChain []chainActor
+		wantLine  string
+	}{
+		"no act": {
+			claims: map[string]any{"sub": "usr_1", "client_id": "agt_o"},
+		},
+		"one agent on an instance key": {
+			claims:    map[string]any{"sub": "usr_1", "act": orch},
+			wantChain: []chainActor{{AgentID: "agt_o", Handle: "orchestrator", DID: "did:key:z6MkO", Task: "tsk_a", InstanceJKT: "AbCdEfGhIjKlMn"}},
+			wantLine:  "usr_1 → @orchestrator (tsk_a, instance AbCdEfGh…)",
+		},
+		"handed on": {
+			claims: map[string]any{"sub": "usr_1", "act": res},
+			wantChain: []chainActor{
+				{AgentID: "agt_o", Handle: "orchestrator", DID: "did:key:z6MkO", Task: "tsk_a", InstanceJKT: "AbCdEfGhIjKlMn"},
+				{AgentID: "agt_r", Handle: "researcher", DID: "did:key:z6MkR", Task: "tsk_b"},
+			},
+			wantLine: "usr_1 → @orchestrator (tsk_a, instance AbCdEfGh…) → @researcher (tsk_b)",
+		},
+		"no handle, no task, short jkt": {
+			claims:    map[string]any{"sub": "svc_9", "act": map[string]any{"sub": "agt_x", "jkt": "short"}},
+			wantChain: []chainActor{{AgentID: "agt_x", InstanceJKT: "short"}},
+			wantLine:  "svc_9 → agt_x (instance short)",
+		},
+		"nothing known": {
+			claims:    map[string]any{"act": map[string]any{"act": "not an object"}},
+			wantChain: []chainActor{{}},
+			wantLine:  "? → ?",
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			chain := delegationChain(tc.claims)
+			if diff := cmp.Diff(tc.wantChain, chain); diff != "" {
+				t.Errorf("chain (-want +got):\n%s", diff)
+			}
+			if len(chain) == 0 {
+				return
+			}
+			sub, _ := tc.claims["sub"].(string)
+			if got := chainLine(sub, chain); got != tc.wantLine {
+				t.Errorf("line = %q, want %q", got, tc.wantLine)
+			}
+		})
+	}
+	// A hostile token cannot make the chain unbounded.
+	deep := map[string]any{"sub": "agt_0"}
+	for i := 0; i < 100; i++ {
+		deep = map[string]any{"sub": "agt", "act": deep}
+	}
+	if n := len(delegationChain(map[string]any{"act": deep})); n != maxChain {
+		t.Errorf("deep chain: %d actors, want %d", n, maxChain)
+	}
+}

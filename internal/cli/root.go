@@ -48,5 +48,6 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newLoginCmd(), newLogoutCmd())
 	root.AddCommand(newUsersCmd(), newTokensCmd(), newAgentsCmd(), newKeysCmd())
 	root.AddCommand(newAgentCmd(), newTokenCmd())
+	root.AddCommand(newGrantCmd(), newTaskCmd())
 	return root
 }
