@@ -189,7 +189,13 @@ func (a *API) revokeGrant(w http.ResponseWriter, r *http.Request, u principal.Us
 }
 
 func (a *API) listGrantRequests(w http.ResponseWriter, r *http.Request, u principal.User) error {
-	list, err := a.cfg.Delegation.ListRequests(r.Context(), u, delegation.RequestStatus(r.URL.Query().Get("status")))
+	status := delegation.RequestStatus(r.URL.Query().Get("status"))
+	switch status {
+	case "", delegation.RequestPending, delegation.RequestApproved, delegation.RequestDenied:
+	default:
+		return apperr.New(apperr.Invalid, "status", "status %q: want pending, approved or denied", apperr.Clip(string(status), 20))
+	}
+	list, err := a.cfg.Delegation.ListRequests(r.Context(), u, status)
 	if err != nil {
 		return err
 	}

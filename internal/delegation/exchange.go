@@ -46,10 +46,11 @@ type ExchangeRequest struct {
 // times and jti), the latest it may expire, the task it starts (nil when it refreshes a token
 // of an existing task), and the single-use ids to commit with the audit event.
 type Plan struct {
-	NewTask *Task
-	Claims  token.AccessClaims
-	Expiry  time.Time
-	Uses    []token.SingleUse
+	NewTask    *Task
+	Claims     token.AccessClaims
+	Expiry     time.Time
+	TaskExpiry time.Time // when the token's task ends
+	Uses       []token.SingleUse
 }
 
 // Hop kinds, for the audit trail.
@@ -375,7 +376,7 @@ func narrowSets(req ExchangeRequest, t *Task, p taskParent) error {
 // view of the existing one).
 func (s *Service) plan(req ExchangeRequest, ev *audit.Event, g Grant, newTask *Task, view Task, holder registry.Agent,
 	did, bind string, act *token.Act, hop string, exp time.Time) (*Plan, error) {
-	p := &Plan{NewTask: newTask, Expiry: exp, Claims: token.AccessClaims{
+	p := &Plan{NewTask: newTask, Expiry: exp, TaskExpiry: view.ExpiresAt, Claims: token.AccessClaims{
 		Subject: g.PrincipalID, Audience: view.Resources, Scope: strings.Join(view.Scopes, " "),
 		ClientID: holder.ID, Handle: holder.Handle, DID: did, Txn: act.Txn, Grant: g.ID,
 		AuthorizationDetails: view.AuthorizationDetails, Act: act, Cnf: token.Confirmation{JKT: bind},

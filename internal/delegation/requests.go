@@ -115,9 +115,8 @@ func narrowLimits(n, r Limits) Limits {
 	if n.MaxDepth > 0 && n.MaxDepth < r.MaxDepth {
 		out.MaxDepth = n.MaxDepth
 	}
-	if !n.AllowSubdelegation && n.MaxDepth > 0 {
+	if n.MaxDepth == 1 { // a chain of one agent: no sub-delegation
 		out.AllowSubdelegation = false
-		out.MaxDepth = 1
 	}
 	return out
 }

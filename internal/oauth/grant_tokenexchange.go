@@ -80,6 +80,7 @@ func (g *tokenExchange) Issue(ctx context.Context, req *tokenRequest) (*tokenRes
 		return nil, err
 	}
 	resp.IssuedTokenType = TokenTypeAccessToken
+	resp.TaskID, resp.TaskExpiresAt = plan.Claims.Txn, plan.TaskExpiry.Unix()
 	req.IssueAction = delegation.ActionTokenExchange
 	req.Uses = append(req.Uses, plan.Uses...)
 	if plan.NewTask != nil {

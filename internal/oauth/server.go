@@ -124,6 +124,10 @@ type tokenResponse struct {
 	ExpiresIn       int64  `json:"expires_in"`
 	Scope           string `json:"scope,omitempty"`
 	IssuedTokenType string `json:"issued_token_type,omitempty"`
+	// Token exchange only: the task the token belongs to and when the task ends (unix seconds),
+	// additional response parameters as RFC 8693 §2.2.1 allows.
+	TaskID        string `json:"txn,omitempty"`
+	TaskExpiresAt int64  `json:"task_expires_at,omitempty"`
 }
 
 const maxFormBytes = 64 << 10

@@ -49,7 +49,7 @@ func newChain(t *testing.T) *chain {
 		t.Fatalf("start task: %d %v", resp.StatusCode, out)
 	}
 	c.taskTok = out["access_token"].(string)
-	if out["issued_token_type"] != tokenTypeAccess || out["token_type"] != "DPoP" {
+	if out["issued_token_type"] != tokenTypeAccess || out["token_type"] != "DPoP" || out["txn"] != taskOf(t, c.taskTok) || out["task_expires_at"] == nil {
 		t.Errorf("exchange response: %v", out)
 	}
 
