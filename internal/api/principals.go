@@ -12,14 +12,15 @@ import (
 
 // UserJSON is a user as the API shows it.
 type UserJSON struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Admin     bool      `json:"admin"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string               `json:"id"`
+	Name      string               `json:"name"`
+	Admin     bool                 `json:"admin"`
+	CreatedAt time.Time            `json:"created_at"`
+	Grantable *principal.Grantable `json:"grantable,omitempty"`
 }
 
 func userJSON(u principal.User) UserJSON {
-	return UserJSON{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt.UTC()}
+	return UserJSON{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt.UTC(), Grantable: u.Grantable}
 }
 
 // TokenJSON is an API token's metadata; Token (the secret) is set only in the create response.
@@ -58,13 +59,14 @@ func (a *API) listUsers(w http.ResponseWriter, r *http.Request, u principal.User
 
 func (a *API) createUser(w http.ResponseWriter, r *http.Request, u principal.User) error {
 	var req struct {
-		Name  string `json:"name"`
-		Admin bool   `json:"admin"`
+		Name      string               `json:"name"`
+		Admin     bool                 `json:"admin"`
+		Grantable *principal.Grantable `json:"grantable"`
 	}
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
-	nu, err := a.cfg.Principals.CreateUser(r.Context(), requestID(r.Context()), u, req.Name, req.Admin)
+	nu, err := a.cfg.Principals.CreateUser(r.Context(), requestID(r.Context()), u, req.Name, req.Admin, req.Grantable)
 	if err != nil {
 		return err
 	}

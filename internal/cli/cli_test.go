@@ -154,6 +154,12 @@ func TestEndToEnd(t *testing.T) {
 			t.Errorf("users list --json: %d users, want 3", len(res.Users))
 		}
 		fails(t, "", []string{"users", "create", "alice"}, "a user named \"alice\" exists (conflict, request ")
+		var carol api.UserJSON
+		decodeJSON(t, ok(t, "users", "create", "carol", "--may-grant-scope", "repo:read issues:read",
+			"--may-grant-resource", "https://api.github.com/", "--json"), &carol)
+		if carol.Grantable == nil || len(carol.Grantable.Scopes) != 2 || carol.Grantable.Resources[0] != "https://api.github.com/" {
+			t.Errorf("users create --may-grant-*: grantable = %+v", carol.Grantable)
+		}
 	})
 
 	t.Run("tokens", func(t *testing.T) {

@@ -22,18 +22,26 @@ func newUsersCmd() *cobra.Command {
 	cmd := managementGroup("users", "Create and list users (admin)")
 
 	var admin bool
+	var mayScopes, mayResources []string
 	create := &cobra.Command{
-		Use:     "create NAME [--admin]",
-		Short:   "Create a user",
-		Example: "  mandate users create alice\n  mandate users create bob --admin",
-		Args:    cobra.ExactArgs(1),
+		Use:   "create NAME [--admin] [--may-grant-scope S --may-grant-resource URI]",
+		Short: "Create a user",
+		Long: `Create a user. With --may-grant-scope and --may-grant-resource the user may delegate to
+agents only those scopes on those resources; without them the user may grant anything.`,
+		Example: "  mandate users create alice\n  mandate users create bob --admin\n" +
+			"  mandate users create carol --may-grant-scope repo:read --may-grant-resource https://api.github.com/",
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := managementClient(cmd)
 			if err != nil {
 				return err
 			}
 			var u api.UserJSON
-			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/users", map[string]any{"name": args[0], "admin": admin}, &u)
+			body := map[string]any{"name": args[0], "admin": admin}
+			if len(mayScopes) > 0 || len(mayResources) > 0 {
+				body["grantable"] = map[string]any{"scopes": splitScopes(mayScopes), "resources": mayResources}
+			}
+			raw, err := c.do(cmd.Context(), http.MethodPost, "/v1/users", body, &u)
 			if err != nil {
 				return err
 			}
@@ -50,6 +58,8 @@ func newUsersCmd() *cobra.Command {
 		},
 	}
 	create.Flags().BoolVar(&admin, "admin", false, "make the user an admin")
+	create.Flags().StringArrayVar(&mayScopes, "may-grant-scope", nil, "the only scopes the user may delegate (repeatable, or space-separated)")
+	create.Flags().StringArrayVar(&mayResources, "may-grant-resource", nil, "the only resources the user may delegate (repeatable)")
 
 	list := &cobra.Command{
 		Use:     "list",

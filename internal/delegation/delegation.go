@@ -168,6 +168,9 @@ func (s *Service) grant(ctx context.Context, requestID string, by principal.User
 	if err != nil {
 		return Grant{}, err
 	}
+	if err := withinGrantable(by, sp); err != nil {
+		return Grant{}, err
+	}
 	now := s.cfg.Now().UTC()
 	g := Grant{ID: ids.New("gr"), PrincipalID: by.ID, AgentID: a.ID, Scopes: sp.Scopes, Resources: sp.Resources,
 		AuthorizationDetails: sp.AuthorizationDetails, Limits: sp.Limits, Status: GrantActive,
@@ -286,4 +289,19 @@ func (s *Service) grantToken(ctx context.Context, g Grant, a registry.Agent) (st
 		return "", fmt.Errorf("sign grant token %s: %w", g.ID, err)
 	}
 	return tok, nil
+}
+
+// withinGrantable enforces that a grant never gives more than its principal may give: a user an
+// admin has bounded may grant only within the bound's scopes and resources.
+func withinGrantable(by principal.User, sp Spec) error {
+	if by.Admin || by.Grantable == nil {
+		return nil
+	}
+	if _, err := NarrowScopes(sp.Scopes, by.Grantable.Scopes); err != nil {
+		return apperr.Wrap(err, apperr.Forbidden, "grantable", "you may grant only the scopes %s (set by an admin)", strings.Join(by.Grantable.Scopes, " "))
+	}
+	if _, err := NarrowResources(sp.Resources, by.Grantable.Resources); err != nil {
+		return apperr.Wrap(err, apperr.Forbidden, "grantable", "you may grant only the resources %s (set by an admin)", strings.Join(by.Grantable.Resources, " "))
+	}
+	return nil
 }

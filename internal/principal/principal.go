@@ -89,15 +89,19 @@ func (s *Service) Authenticate(ctx context.Context, secret string) (User, error)
 	return u, nil
 }
 
-// CreateUser adds a user; only an admin may.
-func (s *Service) CreateUser(ctx context.Context, requestID string, by User, name string, admin bool) (User, error) {
+// CreateUser adds a user; only an admin may. grantable, when not nil, bounds what the user may
+// delegate to agents.
+func (s *Service) CreateUser(ctx context.Context, requestID string, by User, name string, admin bool, grantable *Grantable) (User, error) {
 	if !by.Admin {
 		return User{}, apperr.New(apperr.Forbidden, "forbidden", "only an admin can create users")
 	}
 	if !nameRE.MatchString(name) {
 		return User{}, apperr.New(apperr.Invalid, "name", "user name %q: use 1 to 63 lower-case letters, digits, dots, dashes and underscores", apperr.Clip(name, 70))
 	}
-	u := User{ID: ids.New("usr"), Name: name, Admin: admin, CreatedAt: s.now().UTC()}
+	if grantable != nil && (admin || len(grantable.Scopes) == 0 || len(grantable.Resources) == 0) {
+		return User{}, apperr.New(apperr.Invalid, "grantable", "a bound on what a user may grant needs scopes and resources, and does not apply to admins")
+	}
+	u := User{ID: ids.New("usr"), Name: name, Admin: admin, CreatedAt: s.now().UTC(), Grantable: grantable}
 	ev := audit.New(s.now(), requestID, audit.ActionUserCreate)
 	ev.ActorType, ev.ActorID, ev.PrincipalID, ev.Target = audit.ActorUser, by.ID, by.ID, u.ID
 	err := s.store.CreateUser(ctx, u, ev)

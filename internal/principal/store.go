@@ -14,6 +14,15 @@ type User struct {
 	Name      string // unique, e.g. "alice"
 	Admin     bool
 	CreatedAt time.Time
+	// Grantable bounds what the user may delegate to agents; nil = no bound. Admins are never
+	// bounded.
+	Grantable *Grantable
+}
+
+// Grantable is what a user may give in grants: scopes and resource URIs.
+type Grantable struct {
+	Scopes    []string `json:"scopes"`
+	Resources []string `json:"resources"`
 }
 
 // APIToken is a user's credential for the management API and CLI. Only its hash is stored.

@@ -1,6 +1,9 @@
 package server_test
 
 import (
+	"encoding/json"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -61,5 +64,50 @@ func TestGrantRequestFlow(t *testing.T) {
 	}
 	if code, out := poll(); code != 400 || out["error"] != "access_denied" {
 		t.Fatalf("poll after denial: %d %v", code, out)
+	}
+}
+
+// TestGrantableBound: a grant never gives more than its principal may give. A user an admin has
+// bounded can grant, and approve requests, only within the bound.
+func TestGrantableBound(t *testing.T) {
+	ts := newTestServer(t)
+	resp, out := ts.adminJSON(t, "POST", "/v1/users", map[string]any{"name": "bob",
+		"grantable": map[string]any{"scopes": []string{"repo:read"}, "resources": []string{"https://api.example.com"}}})
+	if resp.StatusCode != 201 {
+		t.Fatalf("create bounded user: %d %v", resp.StatusCode, out)
+	}
+	_, tok := ts.adminJSON(t, "POST", "/v1/tokens", map[string]any{"user": "bob"})
+	bob := tok["token"].(string)
+	a := ts.newAgent(t, "bobs-agent", false)
+	if resp, out := ts.claim(t, bob, a.Code); resp.StatusCode != 200 {
+		t.Fatalf("bob claims: %d %v", resp.StatusCode, out)
+	}
+	asBob := func(method, path string, body any) (int, map[string]any) {
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequest(method, ts.URL+path, strings.NewReader(string(b)))
+		req.Header.Set("Authorization", "Bearer "+bob)
+		req.Header.Set("Content-Type", "application/json")
+		resp, out := ts.do(t, req)
+		return resp.StatusCode, out
+	}
+	for name, tc := range map[string]struct {
+		scopes, resources []string
+		status            int
+	}{
+		"within the bound":     {[]string{"repo:read"}, []string{"https://api.example.com/"}, 201},
+		"a scope beyond it":    {[]string{"repo:read", "repo:write"}, []string{"https://api.example.com/"}, 403},
+		"a resource beyond it": {[]string{"repo:read"}, []string{"https://other.example.com/"}, 403},
+	} {
+		t.Run(name, func(t *testing.T) {
+			code, out := asBob("POST", "/v1/grants", map[string]any{"agent": a.ID, "scopes": tc.scopes, "resources": tc.resources})
+			if code != tc.status {
+				t.Fatalf("bob grants %v on %v: %d %v, want %d", tc.scopes, tc.resources, code, out, tc.status)
+			}
+		})
+	}
+	// Approving an agent's request for more than the bound is refused the same way.
+	_, req := ts.agentCall(t, a, "POST", "/v1/agent/grant-requests", map[string]any{"scopes": []string{"repo:write"}, "resources": []string{"https://api.example.com/"}})
+	if code, out := asBob("POST", "/v1/grant-requests/"+req["request_id"].(string)+"/approve", nil); code != 403 {
+		t.Fatalf("bob approves beyond his bound: %d %v", code, out)
 	}
 }

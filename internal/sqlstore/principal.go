@@ -3,6 +3,7 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -12,15 +13,19 @@ import (
 )
 
 const (
-	userCols     = `id, name, admin, created_at`
+	userCols     = `id, name, admin, created_at, grantable`
 	apiTokenCols = `id, user_id, name, hash, created_at, expires_at, revoked_at`
 )
 
 // CreateUser stores u with ev (Target defaults to u.ID). A used name gives principal.ErrNameTaken.
 func (s *Store) CreateUser(ctx context.Context, u principal.User, ev audit.Event) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO users (`+userCols+`) VALUES ($1, $2, $3, $4)`,
-			u.ID, u.Name, u.Admin, nanos(u.CreatedAt))
+		grantable, err := grantableJSON(u.Grantable)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO users (`+userCols+`) VALUES ($1, $2, $3, $4, $5)`,
+			u.ID, u.Name, u.Admin, nanos(u.CreatedAt), grantable)
 		if uniqueViolation(err, "users", "name") {
 			return fmt.Errorf("name %q: %w", u.Name, principal.ErrNameTaken)
 		}
@@ -84,11 +89,35 @@ func (s *Store) CountUsers(ctx context.Context) (int, error) {
 func scanUser(r rowScanner) (principal.User, error) {
 	var u principal.User
 	var created int64
-	if err := r.Scan(&u.ID, &u.Name, &u.Admin, &created); err != nil {
+	var grantable sql.NullString
+	if err := r.Scan(&u.ID, &u.Name, &u.Admin, &created, &grantable); err != nil {
 		return principal.User{}, err
 	}
 	u.CreatedAt = fromNanos(created)
-	return u, nil
+	return u, parseGrantable(grantable, &u)
+}
+
+// grantableJSON is the stored form of a user's bound: NULL for none.
+func grantableJSON(g *principal.Grantable) (any, error) {
+	if g == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(g)
+	if err != nil {
+		return nil, fmt.Errorf("encode grantable: %w", err)
+	}
+	return string(b), nil
+}
+
+func parseGrantable(s sql.NullString, u *principal.User) error {
+	if !s.Valid {
+		return nil
+	}
+	u.Grantable = &principal.Grantable{}
+	if err := json.Unmarshal([]byte(s.String), u.Grantable); err != nil {
+		return fmt.Errorf("user %s: grantable: %w", u.ID, err)
+	}
+	return nil
 }
 
 // CreateAPIToken stores t with ev (Target defaults to t.ID). An unknown user gives
@@ -119,11 +148,12 @@ func (s *Store) LookupAPIToken(ctx context.Context, hash string) (principal.APIT
 	var t principal.APIToken
 	var u principal.User
 	var tCreated, tExpires, tRevoked, uCreated int64
+	var grantable sql.NullString
 	err := s.rdb.QueryRowContext(ctx, `SELECT t.id, t.user_id, t.name, t.hash, t.created_at, t.expires_at,
-			t.revoked_at, u.id, u.name, u.admin, u.created_at
+			t.revoked_at, u.id, u.name, u.admin, u.created_at, u.grantable
 		FROM api_tokens t JOIN users u ON u.id = t.user_id
 		WHERE t.hash = $1 AND t.revoked_at = 0`, hash).
-		Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &tCreated, &tExpires, &tRevoked, &u.ID, &u.Name, &u.Admin, &uCreated)
+		Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &tCreated, &tExpires, &tRevoked, &u.ID, &u.Name, &u.Admin, &uCreated, &grantable)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = principal.ErrNotFound
 	}
@@ -133,7 +163,7 @@ func (s *Store) LookupAPIToken(ctx context.Context, hash string) (principal.APIT
 	}
 	t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNanos(tCreated), fromNanos(tExpires), fromNanos(tRevoked)
 	u.CreatedAt = fromNanos(uCreated)
-	return t, u, nil
+	return t, u, parseGrantable(grantable, &u)
 }
 
 // ListAPITokens returns every token of the user, revoked ones included, newest first.

@@ -45,6 +45,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 	}{
 		{"Users", testUsers},
 		{"UserErrors", testUserErrors},
+		{"UserGrantable", testUserGrantable},
 		{"APITokens", testAPITokens},
 		{"APITokenErrors", testAPITokenErrors},
 		{"CreateAndGetAgent", testCreateAndGetAgent},
@@ -288,6 +289,35 @@ func testUsers(t *testing.T, s Store) {
 	}
 	if n, err := s.CountUsers(ctx); err != nil || n != 2 {
 		t.Errorf("CountUsers = %d, %v; want 2, nil", n, err)
+	}
+}
+
+// testUserGrantable: a user's bound on what it may delegate round-trips, and none stays nil.
+func testUserGrantable(t *testing.T, s Store) {
+	ctx := t.Context()
+	g := &principal.Grantable{Scopes: []string{"repo:read"}, Resources: []string{"https://api.example.com/"}}
+	u := principal.User{ID: ids.New("usr"), Name: "bounded", CreatedAt: base, Grantable: g}
+	if err := s.CreateUser(ctx, u, newEvent(audit.ActionUserCreate)); err != nil {
+		t.Fatalf("CreateUser: %v", err)
+	}
+	got, err := s.GetUser(ctx, u.ID)
+	if err != nil {
+		t.Fatalf("GetUser: %v", err)
+	}
+	if diff := cmp.Diff(u, got); diff != "" {
+		t.Errorf("GetUser (-want +got):\n%s", diff)
+	}
+	free := mustCreateUser(t, s, "free")
+	if got, _ := s.GetUser(ctx, free.ID); got.Grantable != nil {
+		t.Errorf("a user created without a bound reads back with %+v", got.Grantable)
+	}
+	secret := ids.Secret("mnd")
+	tok := principal.APIToken{ID: ids.New("tok"), UserID: u.ID, Name: "t", Hash: ids.Hash(secret), CreatedAt: base}
+	if err := s.CreateAPIToken(ctx, tok, newEvent(audit.ActionAPITokenCreate)); err != nil {
+		t.Fatalf("CreateAPIToken: %v", err)
+	}
+	if _, gu, err := s.LookupAPIToken(ctx, tok.Hash); err != nil || !cmp.Equal(gu.Grantable, g) {
+		t.Errorf("LookupAPIToken user bound = %+v, %v", gu.Grantable, err)
 	}
 }
 

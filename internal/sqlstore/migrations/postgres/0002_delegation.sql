@@ -104,7 +104,12 @@ CREATE TABLE revocations (
 );
 CREATE INDEX revocations_expires_at ON revocations (expires_at);
 
+-- What a user may delegate: {"scopes": [...], "resources": [...]} set by an admin; NULL means
+-- no limit (admins, and users the admin has not restricted).
+ALTER TABLE users ADD COLUMN grantable TEXT;
+
 -- +goose Down
+ALTER TABLE users DROP COLUMN grantable;
 DROP TABLE revocations;
 DROP TABLE tasks;
 DROP TABLE grants;
