@@ -193,6 +193,11 @@ func (f *feed) refresh(ctx context.Context, now time.Time) (*feedSnapshot, error
 	}
 	f.mu.Unlock()
 	ch := f.sf.DoChan("feed", func() (any, error) {
+		// A caller that saw a stale copy may arrive just after another refresh finished: use
+		// that one rather than fetch again.
+		if s := f.snap.Load(); s != nil && now.Sub(s.fetched) < f.maxAge {
+			return s, nil
+		}
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.o.timeout)
 		defer cancel()
 		s, err := f.catchUp(fctx)
