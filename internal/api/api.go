@@ -20,6 +20,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
+	"github.com/mandate-dev/mandate/internal/vault"
 )
 
 // Config wires the API.
@@ -32,6 +33,7 @@ type Config struct {
 	Tokens     token.Store
 	Audit      audit.Store
 	Delegation *delegation.Service
+	Vault      *vault.Service
 	AgentAuth  func(http.Handler) http.Handler // verify middleware for agent-authenticated routes
 	Log        *slog.Logger
 	Now        func() time.Time
@@ -79,6 +81,12 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/tasks/{id}", u(a.getTask))
 	mux.Handle("POST /v1/tasks/{id}/end", u(a.endTask(false)))
 	mux.Handle("POST /v1/tasks/{id}/revoke", u(a.endTask(true)))
+	mux.Handle("POST /v1/upstreams", u(a.createUpstream))
+	mux.Handle("GET /v1/upstreams", u(a.listUpstreams))
+	mux.Handle("GET /v1/upstreams/{name}", u(a.getUpstream))
+	mux.Handle("PUT /v1/upstreams/{name}/routes", u(a.updateUpstreamRoutes))
+	mux.Handle("DELETE /v1/upstreams/{name}", u(a.deleteUpstream))
+	mux.Handle("PUT /v1/upstreams/{name}/secrets/{kind}", u(a.setUpstreamSecret))
 	agent := func(f httpapi.HandlerFunc) http.Handler { return a.cfg.AgentAuth(h(f)) }
 	mux.Handle("GET /v1/agent/grants", agent(a.agentGrants))
 	mux.Handle("POST /v1/agent/grant-requests", agent(a.agentRequestGrant))

@@ -32,6 +32,8 @@ var forbidden = map[string][]string{
 	"internal/oauth":    {"internal/sqlstore", "internal/server", "internal/api", "internal/cli"},
 	"internal/api":      {"internal/sqlstore", "internal/server", "internal/oauth", "internal/cli"},
 	"internal/server":   {"internal/cli"},
+	"internal/proxy":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
+	"internal/vault":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

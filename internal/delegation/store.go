@@ -109,6 +109,8 @@ type Task struct {
 var (
 	ErrNotFound  = errors.New("not found")
 	ErrNotActive = errors.New("not active") // revoking or ending what is already ended
+	// ErrBudgetExhausted: UseBudget counted nothing, the budget is spent.
+	ErrBudgetExhausted = errors.New("budget exhausted")
 )
 
 // Store is what delegation needs from storage.
@@ -145,4 +147,9 @@ type Store interface {
 	// revoked) at at, appends a revocation log entry per task, and ev. ErrNotActive if the task
 	// is not active.
 	EndTask(ctx context.Context, id string, status TaskStatus, at time.Time, ev audit.Event) (Task, error)
+	// UseBudget counts one unit against the task's budget named key (e.g. "calls", or
+	// "calls:ahrefs") and returns the new count, or ErrBudgetExhausted (nothing counted) when
+	// the count would exceed max. Atomic across concurrent calls and replicas: of 50 concurrent
+	// calls against a budget of 10, exactly 10 succeed.
+	UseBudget(ctx context.Context, taskID, key string, max int64) (int64, error)
 }

@@ -90,6 +90,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap lets http.ResponseController reach the connection (deadlines, flushing) through this
+// wrapper: the proxy streams long bodies and must push its deadlines forward.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
 func (w *statusWriter) Write(b []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
@@ -112,6 +116,11 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
 			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					// The handler aborted a response on purpose (a broken stream): the server
+					// must cut the connection, so the client never takes a truncated body for whole.
+					panic(p)
+				}
 				log.ErrorContext(ctx, "panic", slog.String("panic", fmt.Sprint(p)), slog.String("stack", string(debug.Stack())))
 				if sw.status == 0 {
 					WriteError(sw, r, log, fmt.Errorf("panic: %v", p))

@@ -29,9 +29,11 @@ import (
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/oauth"
 	"github.com/mandate-dev/mandate/internal/principal"
+	"github.com/mandate-dev/mandate/internal/proxy"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/sqlstore"
 	"github.com/mandate-dev/mandate/internal/token"
+	"github.com/mandate-dev/mandate/internal/vault"
 	"github.com/mandate-dev/mandate/verify"
 )
 
@@ -48,6 +50,7 @@ type Server struct {
 	log     *slog.Logger
 	store   *sqlstore.Store
 	keys    *token.Keys
+	vault   *vault.Service
 	handler http.Handler
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
@@ -92,7 +95,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return err
 	}
 	if created {
-		s.log.Info("created master key; back it up: it decrypts every signing key", slog.String("path", filepath.Join(cfg.DataDir, MasterKeyFile)))
+		s.log.Info("created master key; back it up: it decrypts every signing key and upstream secret", slog.String("path", filepath.Join(cfg.DataDir, MasterKeyFile)))
 	}
 	s.keys, err = token.NewKeys(token.KeysConfig{Store: s.store, MasterKey: master, Alg: cfg.SigningAlg,
 		PublishDelay: cfg.KeyPublishDelay, MaxTokenTTL: cfg.TokenTTL, Now: now})
@@ -141,8 +144,33 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
 	}
+	// Upstream secrets are sealed under data keys wrapped by the master key (envelope
+	// encryption; see internal/vault/envelope.go).
+	keyring, err := vault.NewKeyring(master)
+	if err != nil {
+		return fmt.Errorf("vault keyring: %w", err)
+	}
+	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
-		Keys: s.keys, Tokens: s.store, Audit: s.store, Delegation: deleg, AgentAuth: verifier.Middleware, Log: s.log, Now: now})
+		Keys: s.keys, Tokens: s.store, Audit: s.store, Delegation: deleg, Vault: s.vault, AgentAuth: verifier.Middleware, Log: s.log, Now: now})
+
+	// The egress proxy: one verifier per upstream (audience {issuer}/proxy/{name}) with our own
+	// keys and live status; the proxy audits every call itself, so no OnDeny.
+	px, err := proxy.New(proxy.Config{
+		Issuer: cfg.Issuer, Upstreams: s.vault, Credentials: s.vault, Tasks: s.store, Audit: s.store,
+		Verifier: func(audience string) (*verify.Verifier, error) {
+			return verify.New(verify.Config{
+				Issuer: cfg.Issuer, Audience: audience, BaseURL: cfg.Issuer,
+				Keys: localKeys{s.keys}, Status: localStatus{deleg},
+				DPoP: dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
+				Now:  now,
+			})
+		},
+		Metrics: reg, Log: s.log, Now: now,
+	})
+	if err != nil {
+		return fmt.Errorf("proxy: %w", err)
+	}
 
 	mux := http.NewServeMux()
 	h := func(f httpapi.HandlerFunc) http.Handler { return httpapi.Handle(s.log, f) }
@@ -165,10 +193,13 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	}))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	apiSrv.Register(mux)
+	mux.Handle(proxy.Pattern, px)
+	mux.HandleFunc(proxy.MetadataPattern, px.Metadata)
 	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusNotFound, "not_found", "no such endpoint; the API is described at "+cfg.Issuer+"/v1/openapi.json")
 	}))
-	s.handler = httpapi.Middleware(s.log, httpapi.NewMetrics(reg), mux)
+	// Guard hands every /proxy/ path to the proxy before ServeMux could redirect an unclean one.
+	s.handler = httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux))
 	return nil
 }
 
@@ -216,6 +247,9 @@ func (s *Server) auditResourceDenial(now func() time.Time) func(*http.Request, *
 
 // Handler is the server's HTTP handler (for tests on a real listener).
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// Vault is the vault service (for tests and the proxy).
+func (s *Server) Vault() *vault.Service { return s.vault }
 
 // Store is the open store (for tests and the CLI's offline commands).
 func (s *Server) Store() *sqlstore.Store { return s.store }

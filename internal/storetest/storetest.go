@@ -22,6 +22,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
+	"github.com/mandate-dev/mandate/internal/vault"
 )
 
 // Store is everything the suite exercises.
@@ -31,6 +32,7 @@ type Store interface {
 	principal.Store
 	token.Store
 	delegation.Store
+	vault.Store
 	Use(ctx context.Context, id string, exp time.Time) error
 	VerifyChain(ctx context.Context) error
 }
@@ -80,6 +82,15 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"RevocationLog", testRevocationLog},
 		{"RevocationLogPurge", testRevocationLogPurge},
 		{"RevocationLogConcurrent", testRevocationLogConcurrent},
+		{"Upstreams", testUpstreams},
+		{"UpstreamErrors", testUpstreamErrors},
+		{"UpdateUpstream", testUpdateUpstream},
+		{"UpstreamSecrets", testUpstreamSecrets},
+		{"SwapSecrets", testSwapSecrets},
+		{"SwapSecretsConcurrent", testSwapSecretsConcurrent},
+		{"DeleteUpstream", testDeleteUpstream},
+		{"UseBudget", testUseBudget},
+		{"UseBudgetConcurrent", testUseBudgetConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

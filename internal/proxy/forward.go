@@ -1,0 +1,392 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/vault"
+)
+
+// upstreamTransport is the connection pool of one upstream, dialing only its host:port.
+type upstreamTransport struct {
+	base         string
+	allowPrivate bool
+	url          *url.URL
+	t            *http.Transport
+}
+
+// transport returns the pool for u, building a new one when its base URL or AllowPrivate
+// changed (the old one's idle connections are closed).
+func (p *Proxy) transport(u vault.Upstream) (*url.URL, *upstreamTransport, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if t, ok := p.transports[u.Name]; ok && t.base == u.BaseURL && t.allowPrivate == u.AllowPrivate {
+		return t.url, t, nil
+	}
+	base, err := url.Parse(u.BaseURL)
+	if err != nil || (base.Scheme != "https" && base.Scheme != "http") || base.Host == "" || base.User != nil {
+		return nil, nil, fmt.Errorf("upstream %s: base URL %q is not an http(s) URL", u.Name, u.BaseURL)
+	}
+	base.Path = strings.TrimSuffix(base.Path, "/")
+	base.RawPath = strings.TrimSuffix(base.RawPath, "/")
+	base.RawQuery, base.Fragment = "", ""
+	port := base.Port()
+	if port == "" {
+		port = "80"
+		if base.Scheme == "https" {
+			port = "443"
+		}
+	}
+	to := p.cfg.Timeouts
+	sd := &safeDialer{
+		host:         strings.ToLower(base.Hostname()),
+		port:         port,
+		allowPrivate: u.AllowPrivate,
+		resolver:     p.cfg.Resolver,
+		dialer:       p.cfg.Dialer,
+		timeout:      to.Dial,
+	}
+	ht := &http.Transport{
+		Proxy:                  nil, // never an environment proxy: the dialer is the egress policy
+		DialContext:            sd.DialContext,
+		TLSClientConfig:        p.cfg.TLSClientConfig.Clone(),
+		TLSHandshakeTimeout:    to.TLSHandshake,
+		ResponseHeaderTimeout:  to.ResponseHeader,
+		IdleConnTimeout:        to.IdleConn,
+		ExpectContinueTimeout:  time.Second,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    64,
+		MaxResponseHeaderBytes: 1 << 20,
+		DisableCompression:     true, // bodies pass through as the upstream sent them
+		ForceAttemptHTTP2:      true,
+		WriteBufferSize:        32 << 10,
+		ReadBufferSize:         32 << 10,
+	}
+	if old, ok := p.transports[u.Name]; ok {
+		old.t.CloseIdleConnections()
+	}
+	t := &upstreamTransport{base: u.BaseURL, allowPrivate: u.AllowPrivate, url: base, t: ht}
+	p.transports[u.Name] = t
+	return base, t, nil
+}
+
+// forward streams the call to the upstream through the reverse proxy.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, maxBytes int64) {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	c.stream = newStreamGuard(w, p.cfg.Timeouts.Idle, cancel)
+	defer c.stream.stop()
+	r = r.WithContext(context.WithValue(ctx, callKey{}, c))
+	// Protocol upgrades (WebSocket, h2c) would leave the proxy's view after the first message:
+	// not supported. Without Upgrade, ReverseProxy forwards no upgrade.
+	r.Header.Del("Upgrade")
+	if r.Body != nil && r.Body != http.NoBody {
+		c.in = &countingReader{rc: r.Body, c: c, limit: maxBytes}
+		r.Body = c.in
+	}
+	c.forwarded = true
+	p.rp.ServeHTTP(w, r)
+}
+
+// rewrite builds the outbound request: the upstream's scheme and host (never the client's), its
+// base path plus the checked path, the query, and none of the agent's credentials or forwarding
+// headers.
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	c := callFrom(pr.In.Context())
+	out := pr.Out
+	out.URL = &url.URL{
+		Scheme:   c.base.Scheme,
+		Host:     c.base.Host,
+		Path:     c.base.Path + c.target.path,
+		RawPath:  c.base.EscapedPath() + c.target.rawPath,
+		RawQuery: out.URL.RawQuery,
+	}
+	if out.URL.RawPath == out.URL.Path {
+		out.URL.RawPath = ""
+	}
+	out.Host = ""
+	stripRequestHeaders(out.Header)
+}
+
+// stripRequestHeaders removes what must not reach an upstream: the agent's credentials
+// (Authorization, DPoP, cookies), proxy and forwarding headers, and every hop-by-hop header of
+// RFC 9110 §7.6.1, including those named in Connection.
+func stripRequestHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for k := range h {
+		switch {
+		case strings.HasPrefix(k, "Proxy-"), strings.HasPrefix(k, "X-Forwarded-"):
+			delete(h, k)
+		}
+	}
+	for _, k := range strippedHeaders {
+		delete(h, k)
+	}
+	// "TE: trailers" is the one TE value a proxy may pass on (ReverseProxy sets it when the
+	// client asked); any other TE is the client's hop only.
+	if te := h["Te"]; len(te) > 0 && !(len(te) == 1 && strings.EqualFold(strings.TrimSpace(te[0]), "trailers")) {
+		delete(h, "Te")
+	}
+}
+
+var strippedHeaders = []string{
+	"Authorization", "Dpop", "Cookie", "Cookie2",
+	"Forwarded", "X-Real-Ip", "Via",
+	"Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Trailer",
+}
+
+// roundTripper injects the upstream's credential and sends the request through the upstream's
+// own pool. It refuses any request not aimed at the upstream's base URL.
+type roundTripper struct{ p *Proxy }
+
+type credentialError struct{ err error }
+
+func (e *credentialError) Error() string { return "inject credential: " + e.err.Error() }
+func (e *credentialError) Unwrap() error { return e.err }
+
+var errWrongTarget = errors.New("proxy: outbound request is not aimed at the upstream")
+
+func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
+	c := callFrom(req.Context())
+	if c == nil || c.tr == nil {
+		return nil, errWrongTarget
+	}
+	if req.URL.Scheme != c.base.Scheme || req.URL.Host != c.base.Host {
+		return nil, errWrongTarget
+	}
+	if err := rt.p.cfg.Credentials.Inject(req.Context(), c.upstream, req); err != nil {
+		return nil, &credentialError{err}
+	}
+	return c.tr.t.RoundTrip(req)
+}
+
+// modifyResponse keeps upstream session state and credentials away from the agent: cookies are
+// dropped, a redirect back into the upstream is rewritten to go through the proxy, and a query
+// credential echoed in a Location is removed. Redirects are never followed.
+func (p *Proxy) modifyResponse(res *http.Response) error {
+	c := callFrom(res.Request.Context())
+	c.gotResponse = true
+	res.Header.Del("Set-Cookie")
+	res.Header.Del("Set-Cookie2")
+	if loc := res.Header.Get("Location"); loc != "" {
+		res.Header.Set("Location", p.rewriteLocation(c, res.Request.URL, loc))
+	}
+	return nil
+}
+
+func (p *Proxy) rewriteLocation(c *call, reqURL *url.URL, loc string) string {
+	u, err := reqURL.Parse(loc)
+	if err != nil {
+		return "" // an unparsable Location is not passed on
+	}
+	if c.upstream.Auth == vault.AuthQuery && c.upstream.Param != "" {
+		q := u.Query()
+		if q.Has(c.upstream.Param) {
+			q.Del(c.upstream.Param)
+			u.RawQuery = q.Encode()
+		}
+	}
+	if strings.EqualFold(u.Scheme, c.base.Scheme) && strings.EqualFold(u.Host, c.base.Host) {
+		bp := c.base.EscapedPath()
+		ep := u.EscapedPath()
+		if rest, ok := strings.CutPrefix(ep, bp); ok && (rest == "" || rest[0] == '/') {
+			if rest == "" {
+				rest = "/"
+			}
+			out := p.Resource(c.name) + rest
+			if u.RawQuery != "" {
+				out += "?" + u.RawQuery
+			}
+			return out
+		}
+	}
+	return u.String()
+}
+
+// errorHandler answers a call that failed after the checks: the body over the task's limit,
+// a dial the SSRF guard refused, the credential, timeouts, or the upstream unreachable.
+func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	c := callFrom(r.Context())
+	var (
+		blocked *BlockedError
+		cred    *credentialError
+		e       *refusal
+	)
+	switch {
+	case c.in != nil && c.in.tooLarge.Load():
+		e = refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonRequestTooLarge,
+			fmt.Sprintf("the request body is larger than the task's max_request_bytes (%d)", c.in.limit))
+	case errors.As(err, &blocked):
+		e = refuse(http.StatusBadGateway, "bad_gateway", reasonBlocked, "the upstream's address is not allowed (private, loopback or link-local): mark the upstream allow_private if that is intended")
+		e.outcome = audit.OutcomeFailure
+	case errors.As(err, &cred):
+		e = refuse(http.StatusBadGateway, "bad_gateway", reasonCredential, "the upstream's credential is not available; an administrator must set it")
+		e.outcome = audit.OutcomeFailure
+	case c.stream.fired.Load():
+		e = refuse(http.StatusGatewayTimeout, "gateway_timeout", reasonIdleTimeout, "the call was idle too long")
+		e.outcome = audit.OutcomeFailure
+	case isTimeout(err):
+		e = refuse(http.StatusGatewayTimeout, "gateway_timeout", reasonTimeout, "the upstream did not answer in time")
+		e.outcome = audit.OutcomeFailure
+	case r.Context().Err() != nil:
+		e = refuse(http.StatusBadGateway, "bad_gateway", reasonClientGone, "the client went away")
+		e.outcome = audit.OutcomeFailure
+	default:
+		e = refuse(http.StatusBadGateway, "bad_gateway", reasonUpstream, "the upstream could not be reached")
+		e.outcome = audit.OutcomeFailure
+	}
+	if e.outcome == audit.OutcomeFailure {
+		p.log.WarnContext(r.Context(), "proxy call failed", slog.String("upstream", c.name), slog.String("reason", e.reason), slog.String("error", safeError(err)))
+	}
+	c.outcome, c.reason, c.detail = e.outcome, e.reason, e.desc
+	if c.outcome == "" {
+		c.outcome = audit.OutcomeDenied
+	}
+	p.writeRefusal(w, r, c, e)
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// countingReader counts the request body as it streams and stops it past the task's
+// max_request_bytes.
+type countingReader struct {
+	rc       io.ReadCloser
+	c        *call
+	n        atomic.Int64
+	limit    int64 // -1 = none
+	tooLarge atomic.Bool
+}
+
+var errTooLarge = errors.New("proxy: request body larger than the task's max_request_bytes")
+
+func (r *countingReader) Read(b []byte) (int, error) {
+	if r.tooLarge.Load() {
+		return 0, errTooLarge
+	}
+	n, err := r.rc.Read(b)
+	total := r.n.Add(int64(n))
+	if n > 0 {
+		r.c.stream.touch()
+	}
+	if r.limit >= 0 && total > r.limit {
+		r.tooLarge.Store(true)
+		return 0, errTooLarge
+	}
+	return n, err
+}
+
+func (r *countingReader) Close() error { return r.rc.Close() }
+
+// countingWriter records the status and counts the response bytes.
+type countingWriter struct {
+	http.ResponseWriter
+	c      *call
+	status int
+	n      int64
+}
+
+func (w *countingWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.n += int64(n)
+	if n > 0 && w.c.stream != nil {
+		w.c.stream.touch()
+	}
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection (flush, deadlines).
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// streamGuard ends a call that moves no byte for the idle timeout, and keeps the server's read
+// and write deadlines (if the server set any) moving ahead of a stream that does.
+type streamGuard struct {
+	idle     time.Duration
+	timer    *time.Timer
+	rc       *http.ResponseController
+	fired    atomic.Bool
+	extended atomic.Int64 // unix nanos of the last deadline extension
+	noDL     atomic.Bool  // the ResponseWriter cannot set deadlines
+}
+
+func newStreamGuard(w http.ResponseWriter, idle time.Duration, cancel context.CancelFunc) *streamGuard {
+	g := &streamGuard{idle: idle, rc: http.NewResponseController(w)}
+	g.extend(time.Now())
+	g.timer = time.AfterFunc(idle, func() {
+		g.fired.Store(true)
+		cancel()
+	})
+	return g
+}
+
+func (g *streamGuard) touch() {
+	if g == nil {
+		return
+	}
+	g.timer.Reset(g.idle)
+	if g.noDL.Load() {
+		return
+	}
+	now := time.Now()
+	if now.UnixNano()-g.extended.Load() > int64(g.idle/4) {
+		g.extend(now)
+	}
+}
+
+func (g *streamGuard) extend(now time.Time) {
+	g.extended.Store(now.UnixNano())
+	// Past the idle timer, so the timer (which records why) ends an idle call first.
+	dl := now.Add(2 * g.idle)
+	if err := g.rc.SetWriteDeadline(dl); err != nil {
+		g.noDL.Store(true)
+		return
+	}
+	_ = g.rc.SetReadDeadline(dl)
+}
+
+func (g *streamGuard) stop() {
+	if g != nil {
+		g.timer.Stop()
+	}
+}
+
+// bufferPool recycles the 32 KiB copy buffers of ReverseProxy.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }

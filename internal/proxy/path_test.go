@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseTarget(t *testing.T) {
+	tests := []struct {
+		in         string
+		wantReason string
+		wantName   string
+		wantPath   string
+	}{
+		{"/proxy/api/v3/x?q=1", "", "api", "/v3/x"},
+		{"/proxy/api", "", "api", "/"},
+		{"/proxy/api/", "", "api", "/"},
+		{"/proxy/api/a%20b/c%3Fd", "", "api", "/a b/c?d"},
+		{"/proxy/api/caf%C3%A9", "", "api", "/café"},
+		{"/proxy/api/a;b=c", "", "api", "/a;b=c"},
+		{"/proxy/api/..x/x..", "", "api", "/..x/x.."},
+		{"/proxy/Api/x", reasonUnknownUpstream, "", ""},
+		{"/proxy/" + strings.Repeat("a", 41) + "/x", reasonUnknownUpstream, "", ""},
+		{"/proxy/a.b/x", reasonBadPath, "", ""},
+		{"/proxy/%61pi/x", reasonBadPath, "", ""},
+		{"/proxy/api/%zz", reasonBadPath, "", ""},
+		{"/proxy/api/%2", reasonBadPath, "", ""},
+		{"/proxy/api/a%", reasonBadPath, "", ""},
+		{"/proxy/api/..", reasonBadPath, "", ""},
+		{"/proxy/api/../x", reasonBadPath, "", ""},
+		{"/proxy/api/x/.", reasonBadPath, "", ""},
+		{"/proxy/api/x/.;a", reasonBadPath, "", ""},
+		{"/proxy/api/%2e%2e/x", reasonBadPath, "", ""},
+		{"/proxy/api/%2E./x", reasonBadPath, "", ""},
+		{"/proxy/api/x%2Fy", reasonBadPath, "", ""},
+		{"/proxy/api/x%5cy", reasonBadPath, "", ""},
+		{"/proxy/api/x%255cy", reasonBadPath, "", ""},
+		{"/proxy/api/x%00", reasonBadPath, "", ""},
+		{"/proxy/api/x%0d%0aHost:%20evil", reasonBadPath, "", ""},
+		{"/proxy/api/x%7f", reasonBadPath, "", ""},
+		{"/proxy/api/%c0%ae%c0%ae/x", reasonBadPath, "", ""},
+		{"/proxy/api/%ff", reasonBadPath, "", ""},
+		{"/proxy/api/x\\y", reasonBadPath, "", ""},
+		{"/proxy/api/x\x00", reasonBadPath, "", ""},
+		{"/proxy/api/x y", reasonBadPath, "", ""},
+		{"/proxy/api/x#y", reasonBadPath, "", ""},
+		{"/proxy/api//x", reasonBadPath, "", ""},
+		{"/proxy/api/\xc3\xa9", reasonBadPath, "", ""},
+		{"/proxy//x", reasonUnknownUpstream, "", ""},
+		{"/other/api/x", reasonBadPath, "", ""},
+		{"http://evil/proxy/api/x", reasonAbsoluteURL, "", ""},
+		{"*", reasonAbsoluteURL, "", ""},
+		{"evil:443", reasonAbsoluteURL, "", ""},
+		{"", reasonAbsoluteURL, "", ""},
+	}
+	for _, tt := range tests {
+		got, reason := parseTarget(tt.in)
+		if reason != tt.wantReason {
+			t.Errorf("parseTarget(%q) reason %q, want %q", tt.in, reason, tt.wantReason)
+			continue
+		}
+		if reason == "" && (got.name != tt.wantName || got.path != tt.wantPath) {
+			t.Errorf("parseTarget(%q) = %q %q, want %q %q", tt.in, got.name, got.path, tt.wantName, tt.wantPath)
+		}
+	}
+}
+
+func TestSameHost(t *testing.T) {
+	tests := []struct {
+		host, want, scheme string
+		ok                 bool
+	}{
+		{"mandate.example", "mandate.example", "https", true},
+		{"MANDATE.example:443", "mandate.example", "https", true},
+		{"mandate.example:80", "mandate.example", "http", true},
+		{"mandate.example:8443", "mandate.example", "https", false},
+		{"evil.example", "mandate.example", "https", false},
+		{"", "mandate.example", "https", false},
+		{"127.0.0.1:9", "127.0.0.1:9", "http", true},
+	}
+	for _, tt := range tests {
+		if got := sameHost(tt.host, tt.want, tt.scheme); got != tt.ok {
+			t.Errorf("sameHost(%q, %q) = %v", tt.host, tt.want, got)
+		}
+	}
+}

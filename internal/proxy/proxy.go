@@ -1,0 +1,475 @@
+// Package proxy is mandate's egress proxy. An agent calls {issuer}/proxy/{upstream}/{path…} with a
+// DPoP-bound task token; the proxy checks the token and its proof, the path, the route the
+// token's scopes allow, the body against the token's authorization_details, and the task's
+// budget, then replaces the agent's credentials with the upstream's real one and streams the call
+// to the upstream's base URL only, through a dialer that refuses private addresses. Every call
+// is one audit event. Agents never hold upstream secrets.
+//
+// The rules are described in docs/proxy.md.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/vault"
+	"github.com/mandate-dev/mandate/verify"
+)
+
+// ActionCall is the audit action of a proxied call.
+const ActionCall = "proxy.call"
+
+// Budget keys read from a task's budget.
+const (
+	BudgetCalls           = "calls"             // calls through the proxy, all upstreams
+	BudgetCallsPrefix     = "calls:"            // + upstream name: calls to one upstream
+	BudgetMaxRequestBytes = "max_request_bytes" // largest request body, in bytes
+)
+
+// DefaultMaxBodyRuleBytes is how much of a body the proxy reads to check body rules.
+const DefaultMaxBodyRuleBytes = 1 << 20
+
+// Upstreams finds an upstream by name (vault.Service). An unknown name is vault.ErrNotFound or
+// an apperr NotFound.
+type Upstreams interface {
+	Upstream(ctx context.Context, name string) (vault.Upstream, error)
+}
+
+// Credentials puts an upstream's real credential into an outbound request (vault.Service).
+type Credentials interface {
+	Inject(ctx context.Context, u vault.Upstream, r *http.Request) error
+}
+
+// Tasks reads tasks and counts their budgets (the delegation store). UseBudget returns an error
+// wrapping delegation.ErrBudgetExhausted when the budget is used up.
+type Tasks interface {
+	GetTask(ctx context.Context, id string) (delegation.Task, error)
+	UseBudget(ctx context.Context, taskID, key string, max int64) (int64, error)
+}
+
+// Timeouts bound the stages of a call. Zero fields take the defaults in brackets.
+type Timeouts struct {
+	Dial           time.Duration // resolve and connect [10s]
+	TLSHandshake   time.Duration // [10s]
+	ResponseHeader time.Duration // from the request sent to the upstream's response headers [60s]
+	Idle           time.Duration // no byte moved in either direction while streaming [2m]
+	IdleConn       time.Duration // an unused upstream connection is closed after [90s]
+}
+
+// Config configures a Proxy. Issuer, Upstreams, Credentials, Tasks, Verifier and Audit are
+// required.
+type Config struct {
+	Issuer      string // the proxy lives at Issuer + "/proxy/"; the resource of upstream u is Issuer + "/proxy/" + u
+	Upstreams   Upstreams
+	Credentials Credentials
+	Tasks       Tasks
+	// Verifier builds the token and DPoP verifier for one audience ({issuer}/proxy/{name}), with
+	// BaseURL = Issuer. The proxy builds one per upstream and keeps it. It should not set OnDeny:
+	// the proxy records every call, refused or not, itself.
+	Verifier func(audience string) (*verify.Verifier, error)
+	Audit    audit.Store
+
+	Resolver        Resolver    // nil = net.DefaultResolver
+	Dialer          Dialer      // dials the checked IP; nil = a net.Dialer
+	TLSClientConfig *tls.Config // for upstream connections; nil = system roots
+	Timeouts        Timeouts
+	// MaxBodyRuleBytes is the largest body read to check body rules (default 1 MiB); a larger
+	// one is refused with 413.
+	MaxBodyRuleBytes int64
+	Metrics          prometheus.Registerer // nil = metrics are kept but not registered
+	Log              *slog.Logger          // nil = slog.Default()
+	Now              func() time.Time      // for audit events; nil = time.Now
+}
+
+// Validate reports every problem with cfg at once.
+func (cfg *Config) Validate() error {
+	var problems []error
+	if cfg.Issuer == "" {
+		problems = append(problems, errors.New("Issuer is required"))
+	} else if u, err := url.Parse(cfg.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		problems = append(problems, fmt.Errorf("Issuer %q must be an http(s) URL", cfg.Issuer))
+	}
+	if cfg.Upstreams == nil {
+		problems = append(problems, errors.New("Upstreams is required"))
+	}
+	if cfg.Credentials == nil {
+		problems = append(problems, errors.New("Credentials is required"))
+	}
+	if cfg.Tasks == nil {
+		problems = append(problems, errors.New("Tasks is required"))
+	}
+	if cfg.Verifier == nil {
+		problems = append(problems, errors.New("Verifier is required"))
+	}
+	if cfg.Audit == nil {
+		problems = append(problems, errors.New("Audit is required"))
+	}
+	if cfg.MaxBodyRuleBytes < 0 {
+		problems = append(problems, errors.New("MaxBodyRuleBytes must not be negative"))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("proxy: invalid config: %w", errors.Join(problems...))
+	}
+	return nil
+}
+
+// Proxy is the egress proxy. It is safe for concurrent use.
+type Proxy struct {
+	cfg     Config
+	issuer  string // without a trailing slash
+	host    string // the issuer's host[:port]: the only Host header accepted
+	scheme  string
+	log     *slog.Logger
+	rp      *httputil.ReverseProxy
+	metrics *metrics
+
+	verifiers sync.Map // upstream name -> *verify.Verifier
+
+	mu         sync.Mutex
+	transports map[string]*upstreamTransport
+}
+
+// New checks cfg and returns a Proxy.
+func New(cfg Config) (*Proxy, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	t := &cfg.Timeouts
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.Dial, 10*time.Second)
+	def(&t.TLSHandshake, 10*time.Second)
+	def(&t.ResponseHeader, 60*time.Second)
+	def(&t.Idle, 2*time.Minute)
+	def(&t.IdleConn, 90*time.Second)
+	if cfg.MaxBodyRuleBytes == 0 {
+		cfg.MaxBodyRuleBytes = DefaultMaxBodyRuleBytes
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{KeepAlive: 30 * time.Second}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	iss, _ := url.Parse(cfg.Issuer)
+	p := &Proxy{
+		cfg:        cfg,
+		issuer:     strings.TrimSuffix(cfg.Issuer, "/"),
+		host:       iss.Host,
+		scheme:     iss.Scheme,
+		log:        cfg.Log,
+		metrics:    m,
+		transports: map[string]*upstreamTransport{},
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:        p.rewrite,
+		Transport:      roundTripper{p},
+		ModifyResponse: p.modifyResponse,
+		ErrorHandler:   p.errorHandler,
+		BufferPool:     bufferPool{},
+		ErrorLog:       slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+	}
+	return p, nil
+}
+
+// Resource is the resource URI (audience) of an upstream.
+func (p *Proxy) Resource(name string) string { return p.issuer + PathPrefix + name }
+
+// call is the state of one request, for the audit event and the forwarding steps. It travels in
+// the outbound request's context (request-scoped).
+type call struct {
+	start    time.Time
+	method   string
+	name     string // the upstream's name, once known to exist
+	upstream vault.Upstream
+	target   target
+	base     *url.URL
+	tr       *upstreamTransport
+	caller   *verify.Caller
+	pattern  string
+	task     delegation.Task
+
+	outcome audit.Outcome
+	reason  string
+	detail  string // the refusal or failure, for the audit event
+
+	forwarded   bool
+	gotResponse bool
+	w           *countingWriter
+	in          *countingReader
+	stream      *streamGuard
+}
+
+type callKey struct{}
+
+func callFrom(ctx context.Context) *call {
+	c, _ := ctx.Value(callKey{}).(*call)
+	return c
+}
+
+// ServeHTTP handles {issuer}/proxy/{upstream}/{path…}.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c := &call{start: time.Now(), method: r.Method, outcome: audit.OutcomeDenied}
+	c.w = &countingWriter{ResponseWriter: w, c: c}
+	defer func() {
+		rec := recover()
+		p.finish(r, c, rec)
+		if rec != nil {
+			panic(rec)
+		}
+	}()
+	if e := p.serve(c.w, r, c); e != nil {
+		c.outcome, c.reason, c.detail = e.outcome, e.reason, e.desc
+		if c.outcome == "" {
+			c.outcome = audit.OutcomeDenied
+		}
+		p.writeRefusal(c.w, r, c, e)
+	}
+}
+
+// serve runs the checks in order and forwards the call. A refusal before forwarding is
+// returned; errors while forwarding are answered by errorHandler.
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal {
+	ctx := r.Context()
+
+	// 1. The request target and Host: the client never chooses the upstream's host or scheme.
+	t, reason := parseTarget(r.RequestURI)
+	switch reason {
+	case "":
+	case reasonAbsoluteURL:
+		return refuse(http.StatusBadRequest, "invalid_request", reasonAbsoluteURL, "send the request to the proxy in origin form (a path), not as an absolute URL")
+	case reasonUnknownUpstream:
+		return refuse(http.StatusNotFound, "not_found", reasonUnknownUpstream, "no such upstream")
+	default:
+		return refuse(http.StatusBadRequest, "invalid_request", reasonBadPath,
+			"the path is refused: no . or .. segments, empty segments, encoded dots, slashes, backslashes or percent signs, backslashes or control characters")
+	}
+	if !sameHost(r.Host, p.host, p.scheme) {
+		return refuse(http.StatusBadRequest, "invalid_request", reasonHost, "the Host header must name this server")
+	}
+	c.target = t
+
+	// 2. The upstream.
+	u, err := p.cfg.Upstreams.Upstream(ctx, t.name)
+	if err != nil {
+		if isNotFound(err) {
+			return refuse(http.StatusNotFound, "not_found", reasonUnknownUpstream, "no such upstream")
+		}
+		return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the upstream cannot be read right now; try again later", err)
+	}
+	c.name, c.upstream = u.Name, u
+
+	// 3. The token and its proof, for audience {issuer}/proxy/{name}.
+	v, err := p.verifier(t.name)
+	if err != nil {
+		return p.failure(ctx, http.StatusInternalServerError, "server_error", reasonInternal, "the request could not be verified", err)
+	}
+	caller, err := v.Verify(ctx, r)
+	if err != nil {
+		var ve *verify.Error
+		if !errors.As(err, &ve) {
+			return p.failure(ctx, http.StatusInternalServerError, "server_error", reasonInternal, "the request could not be verified", err)
+		}
+		e := refuse(ve.Status, ve.Code, "token_"+ve.Reason, ve.Description)
+		e.challenge, e.nonce = true, ve.Nonce
+		if ve.Status >= 500 {
+			e.outcome = audit.OutcomeFailure
+		}
+		return e
+	}
+	c.caller = caller
+
+	// 4. A task token: the proxy counts calls against a task.
+	if caller.Task == "" {
+		e := refuse(http.StatusForbidden, "insufficient_scope", reasonSelfToken,
+			"the proxy needs a task token, not the agent's own token: use mandate exec or mandate task start")
+		e.challenge = true
+		return e
+	}
+
+	// 5. The route the token's scopes allow.
+	m, d := matchRoute(&c.upstream, caller.HasScope, r.Method, t.path)
+	if d != nil {
+		return routeRefusal(d, u.Name, r.Method)
+	}
+	c.pattern = m.pattern
+
+	// 6. The task: still active, and its limits.
+	task, err := p.cfg.Tasks.GetTask(ctx, caller.Task)
+	if errors.Is(err, delegation.ErrNotFound) {
+		e := refuse(http.StatusUnauthorized, "invalid_token", reasonTaskEnded, "the token's task does not exist")
+		e.challenge = true
+		return e
+	}
+	if err != nil {
+		return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task cannot be read right now; try again later", err)
+	}
+	if task.Status != delegation.TaskActive || !p.cfg.Now().Before(task.ExpiresAt) {
+		e := refuse(http.StatusUnauthorized, "invalid_token", reasonTaskEnded, "the token's task has ended: start a new task")
+		e.challenge = true
+		return e
+	}
+	c.task = task
+	maxBytes, limited := task.Budget[BudgetMaxRequestBytes]
+	if limited && maxBytes >= 0 && r.ContentLength > maxBytes {
+		return refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonRequestTooLarge,
+			fmt.Sprintf("the request body is larger than the task's max_request_bytes (%d)", maxBytes))
+	}
+	if !limited || maxBytes < 0 {
+		maxBytes = -1
+	}
+
+	// 7. Body rules, when the route has some and the token narrows them.
+	if len(m.route.Body) > 0 {
+		if details := detailsOfType(caller.AuthorizationDetails, u.Name); len(details) > 0 {
+			if e := p.checkBody(r, m.route.Body, details, maxBytes); e != nil {
+				return e
+			}
+		}
+	}
+
+	// 8. The budget, last, so refused calls cost nothing. The per-upstream budget is counted
+	// first: it is the one more likely used up.
+	for _, key := range [...]string{BudgetCallsPrefix + u.Name, BudgetCalls} {
+		limit, ok := task.Budget[key]
+		if !ok {
+			continue
+		}
+		if _, err := p.cfg.Tasks.UseBudget(ctx, task.ID, key, limit); err != nil {
+			if isExhausted(err) {
+				what := "calls through the proxy"
+				if key != BudgetCalls {
+					what = "calls to " + u.Name
+				}
+				return refuse(http.StatusTooManyRequests, "budget_exhausted", reasonBudget,
+					fmt.Sprintf("the task's budget of %d %s is used up: start a new task with a larger budget", limit, what))
+			}
+			return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
+		}
+	}
+
+	// 9. Forward.
+	base, tr, err := p.transport(u)
+	if err != nil {
+		return p.failure(ctx, http.StatusBadGateway, "bad_gateway", reasonInternal, "the upstream's base URL is not usable", err)
+	}
+	c.base, c.tr = base, tr
+	p.forward(w, r, c, maxBytes)
+	return nil
+}
+
+// checkBody reads the body (up to MaxBodyRuleBytes), checks it against the rules and puts it
+// back for forwarding.
+func (p *Proxy) checkBody(r *http.Request, rules []vault.BodyRule, details []map[string]any, maxBytes int64) *refusal {
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyEncoding,
+			"this route's body is checked against your authorization_details: send it without Content-Encoding")
+	}
+	limit := p.cfg.MaxBodyRuleBytes
+	if r.ContentLength > limit {
+		return refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonBodyTooLarge,
+			fmt.Sprintf("this route's body is checked against your authorization_details and may be at most %d bytes", limit))
+	}
+	var body []byte
+	if r.Body != nil && r.Body != http.NoBody {
+		b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+		if err != nil {
+			return refuse(http.StatusBadRequest, "invalid_request", reasonBodyInvalid, "the request body could not be read")
+		}
+		if int64(len(b)) > limit {
+			return refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonBodyTooLarge,
+				fmt.Sprintf("this route's body is checked against your authorization_details and may be at most %d bytes", limit))
+		}
+		body = b
+	}
+	if maxBytes >= 0 && int64(len(body)) > maxBytes {
+		return refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonRequestTooLarge,
+			fmt.Sprintf("the request body is larger than the task's max_request_bytes (%d)", maxBytes))
+	}
+	if d := checkBody(rules, details, body); d != nil {
+		code := "insufficient_scope"
+		if d.status == http.StatusBadRequest {
+			code = "invalid_request"
+		}
+		e := refuse(d.status, code, d.reason, d.desc)
+		e.challenge = d.status == http.StatusForbidden
+		return e
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.ContentLength = int64(len(body))
+	r.TransferEncoding = nil
+	if len(body) == 0 {
+		r.Body = http.NoBody
+	}
+	return nil
+}
+
+func (p *Proxy) verifier(name string) (*verify.Verifier, error) {
+	if v, ok := p.verifiers.Load(name); ok {
+		return v.(*verify.Verifier), nil
+	}
+	v, err := p.cfg.Verifier(p.Resource(name))
+	if err != nil {
+		return nil, err
+	}
+	actual, _ := p.verifiers.LoadOrStore(name, v)
+	return actual.(*verify.Verifier), nil
+}
+
+func isNotFound(err error) bool {
+	if errors.Is(err, vault.ErrNotFound) {
+		return true
+	}
+	e, ok := apperr.As(err)
+	return ok && e.Kind == apperr.NotFound
+}
+
+// failure is a refusal caused by the server, not the caller: logged with its cause.
+func (p *Proxy) failure(ctx context.Context, status int, code, reason, desc string, cause error) *refusal {
+	p.log.WarnContext(ctx, "proxy call failed", slog.String("reason", reason), slog.String("error", safeError(cause)))
+	e := refuse(status, code, reason, desc)
+	e.outcome = audit.OutcomeFailure
+	return e
+}
+
+// safeError is err's text without any URL (which may carry an injected query credential).
+func safeError(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Op + ": " + safeError(ue.Err)
+	}
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
