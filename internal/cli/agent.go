@@ -30,7 +30,7 @@ server, agent id and handle are kept in agent.json beside the key file. No login
 	addJSONFlag(cmd)
 	cmd.PersistentFlags().String(keyFileFlag, "", "the agent's key file (default $MANDATE_AGENT_KEY, else <config dir>/agent/key.jwk)")
 	cmd.AddCommand(newAgentInitCmd(), newAgentRegisterCmd(), newAgentRotateKeyCmd(), newAgentTokenCmd(), newAgentWhoamiCmd(),
-		newAgentRequestGrantCmd(), newAgentGrantsCmd())
+		newAgentRequestGrantCmd(), newAgentGrantsCmd(), newAgentProxyCmd())
 	return cmd
 }
 

@@ -20,11 +20,11 @@ func Main(args []string) int {
 	root := NewRoot(os.Stdout, os.Stderr)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
 		var ee exitError
 		if errors.As(err, &ee) {
-			return int(ee)
+			return int(ee) // a child's exit status (mandate exec): it has spoken for itself
 		}
+		fmt.Fprintln(os.Stderr, "error:", err)
 		return 1
 	}
 	return 0
@@ -49,5 +49,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newUsersCmd(), newTokensCmd(), newAgentsCmd(), newKeysCmd())
 	root.AddCommand(newAgentCmd(), newTokenCmd())
 	root.AddCommand(newGrantCmd(), newTaskCmd())
+	root.AddCommand(newUpstreamCmd())
+	root.AddCommand(newExecCmd())
 	return root
 }
