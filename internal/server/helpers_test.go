@@ -276,3 +276,6 @@ func (ts *testServer) denials(t testing.TB, reason string) int {
 	}
 	return n
 }
+
+// auditFilter selects events by action.
+func auditFilter(action string) audit.Filter { return audit.Filter{Action: action, Limit: 1000} }

@@ -1,0 +1,196 @@
+package server_test
+
+import (
+	"crypto"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mandate-dev/mandate/dpop"
+)
+
+// upstreamAPI is a local third-party API that accepts only its real key.
+type upstreamAPI struct {
+	srv     *httptest.Server
+	key     string
+	calls   atomic.Int64
+	streamC chan struct{} // closed to let a long response finish
+}
+
+func newUpstreamAPI(t *testing.T) *upstreamAPI {
+	u := &upstreamAPI{key: "sk_live_" + randomID(), streamC: make(chan struct{})}
+	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+u.key {
+			http.Error(w, "bad key", http.StatusUnauthorized)
+			return
+		}
+		u.calls.Add(1)
+		if r.URL.Path == "/v1/stream" {
+			w.WriteHeader(200)
+			w.(http.Flusher).Flush()
+			for i := 0; ; i++ {
+				select {
+				case <-u.streamC:
+					return
+				case <-r.Context().Done():
+					return
+				case <-time.After(10 * time.Millisecond):
+					fmt.Fprintf(w, "chunk %d\n", i)
+					w.(http.Flusher).Flush()
+				}
+			}
+		}
+		fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+	}))
+	t.Cleanup(func() {
+		select {
+		case <-u.streamC:
+		default:
+			close(u.streamC)
+		}
+		u.srv.Close()
+	})
+	return u
+}
+
+// proxyFixture: an upstream in the vault, an agent with a grant on it, and a task token.
+type proxyFixture struct {
+	ts      *testServer
+	up      *upstreamAPI
+	agent   *testAgent
+	grantID string
+	tok     string
+	key     crypto.Signer
+}
+
+func newProxyFixture(t *testing.T, budget map[string]int64) *proxyFixture {
+	ts := newTestServer(t)
+	up := newUpstreamAPI(t)
+	resp, out := ts.adminJSON(t, "POST", "/v1/upstreams", map[string]any{
+		"name": "items", "base_url": up.srv.URL, "auth": "bearer", "allow_private": true,
+		"routes": []map[string]any{{"scope": "items:read", "methods": []string{"GET"}, "paths": []string{"/v1/**"}}},
+	})
+	if resp.StatusCode != 201 {
+		t.Fatalf("add upstream: %d %v", resp.StatusCode, out)
+	}
+	resp, out = ts.adminJSON(t, "PUT", "/v1/upstreams/items/secrets/credential", map[string]string{"secret": up.key})
+	if resp.StatusCode != 204 {
+		t.Fatalf("set secret: %d %v", resp.StatusCode, out)
+	}
+	a := ts.newAgent(t, "caller", true)
+	g := map[string]any{"agent": a.ID, "scopes": []string{"items:read"}, "resources": []string{ts.URL + "/proxy/items"}}
+	if budget != nil {
+		g["budget"] = budget
+	}
+	f := &proxyFixture{ts: ts, up: up, agent: a, grantID: ts.grant(t, g), key: a.Key}
+	f.tok = ts.startTask(t, a, ts.grantToken(t, a, f.grantID))
+	return f
+}
+
+// call sends one proxied GET with a fresh proof; it returns the response, body unread.
+func (f *proxyFixture) call(t *testing.T, path string) *http.Response {
+	t.Helper()
+	u := f.ts.URL + "/proxy/items" + path
+	req, _ := http.NewRequest("GET", u, nil)
+	p, err := dpop.NewProof(f.key, "GET", u, dpop.ProofOptions{AccessToken: f.tok, Now: f.ts.Clock.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "DPoP "+f.tok)
+	req.Header.Set("DPoP", p)
+	resp, err := f.ts.HC.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func (f *proxyFixture) status(t *testing.T, path string) int {
+	resp := f.call(t, path)
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestProxyThroughServer: the proxy on the real server with the real store: exactly the budget
+// succeeds under 50 concurrent calls; an ended task stops the next request even while one of its
+// responses is still streaming; a revoked grant stops the task's calls; each refusal is audited.
+func TestProxyThroughServer(t *testing.T) {
+	t.Run("budget under 50 concurrent calls", func(t *testing.T) {
+		f := newProxyFixture(t, map[string]int64{"calls": 10})
+		var ok, refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := 0; i < 50; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				switch s := f.status(t, "/v1/items"); s {
+				case 200:
+					ok.Add(1)
+				case 429:
+					refused.Add(1)
+				default:
+					t.Errorf("status %d", s)
+				}
+			}()
+		}
+		wg.Wait()
+		if ok.Load() != 10 || refused.Load() != 40 || f.up.calls.Load() != 10 {
+			t.Fatalf("ok %d refused %d upstream saw %d, want 10/40/10", ok.Load(), refused.Load(), f.up.calls.Load())
+		}
+		evs, _ := f.ts.Srv.Store().ListEvents(t.Context(), auditFilter("proxy.call"))
+		if len(evs) != 50 {
+			t.Errorf("%d proxy.call audit events, want one per call (50)", len(evs))
+		}
+	})
+	t.Run("task ended while a response streams", func(t *testing.T) {
+		f := newProxyFixture(t, nil)
+		resp := f.call(t, "/v1/stream")
+		if resp.StatusCode != 200 {
+			t.Fatalf("stream: %d", resp.StatusCode)
+		}
+		buf := make([]byte, 8)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil {
+			t.Fatalf("first chunk: %v", err)
+		}
+		f.ts.adminPost(t, "/v1/tasks/"+taskOf(t, f.tok)+"/end")
+		if s := f.status(t, "/v1/items"); s != 401 {
+			t.Errorf("next request after the task ended: %d, want 401", s)
+		}
+		close(f.up.streamC)
+		resp.Body.Close()
+	})
+	t.Run("revoked grant", func(t *testing.T) {
+		f := newProxyFixture(t, nil)
+		if s := f.status(t, "/v1/items"); s != 200 {
+			t.Fatalf("before: %d", s)
+		}
+		f.ts.adminPost(t, "/v1/grants/"+f.grantID+"/revoke")
+		if s := f.status(t, "/v1/items"); s != 401 {
+			t.Errorf("after the grant was revoked: %d, want 401", s)
+		}
+		evs, _ := f.ts.Srv.Store().ListEvents(t.Context(), auditFilter("proxy.call"))
+		if len(evs) != 2 || evs[0].Outcome == "success" {
+			t.Errorf("proxy.call events %+v: want the refusal recorded", evs)
+		}
+	})
+	t.Run("the key never leaves the server", func(t *testing.T) {
+		f := newProxyFixture(t, nil)
+		resp := f.call(t, "/v1/items")
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		all := string(body)
+		for k, v := range resp.Header {
+			all += k + strings.Join(v, "")
+		}
+		if strings.Contains(all, f.up.key) {
+			t.Fatal("the upstream key reached the agent")
+		}
+	})
+}
