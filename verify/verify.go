@@ -56,6 +56,10 @@ type Config struct {
 	Now            func() time.Time // nil = time.Now
 	// OnDeny is called by Verify (and so by Middleware) once for every refusal, before it returns.
 	OnDeny func(r *http.Request, err *Error)
+	// TokenCache is how many verified access tokens to remember, so a token used for many
+	// requests has its signature and claims checked once; the DPoP proof and the revocation
+	// status are still checked on every request. 0 = 4096; negative = no cache.
+	TokenCache int
 }
 
 // Verifier checks requests. It is safe for concurrent use.
@@ -72,6 +76,7 @@ type Verifier struct {
 	required []string
 	now      func() time.Time
 	onDeny   func(*http.Request, *Error)
+	cache    *tokenCache
 }
 
 // New checks cfg, reporting every problem at once, and returns a Verifier.
@@ -146,6 +151,7 @@ func New(cfg Config) (*Verifier, error) {
 		required: append([]string(nil), cfg.RequiredScopes...),
 		now:      now,
 		onDeny:   cfg.OnDeny,
+		cache:    newTokenCache(cfg.TokenCache),
 	}, nil
 }
 
@@ -291,6 +297,40 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 		return nil, refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, ReasonMultipleProofs, "send exactly one DPoP header")
 	}
 
+	// 3–5. The token: signature and claims, checked once per token (see tokenCache).
+	c, e := v.token(ctx, tok)
+	if e != nil {
+		return nil, e
+	}
+
+	// 6. The proof: fresh, for this request, by the key the token is bound to, with ath.
+	if _, err := v.checker.Check(ctx, proofs[0], dpop.Request{
+		Method:      r.Method,
+		URL:         v.requestURL(r),
+		AccessToken: tok,
+		JKT:         c.JKT,
+	}); err != nil {
+		return nil, v.proofError(err, tok, proofs[0])
+	}
+	return v.afterProof(ctx, c)
+}
+
+// token returns the Caller of an access token, from the cache when this verifier has already
+// checked the token and it has not expired since.
+func (v *Verifier) token(ctx context.Context, tok string) (*Caller, *Error) {
+	if c, ok := v.cache.get(tok, v.now(), v.leeway); ok {
+		return c, nil
+	}
+	c, e := v.checkToken(ctx, tok)
+	if e == nil {
+		v.cache.put(tok, c)
+	}
+	return c, e
+}
+
+// checkToken verifies an access token: a compact JWS with a pinned algorithm, typ at+jwt, a
+// known kid, a valid signature over the exact bytes received, and valid claims.
+func (v *Verifier) checkToken(ctx context.Context, tok string) (*Caller, *Error) {
 	// 3. The token: a compact JWS with a pinned algorithm, typ at+jwt, a known kid.
 	jws, ok := parseCompact(tok)
 	if !ok {
@@ -327,21 +367,11 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 	if err != nil {
 		return nil, invalidToken(ReasonMalformed, "the access token's payload is not base64url")
 	}
-	c, e := v.claims(payload)
-	if e != nil {
-		return nil, e
-	}
+	return v.claims(payload)
+}
 
-	// 6. The proof: fresh, for this request, by the key the token is bound to, with ath.
-	if _, err := v.checker.Check(ctx, proofs[0], dpop.Request{
-		Method:      r.Method,
-		URL:         v.requestURL(r),
-		AccessToken: tok,
-		JKT:         c.JKT,
-	}); err != nil {
-		return nil, v.proofError(err, tok, proofs[0])
-	}
-
+// afterProof runs the checks that follow the proof: status and scopes.
+func (v *Verifier) afterProof(ctx context.Context, c *Caller) (*Caller, *Error) {
 	// 7. Status: the token, its grant, its tasks and the agents of its chain are not revoked.
 	if err := v.status.Check(ctx, c); err != nil {
 		if errors.Is(err, ErrRevoked) {
