@@ -29,6 +29,7 @@ the real credential. Secrets are write-only: they are read from stdin or a file 
 sealed in the vault, and never shown again, not even to an admin.`
 	cmd.AddCommand(newUpstreamAddCmd(), newUpstreamListCmd(), newUpstreamShowCmd(), newUpstreamRoutesCmd(),
 		newUpstreamRemoveCmd(), newUpstreamSetSecretCmd())
+	cmd.AddCommand(newUpstreamConnectCmd())
 	return cmd
 }
 

@@ -124,13 +124,18 @@ type tokenState struct {
 	mu        sync.Mutex
 	token     Secret
 	expiresAt time.Time
+	obtained  time.Time // when this process got the token (from the upstream or the store)
 }
 
 // defaultTokenTTL is how long an access token whose lifetime the upstream did not say is used.
 const defaultTokenTTL = time.Hour
 
+// fresh reports whether the token is still worth using: it is renewed tokenMargin before it
+// expires, or halfway through its known life when that is shorter (a 2 s token would otherwise
+// never be fresh and every call would refresh).
 func (t *tokenState) fresh(now time.Time) bool {
-	return !t.token.Empty() && now.Before(t.expiresAt.Add(-tokenMargin))
+	margin := min(tokenMargin, t.expiresAt.Sub(t.obtained)/2)
+	return !t.token.Empty() && now.Before(t.expiresAt.Add(-margin))
 }
 
 // accessToken returns a current access token for an OAuth upstream: from this process's
@@ -158,7 +163,13 @@ func (s *Service) accessToken(ctx context.Context, u Upstream) (Secret, error) {
 		if err != nil {
 			return Secret{}, err
 		}
-		st.token, st.expiresAt = tok, exp
+		// A token read from the store has an unknown lifetime (another replica may have
+		// fetched it): the full margin applies, unless it is the one this process fetched.
+		obtained := time.Time{}
+		if exp.Equal(st.expiresAt) {
+			obtained = st.obtained
+		}
+		st.token, st.expiresAt, st.obtained = tok, exp, obtained
 		if st.fresh(s.cfg.Now()) {
 			return tok, nil
 		}
@@ -169,7 +180,7 @@ func (s *Service) accessToken(ctx context.Context, u Upstream) (Secret, error) {
 		if err != nil {
 			return Secret{}, err
 		}
-		st.token, st.expiresAt = tok, exp
+		st.token, st.expiresAt, st.obtained = tok, exp, s.cfg.Now()
 		return tok, nil
 	}
 }

@@ -625,3 +625,35 @@ func TestTokenEndpointRedirectNotFollowed(t *testing.T) {
 		t.Error("the token request followed a redirect to another server")
 	}
 }
+
+// TestShortLivedToken: a token that lives 2 s is used for half its life, not refreshed on every
+// call; 20 concurrent calls after it lapses cause one refresh.
+func TestShortLivedToken(t *testing.T) {
+	e := newEnv(t)
+	svc := e.service()
+	ts := newTokenServer(t, "unused")
+	ts.expiresIn = 2
+	u := addOAuth(t, svc, "short", vault.AuthOAuth2ClientCredentials, ts.URL, map[string]string{vault.SecretClientSecret: "client-secret"})
+	if got := injected(t, svc, u); got != "at-1" {
+		t.Fatalf("first token = %q", got)
+	}
+	e.clk.Advance(500 * time.Millisecond)
+	if got := injected(t, svc, u); got != "at-1" {
+		t.Fatalf("token 0.5 s later = %q, want the cached at-1", got)
+	}
+	e.clk.Advance(time.Second)
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got := injected(t, svc, u); got != "at-2" {
+				t.Errorf("concurrent token = %q, want at-2", got)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := ts.callCount(); n != 2 {
+		t.Errorf("token endpoint called %d times, want 2", n)
+	}
+}
