@@ -51,5 +51,6 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newGrantCmd(), newTaskCmd())
 	root.AddCommand(newUpstreamCmd())
 	root.AddCommand(newExecCmd())
+	root.AddCommand(newVaultCmd())
 	return root
 }

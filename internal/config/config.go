@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 // Config is every setting of mandate serve.
 type Config struct {
 	DataDir         string
+	MasterKeyFile   string // "" = <DataDir>/master.key; see MasterKeyPath
 	Listen          string
 	Issuer          string
 	Database        string
@@ -53,6 +55,18 @@ func Default() Config {
 	}
 }
 
+// DefaultMasterKeyFile is the name of the master key file in the data directory.
+const DefaultMasterKeyFile = "master.key"
+
+// MasterKeyPath is the master key file: --master-key-file, else master.key in the data
+// directory.
+func (c *Config) MasterKeyPath() string {
+	if c.MasterKeyFile != "" {
+		return c.MasterKeyFile
+	}
+	return filepath.Join(c.DataDir, DefaultMasterKeyFile)
+}
+
 // EnvPrefix starts the environment variable of every flag: --data-dir is MANDATE_DATA_DIR.
 const EnvPrefix = "MANDATE_"
 
@@ -69,6 +83,7 @@ const ConfigFlag = "config"
 func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.String(ConfigFlag, "", "optional YAML file whose keys are these flag names (env MANDATE_CONFIG)")
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the SQLite database, master key and bootstrap token (env MANDATE_DATA_DIR)")
+	fs.StringVar(&c.MasterKeyFile, "master-key-file", c.MasterKeyFile, "file of the master keys that encrypt the signing keys and upstream secrets, created (0600) on first start; default <data-dir>/master.key (env MANDATE_MASTER_KEY_FILE)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "address to listen on (env MANDATE_LISTEN)")
 	fs.StringVar(&c.Issuer, "issuer", c.Issuer, "public URL of this server, used as token issuer; default http://<listen> (env MANDATE_ISSUER)")
 	fs.StringVar(&c.Database, "database", c.Database, "postgres:// URL to use PostgreSQL instead of the embedded SQLite (env MANDATE_DATABASE)")
@@ -145,10 +160,31 @@ func applyFile(fs *pflag.FlagSet, path string) error {
 	return errors.Join(errs...)
 }
 
+// ValidateStorage reports the problems of the settings that say where the data is (the
+// database, the data directory, the master key file): all that the offline commands, such as
+// mandate vault rotate-master-key, use.
+func (c *Config) ValidateStorage() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Database != "" && !strings.HasPrefix(c.Database, "postgres://") && !strings.HasPrefix(c.Database, "postgresql://") {
+		bad("--database: want a postgres:// URL, or leave it empty for the embedded SQLite in --data-dir")
+	}
+	if c.DataDir == "" {
+		bad("--data-dir must not be empty")
+	}
+	if strings.HasSuffix(c.MasterKeyFile, "/") {
+		bad("--master-key-file %q: want a file, not a directory", c.MasterKeyFile)
+	}
+	return errors.Join(errs...)
+}
+
 // Validate reports every problem at once, and fills in the issuer default.
 func (c *Config) Validate() error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if err := c.ValidateStorage(); err != nil {
+		errs = append(errs, err)
+	}
 	host, _, err := net.SplitHostPort(c.Listen)
 	if err != nil {
 		bad("--listen %q: want host:port, e.g. 127.0.0.1:8420", c.Listen)
@@ -170,12 +206,6 @@ func (c *Config) Validate() error {
 			bad("--issuer %q: plain http is allowed only on loopback; use https", c.Issuer)
 		}
 		c.Issuer = strings.TrimSuffix(c.Issuer, "/")
-	}
-	if c.Database != "" && !strings.HasPrefix(c.Database, "postgres://") && !strings.HasPrefix(c.Database, "postgresql://") {
-		bad("--database: want a postgres:// URL, or leave it empty for the embedded SQLite in --data-dir")
-	}
-	if c.DataDir == "" {
-		bad("--data-dir must not be empty")
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

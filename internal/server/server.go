@@ -14,7 +14,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,7 +44,7 @@ import (
 // File names inside the data directory.
 const (
 	DatabaseFile  = "mandate.db"
-	MasterKeyFile = "master.key"
+	MasterKeyFile = config.DefaultMasterKeyFile
 	BootstrapFile = "bootstrap-token"
 )
 
@@ -52,6 +56,7 @@ type Server struct {
 	keys    *token.Keys
 	vault   *vault.Service
 	handler http.Handler
+	masters *masterKeyFile
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -90,18 +95,37 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() ti
 
 func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	cfg := s.cfg
-	master, created, err := token.LoadOrCreateMasterKey(filepath.Join(cfg.DataDir, MasterKeyFile))
+	// The master key file holds the master keys, newest first (see token.ParseMasterKeys). Both
+	// keyrings below are reloaded from it on SIGHUP and when a blob names a key they do not
+	// hold, so a rotation by another process (mandate vault rotate-master-key) needs no restart.
+	masterPath := cfg.MasterKeyPath()
+	masters, created, err := token.LoadOrCreateMasterKeys(masterPath)
 	if err != nil {
 		return err
 	}
 	if created {
-		s.log.Info("created master key; back it up: it decrypts every signing key and upstream secret", slog.String("path", filepath.Join(cfg.DataDir, MasterKeyFile)))
+		s.log.Info("created master key; back it up: it decrypts every signing key and upstream secret", slog.String("path", masterPath))
 	}
-	s.keys, err = token.NewKeys(token.KeysConfig{Store: s.store, MasterKey: master, Alg: cfg.SigningAlg,
+	sealer, err := token.NewMasterKeyring(masters...)
+	if err != nil {
+		return err
+	}
+	// Upstream secrets are sealed under data keys wrapped by the master key (envelope
+	// encryption; see internal/vault/envelope.go).
+	keyring, err := vault.NewKeyring(masters...)
+	if err != nil {
+		return fmt.Errorf("vault keyring: %w", err)
+	}
+	s.masters = &masterKeyFile{path: masterPath, log: s.log, sealer: sealer, keyring: keyring}
+	sealer.OnUnknownKey(s.masters.unknown)
+	keyring.OnUnknownKey(s.masters.unknown)
+	s.log.Debug("loaded master keys", slog.String("path", masterPath), slog.Any("key_ids", keyring.KeyIDs()))
+	s.keys, err = token.NewKeys(token.KeysConfig{Store: s.store, MasterKey: masters[0], Alg: cfg.SigningAlg,
 		PublishDelay: cfg.KeyPublishDelay, MaxTokenTTL: cfg.TokenTTL, Now: now})
 	if err != nil {
 		return err
 	}
+	s.keys.UseMasterKeyring(sealer)
 	if err := s.keys.Ensure(ctx); err != nil {
 		return fmt.Errorf("signing keys: %w", err)
 	}
@@ -111,8 +135,10 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	}
 
 	// DPoP nonces are stateless HMACs; deriving their secret from the master key lets every
-	// replica that shares the key accept every other replica's nonces.
-	nonceSecret, err := hkdf.Key(sha256.New, master, nil, "mandate dpop nonce v1", 32)
+	// replica that shares the key accept every other replica's nonces. The oldest key is used:
+	// a rotation adds a key in front and leaves it, so replicas agree throughout a rotation
+	// (and a file of one key gives the secret of earlier versions).
+	nonceSecret, err := hkdf.Key(sha256.New, masters[len(masters)-1], nil, "mandate dpop nonce v1", 32)
 	if err != nil {
 		return fmt.Errorf("derive nonce secret: %w", err)
 	}
@@ -143,12 +169,6 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	})
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
-	}
-	// Upstream secrets are sealed under data keys wrapped by the master key (envelope
-	// encryption; see internal/vault/envelope.go).
-	keyring, err := vault.NewKeyring(master)
-	if err != nil {
-		return fmt.Errorf("vault keyring: %w", err)
 	}
 	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
@@ -269,6 +289,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	go s.purgeLoop(ctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from then on reloads, never kills
+	defer signal.Stop(hup)
+	go s.reloadOnHangup(ctx, hup)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -283,6 +307,85 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// masterKeyFile reloads the master key file into the keyrings that seal signing keys and
+// upstream secrets.
+type masterKeyFile struct {
+	path    string
+	log     *slog.Logger
+	sealer  *token.MasterKeyring
+	keyring *vault.Keyring
+
+	mu     sync.Mutex
+	loaded time.Time // last reload (wall clock: it only rate-limits reloads); zero until the first
+}
+
+// unknownKeyReload bounds the reloads caused by blobs that name a key the keyrings do not hold.
+const unknownKeyReload = time.Second
+
+func (m *masterKeyFile) reload() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.reloadLocked()
+}
+
+func (m *masterKeyFile) reloadLocked() error {
+	m.loaded = time.Now()
+	keys, err := token.ReadMasterKeys(m.path)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, k := range keys {
+			clear(k)
+		}
+	}()
+	if err := m.sealer.Set(keys...); err != nil {
+		return err
+	}
+	if err := m.keyring.Set(keys...); err != nil {
+		return err
+	}
+	m.log.Info("reloaded master keys", slog.String("path", m.path), slog.Any("key_ids", m.keyring.KeyIDs()))
+	return nil
+}
+
+// unknown is called when a blob names the master key id that a keyring does not hold, as when
+// another process has rotated the master key: it reloads the file (at most once a second) and
+// reports whether the keyrings hold the key now.
+func (m *masterKeyFile) unknown(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if slices.Contains(m.keyring.KeyIDs(), id) {
+		return true // reloaded meanwhile
+	}
+	if time.Since(m.loaded) < unknownKeyReload {
+		return false
+	}
+	if err := m.reloadLocked(); err != nil {
+		m.log.Error("reload master keys", slog.String("path", m.path), slog.String("error", err.Error()))
+		return false
+	}
+	return slices.Contains(m.keyring.KeyIDs(), id)
+}
+
+// ReloadMasterKeys re-reads the master key file, as on SIGHUP: after a rotation, the new key
+// seals what this server writes from then on.
+func (s *Server) ReloadMasterKeys() error { return s.masters.reload() }
+
+// reloadOnHangup reloads the master key file on every SIGHUP until ctx ends.
+func (s *Server) reloadOnHangup(ctx context.Context, hup <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := s.ReloadMasterKeys(); err != nil {
+				s.log.Error("reload master keys on SIGHUP", slog.String("error", err.Error()))
+			}
+		}
+	}
 }
 
 // purgeLoop deletes expired state (used jtis, revoked tokens, retired keys) in batches.

@@ -91,6 +91,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"DeleteUpstream", testDeleteUpstream},
 		{"UseBudget", testUseBudget},
 		{"UseBudgetConcurrent", testUseBudgetConcurrent},
+		{"Rewrap", testRewrap},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync/atomic"
 )
 
 // Envelope encryption. Every secret gets its own random 256-bit data key:
@@ -57,19 +58,33 @@ type masterKey struct {
 }
 
 // Keyring holds the master keys, newest first: the newest wraps every new data key, and any of
-// them opens a blob wrapped under it. It never exposes a key.
-type Keyring struct{ keys []masterKey }
+// them opens a blob wrapped under it. It never exposes a key. It is safe for concurrent use, and
+// Set replaces its keys while it is in use (the server reloads the master key file on SIGHUP,
+// and when it meets a blob wrapped by a key it does not hold).
+type Keyring struct {
+	keys      atomic.Pointer[[]masterKey]
+	onUnknown atomic.Pointer[func(id string) bool]
+}
 
 // NewKeyring returns a keyring of 32-byte master keys, newest first.
 func NewKeyring(masters ...[]byte) (*Keyring, error) {
-	if len(masters) == 0 {
-		return nil, errors.New("keyring: no master key")
-	}
 	k := &Keyring{}
+	if err := k.Set(masters...); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// Set replaces the keyring's master keys, newest first.
+func (k *Keyring) Set(masters ...[]byte) error {
+	if len(masters) == 0 {
+		return errors.New("keyring: no master key")
+	}
+	var keys []masterKey
 	seen := map[[keyIDSize]byte]bool{}
 	for i, m := range masters {
 		if len(m) != 32 {
-			return nil, fmt.Errorf("keyring: master key %d holds %d bytes, want 32", i, len(m))
+			return fmt.Errorf("keyring: master key %d holds %d bytes, want 32", i, len(m))
 		}
 		id := keyID(m)
 		if seen[id] {
@@ -78,17 +93,26 @@ func NewKeyring(masters ...[]byte) (*Keyring, error) {
 		seen[id] = true
 		aead, err := newGCM(m)
 		if err != nil {
-			return nil, fmt.Errorf("keyring: master key %d: %w", i, err)
+			return fmt.Errorf("keyring: master key %d: %w", i, err)
 		}
-		k.keys = append(k.keys, masterKey{id: id, aead: aead})
+		keys = append(keys, masterKey{id: id, aead: aead})
 	}
-	return k, nil
+	k.keys.Store(&keys)
+	return nil
 }
+
+// OnUnknownKey sets what to do when a blob names a master key the keyring does not hold: f
+// (which should reload the keys and rate-limit itself) reports whether the keyring may now hold
+// it, and the blob is tried once more.
+func (k *Keyring) OnUnknownKey(f func(id string) bool) { k.onUnknown.Store(&f) }
+
+func (k *Keyring) list() []masterKey { return *k.keys.Load() }
 
 // KeyIDs returns the ids of the keyring's master keys, newest first.
 func (k *Keyring) KeyIDs() []string {
-	out := make([]string, len(k.keys))
-	for i, m := range k.keys {
+	keys := k.list()
+	out := make([]string, len(keys))
+	for i, m := range keys {
 		out[i] = hex.EncodeToString(m.id[:])
 	}
 	return out
@@ -113,7 +137,7 @@ func (k *Keyring) Seal(upstream, kind string, secret []byte) ([]byte, error) {
 		return nil, fmt.Errorf("seal: %w", err)
 	}
 	aad := aadOf(upstream, kind)
-	newest := k.keys[0]
+	newest := k.list()[0]
 	blob := make([]byte, 0, minBlob+len(secret))
 	blob = append(blob, envelopeV1)
 	blob = append(blob, newest.id[:]...)
@@ -150,11 +174,10 @@ func (k *Keyring) unwrap(blob, aad []byte) (dk []byte, mk masterKey, ct []byte, 
 	}
 	var id [keyIDSize]byte
 	copy(id[:], blob[1:headerSize])
-	found := false
-	for _, m := range k.keys {
-		if m.id == id {
-			mk, found = m, true
-			break
+	mk, found := k.find(id)
+	if !found {
+		if f := k.onUnknown.Load(); f != nil && (*f)(hex.EncodeToString(id[:])) {
+			mk, found = k.find(id)
 		}
 	}
 	if !found {
@@ -166,6 +189,24 @@ func (k *Keyring) unwrap(blob, aad []byte) (dk []byte, mk masterKey, ct []byte, 
 		return nil, masterKey{}, nil, fmt.Errorf("%w: the data key does not unwrap", ErrSealed)
 	}
 	return dk, mk, blob[headerSize+wrappedSize:], nil
+}
+
+func (k *Keyring) find(id [keyIDSize]byte) (masterKey, bool) {
+	for _, m := range k.list() {
+		if m.id == id {
+			return m, true
+		}
+	}
+	return masterKey{}, false
+}
+
+// CanOpen reports (nil) whether the data key of a blob of the row (upstream, kind) unwraps with
+// a key of the keyring, without decrypting the secret: a master key can be dropped once every
+// blob passes CanOpen on a keyring without it.
+func (k *Keyring) CanOpen(upstream, kind string, blob []byte) error {
+	dk, _, _, err := k.unwrap(blob, aadOf(upstream, kind))
+	clear(dk)
+	return err
 }
 
 // Open decrypts a blob sealed for the row (upstream, kind). The caller clears the result when
@@ -198,7 +239,7 @@ func (k *Keyring) Rewrap(upstream, kind string, blob []byte) ([]byte, error) {
 		return nil, err
 	}
 	defer clear(dk)
-	newest := k.keys[0]
+	newest := k.list()[0]
 	if mk.id == newest.id {
 		return bytes.Clone(blob), nil
 	}
@@ -219,4 +260,12 @@ func WrappedBy(blob []byte) string {
 		return ""
 	}
 	return hex.EncodeToString(blob[1:headerSize])
+}
+
+// SealedRow is one stored secret as a master key rotation sees it: the row and its blob as
+// stored, and (for a store's RewrapSecrets) the re-wrapped blob to write in its place.
+type SealedRow struct {
+	Upstream, Kind string
+	Sealed         []byte
+	New            []byte
 }
