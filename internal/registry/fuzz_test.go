@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,17 +74,18 @@ func TestRegisterRefusals(t *testing.T) {
 		body   string
 		reason string
 	}{
-		"not a JWS":        {"hello", "malformed"},
-		"kid not did:key":  {mustSign(t, "kid-1", nil), "kid"},
-		"wrong audience":   {registration(t, 10, map[string]any{"aud": "https://elsewhere"}), "aud"},
-		"expired":          {registration(t, 11, map[string]any{"exp": now.Add(-time.Minute).Unix()}), "exp"},
-		"too long-lived":   {registration(t, 12, map[string]any{"exp": now.Add(10 * time.Minute).Unix()}), "exp"},
-		"iat in future":    {registration(t, 13, map[string]any{"iat": now.Add(10 * time.Minute).Unix()}), "iat"},
-		"no jti":           {registration(t, 14, map[string]any{"jti": ""}), "jti"},
-		"bad handle":       {registration(t, 15, map[string]any{"handle": "-x"}), "handle"},
-		"iss is not kid":   {registration(t, 16, map[string]any{"iss": "did:key:someone-else"}), "iss"},
-		"signature broken": {breakSig(registration(t, 17, nil)), "signature"},
-		"wrong typ":        {wrongTyp(t), "typ"},
+		"not a JWS":         {"hello", "malformed"},
+		"kid not did:key":   {mustSign(t, "kid-1", nil), "kid"},
+		"wrong audience":    {registration(t, 10, map[string]any{"aud": "https://elsewhere"}), "aud"},
+		"expired":           {registration(t, 11, map[string]any{"exp": now.Add(-time.Minute).Unix()}), "exp"},
+		"too long-lived":    {registration(t, 12, map[string]any{"exp": now.Add(10 * time.Minute).Unix()}), "exp"},
+		"iat in future":     {registration(t, 13, map[string]any{"iat": now.Add(10 * time.Minute).Unix()}), "iat"},
+		"no jti":            {registration(t, 14, map[string]any{"jti": ""}), "jti"},
+		"bad handle":        {registration(t, 15, map[string]any{"handle": "-x"}), "handle"},
+		"iss is not kid":    {registration(t, 16, map[string]any{"iss": "did:key:someone-else"}), "iss"},
+		"signature broken":  {breakSig(registration(t, 17, nil)), "signature"},
+		"wrong typ":         {wrongTyp(t), "typ"},
+		"kid with fragment": {fragmentKid(t), "kid"},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -127,6 +129,19 @@ func wrongTyp(t *testing.T) string {
 	did, _ := didkey.Format(key.Public())
 	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", did).WithType("JWT"))
 	b, _ := json.Marshal(map[string]any{"iss": did, "aud": issuer, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Minute).Unix(), "jti": "typ", "handle": "typ-agent"})
+	jws, _ := s.Sign(b)
+	out, _ := jws.CompactSerialize()
+	return out
+}
+
+// fragmentKid is a registration whose kid is the signing key's did:key with a "#fragment": the
+// same key spelled differently, which must not register a second agent.
+func fragmentKid(t *testing.T) string {
+	key := ed25519.NewKeyFromSeed(append(make([]byte, 31), 40))
+	did, _ := didkey.Format(key.Public())
+	alias := did + "#" + strings.TrimPrefix(did, "did:key:")
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", alias).WithType(registry.TypeRegistration))
+	b, _ := json.Marshal(map[string]any{"iss": alias, "aud": issuer, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Minute).Unix(), "jti": "frag", "handle": "frag-agent"})
 	jws, _ := s.Sign(b)
 	out, _ := jws.CompactSerialize()
 	return out

@@ -96,9 +96,9 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 		return Registered{}, apperr.New(apperr.Invalid, "typ", "the JWS header typ must be %s, so no other signed object can pass for a registration", TypeRegistration)
 	}
 	did := jws.Header().KeyID
-	pub, err := didkey.Parse(did)
+	pub, err := canonicalKey(did)
 	if err != nil {
-		return Registered{}, apperr.Wrap(err, apperr.Invalid, "kid", "the JWS header kid must be the agent's did:key (Ed25519 or P-256): %v", err)
+		return Registered{}, err
 	}
 	ev.Target = did
 	payload, err := jws.Verify(pub)
@@ -365,4 +365,17 @@ func (s *Service) RevokeKey(ctx context.Context, requestID string, by principal.
 	}
 	ev.Outcome = audit.OutcomeSuccess
 	return a, nil
+}
+
+// canonicalKey parses a did:key that must be written in its one canonical form (no fragment),
+// so the same key can never be registered twice under two spellings.
+func canonicalKey(did string) (crypto.PublicKey, error) {
+	pub, err := didkey.Parse(did)
+	if err != nil {
+		return nil, apperr.Wrap(err, apperr.Invalid, "kid", "kid must be a did:key (Ed25519 or P-256): %v", err)
+	}
+	if canon, err := didkey.Format(pub); err != nil || canon != did {
+		return nil, apperr.New(apperr.Invalid, "kid", "kid must be the did:key in its canonical form, without a fragment")
+	}
+	return pub, nil
 }

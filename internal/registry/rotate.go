@@ -9,7 +9,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/mandate-dev/mandate/didkey"
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
@@ -48,6 +47,13 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 		return Agent{}, err
 	}
 	ev.PrincipalID = a.OwnerID
+	// Only the current key may hand the identity on: a rotated-out key in its grace period
+	// still authenticates, but must not be able to rotate the agent away from its owner.
+	for did := range keys {
+		if !isCurrentKey(a, did) {
+			delete(keys, did)
+		}
+	}
 	var oldIdx, newIdx = -1, -1
 	var newDID string
 	for i, sig := range jws.Signatures {
@@ -61,9 +67,9 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 	if oldIdx < 0 || newIdx < 0 {
 		return Agent{}, apperr.New(apperr.Forbidden, "key_mismatch", "one signature's kid must be a current key of agent %s and the other the new did:key", a.ID)
 	}
-	newPub, err := didkey.Parse(newDID)
+	newPub, err := canonicalKey(newDID)
 	if err != nil {
-		return Agent{}, apperr.Wrap(err, apperr.Invalid, "kid", "the new key's kid must be a did:key (Ed25519 or P-256): %v", err)
+		return Agent{}, err
 	}
 	payload, err := verifyIndex(jws, oldIdx, keys[jws.Signatures[oldIdx].Protected.KeyID])
 	if err != nil {
@@ -112,4 +118,14 @@ func verifyIndex(jws *jose.JSONWebSignature, i int, pub any) ([]byte, error) {
 		return nil, errors.New("signature made by another key")
 	}
 	return payload, nil
+}
+
+// isCurrentKey reports whether did is a key of a without an expiry: the one that signs now.
+func isCurrentKey(a Agent, did string) bool {
+	for _, k := range a.Keys {
+		if k.DID == did {
+			return k.ExpiresAt.IsZero()
+		}
+	}
+	return false
 }

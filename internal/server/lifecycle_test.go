@@ -55,8 +55,13 @@ func TestAgentKeyRotation(t *testing.T) {
 	if resp.StatusCode != 200 || out["did"] != next.DID || out["agent_id"] != a.ID || out["handle"] != "rotator" {
 		t.Fatalf("rotate: %d %v", resp.StatusCode, out)
 	}
-	if resp, out := ts.postRotation(t, a.ID, body); resp.StatusCode != 400 || !strings.Contains(out["error_description"].(string), "already used") {
+	if resp, out := ts.postRotation(t, a.ID, body); resp.StatusCode != 400 {
 		t.Fatalf("replayed rotation: %d %v", resp.StatusCode, out)
+	}
+	// The old key, still in its grace period, authenticates but cannot rotate the agent away.
+	k3, did3 := newKey(t)
+	if resp, out := ts.postRotation(t, a.ID, rotation(t, ts, a, &testAgent{Key: k3, DID: did3}, "rot-takeover")); resp.StatusCode != 403 {
+		t.Fatalf("rotation signed by a grace-period key: %d %v, want 403", resp.StatusCode, out)
 	}
 	ts.token(t, next, dpopKey, nil) // new key works
 	ts.token(t, a, dpopKey, nil)    // old key works during the grace period
