@@ -255,6 +255,9 @@ func (s *Service) planFromTask(ctx context.Context, req ExchangeRequest, ev *aud
 	if err != nil {
 		return nil, err
 	}
+	if keyEnded(holder, ac.Cnf.JKT, now) {
+		return nil, grantRefusal("key_revoked", "the subject token is bound to a key @%s no longer holds (revoked or rotated out)", holder.Handle)
+	}
 	var next registry.Agent
 	var registered bool
 	if req.Actor != nil {

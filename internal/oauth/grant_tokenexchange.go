@@ -15,6 +15,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/jwsverify"
+	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
 )
 
@@ -151,6 +152,12 @@ func (g *tokenExchange) actor(raw, typ string) (*delegation.ActorKey, error) {
 	jws, err := jwsverify.Parse(raw)
 	if err != nil {
 		return nil, bad("actor_token", "actor_token must be a compact JWS signed with EdDSA, Ed25519 or ES256", err)
+	}
+	// Other signed objects carry the same claims (a registration is also iss = kid = a did:key
+	// for this issuer): one must not pass for an actor's consent.
+	switch typ, _ := jws.Header().ExtraHeaders["typ"].(string); strings.ToLower(typ) {
+	case registry.TypeRegistration, "dpop+jwt", token.TypeAccessToken, token.TypeGrantToken:
+		return nil, bad("actor_token", "the actor token's typ must be JWT (or absent); this is another kind of signed object", nil)
 	}
 	did := jws.Header().KeyID
 	pub, err := didkey.Parse(did)

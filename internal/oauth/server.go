@@ -132,6 +132,10 @@ type tokenResponse struct {
 
 const maxFormBytes = 64 << 10
 
+// proofMemory is how long a token endpoint proof's jti is remembered in the database: longer
+// than any accepted iat window, either way.
+const proofMemory = 30 * time.Minute
+
 // Token is the token endpoint (RFC 6749 §3.2).
 func (s *Server) Token(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
@@ -180,6 +184,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 		return nil, err
 	}
 	req := &tokenRequest{Form: form, Proof: proof, Event: ev}
+	// The proof's jti is also used up in the database with the issue, so a proof captured at one
+	// replica cannot be replayed at another (each replica's replay cache is its own).
+	req.Uses = append(req.Uses, token.SingleUse{ID: "dpop:" + proof.JKT + ":" + proof.JTI, ExpiresAt: proof.IssuedAt.Add(proofMemory)})
 	if g.ClientAuth() {
 		agent, use, err := s.authenticateClient(ctx, form)
 		if agent.ID != "" {

@@ -4,10 +4,13 @@ import (
 	"crypto"
 	"encoding/base64"
 	"encoding/json"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mandate-dev/mandate/internal/config"
 )
 
 // TestEscalationRefused: each attempt to get more than the parent holds, or to use authority
@@ -192,4 +195,36 @@ func taskOf(t testing.TB, tok string) string {
 	b, _ := base64.RawURLEncoding.DecodeString(payload)
 	json.Unmarshal(b, &c)
 	return c.Txn
+}
+
+// TestProofReplayAcrossReplicas: two replicas on one database. A token-endpoint proof used at
+// one is refused at the other, though each has its own in-memory replay cache: its jti is used up
+// in the database with the issue.
+func TestProofReplayAcrossReplicas(t *testing.T) {
+	a := newTestServer(t)
+	// Replica B: the same data directory (database and master key) and the same public issuer.
+	b := newTestServer(t, func(c *config.Config) { c.DataDir, c.Issuer = a.DataDir, a.URL })
+	bURL := "http://" + b.Addr
+	agent := a.newAgent(t, "two-replicas", true)
+	a.token(t, agent, agent.Key, nil) // fetch a nonce (valid on both: derived from the shared master key)
+	proof := a.proof(t, agent.Key, "POST", a.URL+"/oauth/token", "")
+	if resp, out := a.tokenRequest(t, a.ccForm(t, agent, a.assertion(t, agent, randomID())), proof); resp.StatusCode != 200 {
+		t.Fatalf("first use at replica A: %d %v", resp.StatusCode, out)
+	}
+	form := a.ccForm(t, agent, a.assertion(t, agent, randomID()))
+	req, _ := http.NewRequest("POST", bURL+"/oauth/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("DPoP", proof)
+	resp, out := b.do(t, req)
+	if resp.StatusCode == 200 {
+		t.Fatalf("replayed proof accepted at replica B: %v", out)
+	}
+	// And a fresh proof works at B: the refusal above was the replay.
+	form = a.ccForm(t, agent, a.assertion(t, agent, randomID()))
+	req, _ = http.NewRequest("POST", bURL+"/oauth/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("DPoP", a.proof(t, agent.Key, "POST", a.URL+"/oauth/token", ""))
+	if resp, out := b.do(t, req); resp.StatusCode != 200 {
+		t.Fatalf("fresh proof at replica B: %d %v", resp.StatusCode, out)
+	}
 }

@@ -45,13 +45,15 @@ func (c *clock) Advance(d time.Duration) {
 
 // testServer is a real mandate on a real 127.0.0.1 listener.
 type testServer struct {
-	URL    string
-	Admin  string // the bootstrap admin's API token
-	Srv    *server.Server
-	Clock  *clock
-	HC     *http.Client
-	nonce  string
-	nonceM sync.Mutex
+	URL     string
+	Addr    string // where it listens (a replica may name another issuer URL)
+	DataDir string
+	Admin   string // the bootstrap admin's API token
+	Srv     *server.Server
+	Clock   *clock
+	HC      *http.Client
+	nonce   string
+	nonceM  sync.Mutex
 }
 
 func newTestServer(t testing.TB, edit ...func(*config.Config)) *testServer {
@@ -62,7 +64,7 @@ func newTestServer(t testing.TB, edit ...func(*config.Config)) *testServer {
 			e(c)
 		}
 	}})
-	return &testServer{URL: s.URL, Admin: s.AdminToken, Srv: s.Srv, Clock: clk, HC: &http.Client{Timeout: 10 * time.Second}}
+	return &testServer{URL: s.URL, Addr: s.Addr, DataDir: s.DataDir, Admin: s.AdminToken, Srv: s.Srv, Clock: clk, HC: &http.Client{Timeout: 10 * time.Second}}
 }
 
 // testAgent is an agent's key and, once registered, its id.

@@ -21,7 +21,8 @@ import (
 
 // Server is a running mandate.
 type Server struct {
-	URL        string // the issuer: http://127.0.0.1:port
+	URL        string // the issuer: http://127.0.0.1:port unless Options.Config set another
+	Addr       string // where it listens
 	AdminToken string // the bootstrap admin's API token
 	DataDir    string
 	Srv        *server.Server
@@ -79,5 +80,5 @@ func Start(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatalf("read bootstrap token: %v", err)
 	}
-	return &Server{URL: cfg.Issuer, AdminToken: strings.TrimSpace(string(admin)), DataDir: cfg.DataDir, Srv: srv}
+	return &Server{URL: cfg.Issuer, Addr: ln.Addr().String(), AdminToken: strings.TrimSpace(string(admin)), DataDir: cfg.DataDir, Srv: srv}
 }
