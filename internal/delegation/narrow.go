@@ -292,6 +292,7 @@ func NarrowDetails(requested, parent []json.RawMessage) ([]json.RawMessage, erro
 	}
 	out := make([]json.RawMessage, 0, len(requested))
 	seen := make(map[string]bool, len(requested))
+	requestedTypes := make(map[string]bool, len(requested))
 	for i, r := range requested {
 		c, err := decodeDetail(r)
 		if err != nil {
@@ -327,6 +328,14 @@ func NarrowDetails(requested, parent []json.RawMessage) ([]json.RawMessage, erro
 		if !seen[b.String()] {
 			seen[b.String()] = true
 			out = append(out, b.Bytes())
+		}
+		requestedTypes[typ] = true
+	}
+	// A type the request leaves out is inherited, as an omitted field is: details also constrain
+	// (the proxy checks request bodies against them), so dropping one must never lift its limits.
+	for i, p := range parent {
+		if !requestedTypes[pnodes[i].fields["type"].s] {
+			out = append(out, bytes.Clone(p))
 		}
 	}
 	return out, nil

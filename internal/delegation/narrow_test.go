@@ -798,3 +798,25 @@ func fuzzDetails(s string) []json.RawMessage {
 	}
 	return []json.RawMessage{json.RawMessage(s)}
 }
+
+// TestNarrowDetailsKeepsOtherTypes: asking for one type's details never drops another type's
+// constraints (the proxy enforces them on request bodies).
+func TestNarrowDetailsKeepsOtherTypes(t *testing.T) {
+	parent := []json.RawMessage{
+		json.RawMessage(`{"type":"resend","recipient_domains":["example.com"]}`),
+		json.RawMessage(`{"type":"ahrefs","targets":["*"]}`),
+	}
+	got, err := NarrowDetails([]json.RawMessage{json.RawMessage(`{"type":"ahrefs"}`)}, parent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, d := range got {
+		var o struct{ Type string }
+		json.Unmarshal(d, &o)
+		types = append(types, o.Type)
+	}
+	if len(got) != 2 || types[0] != "ahrefs" || types[1] != "resend" || string(got[1]) != string(parent[0]) {
+		t.Fatalf("NarrowDetails = %s, want the ahrefs object and the parent's resend object kept", got)
+	}
+}
