@@ -227,6 +227,9 @@ func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *b
 		if doc, err = parseStrictJSON(body); err != nil {
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: err.Error() + ": this route's body is checked against your authorization_details"}
 		}
+		if _, ok := doc.(jsonObject); !ok {
+			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: "this route's body is checked against your authorization_details: send a JSON object"}
+		}
 	}
 	var first *bodyDenial
 	for _, d := range details {

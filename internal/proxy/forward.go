@@ -151,6 +151,9 @@ var strippedHeaders = []string{
 	"Authorization", "Dpop", "Cookie", "Cookie2",
 	"Forwarded", "X-Real-Ip", "Via",
 	"Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Trailer",
+	// Method and URL overrides some frameworks honour: the route check saw the real method and
+	// path, so the upstream must not act on another.
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url",
 }
 
 // roundTripper injects the upstream's credential and sends the request through the upstream's
@@ -175,6 +178,7 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := rt.p.cfg.Credentials.Inject(req.Context(), c.upstream, req); err != nil {
 		return nil, &credentialError{err}
 	}
+	c.secrets = injectedValues(c.upstream, req)
 	return c.tr.t.RoundTrip(req)
 }
 
@@ -188,6 +192,24 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	res.Header.Del("Set-Cookie2")
 	if loc := res.Header.Get("Location"); loc != "" {
 		res.Header.Set("Location", p.rewriteLocation(c, res.Request.URL, loc))
+	}
+	// CORS grants from the upstream would let a web page read answers made with the credential.
+	for k := range res.Header {
+		if strings.HasPrefix(k, "Access-Control-") {
+			delete(res.Header, k)
+		}
+	}
+	// An upstream may echo the credential (a reflected header, a self link built from the
+	// request URL with its api_key): it never reaches the agent.
+	if len(c.secrets) > 0 {
+		for k, vs := range res.Header {
+			for i, v := range vs {
+				res.Header[k][i] = redactSecrets(v, c.secrets)
+			}
+		}
+		res.Body = newRedactingReader(res.Body, c.secrets)
+		res.ContentLength = -1
+		res.Header.Del("Content-Length")
 	}
 	return nil
 }

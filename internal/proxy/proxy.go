@@ -218,6 +218,7 @@ type call struct {
 	caller   *verify.Caller
 	pattern  string
 	task     delegation.Task
+	secrets  []string // the credential values injected, to keep them out of the response
 
 	outcome audit.Outcome
 	reason  string
@@ -395,6 +396,19 @@ func (p *Proxy) checkBody(r *http.Request, rules []vault.BodyRule, details []map
 		return refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyEncoding,
 			"this route's body is checked against your authorization_details: send it without Content-Encoding")
 	}
+	// The upstream must read the body as the JSON that was checked: another media type (a form
+	// that parses "&to=…" out of a JSON string) or the same field in the query would slip past.
+	if r.ContentLength != 0 && !isJSON(r.Header.Get("Content-Type")) {
+		return refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyInvalid,
+			"this route's body is checked against your authorization_details: send it as application/json")
+	}
+	q := r.URL.Query()
+	for _, rule := range rules {
+		if field := strings.SplitN(strings.TrimPrefix(rule.Pointer, "/"), "/", 2)[0]; field != "" && q.Has(field) {
+			return refuse(http.StatusForbidden, "insufficient_scope", reasonBodyRule,
+				fmt.Sprintf("%s is checked in the body against your authorization_details: it may not be sent in the query", field))
+		}
+	}
 	limit := p.cfg.MaxBodyRuleBytes
 	if r.ContentLength > limit {
 		return refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonBodyTooLarge,
@@ -472,4 +486,11 @@ func safeError(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+// isJSON reports whether a Content-Type is JSON (application/json or a +json type).
+func isJSON(ct string) bool {
+	mt, _, _ := strings.Cut(strings.ToLower(strings.TrimSpace(ct)), ";")
+	mt = strings.TrimSpace(mt)
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }

@@ -170,6 +170,7 @@ func TestBodyRules(t *testing.T) {
 		"too large":                {details: []map[string]any{detail}, body: `{"to":"a@example.com","pad":"` + strings.Repeat("x", 5000) + `"}`, want: 413, reason: reasonBodyTooLarge},
 		"compressed":               {details: []map[string]any{detail}, body: `{}`, encoding: "gzip", want: 415, reason: reasonBodyEncoding},
 		"absent fields pass":       {details: []map[string]any{detail}, body: `{"text":"hello"}`, want: 200},
+		"top-level array":          {details: []map[string]any{detail}, body: `[{"to":"x@evil.example"}]`, want: 400, reason: reasonBodyInvalid},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -707,5 +708,63 @@ func readAll(r *http.Response) ([]byte, error) {
 			}
 			return []byte(b.String()), err
 		}
+	}
+}
+
+// TestReviewBypasses: what the security review found — TRACE and unknown methods never go out,
+// method/URL override headers are stripped, body rules need a JSON object in a JSON body and
+// refuse their field in the query, CORS grants and echoed credentials never reach the agent.
+func TestReviewBypasses(t *testing.T) {
+	e := newEnv(t)
+	e.setUpstreamHandler(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		w.Header().Set("Link", "<https://up.example/items?page=2&auth="+r.Header.Get("Authorization")+">; rel=next")
+		w.Write([]byte(`{"echo":"` + r.Header.Get("Authorization") + `"}`))
+	})
+	tok := e.token(tokenOpts{scope: "api:read"})
+	for _, m := range []string{"TRACE", "CONNECT", "PROPFIND"} {
+		resp, body := e.do(e.request(m, "/proxy/api/items/1", tok, nil))
+		if resp.StatusCode == 200 || strings.Contains(body, realSecret) {
+			t.Errorf("%s: %d %s, want refused", m, resp.StatusCode, body)
+		}
+	}
+	req := e.request("GET", "/proxy/api/items/1", e.token(tokenOpts{scope: "api:read"}), nil)
+	for _, h := range []string{"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X-Original-URL", "X-Rewrite-URL"} {
+		req.Header.Set(h, "DELETE")
+	}
+	resp, body := e.do(req)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET: %d %s", resp.StatusCode, body)
+	}
+	got := e.upstreamRequests()
+	for _, h := range []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url"} {
+		if v := got[len(got)-1].Header.Get(h); v != "" {
+			t.Errorf("upstream received %s: %q", h, v)
+		}
+	}
+	if strings.Contains(body, realSecret) || strings.Contains(fmt.Sprint(resp.Header), realSecret) {
+		t.Errorf("the echoed credential reached the agent: %v %s", resp.Header, body)
+	}
+	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Error("an upstream CORS grant reached the agent")
+	}
+
+	detail := map[string]any{"type": "api", "recipient_domains": []string{"example.com"}}
+	for name, tc := range map[string]struct {
+		path, ctype, body string
+		want              int
+	}{
+		"form media type":     {"/proxy/api/emails", "application/x-www-form-urlencoded", `{"x":"&to=x@evil.test&y="}`, 415},
+		"field in the query":  {"/proxy/api/emails?to=x@evil.test", "application/json", ``, 403},
+		"json with a charset": {"/proxy/api/emails", "application/json; charset=utf-8", `{"to":"a@example.com"}`, 200},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tok := e.token(tokenOpts{scope: "api:send", details: []map[string]any{detail}})
+			req := e.request("POST", tc.path, tok, strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", tc.ctype)
+			if resp, body := e.do(req); resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, body)
+			}
+		})
 	}
 }

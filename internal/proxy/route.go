@@ -43,7 +43,15 @@ func matchPath(pattern, path string) bool {
 	}
 }
 
+// standardMethods are the only methods the proxy forwards, whatever a route says: TRACE would
+// echo the injected credential back, CONNECT would tunnel past the proxy, and unknown methods
+// are what method-confusion bugs upstream are made of.
+var standardMethods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true, "OPTIONS": true}
+
 func methodAllowed(methods []string, m string) bool {
+	if !standardMethods[m] {
+		return false
+	}
 	for _, x := range methods {
 		if x == "*" || x == m {
 			return true
