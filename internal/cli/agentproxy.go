@@ -93,6 +93,11 @@ func newSidecar(issuer string, rt http.RoundTripper, upstreams []string, logw io
 			for _, h := range droppedResponseHeaders {
 				resp.Header.Del(h)
 			}
+			for k := range resp.Header { // no CORS grant lets a web page read an answer
+				if strings.HasPrefix(k, "Access-Control-") {
+					delete(resp.Header, k)
+				}
+			}
 			return nil
 		},
 		ErrorHandler: s.fail,
@@ -117,6 +122,12 @@ func (s *sidecar) serve(w http.ResponseWriter, r *http.Request) {
 	// 127.0.0.1 sends its own Host and gets nothing.
 	if !loopbackHost(r.Host) {
 		sidecarError(w, http.StatusMisdirectedRequest, "invalid_request", "the sidecar answers only requests for a loopback host (127.0.0.1, ::1 or localhost)")
+		return
+	}
+	// Browsers mark what a web page sends: a cross-site request must not spend the task's
+	// authority (a page could POST to 127.0.0.1 without any DNS trick). Tools send neither header.
+	if r.Header.Get("Origin") != "" || !sameSiteFetch(r.Header.Get("Sec-Fetch-Site")) {
+		sidecarError(w, http.StatusForbidden, "forbidden", "the sidecar refuses requests made by a web page (Origin or Sec-Fetch-Site): it is for local tools")
 		return
 	}
 	if r.Method == http.MethodConnect || r.URL.IsAbs() || r.URL.Opaque != "" || r.RequestURI == "*" {
@@ -536,4 +547,10 @@ Requests that name another host than a loopback one are refused (DNS rebinding).
 	fl.StringArrayVar(&upstreams, "upstream", nil, "forward only to this upstream (repeatable; default: any)")
 	fl.BoolVarP(&quiet, "quiet", "q", false, "do not log requests on standard error")
 	return cmd
+}
+
+// sameSiteFetch accepts a request without Sec-Fetch-Site (not a browser) or one a browser made
+// on its own (a typed URL, a same-origin request).
+func sameSiteFetch(v string) bool {
+	return v == "" || v == "none" || v == "same-origin"
 }

@@ -176,6 +176,26 @@ func TestSidecarRefuses(t *testing.T) {
 	if n := hits.Load(); n != 0 {
 		t.Errorf("refused requests reached the server %d times", n)
 	}
+	// A web page's request (cross-site) never spends the task's authority.
+	for name, h := range map[string][2]string{
+		"Origin":                    {"Origin", "https://evil.example"},
+		"Sec-Fetch-Site cross-site": {"Sec-Fetch-Site", "cross-site"},
+		"Sec-Fetch-Site same-site":  {"Sec-Fetch-Site", "same-site"},
+	} {
+		req, _ := http.NewRequest("POST", rs.URL+"/ahrefs/v3/x", strings.NewReader("{}"))
+		req.Header.Set(h[0], h[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: status %d, want 403", name, resp.StatusCode)
+		}
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("a web page's request reached the server %d times", n)
+	}
 	// localhost and [::1]-style names are loopback.
 	if status, body := rawRequest(t, rs.URL, "/ahrefs/v3/x", "localhost", false); status != http.StatusOK {
 		t.Errorf("Host localhost: %d %s", status, body)
