@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -125,6 +126,7 @@ type tokenState struct {
 	token     Secret
 	expiresAt time.Time
 	obtained  time.Time // when this process got the token (from the upstream or the store)
+	checked   time.Time // when the store was last read for it
 }
 
 // defaultTokenTTL is how long an access token whose lifetime the upstream did not say is used.
@@ -145,17 +147,22 @@ func (s *Service) accessToken(ctx context.Context, u Upstream) (Secret, error) {
 	if u.OAuth2 == nil {
 		return Secret{}, fmt.Errorf("upstream %s: auth %s without oauth2 settings", u.Name, u.Auth)
 	}
+	// Keyed by the upstream's incarnation: a removed and re-created upstream of the same name
+	// (perhaps another vendor) never inherits the old one's token.
+	key := u.Name + "@" + strconv.FormatInt(u.CreatedAt.UnixNano(), 10)
 	s.mu.Lock()
-	st := s.tokens[u.Name]
+	st := s.tokens[key]
 	if st == nil {
 		st = &tokenState{}
-		s.tokens[u.Name] = st
+		s.tokens[key] = st
 	}
 	s.mu.Unlock()
 
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.fresh(s.cfg.Now()) {
+	// The cached token is trusted for secretTTL at most: then the store is read again, so a
+	// secret replaced through another replica (which stores an expired token) takes effect.
+	if st.fresh(s.cfg.Now()) && s.cfg.Now().Sub(st.checked) < secretTTL {
 		return st.token, nil
 	}
 	for attempt := 0; ; attempt++ {
@@ -169,7 +176,7 @@ func (s *Service) accessToken(ctx context.Context, u Upstream) (Secret, error) {
 		if exp.Equal(st.expiresAt) {
 			obtained = st.obtained
 		}
-		st.token, st.expiresAt, st.obtained = tok, exp, obtained
+		st.token, st.expiresAt, st.obtained, st.checked = tok, exp, obtained, s.cfg.Now()
 		if st.fresh(s.cfg.Now()) {
 			return tok, nil
 		}
@@ -180,7 +187,7 @@ func (s *Service) accessToken(ctx context.Context, u Upstream) (Secret, error) {
 		if err != nil {
 			return Secret{}, err
 		}
-		st.token, st.expiresAt, st.obtained = tok, exp, s.cfg.Now()
+		st.token, st.expiresAt, st.obtained, st.checked = tok, exp, s.cfg.Now(), s.cfg.Now()
 		return tok, nil
 	}
 }

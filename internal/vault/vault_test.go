@@ -657,3 +657,33 @@ func TestShortLivedToken(t *testing.T) {
 		t.Errorf("token endpoint called %d times, want 2", n)
 	}
 }
+
+// TestTokenStaleAcrossReplicas: a secret replaced through one replica stops another replica's
+// cached token within secretTTL, and a re-created upstream of the same name never inherits
+// the old one's token.
+func TestTokenStaleAcrossReplicas(t *testing.T) {
+	e := newEnv(t)
+	a, b := e.service(), e.service()
+	ts := newTokenServer(t, "unused")
+	ts.expiresIn = 3600
+	u := addOAuth(t, a, "shared", vault.AuthOAuth2ClientCredentials, ts.URL, map[string]string{vault.SecretClientSecret: "client-secret"})
+	if got := injected(t, a, u); got != "at-1" {
+		t.Fatalf("first token = %q", got)
+	}
+	if err := b.SetSecret(t.Context(), "req", admin, "shared", vault.SecretClientSecret, []byte("client-secret")); err != nil {
+		t.Fatal(err)
+	}
+	e.clk.Advance(6 * time.Second)
+	if got := injected(t, a, u); got != "at-2" {
+		t.Fatalf("replica A after the secret changed at B = %q, want a new at-2", got)
+	}
+	// Removed and re-created under the same name: the old token must not be sent.
+	if err := a.RemoveUpstream(t.Context(), "req", admin, "shared"); err != nil {
+		t.Fatal(err)
+	}
+	e.clk.Advance(time.Millisecond)
+	u2 := addOAuth(t, a, "shared", vault.AuthOAuth2ClientCredentials, ts.URL, map[string]string{vault.SecretClientSecret: "client-secret"})
+	if got := injected(t, a, u2); got == "at-2" {
+		t.Fatal("the re-created upstream inherited the old upstream's token")
+	}
+}
