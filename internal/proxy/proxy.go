@@ -359,23 +359,17 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 		}
 	}
 
-	// 8. The budget, last, so refused calls cost nothing. The per-upstream budget is counted
-	// first: it is the one more likely used up.
-	for _, key := range [...]string{BudgetCallsPrefix + u.Name, BudgetCalls} {
-		limit, ok := task.Budget[key]
-		if !ok {
-			continue
-		}
-		if _, err := p.cfg.Tasks.UseBudget(ctx, task.ID, key, limit); err != nil {
-			if isExhausted(err) {
-				what := "calls through the proxy"
-				if key != BudgetCalls {
-					what = "calls to " + u.Name
-				}
-				return refuse(http.StatusTooManyRequests, "budget_exhausted", reasonBudget,
-					fmt.Sprintf("the task's budget of %d %s is used up: start a new task with a larger budget", limit, what))
-			}
-			return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
+	// 8. The budget, last, so refused calls cost nothing. A call counts against its task and
+	// every task above it, from the top: a child holds a copy of its parent's budget, so without
+	// this, many children would spend many times what the grant allowed. The per-upstream budget
+	// is counted first: it is the one more likely used up.
+	chain, err := p.taskChain(ctx, task)
+	if err != nil {
+		return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
+	}
+	for _, t := range chain {
+		if e := p.useBudget(ctx, t, u.Name); e != nil {
+			return e
 		}
 	}
 
@@ -386,6 +380,46 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 	}
 	c.base, c.tr = base, tr
 	p.forward(w, r, c, maxBytes)
+	return nil
+}
+
+// taskChain is the task and its ancestors, the top one first.
+func (p *Proxy) taskChain(ctx context.Context, task delegation.Task) ([]delegation.Task, error) {
+	chain := []delegation.Task{task}
+	for t := task; t.ParentID != "" && len(chain) <= delegation.MaxDepthLimit; {
+		parent, err := p.cfg.Tasks.GetTask(ctx, t.ParentID)
+		if err != nil {
+			return nil, fmt.Errorf("parent task %s: %w", t.ParentID, err)
+		}
+		chain = append([]delegation.Task{parent}, chain...)
+		t = parent
+	}
+	return chain, nil
+}
+
+// useBudget counts one call against task's budgets that apply to upstream.
+func (p *Proxy) useBudget(ctx context.Context, task delegation.Task, upstream string) *refusal {
+	for _, key := range [...]string{BudgetCallsPrefix + upstream, BudgetCalls} {
+		limit, ok := task.Budget[key]
+		if !ok {
+			continue
+		}
+		if _, err := p.cfg.Tasks.UseBudget(ctx, task.ID, key, limit); err != nil {
+			if isExhausted(err) {
+				what := "calls through the proxy"
+				if key != BudgetCalls {
+					what = "calls to " + upstream
+				}
+				whose := "the task's"
+				if task.ID != "" && task.Depth > 0 {
+					whose = "task " + task.ID + "'s"
+				}
+				return refuse(http.StatusTooManyRequests, "budget_exhausted", reasonBudget,
+					fmt.Sprintf("%s budget of %d %s is used up: start a new task with a larger budget", whose, limit, what))
+			}
+			return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
+		}
+	}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,4 +194,35 @@ func TestProxyThroughServer(t *testing.T) {
 			t.Fatal("the upstream key reached the agent")
 		}
 	})
+}
+
+// TestProxyBudgetAcrossSubdelegation: children hold a copy of their parent's budget, but a call
+// counts against every task above it too, so handing out children never multiplies the grant's
+// budget.
+func TestProxyBudgetAcrossSubdelegation(t *testing.T) {
+	ts := newTestServer(t)
+	up := newUpstreamAPI(t)
+	ts.adminJSON(t, "POST", "/v1/upstreams", map[string]any{
+		"name": "items", "base_url": up.srv.URL, "auth": "bearer", "allow_private": true,
+		"routes": []map[string]any{{"scope": "items:read", "methods": []string{"GET"}, "paths": []string{"/v1/**"}}},
+	})
+	ts.adminJSON(t, "PUT", "/v1/upstreams/items/secrets/credential", map[string]string{"secret": up.key})
+	orch := ts.newAgent(t, "budget-orch", true)
+	g := ts.grant(t, map[string]any{"agent": orch.ID, "scopes": []string{"items:read"}, "resources": []string{ts.URL + "/proxy/items"},
+		"budget": map[string]int64{"calls": 1}, "allow_subdelegation": true, "max_depth": 2})
+	parent := ts.startTask(t, orch, ts.grantToken(t, orch, g))
+	statuses := []int{}
+	for i := 0; i < 3; i++ {
+		child := ts.newAgent(t, fmt.Sprintf("budget-child-%d", i), true)
+		resp, out := ts.exchange(t, orch.Key, url.Values{"subject_token": {parent}, "subject_token_type": {tokenTypeAccess},
+			"actor_token": {ts.actorToken(t, child.Key, child.DID, nil)}, "actor_token_type": {tokenTypeJWT}})
+		if resp.StatusCode != 200 {
+			t.Fatalf("delegate: %d %v", resp.StatusCode, out)
+		}
+		f := &proxyFixture{ts: ts, up: up, agent: child, tok: out["access_token"].(string), key: child.Key}
+		statuses = append(statuses, f.status(t, "/v1/items"))
+	}
+	if statuses[0] != 200 || statuses[1] != 429 || statuses[2] != 429 || up.calls.Load() != 1 {
+		t.Fatalf("children's calls %v, upstream saw %d; want one success in all (the grant's budget is 1)", statuses, up.calls.Load())
+	}
 }
