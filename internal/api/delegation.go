@@ -270,11 +270,16 @@ func (a *API) endTask(revoke bool) userHandler {
 	}
 }
 
-// agentOf is the calling agent of an agent-authenticated route.
+// agentOf is the calling agent of an agent-authenticated route. These routes act for the agent
+// as a whole (its grants, its tasks), so they take the agent's own token: a task token — on an
+// instance key meant to be worth one task, or handed to another agent — is refused.
 func agentOf(r *http.Request) (string, error) {
 	c, ok := verify.CallerFrom(r.Context())
 	if !ok {
 		return "", apperr.New(apperr.Internal, "internal", "no caller in context")
+	}
+	if c.Task != "" || c.Principal != "" {
+		return "", apperr.New(apperr.Forbidden, "task_token", "this route needs the agent's own token (client_credentials), not a task token")
 	}
 	return c.AgentID, nil
 }

@@ -111,3 +111,24 @@ func TestGrantableBound(t *testing.T) {
 		t.Fatalf("bob approves beyond his bound: %d %v", code, out)
 	}
 }
+
+// TestAgentRoutesNeedSelfToken: a task token (here on an instance key) cannot act for the agent
+// as a whole: list its grants, ask for grants, or end its other tasks.
+func TestAgentRoutesNeedSelfToken(t *testing.T) {
+	c := newChain(t)
+	ts := c.ts
+	// A grant whose resources include the server itself, so its task tokens reach /v1/agent/*.
+	g := ts.grant(t, map[string]any{"agent": c.orch.ID, "scopes": []string{"agent"}, "resources": []string{ts.URL}})
+	tok := ts.startTask(t, c.orch, ts.grantToken(t, c.orch, g))
+	for _, rt := range []struct{ method, path string }{
+		{"GET", "/v1/agent/grants"},
+		{"POST", "/v1/agent/tasks/" + taskOf(t, c.taskTok) + "/end"},
+	} {
+		req, _ := http.NewRequest(rt.method, ts.URL+rt.path, nil)
+		req.Header.Set("Authorization", "DPoP "+tok)
+		req.Header.Set("DPoP", ts.proof(t, c.orch.Key, rt.method, ts.URL+rt.path, tok))
+		if resp, out := ts.do(t, req); resp.StatusCode != 403 {
+			t.Errorf("%s %s with a task token: %d %v, want 403", rt.method, rt.path, resp.StatusCode, out)
+		}
+	}
+}
