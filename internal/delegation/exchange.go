@@ -206,7 +206,7 @@ func (s *Service) planStart(ctx context.Context, req ExchangeRequest, ev *audit.
 	if err != nil {
 		return nil, err
 	}
-	t.GrantID, t.Depth, t.PrincipalID, t.AgentID, t.InstanceJKT = g.ID, 1, g.PrincipalID, a.ID, instance
+	t.GrantID, t.Depth, t.PrincipalID, t.AgentID, t.InstanceJKT, t.KeyJKT = g.ID, 1, g.PrincipalID, a.ID, instance, gc.Cnf.JKT
 	t.RootID = t.ID
 	act := &token.Act{Sub: a.ID, Handle: a.Handle, DID: did, JKT: instance, Txn: t.ID}
 	return s.plan(req, ev, g, &t, t, a, did, bind, act, hopStart, earliest(t.ExpiresAt, now.Add(g.Limits.MaxTokenTTL)))
@@ -312,7 +312,7 @@ func (s *Service) planDelegate(req ExchangeRequest, ev *audit.Event, g Grant, pa
 		return nil, err
 	}
 	t.GrantID, t.ParentID, t.RootID, t.Depth = g.ID, parent.ID, parent.RootID, parent.Depth+1
-	t.PrincipalID, t.AgentID = parent.PrincipalID, next.ID
+	t.PrincipalID, t.AgentID, t.KeyJKT = parent.PrincipalID, next.ID, req.Actor.JKT
 	act := &token.Act{Sub: next.ID, Handle: next.Handle, DID: req.Actor.DID, Txn: t.ID, Act: req.Subject.Access.Act}
 	// The child's token never outlives the token it came from.
 	exp := earliest(t.ExpiresAt, now.Add(g.Limits.MaxTokenTTL), time.Unix(req.Subject.Access.Expiry, 0))
@@ -445,6 +445,11 @@ func (s *Service) CheckLive(ctx context.Context, jti, jkt string, agentIDs []str
 	}
 	if t.Status != TaskActive || !now.Before(t.ExpiresAt) {
 		return fmt.Errorf("task %s has ended: %w", t.ID, ErrNotLive)
+	}
+	if t.KeyJKT != "" {
+		if a, err := s.cfg.Agents.GetAgent(ctx, t.AgentID); err == nil && keyEnded(a, t.KeyJKT, now) {
+			return fmt.Errorf("task %s was given to a key that is revoked: %w", t.ID, ErrNotLive)
+		}
 	}
 	if _, err := s.activeGrant(ctx, t.GrantID, now); err != nil {
 		if _, ok := apperr.As(err); ok {

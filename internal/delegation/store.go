@@ -94,6 +94,7 @@ type Task struct {
 	PrincipalID          string
 	AgentID              string // who holds the task's tokens
 	InstanceJKT          string // thumbprint of the ephemeral instance key, if bound to one
+	KeyJKT               string // the agent key that received the task (the grant token's at start, the actor's on delegation): revoking it ends the task
 	Purpose              string
 	Scopes               []string
 	Resources            []string

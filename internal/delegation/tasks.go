@@ -82,3 +82,26 @@ func (s *Service) endTask(ctx context.Context, t Task, revoke bool, ev audit.Eve
 	}
 	return ended, nil
 }
+
+// EndTasksOfKey revokes every active task of the agent that was given to the key jkt (and the
+// tasks under them): tokens moved onto instance keys before the key was revoked stop too, at
+// every verifier following the revocation feed.
+func (s *Service) EndTasksOfKey(ctx context.Context, requestID string, by principal.User, agentID, jkt string) (int, error) {
+	tasks, err := s.cfg.Store.ListTasks(ctx, "", agentID, "")
+	if err != nil {
+		return 0, fmt.Errorf("list tasks of %s: %w", agentID, err)
+	}
+	n := 0
+	for _, t := range tasks {
+		if t.KeyJKT != jkt || t.Status != TaskActive {
+			continue
+		}
+		ev := audit.New(s.cfg.Now(), requestID, ActionTaskRevoke)
+		ev.ActorType, ev.ActorID, ev.Reason = audit.ActorUser, by.ID, "key_revoked"
+		if _, err := s.endTask(ctx, t, true, ev); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}

@@ -113,3 +113,36 @@ func TestKeyRevocation(t *testing.T) {
 		t.Errorf("no key entry in the revocation feed: %v", out)
 	}
 }
+
+// TestRevokedKeyEndsItsTasks: a task given to a key, even one whose tokens were moved onto an
+// instance key, ends when that key is revoked — at remote verifiers too.
+func TestRevokedKeyEndsItsTasks(t *testing.T) {
+	ts := newTestServer(t)
+	rs := newResourceServer(t, ts)
+	a := ts.newAgent(t, "stolen-key", true)
+	g := ts.grant(t, map[string]any{"agent": a.ID, "scopes": []string{"read"}, "resources": []string{rs.URL}})
+	ik, idid := newKey(t)
+	resp, out := ts.exchange(t, a.Key, url.Values{"subject_token": {ts.grantToken(t, a, g)}, "subject_token_type": {tokenTypeJWT},
+		"actor_token": {ts.actorToken(t, ik, idid, nil)}, "actor_token_type": {tokenTypeJWT}})
+	if resp.StatusCode != 200 {
+		t.Fatalf("start on an instance key: %d %v", resp.StatusCode, out)
+	}
+	tok := out["access_token"].(string)
+	if resp, _ := rs.call(t, ts, ik, tok); resp.StatusCode != 200 {
+		t.Fatal("instance-key token before the revocation")
+	}
+	k2, did2 := newKey(t)
+	if resp, out := ts.postRotation(t, a.ID, rotation(t, ts, a, &testAgent{Key: k2, DID: did2}, randomID())); resp.StatusCode != 200 {
+		t.Fatalf("rotate: %d %v", resp.StatusCode, out)
+	}
+	if resp, out := ts.adminJSON(t, "POST", "/v1/agents/"+a.ID+"/keys/revoke", map[string]string{"did": a.DID}); resp.StatusCode != 200 {
+		t.Fatalf("revoke the old key: %d %v", resp.StatusCode, out)
+	}
+	ts.Clock.Advance(time.Second)
+	if resp, out := rs.call(t, ts, ik, tok); resp.StatusCode != 401 {
+		t.Errorf("instance-key token of a task given to the revoked key: %d %v", resp.StatusCode, out)
+	}
+	if ts.introspectActive(t, tok) {
+		t.Error("it still introspects active")
+	}
+}

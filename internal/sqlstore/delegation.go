@@ -24,7 +24,7 @@ const (
 	max_token_ttl, max_depth, allow_subdelegation, budget, reason, status, grant_id, created_at, decided_at,
 	expires_at, last_polled_at`
 	taskCols = `id, grant_id, parent_id, root_id, depth, principal_id, agent_id, instance_jkt, purpose, scopes,
-	resources, authorization_details, budget, status, created_at, expires_at, ended_at`
+	resources, authorization_details, budget, status, created_at, expires_at, ended_at, key_jkt`
 )
 
 // CreateGrant stores g with ev (Target defaults to g.ID, PrincipalID and AgentID to g's), in one
@@ -337,10 +337,10 @@ func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO tasks (`+taskCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
 			t.ID, t.GrantID, nullString(t.ParentID), t.RootID, t.Depth, t.PrincipalID, t.AgentID, t.InstanceJKT,
 			t.Purpose, a.scopes, a.resources, a.details, a.budget, string(t.Status), nanos(t.CreatedAt),
-			nanos(t.ExpiresAt), nanos(t.EndedAt))
+			nanos(t.ExpiresAt), nanos(t.EndedAt), t.KeyJKT)
 		if foreignKeyViolation(err) {
 			return fmt.Errorf("principal %s or agent %s: %w", t.PrincipalID, t.AgentID, delegation.ErrNotFound)
 		}
@@ -521,7 +521,7 @@ func scanTask(r rowScanner) (delegation.Task, error) {
 	var parentID sql.NullString
 	var created, expires, ended int64
 	err := r.Scan(&t.ID, &t.GrantID, &parentID, &t.RootID, &t.Depth, &t.PrincipalID, &t.AgentID, &t.InstanceJKT,
-		&t.Purpose, &a.scopes, &a.resources, &a.details, &a.budget, &status, &created, &expires, &ended)
+		&t.Purpose, &a.scopes, &a.resources, &a.details, &a.budget, &status, &created, &expires, &ended, &t.KeyJKT)
 	if err != nil {
 		return delegation.Task{}, err
 	}

@@ -70,6 +70,7 @@ CREATE TABLE tasks (
     principal_id          TEXT   NOT NULL REFERENCES users (id),
     agent_id              TEXT   NOT NULL REFERENCES agents (id),
     instance_jkt          TEXT   NOT NULL,
+    key_jkt               TEXT   NOT NULL DEFAULT '',
     purpose               TEXT   NOT NULL,
     scopes                TEXT   NOT NULL,
     resources             TEXT   NOT NULL,
