@@ -2,22 +2,19 @@ package cli
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"math/big"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mandate-dev/mandate/internal/jwsverify"
 	"github.com/mandate-dev/mandate/verify"
 )
 
@@ -152,8 +149,7 @@ func inspectToken(ctx context.Context, raw, issuer string, keys verify.KeySource
 	if err := decodeSegment(parts[1], &ins.Claims); err != nil {
 		return nil, fmt.Errorf("the token's claims: %w", err)
 	}
-	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil {
+	if _, err := base64.RawURLEncoding.DecodeString(parts[2]); err != nil {
 		return nil, errors.New("the token's signature is not base64url")
 	}
 	if ins.Chain = delegationChain(ins.Claims); len(ins.Chain) > 0 {
@@ -181,7 +177,7 @@ func inspectToken(ctx context.Context, raw, issuer string, keys verify.KeySource
 			sigProblem = fmt.Sprintf("%s does not publish the signing key %q", issuer, kid)
 		case err != nil:
 			return nil, explain(fmt.Errorf("reading the server's signing keys: %w", err), issuer)
-		case !verifySignature(alg, pub, parts[0]+"."+parts[1], sig):
+		case !signatureVerifies(raw, pub):
 			sigProblem = "the signature does not verify"
 		default:
 			ins.Signature.Valid = true
@@ -232,21 +228,15 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// verifySignature checks a JWS signature over signed with pub, for the pinned algorithms only.
-func verifySignature(alg string, pub any, signed string, sig []byte) bool {
-	switch alg {
-	case verify.AlgEdDSA, verify.AlgEd25519:
-		k, ok := pub.(ed25519.PublicKey)
-		return ok && len(k) == ed25519.PublicKeySize && ed25519.Verify(k, []byte(signed), sig)
-	case verify.AlgES256:
-		k, ok := pub.(*ecdsa.PublicKey)
-		if !ok || len(sig) != 64 {
-			return false
-		}
-		h := sha256.Sum256([]byte(signed))
-		return ecdsa.Verify(k, h[:], new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:]))
+// signatureVerifies checks the token's signature with pub, through the same JWS verification the
+// server uses for what agents sign (EdDSA, Ed25519, ES256 only).
+func signatureVerifies(raw string, pub any) bool {
+	j, err := jwsverify.Parse(raw)
+	if err != nil {
+		return false
 	}
-	return false
+	_, err = j.Verify(pub)
+	return err == nil
 }
 
 // numericDate reads a JWT NumericDate decoded from JSON.
