@@ -421,7 +421,13 @@ func (s *Service) CheckLive(ctx context.Context, jti, jkt string, agentIDs []str
 	if revoked {
 		return fmt.Errorf("token %s is revoked: %w", jti, ErrNotLive)
 	}
+	// Each agent is read once: the chain names the current agent again, and the task's check
+	// below needs it too. This runs on every request to our own resources and the proxy.
+	agents := make(map[string]registry.Agent, len(agentIDs))
 	for i, id := range agentIDs {
+		if _, seen := agents[id]; seen {
+			continue
+		}
 		a, err := s.cfg.Agents.GetAgent(ctx, id)
 		if errors.Is(err, registry.ErrNotFound) || (err == nil && a.Status != registry.StatusClaimed) {
 			return fmt.Errorf("agent %s is %s: %w", id, a.Status, ErrNotLive)
@@ -432,6 +438,7 @@ func (s *Service) CheckLive(ctx context.Context, jti, jkt string, agentIDs []str
 		if i == 0 && keyEnded(a, jkt, now) {
 			return fmt.Errorf("the key %s the token is bound to is revoked: %w", jkt, ErrNotLive)
 		}
+		agents[id] = a
 	}
 	if taskID == "" {
 		return nil
@@ -447,7 +454,13 @@ func (s *Service) CheckLive(ctx context.Context, jti, jkt string, agentIDs []str
 		return fmt.Errorf("task %s has ended: %w", t.ID, ErrNotLive)
 	}
 	if t.KeyJKT != "" {
-		if a, err := s.cfg.Agents.GetAgent(ctx, t.AgentID); err == nil && keyEnded(a, t.KeyJKT, now) {
+		a, ok := agents[t.AgentID]
+		if !ok {
+			if a, err = s.cfg.Agents.GetAgent(ctx, t.AgentID); err != nil {
+				return fmt.Errorf("agent status: %w", err)
+			}
+		}
+		if keyEnded(a, t.KeyJKT, now) {
 			return fmt.Errorf("task %s was given to a key that is revoked: %w", t.ID, ErrNotLive)
 		}
 	}

@@ -363,9 +363,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 	// every task above it, from the top: a child holds a copy of its parent's budget, so without
 	// this, many children would spend many times what the grant allowed. The per-upstream budget
 	// is counted first: it is the one more likely used up.
-	chain, err := p.taskChain(ctx, task)
-	if err != nil {
-		return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
+	chain := []delegation.Task{task}
+	if hasCallBudget(task.Budget, u.Name) { // a child inherits every budget key of its parents
+		var err error
+		if chain, err = p.taskChain(ctx, task); err != nil {
+			return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
+		}
 	}
 	for _, t := range chain {
 		if e := p.useBudget(ctx, t, u.Name); e != nil {
@@ -527,4 +530,13 @@ func isJSON(ct string) bool {
 	mt, _, _ := strings.Cut(strings.ToLower(strings.TrimSpace(ct)), ";")
 	mt = strings.TrimSpace(mt)
 	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
+}
+
+// hasCallBudget reports whether budget limits calls to upstream. A task without such a key has
+// no ancestor with one either (children inherit their parent's budget keys), so the chain need
+// not be read.
+func hasCallBudget(budget map[string]int64, upstream string) bool {
+	_, all := budget[BudgetCalls]
+	_, one := budget[BudgetCallsPrefix+upstream]
+	return all || one
 }
