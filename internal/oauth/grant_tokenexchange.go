@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mandate-dev/mandate/didkey"
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
@@ -160,9 +159,9 @@ func (g *tokenExchange) actor(raw, typ string) (*delegation.ActorKey, error) {
 		return nil, bad("actor_token", "the actor token's typ must be JWT (or absent); this is another kind of signed object", nil)
 	}
 	did := jws.Header().KeyID
-	pub, err := didkey.Parse(did)
+	pub, err := registry.CanonicalKey(did)
 	if err != nil {
-		return nil, bad("actor_token", "the actor token's kid must be the did:key of the next holder's key", err)
+		return nil, bad("actor_token", "the actor token's kid must be the did:key of the next holder's key, in its canonical form", err)
 	}
 	payload, err := jws.Verify(pub)
 	if err != nil {

@@ -96,7 +96,7 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 		return Registered{}, apperr.New(apperr.Invalid, "typ", "the JWS header typ must be %s, so no other signed object can pass for a registration", TypeRegistration)
 	}
 	did := jws.Header().KeyID
-	pub, err := canonicalKey(did)
+	pub, err := CanonicalKey(did)
 	if err != nil {
 		return Registered{}, err
 	}
@@ -367,9 +367,9 @@ func (s *Service) RevokeKey(ctx context.Context, requestID string, by principal.
 	return a, nil
 }
 
-// canonicalKey parses a did:key that must be written in its one canonical form (no fragment),
+// CanonicalKey parses a did:key that must be written in its one canonical form (no fragment),
 // so the same key can never be registered twice under two spellings.
-func canonicalKey(did string) (crypto.PublicKey, error) {
+func CanonicalKey(did string) (crypto.PublicKey, error) {
 	pub, err := didkey.Parse(did)
 	if err != nil {
 		return nil, apperr.Wrap(err, apperr.Invalid, "kid", "kid must be a did:key (Ed25519 or P-256): %v", err)

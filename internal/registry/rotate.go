@@ -67,7 +67,7 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 	if oldIdx < 0 || newIdx < 0 {
 		return Agent{}, apperr.New(apperr.Forbidden, "key_mismatch", "one signature's kid must be a current key of agent %s and the other the new did:key", a.ID)
 	}
-	newPub, err := canonicalKey(newDID)
+	newPub, err := CanonicalKey(newDID)
 	if err != nil {
 		return Agent{}, err
 	}

@@ -100,6 +100,10 @@ func TestEscalationRefused(t *testing.T) {
 		{"delegate: actor token valid for too long", ik, fromTask(actor(map[string]any{"exp": ts.Clock.Now().Add(time.Hour).Unix()})), "invalid_request", "actor_token_lifetime"},
 		{"delegate: actor token whose iss is not its key", ik, fromTask(actor(map[string]any{"iss": orch.DID})), "invalid_request", "actor_token"},
 		{"delegate: actor token without actor_token_type", ik, fromTask(url.Values{"actor_token": {ts.actorToken(t, res.Key, res.DID, nil)}}), "invalid_request", "actor_token_type"},
+		{"delegate: actor token whose kid has a #fragment", ik, fromTask(url.Values{"actor_token": {signJWS(t, res.Key, res.DID+"#"+strings.TrimPrefix(res.DID, "did:key:"), "JWT",
+			map[string]any{"iss": res.DID + "#" + strings.TrimPrefix(res.DID, "did:key:"), "aud": ts.URL, "exp": ts.Clock.Now().Add(time.Minute).Unix(), "jti": randomID()})},
+			"actor_token_type": {tokenTypeJWT}}), "invalid_request", "actor_token"},
+		{"delegate: a registration JWS as the actor token", ik, fromTask(url.Values{"actor_token": {ts.registration(t, res, randomID())}, "actor_token_type": {tokenTypeJWT}}), "invalid_request", "actor_token"},
 		{"refresh: a task_ttl on a refresh", ik, fromTask(url.Values{"task_ttl": {"60"}}), "invalid_request", "ttl"},
 		{"refresh: a scope outside the task", ik, fromTask(url.Values{"scope": {"admin"}}), "invalid_scope", "scope"},
 	}
