@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func sign(t *testing.T, key ed25519.PrivateKey, header, payload string) string {
+func sign(_ *testing.T, key ed25519.PrivateKey, header, payload string) string {
 	in := base64.RawURLEncoding.EncodeToString([]byte(header)) + "." + base64.RawURLEncoding.EncodeToString([]byte(payload))
 	return in + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(key, []byte(in)))
 }
