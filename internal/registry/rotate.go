@@ -32,7 +32,7 @@ func (s *Service) RotateKey(ctx context.Context, requestID, agentID, body string
 	ev.ActorType, ev.ActorID, ev.AgentID, ev.Target = audit.ActorAgent, agentID, agentID, agentID
 	defer s.recordDenial(ctx, &ev, &err)
 
-	jws, err := jose.ParseSigned(strings.TrimSpace(body), SignatureAlgs)
+	jws, err := jose.ParseSignedJSON(strings.TrimSpace(body), SignatureAlgs)
 	if err != nil {
 		return Agent{}, apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a JWS in JSON serialization with two signatures (EdDSA or ES256): the current key's and the new key's")
 	}

@@ -20,8 +20,8 @@ type chain struct {
 	orch, res         *testAgent
 	grantID, grantTok string
 	instance          *testAgent // the orchestrator's ephemeral instance key
-	taskTok, taskID   string     // the orchestrator's task token (bound to the instance key)
-	childTok, childID string     // the researcher's token
+	taskTok           string     // the orchestrator's task token (bound to the instance key)
+	childTok          string     // the researcher's token
 }
 
 func newChain(t *testing.T) *chain {

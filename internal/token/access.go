@@ -85,7 +85,7 @@ func (k *Keys) ParseAccess(ctx context.Context, raw, issuer string) (*AccessClai
 // parse verifies a JWT of ours of type typ and decodes its claims into v; iss and exp point
 // into v so the common checks need no reflection.
 func (k *Keys) parse(ctx context.Context, raw, typ, issuer string, v any, iss *string, exp *int64) error {
-	jws, err := jose.ParseSigned(raw, acceptedAlgs)
+	jws, err := jose.ParseSignedCompact(raw, acceptedAlgs)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidToken, err)
 	}
@@ -118,7 +118,7 @@ func (k *Keys) parse(ctx context.Context, raw, typ, issuer string, v any, iss *s
 
 // TypeOf returns the typ header of a JWT without verifying anything: only to choose the parser.
 func TypeOf(raw string) string {
-	jws, err := jose.ParseSigned(raw, acceptedAlgs)
+	jws, err := jose.ParseSignedCompact(raw, acceptedAlgs)
 	if err != nil || len(jws.Signatures) != 1 {
 		return ""
 	}
