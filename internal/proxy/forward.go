@@ -207,9 +207,7 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 				res.Header[k][i] = redactSecrets(v, c.secrets)
 			}
 		}
-		res.Body = newRedactingReader(res.Body, c.secrets)
-		res.ContentLength = -1
-		res.Header.Del("Content-Length")
+		res.Body = newRedactingReader(res.Body, c.secrets) // length-preserving: Content-Length holds
 	}
 	return nil
 }

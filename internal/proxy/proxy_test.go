@@ -745,6 +745,10 @@ func TestReviewBypasses(t *testing.T) {
 	if strings.Contains(body, realSecret) || strings.Contains(fmt.Sprint(resp.Header), realSecret) {
 		t.Errorf("the echoed credential reached the agent: %v %s", resp.Header, body)
 	}
+	// Masked in place: the upstream's Content-Length still holds, so the answer is not re-chunked.
+	if mask := strings.Repeat("*", len(realSecret)); !strings.Contains(body, `{"echo":"Bearer `+mask+`"}`) || resp.ContentLength != int64(len(body)) {
+		t.Errorf("echo = %q with Content-Length %d, want the credential masked and the length kept", body, resp.ContentLength)
+	}
 	if resp.Header.Get("Access-Control-Allow-Origin") != "" {
 		t.Error("an upstream CORS grant reached the agent")
 	}

@@ -6,12 +6,15 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
-// redacted replaces a credential the upstream echoed back.
-const redacted = "[redacted]"
+// maskByte replaces each byte of a credential the upstream echoed back. The mask keeps the
+// length, so a response keeps its Content-Length and streams as the upstream sent it (a
+// length-changing rewrite would force chunked encoding and a flush per write).
+const maskByte = '*'
 
 // minSecret is the shortest value treated as a secret to redact: shorter ones would match
 // ordinary text, and no real credential is that short.
@@ -48,22 +51,28 @@ func injectedValues(u vault.Upstream, req *http.Request) []string {
 
 func redactSecrets(s string, secrets []string) string {
 	for _, sec := range secrets {
-		s = strings.ReplaceAll(s, sec, redacted)
+		s = strings.ReplaceAll(s, sec, strings.Repeat(string(maskByte), len(sec)))
 	}
 	return s
 }
 
-// redactingReader streams a response body with every occurrence of the secrets replaced. It
-// holds back the last len(longest secret)-1 bytes of what it has read, so a secret split across
-// two reads is still found.
+// redactingReader streams a response body with every occurrence of the secrets masked in place.
+// It holds back the longest tail of what it has read that could be the start of a secret, so a
+// secret split across two reads is still found.
 type redactingReader struct {
 	src     io.ReadCloser
 	secrets [][]byte
-	keep    int
-	buf     []byte // read, not yet checked or returned
-	out     []byte // checked, ready to return
+	keep    int     // the longest secret's length - 1: the most ever held back
+	pooled  *[]byte // buf's pool entry, returned on Close
+	buf     []byte
+	start   int // buf[start:ready] is checked and not yet returned
+	ready   int
+	end     int // buf[ready:end] is read and held back
 	eof     bool
 }
+
+// redactBuffers hold a body's read-ahead: 32 KiB reads plus the held-back tail.
+var redactBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 func newRedactingReader(src io.ReadCloser, secrets []string) io.ReadCloser {
 	r := &redactingReader{src: src}
@@ -71,66 +80,82 @@ func newRedactingReader(src io.ReadCloser, secrets []string) io.ReadCloser {
 		r.secrets = append(r.secrets, []byte(s))
 		r.keep = max(r.keep, len(s)-1)
 	}
+	if r.keep <= 32<<10 {
+		r.pooled = redactBuffers.Get().(*[]byte)
+		r.buf = *r.pooled
+	} else {
+		r.buf = make([]byte, r.keep+32<<10)
+	}
 	return r
 }
 
 func (r *redactingReader) Read(p []byte) (int, error) {
-	for len(r.out) == 0 {
+	for r.start == r.ready {
 		if r.eof {
-			if len(r.buf) == 0 {
+			if r.ready == r.end {
 				return 0, io.EOF
 			}
-			r.process(true)
+			r.ready = r.end // nothing more can complete a secret
 			continue
 		}
-		chunk := make([]byte, 32<<10)
-		n, err := r.src.Read(chunk)
-		r.buf = append(r.buf, chunk[:n]...)
+		// Move the held-back tail to the front and read after it.
+		r.end = copy(r.buf, r.buf[r.ready:r.end])
+		r.start, r.ready = 0, 0
+		n, err := r.src.Read(r.buf[r.end:])
+		from := max(r.end-r.keep, 0) // a secret may start in the held-back tail
+		r.end += n
 		switch {
 		case err == io.EOF:
 			r.eof = true
 		case err != nil:
 			return 0, err
 		}
-		r.process(false)
+		r.mask(from)
+		r.ready = r.end - r.hold()
 	}
-	n := copy(p, r.out)
-	r.out = r.out[n:]
+	n := copy(p, r.buf[r.start:r.ready])
+	r.start += n
 	return n, nil
 }
 
-// process moves buf to out with every whole secret replaced; unless final, it keeps back the
-// longest tail of buf that could be the start of a secret still arriving.
-func (r *redactingReader) process(final bool) {
-	for {
-		idx, hit := -1, 0
-		for _, sec := range r.secrets {
-			if j := bytes.Index(r.buf, sec); j >= 0 && (idx < 0 || j < idx) {
-				idx, hit = j, len(sec)
+// mask overwrites every whole secret in buf[from:end].
+func (r *redactingReader) mask(from int) {
+	for _, sec := range r.secrets {
+		for i := from; ; {
+			j := bytes.Index(r.buf[i:r.end], sec)
+			if j < 0 {
+				break
 			}
-		}
-		if idx < 0 {
-			break
-		}
-		r.out = append(r.out, r.buf[:idx]...)
-		r.out = append(r.out, redacted...)
-		r.buf = r.buf[idx+hit:]
-	}
-	hold := 0
-	if !final {
-	tail:
-		for k := min(r.keep, len(r.buf)); k > 0; k-- {
-			suffix := r.buf[len(r.buf)-k:]
-			for _, sec := range r.secrets {
-				if bytes.HasPrefix(sec, suffix) {
-					hold = k
-					break tail
-				}
+			i += j
+			for k := range len(sec) {
+				r.buf[i+k] = maskByte
 			}
+			i += len(sec)
 		}
 	}
-	r.out = append(r.out, r.buf[:len(r.buf)-hold]...)
-	r.buf = append([]byte(nil), r.buf[len(r.buf)-hold:]...)
 }
 
-func (r *redactingReader) Close() error { return r.src.Close() }
+// hold is the length of the longest tail of buf[:end] that could be the start of a secret still
+// arriving; 0 at the end of the body.
+func (r *redactingReader) hold() int {
+	if r.eof {
+		return 0
+	}
+	for k := min(r.keep, r.end); k > 0; k-- {
+		suffix := r.buf[r.end-k : r.end]
+		for _, sec := range r.secrets {
+			if bytes.HasPrefix(sec, suffix) {
+				return k
+			}
+		}
+	}
+	return 0
+}
+
+func (r *redactingReader) Close() error {
+	if r.pooled != nil {
+		redactBuffers.Put(r.pooled)
+		r.pooled, r.buf = nil, nil
+	}
+	return r.src.Close()
+}
