@@ -39,7 +39,7 @@ type APIToken struct {
 // Store errors.
 var (
 	ErrNotFound  = errors.New("not found")
-	ErrNameTaken = errors.New("user name already taken")
+	ErrNameTaken = errors.New("name already taken")
 )
 
 // Store is what principals need from storage.
@@ -53,4 +53,24 @@ type Store interface {
 	LookupAPIToken(ctx context.Context, hash string) (APIToken, User, error)
 	ListAPITokens(ctx context.Context, userID string) ([]APIToken, error)
 	RevokeAPIToken(ctx context.Context, id string, at time.Time, ev audit.Event) error
+}
+
+// ServiceAccount is a non-human principal: a CI pipeline, a cluster workload. It usually acts
+// through workload identity federation (internal/federation) and, like a user, owns agents and
+// grants them authority.
+type ServiceAccount struct {
+	ID          string // svc_…
+	Name        string // unique among service accounts, e.g. "ci-deploy"
+	OwnerID     string // the user responsible for it
+	Description string
+	Disabled    bool // a disabled account gets no token and its tokens stop working
+	CreatedAt   time.Time
+}
+
+// ServiceAccountStore is what service accounts need from storage.
+type ServiceAccountStore interface {
+	CreateServiceAccount(ctx context.Context, a ServiceAccount, ev audit.Event) error
+	GetServiceAccount(ctx context.Context, ref string) (ServiceAccount, error) // by id, or by name
+	ListServiceAccounts(ctx context.Context) ([]ServiceAccount, error)
+	SetServiceAccountDisabled(ctx context.Context, id string, disabled bool, ev audit.Event) error
 }
