@@ -32,8 +32,12 @@ const (
 	ActionResourceDeny   = "resource.deny"
 	ActionUserCreate     = "user.create"
 	ActionAPITokenCreate = "api_token.create"
-	ActionAPITokenRevoke = "api_token.revoke"
-	ActionKeyRotate      = "signing_key.rotate"
+	// Service accounts.
+	ActionServiceAccountCreate  = "service_account.create"
+	ActionServiceAccountDisable = "service_account.disable"
+	ActionServiceAccountEnable  = "service_account.enable"
+	ActionAPITokenRevoke        = "api_token.revoke"
+	ActionKeyRotate             = "signing_key.rotate"
 )
 
 // Actor types.
@@ -69,9 +73,11 @@ type Event struct {
 
 // Filter selects events for List.
 type Filter struct {
-	Action  string
-	AgentID string
-	Outcome Outcome
+	Action      string
+	AgentID     string
+	PrincipalID string
+	RequestID   string // every event of one HTTP request (the X-Request-Id a refusal names)
+	Outcome     Outcome
 	Limit   int // 0 = 100
 }
 

@@ -17,6 +17,9 @@ type User struct {
 	// Grantable bounds what the user may delegate to agents; nil = no bound. Admins are never
 	// bounded.
 	Grantable *Grantable
+	// Service marks a service account acting through a federated token: ID is its svc_… id,
+	// Grantable what its token's rule lets it delegate.
+	Service bool
 }
 
 // Grantable is what a user may give in grants: scopes and resource URIs.
@@ -44,6 +47,7 @@ var (
 
 // Store is what principals need from storage.
 type Store interface {
+	ServiceAccountStore
 	CreateUser(ctx context.Context, u User, ev audit.Event) error
 	GetUser(ctx context.Context, ref string) (User, error) // by id, or by name
 	ListUsers(ctx context.Context) ([]User, error)

@@ -140,6 +140,12 @@ func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, 
 	if f.AgentID != "" {
 		add("agent_id", f.AgentID)
 	}
+	if f.PrincipalID != "" {
+		add("principal_id", f.PrincipalID)
+	}
+	if f.RequestID != "" {
+		add("request_id", f.RequestID)
+	}
 	if f.Outcome != "" {
 		add("outcome", string(f.Outcome))
 	}

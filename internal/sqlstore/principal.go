@@ -46,7 +46,7 @@ func (s *Store) CreateUser(ctx context.Context, u principal.User, ev audit.Event
 // GetUser finds a user by id, or else by name.
 func (s *Store) GetUser(ctx context.Context, ref string) (principal.User, error) {
 	u, err := scanUser(s.rdb.QueryRowContext(ctx, `SELECT `+userCols+` FROM users
-		WHERE id = $1 OR name = $1 ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1`, ref))
+		WHERE kind = 'user' AND (id = $1 OR name = $1) ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1`, ref))
 	if errors.Is(err, sql.ErrNoRows) {
 		err = principal.ErrNotFound
 	}
@@ -58,7 +58,7 @@ func (s *Store) GetUser(ctx context.Context, ref string) (principal.User, error)
 
 // ListUsers returns every user, by name.
 func (s *Store) ListUsers(ctx context.Context) ([]principal.User, error) {
-	rows, err := s.rdb.QueryContext(ctx, `SELECT `+userCols+` FROM users ORDER BY name`)
+	rows, err := s.rdb.QueryContext(ctx, `SELECT `+userCols+` FROM users WHERE kind = 'user' ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("list users: %w", err)
 	}
@@ -80,7 +80,7 @@ func (s *Store) ListUsers(ctx context.Context) ([]principal.User, error) {
 // CountUsers returns how many users there are.
 func (s *Store) CountUsers(ctx context.Context) (int, error) {
 	var n int
-	if err := s.rdb.QueryRowContext(ctx, `SELECT COUNT(*) FROM users`).Scan(&n); err != nil {
+	if err := s.rdb.QueryRowContext(ctx, `SELECT COUNT(*) FROM users WHERE kind = 'user'`).Scan(&n); err != nil {
 		return 0, fmt.Errorf("count users: %w", err)
 	}
 	return n, nil
@@ -152,7 +152,7 @@ func (s *Store) LookupAPIToken(ctx context.Context, hash string) (principal.APIT
 	err := s.rdb.QueryRowContext(ctx, `SELECT t.id, t.user_id, t.name, t.hash, t.created_at, t.expires_at,
 			t.revoked_at, u.id, u.name, u.admin, u.created_at, u.grantable
 		FROM api_tokens t JOIN users u ON u.id = t.user_id
-		WHERE t.hash = $1 AND t.revoked_at = 0`, hash).
+		WHERE t.hash = $1 AND t.revoked_at = 0 AND u.kind = 'user'`, hash).
 		Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &tCreated, &tExpires, &tRevoked, &u.ID, &u.Name, &u.Admin, &uCreated, &grantable)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = principal.ErrNotFound

@@ -18,6 +18,7 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
@@ -30,6 +31,7 @@ type Store interface {
 	audit.Store
 	registry.Store
 	principal.Store
+	federation.Store
 	token.Store
 	delegation.Store
 	vault.Store
@@ -92,6 +94,9 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"UseBudget", testUseBudget},
 		{"UseBudgetConcurrent", testUseBudgetConcurrent},
 		{"Rewrap", testRewrap},
+		{"ServiceAccounts", testServiceAccounts},
+		{"FederationIssuersAndRules", testFederation},
+		{"FederationErrors", testFederationErrors},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1274,6 +1279,13 @@ func testListEventsFilter(t *testing.T, s Store) {
 	add := func(action, agentID string, outcome audit.Outcome) {
 		ev := newEvent(action)
 		ev.AgentID, ev.Outcome = agentID, outcome
+		ev.PrincipalID = "usr_b"
+		if agentID == agentA {
+			ev.PrincipalID = "usr_a"
+		}
+		if len(all)%4 == 0 {
+			ev.RequestID = "req_shared"
+		}
 		if err := s.AppendEvent(ctx, ev); err != nil {
 			t.Fatalf("AppendEvent: %v", err)
 		}
@@ -1319,6 +1331,8 @@ func testListEventsFilter(t *testing.T, s Store) {
 			func(e audit.Event) bool {
 				return e.Action == audit.ActionResourceDeny && e.AgentID == agentB && e.Outcome == audit.OutcomeFailure
 			}, 3},
+		{"principal", audit.Filter{PrincipalID: "usr_a"}, func(e audit.Event) bool { return e.AgentID == agentA }, 100},
+		{"request id", audit.Filter{RequestID: "req_shared"}, func(e audit.Event) bool { return e.RequestID == "req_shared" }, 100},
 		{"no match", audit.Filter{Action: "nothing"}, func(audit.Event) bool { return false }, 100},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
