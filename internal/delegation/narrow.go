@@ -89,9 +89,9 @@ func dedup(vals []string) []string {
 	return out
 }
 
-// validScopeToken reports whether s is a scope-token of RFC 6749 §3.3: 1*( %x21 / %x23-5B /
+// ValidScopeToken reports whether s is a scope-token of RFC 6749 §3.3: 1*( %x21 / %x23-5B /
 // %x5D-7E ).
-func validScopeToken(s string) bool {
+func ValidScopeToken(s string) bool {
 	if s == "" {
 		return false
 	}
@@ -113,7 +113,7 @@ func NarrowScopes(requested, parent []string) ([]string, error) {
 		return dedup(parent), nil
 	}
 	for _, s := range requested {
-		if !validScopeToken(s) {
+		if !ValidScopeToken(s) {
 			return nil, narrowErr(LimitScope, "scope %q is not a valid scope token (RFC 6749 §3.3)", clip(s))
 		}
 		if !slices.Contains(parent, s) {
