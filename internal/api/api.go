@@ -13,9 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
@@ -34,6 +36,8 @@ type Config struct {
 	Audit      audit.Store
 	Delegation *delegation.Service
 	Vault      *vault.Service
+	Federation *federation.Service
+	DPoP       *dpop.Checker                   // proofs of service accounts' DPoP-bound tokens
 	AgentAuth  func(http.Handler) http.Handler // verify middleware for agent-authenticated routes
 	Log        *slog.Logger
 	Now        func() time.Time
@@ -94,6 +98,21 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/agent/tasks/{id}/end", agent(a.agentEndTask))
 	mux.Handle("GET /v1/agent/whoami", agent(a.agentWhoami))
 	mux.Handle("POST /v1/keys/rotate", u(a.rotateKeys))
+	mux.Handle("POST /v1/service-accounts", u(a.createServiceAccount))
+	mux.Handle("GET /v1/service-accounts", u(a.listServiceAccounts))
+	mux.Handle("GET /v1/service-accounts/{ref}", u(a.getServiceAccount))
+	mux.Handle("POST /v1/service-accounts/{ref}/disable", u(a.setServiceAccountDisabled(true)))
+	mux.Handle("POST /v1/service-accounts/{ref}/enable", u(a.setServiceAccountDisabled(false)))
+	mux.Handle("POST /v1/federation/issuers", u(a.addIssuer))
+	mux.Handle("GET /v1/federation/issuers", u(a.listIssuers))
+	mux.Handle("DELETE /v1/federation/issuers", u(a.removeIssuer))
+	mux.Handle("POST /v1/federation/rules", u(a.addRule))
+	mux.Handle("GET /v1/federation/rules", u(a.listRules))
+	mux.Handle("GET /v1/federation/rules/{id}", u(a.getRule))
+	mux.Handle("POST /v1/federation/rules/{id}/disable", u(a.setRuleDisabled(true)))
+	mux.Handle("POST /v1/federation/rules/{id}/enable", u(a.setRuleDisabled(false)))
+	mux.Handle("POST /v1/federation/rules/{id}/test", u(a.testRule))
+	mux.Handle("GET /v1/audit", u(a.listAudit))
 }
 
 type userHandler func(w http.ResponseWriter, r *http.Request, u principal.User) error
@@ -101,11 +120,19 @@ type userHandler func(w http.ResponseWriter, r *http.Request, u principal.User) 
 // withUser authenticates the management API token (Authorization: Bearer).
 func (a *API) withUser(f userHandler) httpapi.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		secret, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
+		scheme, secret, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+		if (scheme != "Bearer" && scheme != "DPoP") || secret == "" {
 			return &httpapi.Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Reason: "missing",
 				Description: "send an API token as Authorization: Bearer <token>; get one with mandate login",
 				Header:      http.Header{"WWW-Authenticate": {`Bearer realm="mandate"`}}}
+		}
+		if scheme == "DPoP" || strings.Count(secret, ".") == 2 {
+			// A JWT: a service account's federated token.
+			u, err := a.serviceAccount(r, scheme, secret)
+			if err != nil {
+				return err
+			}
+			return f(w, r, u)
 		}
 		u, err := a.cfg.Principals.Authenticate(r.Context(), secret)
 		if de, ok := apperr.As(err); ok && de.Kind == apperr.Unauthenticated {

@@ -17,10 +17,12 @@ type UserJSON struct {
 	Admin     bool                 `json:"admin"`
 	CreatedAt time.Time            `json:"created_at"`
 	Grantable *principal.Grantable `json:"grantable,omitempty"`
+	// ServiceAccount is set when the caller is a service account (a federated token).
+	ServiceAccount bool `json:"service_account,omitempty"`
 }
 
 func userJSON(u principal.User) UserJSON {
-	return UserJSON{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt.UTC(), Grantable: u.Grantable}
+	return UserJSON{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt.UTC(), Grantable: u.Grantable, ServiceAccount: u.Service}
 }
 
 // TokenJSON is an API token's metadata; Token (the secret) is set only in the create response.

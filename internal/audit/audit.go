@@ -44,6 +44,7 @@ const (
 const (
 	ActorUser      = "user"
 	ActorAgent     = "agent"
+	ActorService   = "service_account"
 	ActorSystem    = "system"
 	ActorAnonymous = "anonymous"
 )
@@ -78,7 +79,7 @@ type Filter struct {
 	PrincipalID string
 	RequestID   string // every event of one HTTP request (the X-Request-Id a refusal names)
 	Outcome     Outcome
-	Limit   int // 0 = 100
+	Limit       int // 0 = 100
 }
 
 // Store appends standalone events (denials, which change nothing else) and lists them.

@@ -52,5 +52,6 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newUpstreamCmd())
 	root.AddCommand(newExecCmd())
 	root.AddCommand(newVaultCmd())
+	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
 	return root
 }

@@ -21,6 +21,10 @@ type Error struct {
 	Reason      string      // machine word for metrics and audit; defaults to Code
 	Header      http.Header // extra response headers (WWW-Authenticate, DPoP-Nonce)
 	Cause       error
+	// Audit, when set, is the precise refusal for the audit trail in place of Description: a
+	// refusal that must not tell the caller which check failed (RFC 7523 assertions) still
+	// tells the admin.
+	Audit string
 }
 
 func (e *Error) Error() string {

@@ -71,8 +71,14 @@ func (s *Server) audiences(resources []string) (jwt.Audience, error) {
 // this is where access tokens are made. The token expires after the configured lifetime, or at
 // notAfter when that is earlier; it is bound to the request's proof key unless c names another.
 func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClaims, notAfter time.Time) (*tokenResponse, error) {
+	return s.mintTTL(ctx, req, c, s.cfg.TokenTTL, notAfter)
+}
+
+// mintTTL is mint with a lifetime other than the configured one. Without a proof (a
+// proofOptional grant) the token is unbound: a Bearer token.
+func (s *Server) mintTTL(ctx context.Context, req *tokenRequest, c token.AccessClaims, ttl time.Duration, notAfter time.Time) (*tokenResponse, error) {
 	now := s.cfg.Now()
-	exp := now.Add(s.cfg.TokenTTL)
+	exp := now.Add(ttl)
 	if !notAfter.IsZero() && notAfter.Before(exp) {
 		exp = notAfter
 	}
@@ -83,7 +89,7 @@ func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClai
 	c.IssuedAt, c.NotBefore = now.Unix(), now.Unix()
 	c.Expiry = exp.Unix()
 	c.JTI = ids.New("at")
-	if c.Cnf.JKT == "" {
+	if c.Cnf.JKT == "" && req.Proof != nil {
 		c.Cnf = token.Confirmation{JKT: req.Proof.JKT}
 	}
 	raw, err := s.cfg.Keys.Sign(ctx, token.TypeAccessToken, c)
@@ -94,6 +100,10 @@ func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClai
 	if req.Event.Detail == "" {
 		req.Event.Detail = "scope=" + c.Scope + " aud=" + strings.Join(c.Audience, ",")
 	}
+	tokenType := "DPoP"
+	if c.Cnf.JKT == "" {
+		tokenType = "Bearer"
+	}
 	req.Event.Detail += " jkt=" + c.Cnf.JKT
-	return &tokenResponse{AccessToken: raw, TokenType: "DPoP", ExpiresIn: c.Expiry - now.Unix(), Scope: c.Scope}, nil
+	return &tokenResponse{AccessToken: raw, TokenType: tokenType, ExpiresIn: c.Expiry - now.Unix(), Scope: c.Scope}, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
@@ -43,9 +44,10 @@ type Config struct {
 	Audit      audit.Store
 	Delegation *delegation.Service
 	Tasks      delegation.Store
-	JTIs       dpop.ReplayStore // single-use client assertion ids, shared by replicas
-	DPoP       *dpop.Checker    // proofs at the token endpoint (nonces required when configured)
-	Nonces     *dpop.Nonces     // nil when nonces are off
+	Federation *federation.Service // jwt-bearer assertions from trusted issuers
+	JTIs       dpop.ReplayStore    // single-use client assertion ids, shared by replicas
+	DPoP       *dpop.Checker       // proofs at the token endpoint (nonces required when configured)
+	Nonces     *dpop.Nonces        // nil when nonces are off
 	TokenTTL   time.Duration
 	ClockSkew  time.Duration
 	Metrics    *Metrics
@@ -88,7 +90,7 @@ func New(cfg Config) *Server {
 		cfg.ClockSkew = 30 * time.Second
 	}
 	s := &Server{cfg: cfg, grants: map[string]grant{}}
-	for _, g := range []grant{&clientCredentials{s: s}, &tokenExchange{s: s}} {
+	for _, g := range []grant{&clientCredentials{s: s}, &tokenExchange{s: s}, &jwtBearer{s: s}} {
 		s.grants[g.Type()] = g
 	}
 	return s
@@ -104,10 +106,18 @@ type grant interface {
 	Issue(ctx context.Context, req *tokenRequest) (*tokenResponse, error)
 }
 
+// proofOptional is a grant that may issue without a DPoP proof (an unbound token).
+type proofOptional interface{ ProofOptional() bool }
+
+// replayRefuser is a grant that answers a used-up single-use id in its own words.
+type replayRefuser interface {
+	Replayed(ctx context.Context, err error) error
+}
+
 // tokenRequest is what the shared steps established.
 type tokenRequest struct {
 	Form   url.Values
-	Proof  *dpop.Proof       // the verified DPoP proof; the new token is bound to its key
+	Proof  *dpop.Proof       // the verified DPoP proof; the new token is bound to its key. nil only for a proofOptional grant
 	Client registry.Agent    // the authenticated agent, for grants with ClientAuth
 	Uses   []token.SingleUse // single-use ids committed with the token's audit event
 	Event  *audit.Event      // the grant fills in who and what; the endpoint writes it
@@ -156,6 +166,9 @@ func (s *Server) Token(w http.ResponseWriter, r *http.Request) error {
 		}
 		ev.Reason = reason
 		ev.Detail = httpapi.AsError(err).Description
+		if d := httpapi.AsError(err).Audit; d != "" {
+			ev.Detail = d
+		}
 		if aerr := s.cfg.Audit.AppendEvent(context.WithoutCancel(ctx), ev); aerr != nil {
 			return errors.Join(err, fmt.Errorf("record denial: %w", aerr))
 		}
@@ -179,14 +192,17 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 		return nil, badRequest(CodeUnsupportedGrantType, "grant_type", "grant_type must be one of: "+strings.Join(s.grantTypes(), ", "))
 	}
 	*grantType = g.Type()
-	proof, err := s.checkProof(ctx, r)
-	if err != nil {
-		return nil, err
+	req := &tokenRequest{Form: form, Event: ev}
+	if o, ok := g.(proofOptional); !ok || !o.ProofOptional() || len(r.Header.Values(dpop.HeaderName)) > 0 {
+		proof, err := s.checkProof(ctx, r)
+		if err != nil {
+			return nil, err
+		}
+		req.Proof = proof
+		// The proof's jti is also used up in the database with the issue, so a proof captured at
+		// one replica cannot be replayed at another (each replica's replay cache is its own).
+		req.Uses = append(req.Uses, token.SingleUse{ID: "dpop:" + proof.JKT + ":" + proof.JTI, ExpiresAt: proof.IssuedAt.Add(proofMemory)})
 	}
-	req := &tokenRequest{Form: form, Proof: proof, Event: ev}
-	// The proof's jti is also used up in the database with the issue, so a proof captured at one
-	// replica cannot be replayed at another (each replica's replay cache is its own).
-	req.Uses = append(req.Uses, token.SingleUse{ID: "dpop:" + proof.JKT + ":" + proof.JTI, ExpiresAt: proof.IssuedAt.Add(proofMemory)})
 	if g.ClientAuth() {
 		agent, use, err := s.authenticateClient(ctx, form)
 		if agent.ID != "" {
@@ -219,6 +235,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 			return nil, err
 		}
 		if errors.Is(err, dpop.ErrReplay) {
+			if rp, ok := g.(replayRefuser); ok {
+				return nil, rp.Replayed(ctx, err)
+			}
 			if g.ClientAuth() {
 				return nil, assertionReplayed(err)
 			}

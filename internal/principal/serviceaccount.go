@@ -84,3 +84,19 @@ func (s *Service) SetServiceAccountDisabled(ctx context.Context, requestID strin
 	a.Disabled = disabled
 	return a, nil
 }
+
+// ActiveServiceAccount returns a service account that may act: it exists and is not disabled.
+// For authenticating its tokens; refusals are Unauthenticated.
+func (s *Service) ActiveServiceAccount(ctx context.Context, id string) (ServiceAccount, error) {
+	a, err := s.store.GetServiceAccount(ctx, id)
+	if errors.Is(err, ErrNotFound) || (err == nil && a.ID != id) {
+		return ServiceAccount{}, apperr.New(apperr.Unauthenticated, "service_account_unknown", "the service account of this token no longer exists")
+	}
+	if err != nil {
+		return ServiceAccount{}, fmt.Errorf("get service account %s: %w", id, err)
+	}
+	if a.Disabled {
+		return ServiceAccount{}, apperr.New(apperr.Unauthenticated, "service_account_disabled", "service account %s is disabled: its owner or an admin can enable it", a.Name)
+	}
+	return a, nil
+}

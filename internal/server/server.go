@@ -30,6 +30,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/oauth"
 	"github.com/mandate-dev/mandate/internal/principal"
@@ -154,10 +155,12 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, Now: now})
 	deleg := delegation.New(delegation.Config{Store: s.store, Agents: s.store, Keys: s.keys, Tokens: s.store, Audit: s.store,
 		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Now: now})
+	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
+	tokenDPoP := dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now})
 	oauthSrv := oauth.New(oauth.Config{
 		Issuer: cfg.Issuer, Keys: s.keys, Tokens: s.store, Registry: registrySvc, Agents: s.store,
-		Principals: principals, Audit: s.store, JTIs: s.store, Delegation: deleg, Tasks: s.store,
-		DPoP:     dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now}),
+		Principals: principals, Audit: s.store, JTIs: s.store, Delegation: deleg, Tasks: s.store, Federation: fed,
+		DPoP:     tokenDPoP,
 		Nonces:   nonces,
 		TokenTTL: cfg.TokenTTL, Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
 	})
@@ -172,7 +175,9 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	}
 	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
-		Keys: s.keys, Tokens: s.store, Audit: s.store, Delegation: deleg, Vault: s.vault, AgentAuth: verifier.Middleware, Log: s.log, Now: now})
+		Keys: s.keys, Tokens: s.store, Audit: s.store, Delegation: deleg, Vault: s.vault, Federation: fed,
+		DPoP:      dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now}),
+		AgentAuth: verifier.Middleware, Log: s.log, Now: now})
 
 	// The egress proxy: one verifier per upstream (audience {issuer}/proxy/{name}) with our own
 	// keys and live status; the proxy audits every call itself, so no OnDeny.

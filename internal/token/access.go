@@ -20,7 +20,8 @@ type Confirmation struct {
 }
 
 // AccessClaims are the claims of an access token (RFC 9068 plus DPoP binding and the agent's
-// identity). Every token is bound to a key: JKT is never empty.
+// identity). Every token is bound to a key (JKT set), except a service account's token issued
+// by the jwt-bearer grant without a proof: a Bearer token for the management API only.
 type AccessClaims struct {
 	Issuer    string       `json:"iss"`
 	Subject   string       `json:"sub"`
@@ -31,7 +32,7 @@ type AccessClaims struct {
 	NotBefore int64        `json:"nbf"`
 	JTI       string       `json:"jti"`
 	ClientID  string       `json:"client_id"`
-	Cnf       Confirmation `json:"cnf"`
+	Cnf       Confirmation `json:"cnf,omitzero"`
 	Handle    string       `json:"handle,omitempty"`
 	DID       string       `json:"did,omitempty"`
 
