@@ -1,7 +1,10 @@
 package federation
 
 import (
+	"encoding/json"
 	"errors"
+	"regexp"
+	"strings"
 	"sync"
 
 	"cel.dev/cel-go/cel"
@@ -155,9 +158,36 @@ func (c *conditions) eval(r Rule, claims map[string]any) *Refusal {
 		return refuse(ReasonCondition, "the condition of rule %s failed to evaluate (counts as false): %s", r.ID, clipN(err.Error(), 300))
 	}
 	if pass, ok := out.Value().(bool); !ok || !pass {
-		return refuse(ReasonCondition, "the condition of rule %s is %v", r.ID, out)
+		return refuse(ReasonCondition, "rule %s condition false: %s%s", r.ID, clipN(r.Condition, 300), referencedClaims(r.Condition, claims))
 	}
 	return nil
+}
+
+var claimMention = regexp.MustCompile(`\b(?:claims|assertion)(?:\.([A-Za-z_][A-Za-z0-9_]*)|\[\s*"([^"]+)"\s*\])`)
+
+// referencedClaims lists the top-level claims a condition names, with the assertion's values,
+// so the audit trail and the dry run say why a condition was false: ` (ref = "refs/heads/dev")`.
+func referencedClaims(cond string, claims map[string]any) string {
+	var parts []string
+	seen := map[string]bool{}
+	for _, m := range claimMention.FindAllStringSubmatch(cond, 10) {
+		name := m[1] + m[2]
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		v, ok := claims[name]
+		if !ok {
+			parts = append(parts, name+" absent")
+			continue
+		}
+		b, _ := json.Marshal(v)
+		parts = append(parts, name+" = "+clipN(string(b), 120))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(parts, ", ") + ")"
 }
 
 // children lists the direct subexpressions of e.

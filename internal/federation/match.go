@@ -113,6 +113,7 @@ func (s *Service) issuerOf(ctx context.Context, iss string) (Issuer, error) {
 type check struct {
 	name string
 	run  func() *Refusal
+	ok   string // what passing means, for the dry-run report
 }
 
 // assertionChecks are the checks of an assertion's validity that do not depend on a rule.
@@ -132,19 +133,21 @@ func (s *Service) assertionChecks(is Issuer, a *assertion) []check {
 				return refuse(ReasonExpired, "the assertion expired at %s (now %s, %v clock skew allowed)", stamp(*a.exp), stamp(now), skew)
 			}
 			return nil
-		}},
+		}, exists(a.exp, func(t time.Time) string {
+			return "expires at " + stamp(t) + " (in " + t.Sub(now).Round(time.Second).String() + ")"
+		})},
 		{"nbf", func() *Refusal {
 			if a.nbf != nil && a.nbf.After(now.Add(skew)) {
 				return refuse(ReasonNotYetValid, "the assertion is not valid before %s (now %s, %v clock skew allowed)", stamp(*a.nbf), stamp(now), skew)
 			}
 			return nil
-		}},
+		}, exists(a.nbf, func(t time.Time) string { return "valid from " + stamp(t) })},
 		{"iat", func() *Refusal {
 			if a.iat != nil && a.iat.After(now.Add(skew)) {
 				return refuse(ReasonIssuedInFuture, "the assertion was issued in the future, at %s (now %s, %v clock skew allowed)", stamp(*a.iat), stamp(now), skew)
 			}
 			return nil
-		}},
+		}, exists(a.iat, func(t time.Time) string { return "issued at " + stamp(t) })},
 		{"lifetime", func() *Refusal {
 			if a.exp == nil {
 				return refuse(ReasonLifetime, "the assertion has no exp claim, so its lifetime is unbounded")
@@ -160,13 +163,13 @@ func (s *Service) assertionChecks(is Issuer, a *assertion) []check {
 				return refuse(ReasonLifetime, "the assertion is valid for %v from %s to exp, more than the %v issuer %s allows", life, from, maxLife, is.URL)
 			}
 			return nil
-		}},
+		}, fmt.Sprintf("at most the %v the issuer allows", maxLife)},
 		{"jti", func() *Refusal {
 			if is.RequireJTI && a.jti == "" {
 				return refuse(ReasonJTIMissing, "issuer %s requires a jti and the assertion has none", is.URL)
 			}
 			return nil
-		}},
+		}, map[bool]string{true: "present (used once at the exchange)", false: "not required by the issuer"}[is.RequireJTI]},
 	}
 }
 
@@ -179,14 +182,14 @@ func (s *Service) ruleChecks(ctx context.Context, r Rule, a *assertion, sa *prin
 			return refuse(ReasonRuleDisabled, "rule %s is disabled", r.ID)
 		}
 		return nil
-	}}}
+	}, "the rule is enabled"}}
 	if r.SubjectPrefix != "" {
 		checks = append(checks, check{"subject", func() *Refusal {
 			if !strings.HasPrefix(a.sub, r.SubjectPrefix) {
 				return refuse(ReasonSubject, "sub %q does not start with %q (rule %s)", clip(a.sub), r.SubjectPrefix, r.ID)
 			}
 			return nil
-		}})
+		}, fmt.Sprintf("sub %q starts with %q", clip(a.sub), r.SubjectPrefix)})
 	}
 	for _, name := range sortedKeys(r.Claims) {
 		want := r.Claims[name]
@@ -203,10 +206,10 @@ func (s *Service) ruleChecks(ctx context.Context, r Rule, a *assertion, sa *prin
 				return refuse(ReasonClaim, "claim %s is %q; rule %s wants %q", name, clip(got), r.ID, want)
 			}
 			return nil
-		}})
+		}, fmt.Sprintf("%s is %q", name, want)})
 	}
 	if r.Condition != "" {
-		checks = append(checks, check{"condition", func() *Refusal { return s.conds.eval(r, a.claims) }})
+		checks = append(checks, check{"condition", func() *Refusal { return s.conds.eval(r, a.claims) }, "true: " + clipN(r.Condition, 200)})
 	}
 	return append(checks, check{"service_account", func() *Refusal {
 		got, err := s.cfg.ServiceAccounts.GetServiceAccount(ctx, r.ServiceAccount)
@@ -221,7 +224,15 @@ func (s *Service) ruleChecks(ctx context.Context, r Rule, a *assertion, sa *prin
 		}
 		*sa = got
 		return nil
-	}})
+	}, "service account " + r.ServiceAccount + " is enabled"})
+}
+
+// exists describes an optional time claim for the report.
+func exists(t *time.Time, say func(time.Time) string) string {
+	if t == nil {
+		return "absent"
+	}
+	return say(*t)
 }
 
 // matchRule runs the checks of one rule and returns the first refusal.

@@ -71,12 +71,12 @@ func (s *Service) Test(ctx context.Context, by principal.User, ruleID, raw strin
 		add("audience", nil, fmt.Sprintf("aud names %q", r.Audience))
 	}
 	for _, c := range s.assertionChecks(is, a) {
-		add(c.name, c.run(), "")
+		add(c.name, c.run(), c.ok)
 	}
 	var sa principal.ServiceAccount
 	var internal error
 	for _, c := range s.ruleChecks(ctx, r, a, &sa, &internal) {
-		add(c.name, c.run(), "")
+		add(c.name, c.run(), c.ok)
 		if internal != nil {
 			return Report{}, internal
 		}
