@@ -1,7 +1,8 @@
 // Package interop checks mandate against independent clients: Node's oauth4webapi and jose run
 // agent.mjs (registration, private_key_jwt + DPoP, JWKS, the protected resource, introspection,
-// revocation) and delegation.mjs (the three-level delegation chain by RFC 8693 token exchange)
-// against an in-process server, so the standards are honoured as others read them, not only as
+// revocation), delegation.mjs (the three-level delegation chain by RFC 8693 token exchange) and
+// federation.mjs (a workload's assertion exchanged by RFC 7523 jwt-bearer) against an in-process
+// server, so the standards are honoured as others read them, not only as
 // our own Go client does. See the comment at the top of each script for what is proven.
 //
 // Needs node (20 or later) and the pinned npm packages: npm ci --prefix interop.
@@ -378,5 +379,41 @@ func adminGet(t *testing.T, issuer, adminToken, path string, out any) {
 	}
 	if err := json.Unmarshal(body, out); err != nil {
 		t.Fatalf("GET %s: %v: %s", path, err, body)
+	}
+}
+
+// wantFederationChecks are the checks federation.mjs must report.
+var wantFederationChecks = []string{
+	"discovery_jwt_bearer", "service_account", "issuer_pinned", "rule", "jwt_bearer", "access_token_sub",
+	"access_token_cnf_jkt", "access_token_lifetime", "whoami", "refused_audience", "refused_signature", "refused_condition",
+}
+
+// TestNodeFederationInterop: an assertion signed by jose, exchanged by oauth4webapi (RFC 7523
+// jwt-bearer with DPoP), the token verified by jose and used at the management API.
+func TestNodeFederationInterop(t *testing.T) {
+	node := needNode(t)
+	_, issuer, adminToken, logs := startServer(t)
+	var res struct {
+		OK             bool    `json:"ok"`
+		ServiceAccount string  `json:"service_account"`
+		Rule           string  `json:"rule"`
+		Checks         []check `json:"checks"`
+	}
+	runErr := runScript(t, node, "federation.mjs", logs, &res, "ISSUER="+issuer, "ADMIN_TOKEN="+adminToken)
+	requireChecks(t, "federation.mjs", res.Checks, wantFederationChecks, runErr, res.OK)
+
+	// The server's own record of the three refusals: each reason precise in the audit trail.
+	var evs struct {
+		Events []struct{ Action, Reason string } `json:"events"`
+	}
+	adminGet(t, issuer, adminToken, "/v1/audit?action=token.deny", &evs)
+	got := map[string]bool{}
+	for _, e := range evs.Events {
+		got[e.Reason] = true
+	}
+	for _, want := range []string{"assertion_audience", "assertion_signature", "assertion_condition"} {
+		if !got[want] {
+			t.Errorf("no token.deny with reason %s in the audit trail: %+v", want, evs.Events)
+		}
 	}
 }

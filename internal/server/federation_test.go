@@ -285,6 +285,28 @@ func TestFederationRefusals(t *testing.T) {
 	}
 }
 
+// TestFederationUnknownKID: an unknown kid makes the server refetch the issuer's JWKS once the
+// rate limit allows, and is refused when the refreshed set does not have it either.
+func TestFederationUnknownKID(t *testing.T) {
+	ts := newTestServer(t)
+	is := oidctest.New(t, oidctest.WithClock(ts.Clock.Now))
+	ts.trust(t, is, nil)
+	ts.svcAccount(t, "ci")
+	aud := "https://mandate.example.com"
+	ts.rule(t, map[string]any{"issuer": is.URL, "audience": aud, "subject_prefix": "repo:acme/", "service_account": "ci", "scope": "deploy:write"})
+	ts.Clock.Advance(2 * time.Minute) // past the refresh window of the fetch made when the issuer was added
+	before := is.JWKSFetches()
+	for range 20 {
+		resp, out := ts.jwtBearer(t, is.Mint(is.GitHubActions(aud, "acme/app", ""), oidctest.WithKID("kid-"+randomID())), nil, nil)
+		if resp.StatusCode != 400 || ts.auditOf(t, out["request_id"].(string))[0]["reason"] != "assertion_unknown_kid" {
+			t.Fatalf("unknown kid: %d %v", resp.StatusCode, out)
+		}
+	}
+	if got := is.JWKSFetches() - before; got != 1 {
+		t.Errorf("20 unknown kids made %d JWKS fetches, want 1 (one refresh per window)", got)
+	}
+}
+
 // TestFederationCIFlow: a GitHub-shaped token → the service account's token → a grant for
 // @deployer → the agent's task token, whose sub is the service account, with the chain visible
 // to an independent verifier.
