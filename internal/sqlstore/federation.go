@@ -30,9 +30,7 @@ func (s *Store) CreateServiceAccount(ctx context.Context, a principal.ServiceAcc
 		case err != nil:
 			return err
 		}
-		if ev.Target == "" {
-			ev.Target = a.ID
-		}
+		defaultTarget(&ev, a.ID)
 		return appendSuccess(ctx, tx, &ev)
 	})
 	if err != nil {
@@ -64,18 +62,10 @@ func (s *Store) ListServiceAccounts(ctx context.Context) ([]principal.ServiceAcc
 // id). An unknown id gives principal.ErrNotFound.
 func (s *Store) SetServiceAccountDisabled(ctx context.Context, id string, disabled bool, ev audit.Event) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE users SET disabled = $1 WHERE id = $2 AND kind = 'service'`, disabled, id)
-		if err != nil {
+		if err := execOne(ctx, tx, principal.ErrNotFound, `UPDATE users SET disabled = $1 WHERE id = $2 AND kind = 'service'`, disabled, id); err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return principal.ErrNotFound
-		}
-		if ev.Target == "" {
-			ev.Target = id
-		}
+		defaultTarget(&ev, id)
 		return appendSuccess(ctx, tx, &ev)
 	})
 	if err != nil {
@@ -117,9 +107,7 @@ func (s *Store) CreateIssuer(ctx context.Context, is federation.Issuer, ev audit
 		if err != nil {
 			return err
 		}
-		if ev.Target == "" {
-			ev.Target = is.URL
-		}
+		defaultTarget(&ev, is.URL)
 		return appendSuccess(ctx, tx, &ev)
 	})
 	if err != nil {
@@ -154,18 +142,10 @@ func (s *Store) RemoveIssuer(ctx context.Context, url string, ev audit.Event) er
 		if _, err := tx.ExecContext(ctx, `DELETE FROM federation_rules WHERE issuer = $1`, url); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `DELETE FROM federation_issuers WHERE url = $1`, url)
-		if err != nil {
+		if err := execOne(ctx, tx, federation.ErrNotFound, `DELETE FROM federation_issuers WHERE url = $1`, url); err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return federation.ErrNotFound
-		}
-		if ev.Target == "" {
-			ev.Target = url
-		}
+		defaultTarget(&ev, url)
 		return appendSuccess(ctx, tx, &ev)
 	})
 	if err != nil {
@@ -206,9 +186,7 @@ func (s *Store) CreateRule(ctx context.Context, r federation.Rule, ev audit.Even
 		if err != nil {
 			return err
 		}
-		if ev.Target == "" {
-			ev.Target = r.ID
-		}
+		defaultTarget(&ev, r.ID)
 		return appendSuccess(ctx, tx, &ev)
 	})
 	if err != nil {
@@ -239,18 +217,10 @@ func (s *Store) ListRules(ctx context.Context, issuer string) ([]federation.Rule
 // gives federation.ErrNotFound.
 func (s *Store) SetRuleDisabled(ctx context.Context, id string, disabled bool, ev audit.Event) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE federation_rules SET disabled = $1 WHERE id = $2`, disabled, id)
-		if err != nil {
+		if err := execOne(ctx, tx, federation.ErrNotFound, `UPDATE federation_rules SET disabled = $1 WHERE id = $2`, disabled, id); err != nil {
 			return err
 		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return federation.ErrNotFound
-		}
-		if ev.Target == "" {
-			ev.Target = id
-		}
+		defaultTarget(&ev, id)
 		return appendSuccess(ctx, tx, &ev)
 	})
 	if err != nil {

@@ -287,3 +287,20 @@ func queryAll[T any](ctx context.Context, db *sql.DB, what string, scan func(row
 	}
 	return out, nil
 }
+
+// execOne runs a statement that must change one row (an update or delete by key); none changed
+// is notFound.
+func execOne(ctx context.Context, tx *sql.Tx, notFound error, query string, args ...any) error {
+	res, err := tx.ExecContext(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return err
+	}
+	if n == 0 {
+		return notFound
+	}
+	return nil
+}

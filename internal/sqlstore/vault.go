@@ -206,14 +206,8 @@ func (s *Store) DeleteUpstream(ctx context.Context, name string, ev audit.Event)
 		if _, err := tx.ExecContext(ctx, `DELETE FROM upstream_secrets WHERE upstream = $1`, name); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, `DELETE FROM upstreams WHERE name = $1`, name)
-		if err != nil {
+		if err := execOne(ctx, tx, vault.ErrNotFound, `DELETE FROM upstreams WHERE name = $1`, name); err != nil {
 			return err
-		}
-		if n, err := res.RowsAffected(); err != nil {
-			return err
-		} else if n == 0 {
-			return vault.ErrNotFound
 		}
 		defaultTarget(&ev, name)
 		return appendSuccess(ctx, tx, &ev)
