@@ -58,23 +58,7 @@ func (s *Store) GetUser(ctx context.Context, ref string) (principal.User, error)
 
 // ListUsers returns every user, by name.
 func (s *Store) ListUsers(ctx context.Context) ([]principal.User, error) {
-	rows, err := s.rdb.QueryContext(ctx, `SELECT `+userCols+` FROM users WHERE kind = 'user' ORDER BY name`)
-	if err != nil {
-		return nil, fmt.Errorf("list users: %w", err)
-	}
-	defer rows.Close()
-	var users []principal.User
-	for rows.Next() {
-		u, err := scanUser(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list users: %w", err)
-		}
-		users = append(users, u)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list users: %w", err)
-	}
-	return users, nil
+	return queryAll(ctx, s.rdb, "list users", scanUser, `SELECT `+userCols+` FROM users WHERE kind = 'user' ORDER BY name`)
 }
 
 // CountUsers returns how many users there are.
