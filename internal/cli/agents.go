@@ -29,12 +29,8 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 		Example: "  mandate agents claim ABCD-EFGH-JKMN-PQRS",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var a api.AgentJSON
-			if printed, err := c.call(cmd, http.MethodPost, "/v1/agents/claim", map[string]string{"claim_code": args[0]}, &a); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, "/v1/agents/claim", map[string]string{"claim_code": args[0]}, &a); done {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Claimed agent @%s (%s); you are its owner and it can now get tokens.\n", a.Handle, a.AgentID)
@@ -49,10 +45,6 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 		Example: "  mandate agents list --status CLAIMED",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			q := url.Values{}
 			if owner != "" {
 				q.Set("owner", owner)
@@ -67,7 +59,7 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 			var res struct {
 				Agents []api.AgentJSON `json:"agents"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, path, nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, path, nil, &res); done {
 				return err
 			}
 			now := time.Now()
@@ -87,12 +79,8 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 		Example: "  mandate agents show @release-bot",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var a api.AgentJSON
-			if printed, err := c.call(cmd, http.MethodGet, agentPath(args[0]), nil, &a); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, agentPath(args[0]), nil, &a); done {
 				return err
 			}
 			return printAgent(cmd.OutOrStdout(), a, time.Now())
@@ -108,21 +96,12 @@ Asks for confirmation on a terminal; elsewhere (scripts, CI) pass --yes.`,
 		Example: "  mandate agents revoke @release-bot --yes",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			ref := args[0]
 			if !yes {
-				in := cmd.InOrStdin()
-				if !isTerminal(in) {
-					return fmt.Errorf("refusing to revoke %s without confirmation (there is no terminal to ask on): pass --yes", ref)
-				}
 				var a api.AgentJSON
-				if _, err := c.do(cmd.Context(), http.MethodGet, agentPath(ref), nil, &a); err != nil {
-					return err
-				}
-				ok, err := confirm(in, cmd.ErrOrStderr(), fmt.Sprintf("Revoke agent @%s (%s) for good? Every token it holds stops working. [y/N] ", a.Handle, a.AgentID))
+				ok, err := confirmWith(cmd, ref, agentPath(ref), &a, func() string {
+					return fmt.Sprintf("Revoke agent @%s (%s) for good? Every token it holds stops working. [y/N] ", a.Handle, a.AgentID)
+				})
 				if err != nil {
 					return err
 				}
@@ -132,7 +111,7 @@ Asks for confirmation on a terminal; elsewhere (scripts, CI) pass --yes.`,
 				ref = a.AgentID
 			}
 			var a api.AgentJSON
-			if printed, err := c.call(cmd, http.MethodPost, agentPath(ref)+"/revoke", nil, &a); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, agentPath(ref)+"/revoke", nil, &a); done {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Revoked agent @%s (%s); its tokens no longer work.\n", a.Handle, a.AgentID)

@@ -34,14 +34,10 @@ rules add); then it can own agents and grant them authority, like a user.`,
 	list := &cobra.Command{
 		Use: "list", Short: "List service accounts (yours; an admin's: all)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var res struct {
 				ServiceAccounts []api.ServiceAccountJSON `json:"service_accounts"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, "/v1/service-accounts", nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, "/v1/service-accounts", nil, &res); done {
 				return err
 			}
 			now := time.Now()
@@ -75,12 +71,8 @@ rules add); then it can own agents and grant them authority, like a user.`,
 }
 
 func showServiceAccount(cmd *cobra.Command, method, path string, body any, verb string) error {
-	c, err := managementClient(cmd)
-	if err != nil {
-		return err
-	}
 	var a api.ServiceAccountJSON
-	if printed, err := c.call(cmd, method, path, body, &a); printed || err != nil {
+	if done, err := callAPI(cmd, method, path, body, &a); done {
 		return err
 	}
 	out := cmd.OutOrStdout()
@@ -121,10 +113,6 @@ Google, Terraform Cloud) are marked shared whatever --shared says: their rules m
 			"  mandate federation issuers add --issuer https://spire.example.org --jwks-file bundle.jwks --max-assertion-lifetime 5m",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			body := map[string]any{"issuer": issuer, "max_assertion_lifetime": maxLife, "require_jti": requireJTI, "shared": shared}
 			if jwksFile != "" {
 				b, err := readInput(cmd, jwksFile)
@@ -137,7 +125,7 @@ Google, Terraform Cloud) are marked shared whatever --shared says: their rules m
 				body["jwks"] = json.RawMessage(b)
 			}
 			var is api.IssuerJSON
-			if printed, err := c.call(cmd, http.MethodPost, "/v1/federation/issuers", body, &is); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, "/v1/federation/issuers", body, &is); done {
 				return err
 			}
 			src := "OIDC discovery"
@@ -159,14 +147,10 @@ Google, Terraform Cloud) are marked shared whatever --shared says: their rules m
 	list := &cobra.Command{
 		Use: "list", Short: "List trusted issuers", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var res struct {
 				Issuers []api.IssuerJSON `json:"issuers"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, "/v1/federation/issuers", nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, "/v1/federation/issuers", nil, &res); done {
 				return err
 			}
 			t := newTable(cmd.OutOrStdout(), "ISSUER", "KEYS", "MAX LIFETIME", "JTI", "SHARED")
@@ -219,10 +203,6 @@ pin the tenant (owner, group, organisation); a rule that would match every tenan
     --service-account ci-deploy --scope "deploy:write" --token-ttl 10m`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			claims := map[string]string{}
 			for _, kv := range r.claims {
 				k, v, ok := strings.Cut(kv, "=")
@@ -234,7 +214,7 @@ pin the tenant (owner, group, organisation); a rule that would match every tenan
 			body := api.RuleJSON{Issuer: r.issuer, Audience: r.audience, SubjectPrefix: r.prefix, Claims: claims, Condition: r.condition,
 				ServiceAccount: r.svc, Scope: strings.Join(splitScopes(r.scopes), " "), Resources: r.resources, TokenTTL: r.ttl, RequireDPoP: r.dpop}
 			var rl api.RuleJSON
-			if printed, err := c.call(cmd, http.MethodPost, "/v1/federation/rules", body, &rl); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, "/v1/federation/rules", body, &rl); done {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Added rule %s: tokens of %s for %s act as %s with scope %q.\nTry it on a real token first: mandate federation test --rule %s --token FILE\n",
@@ -261,14 +241,10 @@ pin the tenant (owner, group, organisation); a rule that would match every tenan
 	list := &cobra.Command{
 		Use: "list [--issuer URL]", Short: "List rules, oldest first (the order they are tried in)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var res struct {
 				Rules []api.RuleJSON `json:"rules"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, "/v1/federation/rules?issuer="+url.QueryEscape(listIssuer), nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, "/v1/federation/rules?issuer="+url.QueryEscape(listIssuer), nil, &res); done {
 				return err
 			}
 			t := newTable(cmd.OutOrStdout(), "ID", "ISSUER", "AUDIENCE", "MATCH", "SERVICE ACCOUNT", "SCOPE", "DISABLED")
@@ -316,12 +292,8 @@ func ruleMatch(rl api.RuleJSON) string {
 }
 
 func showRule(cmd *cobra.Command, method, path, verb string) error {
-	c, err := managementClient(cmd)
-	if err != nil {
-		return err
-	}
 	var rl api.RuleJSON
-	if printed, err := c.call(cmd, method, path, nil, &rl); printed || err != nil {
+	if done, err := callAPI(cmd, method, path, nil, &rl); done {
 		return err
 	}
 	out := cmd.OutOrStdout()
@@ -440,10 +412,6 @@ which check and which claim).`,
 		Example: "  mandate audit --request-id req_...\n  mandate audit --action token.deny --limit 20\n  mandate audit --agent agt_... --outcome denied",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			q := url.Values{}
 			for k, v := range map[string]string{"request_id": f.requestID, "action": f.action, "agent": f.agent, "principal": f.principal, "outcome": f.outcome} {
 				if v != "" {
@@ -456,7 +424,7 @@ which check and which claim).`,
 			var res struct {
 				Events []api.EventJSON `json:"events"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, "/v1/audit?"+q.Encode(), nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, "/v1/audit?"+q.Encode(), nil, &res); done {
 				return err
 			}
 			now := time.Now()

@@ -211,12 +211,8 @@ short-lived tokens, never more than the grant. Durations take s, m, h and d (day
 				return err
 			}
 			sp.Agent = agent
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var g api.GrantJSON
-			if printed, err := c.call(cmd, http.MethodPost, "/v1/grants", sp, &g); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, "/v1/grants", sp, &g); done {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -240,10 +236,6 @@ short-lived tokens, never more than the grant. Durations take s, m, h and d (day
 		Example: "  mandate grant list --agent @orchestrator",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			path := "/v1/grants"
 			if listAgent != "" {
 				path += "?" + url.Values{"agent": {listAgent}}.Encode()
@@ -251,7 +243,7 @@ short-lived tokens, never more than the grant. Durations take s, m, h and d (day
 			var res struct {
 				Grants []api.GrantJSON `json:"grants"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, path, nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, path, nil, &res); done {
 				return err
 			}
 			return printGrantList(cmd.OutOrStdout(), res.Grants, time.Now())
@@ -265,12 +257,8 @@ short-lived tokens, never more than the grant. Durations take s, m, h and d (day
 		Example: "  mandate grant show gr_01JA…",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var g api.GrantJSON
-			if printed, err := c.call(cmd, http.MethodGet, grantPath(args[0]), nil, &g); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, grantPath(args[0]), nil, &g); done {
 				return err
 			}
 			return printGrant(cmd.OutOrStdout(), g, time.Now())
@@ -286,13 +274,9 @@ all their tokens stop working at once. Asks for confirmation on a terminal; else
 		Example: "  mandate grant revoke gr_01JA… --yes",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			if !yes {
 				var g api.GrantJSON
-				ok, err := confirmWith(cmd, c, grantPath(args[0]), &g, func() string {
+				ok, err := confirmWith(cmd, args[0], grantPath(args[0]), &g, func() string {
 					return fmt.Sprintf("Revoke grant %s (agent %s, scopes %s)? Every task under it stops. [y/N] ", g.GrantID, g.AgentID, strings.Join(g.Scopes, " "))
 				})
 				if err != nil {
@@ -303,7 +287,7 @@ all their tokens stop working at once. Asks for confirmation on a terminal; else
 				}
 			}
 			var g api.GrantJSON
-			if printed, err := c.call(cmd, http.MethodPost, grantPath(args[0])+"/revoke", nil, &g); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, grantPath(args[0])+"/revoke", nil, &g); done {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Revoked grant %s; its tasks and their tokens no longer work.\n", g.GrantID)
@@ -321,10 +305,6 @@ mandate agent request-grant; answer with mandate grant approve or mandate grant 
 		Example: "  mandate grant requests",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			path := "/v1/grant-requests"
 			switch s := strings.ToLower(status); s {
 			case "all", "":
@@ -336,7 +316,7 @@ mandate agent request-grant; answer with mandate grant approve or mandate grant 
 			var res struct {
 				Requests []api.GrantRequestJSON `json:"requests"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, path, nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, path, nil, &res); done {
 				return err
 			}
 			now := time.Now()
@@ -371,12 +351,8 @@ handing tasks on); they can never widen it.`,
 				sp.AllowSubdelegation = sp.MaxDepth > 1
 				body = sp
 			}
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var g api.GrantJSON
-			if printed, err := c.call(cmd, http.MethodPost, "/v1/grant-requests/"+url.PathEscape(args[0])+"/approve", body, &g); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, "/v1/grant-requests/"+url.PathEscape(args[0])+"/approve", body, &g); done {
 				return err
 			}
 			out := cmd.OutOrStdout()
@@ -394,12 +370,8 @@ handing tasks on); they can never widen it.`,
 		Example: "  mandate grant deny grq_01JA…",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var r api.GrantRequestJSON
-			if printed, err := c.call(cmd, http.MethodPost, "/v1/grant-requests/"+url.PathEscape(args[0])+"/deny", nil, &r); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, "/v1/grant-requests/"+url.PathEscape(args[0])+"/deny", nil, &r); done {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Denied grant request %s of %s.\n", r.RequestID, r.AgentID)
@@ -413,10 +385,14 @@ handing tasks on); they can never widen it.`,
 
 // confirmWith asks on the terminal before a destructive call, after fetching what it concerns
 // into v (question is called once v is filled). With no terminal it refuses.
-func confirmWith(cmd *cobra.Command, c *apiClient, path string, v any, question func() string) (bool, error) {
+func confirmWith(cmd *cobra.Command, what, path string, v any, question func() string) (bool, error) {
 	in := cmd.InOrStdin()
 	if !isTerminal(in) {
-		return false, errors.New("refusing without confirmation (there is no terminal to ask on): pass --yes")
+		return false, fmt.Errorf("refusing to revoke %s without confirmation (there is no terminal to ask on): pass --yes", what)
+	}
+	c, err := managementClient(cmd)
+	if err != nil {
+		return false, err
 	}
 	if _, err := c.do(cmd.Context(), http.MethodGet, path, nil, v); err != nil {
 		return false, err

@@ -124,6 +124,17 @@ type apiClient struct {
 // do sends a JSON request and decodes a 2xx answer into out (when not nil). It returns the raw
 // answer for --json. Any other status is a *serverError; a transport failure an
 // *unreachableError.
+// callAPI is call with the command's management client: done is true when the command has
+// nothing left to do (an error, or --json has printed the answer).
+func callAPI(cmd *cobra.Command, method, path string, in, out any) (done bool, err error) {
+	c, err := managementClient(cmd)
+	if err != nil {
+		return true, err
+	}
+	printed, err := c.call(cmd, method, path, in, out)
+	return printed || err != nil, err
+}
+
 // call is do for a command: with --json it prints the server's answer as it came and reports
 // printed, so the command renders its table only otherwise.
 func (c *apiClient) call(cmd *cobra.Command, method, path string, in, out any) (printed bool, err error) {

@@ -42,14 +42,10 @@ func newKeysCmd() *cobra.Command {
 		Example: "  mandate keys list",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var res struct {
 				Keys []api.SigningKeyJSON `json:"keys"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, "/v1/keys", nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, "/v1/keys", nil, &res); done {
 				return err
 			}
 			now := time.Now()
@@ -71,12 +67,8 @@ until the last token it signed has expired.`,
 		Example: "  mandate keys rotate",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var k api.SigningKeyJSON
-			if printed, err := c.call(cmd, http.MethodPost, "/v1/keys/rotate", nil, &k); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, "/v1/keys/rotate", nil, &k); done {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "New signing key %s (%s) is published now and starts signing at %s.\n",

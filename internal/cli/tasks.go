@@ -64,10 +64,6 @@ func newTaskCmd() *cobra.Command {
 		Example: "  mandate task list --grant gr_01JA…",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			path := "/v1/tasks"
 			if grant != "" {
 				path += "?" + url.Values{"grant": {grant}}.Encode()
@@ -75,7 +71,7 @@ func newTaskCmd() *cobra.Command {
 			var res struct {
 				Tasks []api.TaskJSON `json:"tasks"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, path, nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, path, nil, &res); done {
 				return err
 			}
 			now := time.Now()
@@ -94,12 +90,8 @@ func newTaskCmd() *cobra.Command {
 		Example: "  mandate task show tsk_01JA…",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var x api.TaskJSON
-			if printed, err := c.call(cmd, http.MethodGet, taskPath(args[0]), nil, &x); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, taskPath(args[0]), nil, &x); done {
 				return err
 			}
 			return printTask(cmd.OutOrStdout(), x, time.Now())
@@ -140,13 +132,9 @@ confirmation on a terminal; elsewhere pass --yes.`,
 		Example: "  mandate task revoke tsk_01JA… --yes",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			if !yes {
 				var x api.TaskJSON
-				ok, err := confirmWith(cmd, c, taskPath(args[0]), &x, func() string {
+				ok, err := confirmWith(cmd, args[0], taskPath(args[0]), &x, func() string {
 					return fmt.Sprintf("Revoke task %s (%s, agent %s)? It and every task under it stop. [y/N] ", x.TaskID, clip(x.Purpose, 40), x.AgentID)
 				})
 				if err != nil {
@@ -157,7 +145,7 @@ confirmation on a terminal; elsewhere pass --yes.`,
 				}
 			}
 			var x api.TaskJSON
-			if printed, err := c.call(cmd, http.MethodPost, taskPath(args[0])+"/revoke", nil, &x); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPost, taskPath(args[0])+"/revoke", nil, &x); done {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Revoked task %s; its tokens and those of the tasks under it no longer work.\n", x.TaskID)

@@ -80,10 +80,6 @@ is printed this once; the server keeps only its hash. --ttl 0 makes a token that
 		Example: "  mandate tokens list --user alice",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			path := "/v1/tokens"
 			if listUser != "" {
 				path += "?" + url.Values{"user": {listUser}}.Encode()
@@ -91,7 +87,7 @@ is printed this once; the server keeps only its hash. --ttl 0 makes a token that
 			var res struct {
 				Tokens []api.TokenJSON `json:"tokens"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, path, nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, path, nil, &res); done {
 				return err
 			}
 			now := time.Now()

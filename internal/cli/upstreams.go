@@ -300,14 +300,10 @@ func newUpstreamListCmd() *cobra.Command {
 		Example: "  mandate upstream list",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var res struct {
 				Upstreams []api.UpstreamJSON `json:"upstreams"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, "/v1/upstreams", nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, "/v1/upstreams", nil, &res); done {
 				return err
 			}
 			now := time.Now()
@@ -345,12 +341,8 @@ func newUpstreamShowCmd() *cobra.Command {
 		Example: "  mandate upstream show ahrefs",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var u api.UpstreamJSON
-			if printed, err := c.call(cmd, http.MethodGet, upstreamPath(args[0]), nil, &u); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, upstreamPath(args[0]), nil, &u); done {
 				return err
 			}
 			printUpstream(cmd.OutOrStdout(), u)
@@ -396,10 +388,6 @@ func newUpstreamRoutesCmd() *cobra.Command {
 		Example: "  mandate upstream routes ahrefs --route 'ahrefs:read=GET /v3/site-explorer/* /v3/keywords-explorer/**'",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			routes, err := rf.parse()
 			if err != nil {
 				return err
@@ -408,7 +396,7 @@ func newUpstreamRoutesCmd() *cobra.Command {
 				routes = []vault.Route{}
 			}
 			var u api.UpstreamJSON
-			if printed, err := c.call(cmd, http.MethodPut, upstreamPath(args[0])+"/routes", api.RoutesJSON{Routes: routes}, &u); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodPut, upstreamPath(args[0])+"/routes", api.RoutesJSON{Routes: routes}, &u); done {
 				return err
 			}
 			printUpstream(cmd.OutOrStdout(), u)

@@ -67,14 +67,10 @@ agents only those scopes on those resources; without them the user may grant any
 		Example: "  mandate users list",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var res struct {
 				Users []api.UserJSON `json:"users"`
 			}
-			if printed, err := c.call(cmd, http.MethodGet, "/v1/users", nil, &res); printed || err != nil {
+			if done, err := callAPI(cmd, http.MethodGet, "/v1/users", nil, &res); done {
 				return err
 			}
 			now := time.Now()
