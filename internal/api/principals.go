@@ -22,7 +22,7 @@ type UserJSON struct {
 }
 
 func userJSON(u principal.User) UserJSON {
-	return UserJSON{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt.UTC(), Grantable: u.Grantable, ServiceAccount: u.Service}
+	return UserJSON{ID: u.ID, Name: u.Name, Admin: u.Admin, CreatedAt: u.CreatedAt.UTC(), Grantable: u.Grantable, ServiceAccount: u.IsServiceAccount()}
 }
 
 // TokenJSON is an API token's metadata; Token (the secret) is set only in the create response.

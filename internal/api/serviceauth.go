@@ -30,7 +30,7 @@ func (a *API) serviceAccount(r *http.Request, scheme, raw string) (principal.Use
 	if err != nil {
 		return principal.User{}, err
 	}
-	if !strings.HasPrefix(c.Subject, "svc_") || !c.Audience.Contains(a.cfg.Issuer) {
+	if !principal.IsServiceAccountID(c.Subject) || !c.Audience.Contains(a.cfg.Issuer) {
 		return principal.User{}, fail("not_service_token", "the management API takes an API token (mandate login) or a service account's federated token for "+a.cfg.Issuer, nil)
 	}
 	switch {
@@ -56,7 +56,7 @@ func (a *API) serviceAccount(r *http.Request, scheme, raw string) (principal.Use
 	if err != nil {
 		return principal.User{}, authRefusal(err, fail)
 	}
-	return principal.User{ID: svc.ID, Name: svc.Name, CreatedAt: svc.CreatedAt, Service: true,
+	return principal.User{ID: svc.ID, Name: svc.Name, CreatedAt: svc.CreatedAt,
 		Grantable: &principal.Grantable{Scopes: strings.Fields(c.Scope), Resources: rule.Resources}}, nil
 }
 

@@ -125,7 +125,7 @@ func (s *Service) ListUsers(ctx context.Context, by User) ([]User, error) {
 // CreateToken issues an API token for userRef (empty = the caller); only an admin may for
 // someone else. The secret is returned once and only its hash is kept.
 func (s *Service) CreateToken(ctx context.Context, requestID string, by User, userRef, name string, ttl time.Duration) (APIToken, string, error) {
-	if by.Service {
+	if by.IsServiceAccount() {
 		return APIToken{}, "", apperr.New(apperr.Forbidden, "forbidden", "a service account gets its tokens through federation, not API tokens")
 	}
 	owner := by

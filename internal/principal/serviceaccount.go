@@ -13,13 +13,13 @@ import (
 // CreateServiceAccount adds a service account owned by the caller. Any user may: a service
 // account has no authority of its own until an admin's federation rule maps tokens to it.
 func (s *Service) CreateServiceAccount(ctx context.Context, requestID string, by User, name, description string) (ServiceAccount, error) {
-	if by.Service {
+	if by.IsServiceAccount() {
 		return ServiceAccount{}, apperr.New(apperr.Forbidden, "forbidden", "a service account cannot create service accounts")
 	}
 	if !nameRE.MatchString(name) {
 		return ServiceAccount{}, apperr.New(apperr.Invalid, "name", "service account name %q: use 1 to 63 lower-case letters, digits, dots, dashes and underscores", apperr.Clip(name, 70))
 	}
-	a := ServiceAccount{ID: ids.New("svc"), Name: name, OwnerID: by.ID, Description: apperr.Clip(description, 500), CreatedAt: s.now().UTC()}
+	a := ServiceAccount{ID: ids.New(ServiceAccountPrefix), Name: name, OwnerID: by.ID, Description: apperr.Clip(description, 500), CreatedAt: s.now().UTC()}
 	ev := audit.New(s.now(), requestID, audit.ActionServiceAccountCreate)
 	ev.ActorType, ev.ActorID, ev.PrincipalID, ev.Target = audit.ActorUser, by.ID, by.ID, a.ID
 	err := s.store.CreateServiceAccount(ctx, a, ev)
@@ -65,7 +65,7 @@ func (s *Service) ListServiceAccounts(ctx context.Context, by User) ([]ServiceAc
 // SetServiceAccountDisabled disables (or enables) a service account; its owner or an admin may.
 // A disabled account gets no federated token, and the tokens it holds stop working at once.
 func (s *Service) SetServiceAccountDisabled(ctx context.Context, requestID string, by User, ref string, disabled bool) (ServiceAccount, error) {
-	if by.Service {
+	if by.IsServiceAccount() {
 		return ServiceAccount{}, apperr.New(apperr.Forbidden, "forbidden", "a service account cannot change service accounts")
 	}
 	a, err := s.ServiceAccount(ctx, by, ref)

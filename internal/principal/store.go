@@ -3,6 +3,7 @@ package principal
 import (
 	"context"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/audit"
@@ -17,10 +18,17 @@ type User struct {
 	// Grantable bounds what the user may delegate to agents; nil = no bound. Admins are never
 	// bounded.
 	Grantable *Grantable
-	// Service marks a service account acting through a federated token: ID is its svc_… id,
-	// Grantable what its token's rule lets it delegate.
-	Service bool
 }
+
+// IsServiceAccount reports whether u is a service account acting through a federated token (its
+// svc_… id; Grantable is what the token's rule lets it delegate) rather than a person.
+func (u User) IsServiceAccount() bool { return IsServiceAccountID(u.ID) }
+
+// ServiceAccountPrefix starts every service account id (ids.New gives "svc_…").
+const ServiceAccountPrefix = "svc"
+
+// IsServiceAccountID reports whether id names a service account.
+func IsServiceAccountID(id string) bool { return strings.HasPrefix(id, ServiceAccountPrefix+"_") }
 
 // Grantable is what a user may give in grants: scopes and resource URIs.
 type Grantable struct {
