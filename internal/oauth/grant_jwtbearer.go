@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/token"
@@ -56,26 +56,21 @@ func (g *jwtBearer) Issue(ctx context.Context, req *tokenRequest) (*tokenRespons
 	if m.Rule.RequireDPoP && req.Proof == nil {
 		return nil, refuseAssertion(ctx, "dpop_required", "rule "+m.Rule.ID+" requires a DPoP-bound token and the request had no DPoP proof")
 	}
-	scope := m.Rule.Scopes
-	if asked := strings.Fields(req.Form.Get("scope")); len(asked) > 0 {
-		for _, sc := range asked {
-			if !slices.Contains(m.Rule.Scopes, sc) {
-				return nil, refuseAssertion(ctx, "scope", fmt.Sprintf("scope %q is beyond rule %s, which allows %q", sc, m.Rule.ID, strings.Join(m.Rule.Scopes, " ")))
-			}
-		}
-		scope = asked
+	// The rule is the parent: the same narrowing as every other hop (internal/delegation).
+	scope, err := delegation.NarrowScopes(strings.Fields(req.Form.Get("scope")), m.Rule.Scopes)
+	if err != nil {
+		return nil, refuseAssertion(ctx, "scope", fmt.Sprintf("rule %s: %v", m.Rule.ID, err))
 	}
 	aud := jwt.Audience{g.s.cfg.Issuer}
 	if res := req.Form["resource"]; len(res) > 0 {
 		if req.Proof == nil {
 			return nil, badRequest(CodeInvalidRequest, "dpop_missing", "a token for a resource server must be DPoP-bound: send a DPoP proof with the request (RFC 9449)")
 		}
-		for _, r := range res {
-			if !slices.Contains(m.Rule.Resources, r) {
-				return nil, refuseAssertion(ctx, "resource", fmt.Sprintf("resource %q is beyond rule %s, which allows %q", r, m.Rule.ID, strings.Join(m.Rule.Resources, " ")))
-			}
+		narrowed, err := delegation.NarrowResources(res, m.Rule.Resources)
+		if err != nil {
+			return nil, refuseAssertion(ctx, "resource", fmt.Sprintf("rule %s: %v", m.Rule.ID, err))
 		}
-		aud = jwt.Audience(res)
+		aud = jwt.Audience(narrowed)
 	}
 	if m.Issuer.RequireJTI {
 		// Used up with the token's audit event: one transaction, shared by every replica.

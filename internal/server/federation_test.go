@@ -341,6 +341,20 @@ func TestFederationCIFlow(t *testing.T) {
 		t.Fatalf("whoami as the service account: %d %v", resp.StatusCode, out)
 	}
 
+	// A token for a resource server: only one of the rule's, and only DPoP-bound.
+	key, _ := newKey(t)
+	resp, out = ts.jwtBearer(t, is.Mint(is.GitHubActions(aud, "acme/app", "")), key, url.Values{"resource": {rs.URL}})
+	if resp.StatusCode != 200 || out["token_type"] != "DPoP" || claimOf(t, out["access_token"].(string), "aud") != rs.URL {
+		t.Errorf("jwt-bearer for the rule's resource: %d %v", resp.StatusCode, out)
+	}
+	resp, out = ts.jwtBearer(t, is.Mint(is.GitHubActions(aud, "acme/app", "")), key, url.Values{"resource": {"https://elsewhere.example/"}})
+	if resp.StatusCode != 400 || ts.auditOf(t, out["request_id"].(string))[0]["reason"] != "assertion_resource" {
+		t.Errorf("jwt-bearer for another resource: %d %v, want invalid_grant (assertion_resource)", resp.StatusCode, out)
+	}
+	if resp, out = ts.jwtBearer(t, is.Mint(is.GitHubActions(aud, "acme/app", "")), nil, url.Values{"resource": {rs.URL}}); resp.StatusCode != 400 || out["error"] != "invalid_request" {
+		t.Errorf("jwt-bearer for a resource without a proof: %d %v, want invalid_request", resp.StatusCode, out)
+	}
+
 	// 2. The service account claims the agent and grants it part of its authority.
 	agent := ts.newAgent(t, "deployer", false)
 	if resp, out := ts.claim(t, svcTok, agent.Code); resp.StatusCode != 200 {
