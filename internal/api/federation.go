@@ -298,7 +298,7 @@ func optDuration(field, s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, apperr.New(apperr.Invalid, field, "%s must be a positive duration such as 10m or 1h", field)
+		return 0, apperr.New(apperr.Invalid, field, "%s %q: want a positive duration such as 10m or 720h", field, apperr.Clip(s, 40))
 	}
 	return d, nil
 }

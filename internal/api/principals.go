@@ -85,13 +85,9 @@ func (a *API) createToken(w http.ResponseWriter, r *http.Request, u principal.Us
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
-	var ttl time.Duration
-	if req.TTL != "" {
-		d, err := time.ParseDuration(req.TTL)
-		if err != nil {
-			return apperr.New(apperr.Invalid, "ttl", "ttl %q: want a duration such as 720h", req.TTL)
-		}
-		ttl = d
+	ttl, err := optDuration("ttl", req.TTL)
+	if err != nil {
+		return err
 	}
 	t, secret, err := a.cfg.Principals.CreateToken(r.Context(), requestID(r.Context()), u, req.User, req.Name, ttl)
 	if err != nil {
