@@ -175,3 +175,15 @@ func timePtr(t time.Time) *time.Time {
 	t = t.UTC()
 	return &t
 }
+
+// optDuration parses an optional Go duration field ("" = 0).
+func optDuration(field, s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, apperr.New(apperr.Invalid, field, "%s %q: want a positive duration such as 10m or 720h", field, apperr.Clip(s, 40))
+	}
+	return d, nil
+}

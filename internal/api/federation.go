@@ -290,15 +290,3 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request, u principal.User
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"events": out})
 	return nil
 }
-
-// optDuration parses an optional Go duration field ("" = 0).
-func optDuration(field, s string) (time.Duration, error) {
-	if s == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d <= 0 {
-		return 0, apperr.New(apperr.Invalid, field, "%s %q: want a positive duration such as 10m or 720h", field, apperr.Clip(s, 40))
-	}
-	return d, nil
-}
