@@ -27,13 +27,15 @@ var forbidden = map[string][]string{
 	"internal/ids":       {"internal/"},
 	"internal/config":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
 
-	"internal/sqlstore": {"internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli"},
-	"internal/httpapi":  {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
-	"internal/oauth":    {"internal/sqlstore", "internal/server", "internal/api", "internal/cli"},
-	"internal/api":      {"internal/sqlstore", "internal/server", "internal/oauth", "internal/cli"},
-	"internal/server":   {"internal/cli"},
-	"internal/proxy":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
-	"internal/vault":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy"},
+	"internal/sqlstore":   {"internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli"},
+	"internal/httpapi":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
+	"internal/oauth":      {"internal/sqlstore", "internal/server", "internal/api", "internal/cli"},
+	"internal/api":        {"internal/sqlstore", "internal/server", "internal/oauth", "internal/cli"},
+	"internal/server":     {"internal/cli"},
+	"internal/proxy":      {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
+	"internal/vault":      {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy"},
+	"internal/federation": {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy", "internal/vault"},
+	"internal/loopback":   {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

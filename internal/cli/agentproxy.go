@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mandate-dev/mandate/client"
+	"github.com/mandate-dev/mandate/internal/loopback"
 )
 
 // The sidecar: a loopback HTTP server that forwards http://127.0.0.1:PORT/{upstream}/{path…}
@@ -120,7 +121,7 @@ func (s *sidecar) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *sidecar) serve(w http.ResponseWriter, r *http.Request) {
 	// Only loopback callers, by a loopback name: a web page that rebinds its DNS name to
 	// 127.0.0.1 sends its own Host and gets nothing.
-	if !loopbackHost(r.Host) {
+	if !loopback.Host(r.Host) {
 		sidecarError(w, http.StatusMisdirectedRequest, "invalid_request", "the sidecar answers only requests for a loopback host (127.0.0.1, ::1 or localhost)")
 		return
 	}
@@ -244,21 +245,6 @@ func (r *statusRecorder) status() int {
 	return r.code
 }
 
-// loopbackHost reports whether host (a Host header or a listen address, with or without a
-// port) names the loopback interface: a loopback IP or "localhost".
-func loopbackHost(host string) bool {
-	h := host
-	if sh, _, err := net.SplitHostPort(host); err == nil {
-		h = sh
-	}
-	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-	if strings.EqualFold(h, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
-}
-
 // checkListen refuses a listen address that is not on the loopback interface: the sidecar adds
 // the task's credentials to whatever reaches it.
 func checkListen(addr string) error {
@@ -266,7 +252,7 @@ func checkListen(addr string) error {
 	if err != nil {
 		return fmt.Errorf("--listen %q: want HOST:PORT, e.g. 127.0.0.1:8421", addr)
 	}
-	if host == "" || !loopbackHost(host) {
+	if host == "" || !loopback.Host(host) {
 		return fmt.Errorf("--listen %q: the sidecar listens on loopback only (127.0.0.1, [::1] or localhost): anyone who reaches it acts with the task's authority", addr)
 	}
 	return nil

@@ -14,6 +14,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
+
+	"github.com/mandate-dev/mandate/internal/loopback"
 )
 
 // Config is every setting of mandate serve.
@@ -202,7 +204,7 @@ func (c *Config) Validate() error {
 			bad("--issuer %q: want an absolute https URL such as https://auth.example.com", c.Issuer)
 		case u.RawQuery != "" || u.Fragment != "":
 			bad("--issuer %q: must not have a query or fragment (RFC 8414 §2)", c.Issuer)
-		case u.Scheme == "http" && !isLoopback(u.Hostname()):
+		case u.Scheme == "http" && !loopback.Host(u.Hostname()):
 			bad("--issuer %q: plain http is allowed only on loopback; use https", c.Issuer)
 		}
 		c.Issuer = strings.TrimSuffix(c.Issuer, "/")
@@ -231,12 +233,4 @@ func (c *Config) Validate() error {
 	between("key-publish-delay", c.KeyPublishDelay, 0, 7*24*time.Hour)
 	between("shutdown-timeout", c.ShutdownTimeout, 0, 10*time.Minute)
 	return errors.Join(errs...)
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

@@ -6,11 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/mandate-dev/mandate/internal/loopback"
 )
 
 // maxDocumentBytes bounds a discovery document or JWKS read from an issuer.
@@ -114,18 +115,10 @@ func checkFetchURL(raw string) error {
 		return errors.New("must not hold user information")
 	case u.Scheme == "https":
 		return nil
-	case u.Scheme == "http" && isLoopback(u.Hostname()):
+	case u.Scheme == "http" && loopback.Host(u.Hostname()):
 		return nil
 	}
 	return errors.New("must be https (http only on a loopback host)")
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
 
 // clip shortens a value quoted in a message or refusal detail.
