@@ -65,8 +65,12 @@ func ReasonOf(err error) string {
 
 // Clip shortens caller input quoted back in a message, so a refusal never echoes a large payload.
 func Clip(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
+	if len(s) <= n {
+		return s
 	}
-	return s
+	// Cut on a rune boundary so the message stays valid UTF-8.
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n] + "…"
 }

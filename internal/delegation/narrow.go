@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mandate-dev/mandate/internal/apperr"
 )
 
 // Limits of an authorization_details parameter (RFC 9396).
@@ -56,16 +58,12 @@ func narrowErr(limit, format string, args ...any) *NarrowError {
 	return &NarrowError{Limit: limit, Msg: fmt.Sprintf(format, args...)}
 }
 
-// clip shortens s to about clipLen characters (on a rune boundary) for an error message.
+// clip shortens s to about clipLen characters for an error message.
 func clip(s string) string {
 	if len(s) <= clipLen {
 		return s
 	}
-	n := clipLen - 3
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
+	return apperr.Clip(s, clipLen-3)
 }
 
 // list is a parent's values for an error message: space-separated, clipped.

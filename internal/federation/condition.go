@@ -63,7 +63,7 @@ func (c *conditions) compile(text string) (*cel.Ast, cel.Program, error) {
 	}
 	checked, iss := c.env.Compile(text)
 	if iss.Err() != nil {
-		return nil, nil, invalid("the condition does not compile: %s", clipN(iss.Err().Error(), 600))
+		return nil, nil, invalid("the condition does not compile: %s", apperr.Clip(iss.Err().Error(), 600))
 	}
 	if !checked.OutputType().IsExactType(cel.BoolType) {
 		return nil, nil, invalid(`the condition is of type %s; it must be a bool, e.g. claims.environment == "production"`, checked.OutputType())
@@ -80,7 +80,7 @@ func (c *conditions) compile(text string) (*cel.Ast, cel.Program, error) {
 	}
 	constant, err := c.isConstant(checked)
 	if err != nil {
-		return nil, nil, invalid("the condition could not be analysed: %s", clipN(err.Error(), 300))
+		return nil, nil, invalid("the condition could not be analysed: %s", apperr.Clip(err.Error(), 300))
 	}
 	if constant {
 		return nil, nil, invalid(`the condition does not depend on the assertion (it is the same for every token): write it over claims, e.g. claims.environment == "production"`)
@@ -155,10 +155,10 @@ func (c *conditions) eval(r Rule, claims map[string]any) *Refusal {
 	}
 	out, _, err := prg.Eval(map[string]any{varClaims: claims, varAssertion: claims})
 	if err != nil {
-		return refuse(ReasonCondition, "the condition of rule %s failed to evaluate (counts as false): %s", r.ID, clipN(err.Error(), 300))
+		return refuse(ReasonCondition, "the condition of rule %s failed to evaluate (counts as false): %s", r.ID, apperr.Clip(err.Error(), 300))
 	}
 	if pass, ok := out.Value().(bool); !ok || !pass {
-		return refuse(ReasonCondition, "rule %s condition false: %s%s", r.ID, clipN(r.Condition, 300), referencedClaims(r.Condition, claims))
+		return refuse(ReasonCondition, "rule %s condition false: %s%s", r.ID, apperr.Clip(r.Condition, 300), referencedClaims(r.Condition, claims))
 	}
 	return nil
 }
@@ -182,7 +182,7 @@ func referencedClaims(cond string, claims map[string]any) string {
 			continue
 		}
 		b, _ := json.Marshal(v)
-		parts = append(parts, name+" = "+clipN(string(b), 120))
+		parts = append(parts, name+" = "+apperr.Clip(string(b), 120))
 	}
 	if len(parts) == 0 {
 		return ""

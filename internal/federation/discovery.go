@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/loopback"
 )
 
@@ -122,15 +123,4 @@ func checkFetchURL(raw string) error {
 }
 
 // clip shortens a value quoted in a message or refusal detail.
-func clip(s string) string { return clipN(s, 120) }
-
-func clipN(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	// Cut on a rune boundary so the detail stays valid UTF-8.
-	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
-		n--
-	}
-	return s[:n] + "…"
-}
+func clip(s string) string { return apperr.Clip(s, 120) }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/principal"
 )
 
@@ -209,7 +210,7 @@ func (s *Service) ruleChecks(ctx context.Context, r Rule, a *assertion, sa *prin
 		}, fmt.Sprintf("%s is %q", name, want)})
 	}
 	if r.Condition != "" {
-		checks = append(checks, check{"condition", func() *Refusal { return s.conds.eval(r, a.claims) }, "true: " + clipN(r.Condition, 200)})
+		checks = append(checks, check{"condition", func() *Refusal { return s.conds.eval(r, a.claims) }, "true: " + apperr.Clip(r.Condition, 200)})
 	}
 	return append(checks, check{"service_account", func() *Refusal {
 		got, err := s.cfg.ServiceAccounts.GetServiceAccount(ctx, r.ServiceAccount)

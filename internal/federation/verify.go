@@ -7,12 +7,14 @@ import (
 	"strings"
 
 	"github.com/go-jose/go-jose/v4"
+
+	"github.com/mandate-dev/mandate/internal/apperr"
 )
 
 // checkAlg refuses every algorithm but the asymmetric ones in algs.
 func checkAlg(a *assertion) *Refusal {
 	if !algAllowed(a.alg) {
-		return refuse(ReasonAlg, "alg %q is not accepted; issuers must sign with one of %s", clipN(a.alg, 40), strings.Join(algs, ", "))
+		return refuse(ReasonAlg, "alg %q is not accepted; issuers must sign with one of %s", apperr.Clip(a.alg, 40), strings.Join(algs, ", "))
 	}
 	return nil
 }
