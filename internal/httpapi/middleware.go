@@ -78,6 +78,33 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
+// MethodLabel is the metrics label of a request method: the methods of RFC 9110 and PATCH as
+// they are, any other OTHER. The method is the client's choice, and every label value is a new
+// series kept for the life of the process.
+func MethodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace:
+		return m
+	}
+	return "OTHER"
+}
+
+// CodeLabel is the metrics label of a response status: a registered code as its number, any
+// other as its class ("5xx"), since the proxy passes on whatever code an upstream sends. 0 (no
+// header written) is the 200 net/http sends.
+func CodeLabel(code int) string {
+	switch {
+	case code == 0:
+		return "200"
+	case http.StatusText(code) != "":
+		return strconv.Itoa(code)
+	case code >= 100 && code <= 999:
+		return strconv.Itoa(code/100) + "xx"
+	}
+	return "other"
+}
+
 type statusWriter struct {
 	http.ResponseWriter
 	status int
@@ -102,7 +129,8 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 // Middleware wraps the router: request id, panic recovery, one access log line and metrics per
-// request. route names the pattern matched (r.Pattern) so metrics have bounded labels.
+// request. Every metrics label is bounded whatever the client sends: route is the pattern matched
+// (r.Pattern), never the path; method and code go through MethodLabel and CodeLabel.
 func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -131,8 +159,9 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 				route = "unmatched"
 			}
 			elapsed := time.Since(start)
-			m.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
-			m.latency.WithLabelValues(route, r.Method).Observe(elapsed.Seconds())
+			method := MethodLabel(r.Method)
+			m.requests.WithLabelValues(route, method, CodeLabel(sw.status)).Inc()
+			m.latency.WithLabelValues(route, method).Observe(elapsed.Seconds())
 			log.InfoContext(ctx, "http request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
 				slog.Int("status", sw.status), slog.Duration("duration", elapsed))
 		}()
