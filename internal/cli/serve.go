@@ -39,9 +39,19 @@ Every flag can also be set with its MANDATE_* environment variable or in a YAML 
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w (is another mandate running? choose another --listen)", cfg.Listen, err)
 			}
+			var metricsLn net.Listener
+			if cfg.MetricsListen != "" {
+				if metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+					ln.Close()
+					return fmt.Errorf("listen on %s: %w (choose another --metrics-listen)", cfg.MetricsListen, err)
+				}
+			}
 			srv, err := server.New(ctx, cfg, log, nil)
 			if err != nil {
 				ln.Close()
+				if metricsLn != nil {
+					metricsLn.Close()
+				}
 				return err
 			}
 			defer srv.Close()
@@ -50,7 +60,10 @@ Every flag can also be set with its MANDATE_* environment variable or in a YAML 
 			}
 			log.Info("mandate listening", slog.String("addr", ln.Addr().String()), slog.String("issuer", cfg.Issuer),
 				slog.String("data_dir", cfg.DataDir), slog.String("database", srv.Store().Dialect()))
-			return srv.Serve(ctx, ln)
+			if metricsLn != nil {
+				log.Info("metrics listening", slog.String("addr", metricsLn.Addr().String()))
+			}
+			return srv.Serve(ctx, ln, metricsLn)
 		},
 	}
 	cfg.Bind(cmd.Flags())

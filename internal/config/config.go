@@ -23,6 +23,7 @@ type Config struct {
 	DataDir         string
 	MasterKeyFile   string // "" = <DataDir>/master.key; see MasterKeyPath
 	Listen          string
+	MetricsListen   string // "" = /metrics on Listen
 	Issuer          string
 	Database        string
 	LogLevel        string
@@ -87,6 +88,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the SQLite database, master key and bootstrap token (env MANDATE_DATA_DIR)")
 	fs.StringVar(&c.MasterKeyFile, "master-key-file", c.MasterKeyFile, "file of the master keys that encrypt the signing keys and upstream secrets, created (0600) on first start; default <data-dir>/master.key (env MANDATE_MASTER_KEY_FILE)")
 	fs.StringVar(&c.Listen, "listen", c.Listen, "address to listen on (env MANDATE_LISTEN)")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve /metrics only on this address, e.g. 127.0.0.1:9420, instead of on --listen (env MANDATE_METRICS_LISTEN)")
 	fs.StringVar(&c.Issuer, "issuer", c.Issuer, "public URL of this server, used as token issuer; default http://<listen> (env MANDATE_ISSUER)")
 	fs.StringVar(&c.Database, "database", c.Database, "postgres:// URL to use PostgreSQL instead of the embedded SQLite (env MANDATE_DATABASE)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (env MANDATE_LOG_LEVEL)")
@@ -190,6 +192,13 @@ func (c *Config) Validate() error {
 	host, _, err := net.SplitHostPort(c.Listen)
 	if err != nil {
 		bad("--listen %q: want host:port, e.g. 127.0.0.1:8420", c.Listen)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			bad("--metrics-listen %q: want host:port, e.g. 127.0.0.1:9420", c.MetricsListen)
+		} else if c.MetricsListen == c.Listen {
+			bad("--metrics-listen %q: must differ from --listen; leave it empty to serve /metrics there", c.MetricsListen)
+		}
 	}
 	if c.Issuer == "" && err == nil {
 		if host == "" || host == "0.0.0.0" || host == "::" {

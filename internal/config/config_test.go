@@ -56,11 +56,14 @@ func TestValidate(t *testing.T) {
 		edit func(*Config)
 		want []string // substrings; empty = valid
 	}{
-		"defaults":          {func(*Config) {}, nil},
-		"issuer default":    {func(c *Config) { c.Listen = "127.0.0.1:1" }, nil},
-		"all interfaces":    {func(c *Config) { c.Listen = "0.0.0.0:8420" }, []string{"--issuer is required"}},
-		"http not loopback": {func(c *Config) { c.Issuer = "http://auth.example.com" }, []string{"plain http"}},
-		"issuer query":      {func(c *Config) { c.Issuer = "https://a.example/?x=1" }, []string{"query"}},
+		"defaults":            {func(*Config) {}, nil},
+		"issuer default":      {func(c *Config) { c.Listen = "127.0.0.1:1" }, nil},
+		"all interfaces":      {func(c *Config) { c.Listen = "0.0.0.0:8420" }, []string{"--issuer is required"}},
+		"http not loopback":   {func(c *Config) { c.Issuer = "http://auth.example.com" }, []string{"plain http"}},
+		"metrics listen":      {func(c *Config) { c.MetricsListen = "127.0.0.1:9420" }, nil},
+		"metrics listen bad":  {func(c *Config) { c.MetricsListen = "9420" }, []string{"--metrics-listen"}},
+		"metrics listen same": {func(c *Config) { c.MetricsListen = c.Listen }, []string{"--metrics-listen", "must differ"}},
+		"issuer query":        {func(c *Config) { c.Issuer = "https://a.example/?x=1" }, []string{"query"}},
 		"many at once": {func(c *Config) {
 			c.LogLevel = "loud"
 			c.TokenTTL = 0

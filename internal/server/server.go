@@ -28,6 +28,7 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/buildinfo"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/federation"
@@ -57,6 +58,7 @@ type Server struct {
 	keys    *token.Keys
 	vault   *vault.Service
 	handler http.Handler
+	metrics http.Handler // /metrics; on the main handler too unless cfg.MetricsListen is set
 	masters *masterKeyFile
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
@@ -150,7 +152,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	replay := dpop.NewMemoryReplayStore()
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.store, JTIs: s.store, Issuer: cfg.Issuer,
 		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, Now: now})
 	deleg := delegation.New(delegation.Config{Store: s.store, Agents: s.store, Keys: s.keys, Tokens: s.store, Audit: s.store,
@@ -216,7 +218,10 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ready"})
 		return nil
 	}))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	s.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	if cfg.MetricsListen == "" {
+		mux.Handle(metricsPattern, s.metrics)
+	}
 	apiSrv.Register(mux)
 	mux.Handle(proxy.Pattern, px)
 	mux.HandleFunc(proxy.MetadataPattern, px.Metadata)
@@ -226,6 +231,18 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	// Guard hands every /proxy/ path to the proxy before ServeMux could redirect an unclean one.
 	s.handler = httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux))
 	return nil
+}
+
+const metricsPattern = "GET /metrics"
+
+// buildInfo is mandate_build_info: 1, with the version mandate --version shows.
+func buildInfo() prometheus.Collector {
+	bi := buildinfo.Get()
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "mandate_build_info", Help: "Always 1; the labels say which build of mandate is running.",
+	}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(bi.Version, bi.Revision, bi.GoVersion).Set(1)
+	return g
 }
 
 // bootstrap creates the admin and writes its token to a 0600 file on the very first start.
@@ -283,9 +300,48 @@ func (s *Server) Store() *sqlstore.Store { return s.store }
 func (s *Server) Close() error { return s.store.Close() }
 
 // Serve answers on ln until ctx ends, then shuts down gracefully within the configured timeout.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           s.handler,
+// metricsLn is where /metrics is served when the settings name a --metrics-listen address (it
+// is required then, and must be nil otherwise); it starts and stops with ln.
+func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
+	if (metricsLn != nil) != (s.cfg.MetricsListen != "") {
+		return fmt.Errorf("serve: a metrics listener is needed exactly when --metrics-listen is set (it is %q)", s.cfg.MetricsListen)
+	}
+	servers := []*http.Server{s.httpServer(s.handler)}
+	listeners := []net.Listener{ln}
+	if metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle(metricsPattern, s.metrics)
+		servers = append(servers, s.httpServer(mux))
+		listeners = append(listeners, metricsLn)
+	}
+	go s.purgeLoop(ctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from then on reloads, never kills
+	defer signal.Stop(hup)
+	go s.reloadOnHangup(ctx, hup)
+	errc := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { errc <- srv.Serve(listeners[i]) }()
+	}
+	var err error
+	select {
+	case err = <-errc: // one stopped on its own: stop the other too
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", slog.Duration("timeout", s.cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	for _, srv := range servers {
+		if serr := srv.Shutdown(sctx); serr != nil && err == nil {
+			err = fmt.Errorf("shutdown: %w", serr)
+		}
+	}
+	return err
+}
+
+func (s *Server) httpServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -293,25 +349,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	go s.purgeLoop(ctx)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from then on reloads, never kills
-	defer signal.Stop(hup)
-	go s.reloadOnHangup(ctx, hup)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	s.log.Info("shutting down", slog.Duration("timeout", s.cfg.ShutdownTimeout))
-	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	return nil
 }
 
 // masterKeyFile reloads the master key file into the keyrings that seal signing keys and

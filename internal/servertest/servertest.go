@@ -21,11 +21,14 @@ import (
 
 // Server is a running mandate.
 type Server struct {
-	URL        string // the issuer: http://127.0.0.1:port unless Options.Config set another
-	Addr       string // where it listens
-	AdminToken string // the bootstrap admin's API token
-	DataDir    string
-	Srv        *server.Server
+	URL  string // the issuer: http://127.0.0.1:port unless Options.Config set another
+	Addr string // where it listens
+	// MetricsAddr is where /metrics is served when Options.Config sets MetricsListen (give
+	// 127.0.0.1:0 for a free port); "" otherwise.
+	MetricsAddr string
+	AdminToken  string // the bootstrap admin's API token
+	DataDir     string
+	Srv         *server.Server
 }
 
 // Options change what Start builds.
@@ -52,6 +55,13 @@ func Start(t testing.TB, opts Options) *Server {
 		ln.Close()
 		t.Fatal(err)
 	}
+	var metricsLn net.Listener
+	if cfg.MetricsListen != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.MetricsListen); err != nil {
+			ln.Close()
+			t.Fatal(err)
+		}
+	}
 	out := opts.Log
 	if out == nil {
 		out = io.Discard
@@ -65,10 +75,13 @@ func Start(t testing.TB, opts Options) *Server {
 	if err != nil {
 		cancel()
 		ln.Close()
+		if metricsLn != nil {
+			metricsLn.Close()
+		}
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
+	go func() { done <- srv.Serve(ctx, ln, metricsLn) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -80,5 +93,9 @@ func Start(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatalf("read bootstrap token: %v", err)
 	}
-	return &Server{URL: cfg.Issuer, Addr: ln.Addr().String(), AdminToken: strings.TrimSpace(string(admin)), DataDir: cfg.DataDir, Srv: srv}
+	ts := &Server{URL: cfg.Issuer, Addr: ln.Addr().String(), AdminToken: strings.TrimSpace(string(admin)), DataDir: cfg.DataDir, Srv: srv}
+	if metricsLn != nil {
+		ts.MetricsAddr = metricsLn.Addr().String()
+	}
+	return ts
 }
