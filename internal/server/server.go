@@ -220,7 +220,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	}))
 	s.metrics = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 	if cfg.MetricsListen == "" {
-		mux.Handle(metricsPattern, s.metrics)
+		mux.Handle("GET /metrics", s.metrics)
 	}
 	apiSrv.Register(mux)
 	mux.Handle(proxy.Pattern, px)
@@ -232,8 +232,6 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	s.handler = httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux))
 	return nil
 }
-
-const metricsPattern = "GET /metrics"
 
 // buildInfo is mandate_build_info: 1, with the version mandate --version shows.
 func buildInfo() prometheus.Collector {
@@ -310,7 +308,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	listeners := []net.Listener{ln}
 	if metricsLn != nil {
 		mux := http.NewServeMux()
-		mux.Handle(metricsPattern, s.metrics)
+		mux.Handle("GET /metrics", s.metrics) // the same route, on its own listener
 		servers = append(servers, s.httpServer(mux))
 		listeners = append(listeners, metricsLn)
 	}
