@@ -45,6 +45,9 @@ type APIToken struct {
 	CreatedAt time.Time
 	ExpiresAt time.Time // zero = no expiry
 	RevokedAt time.Time // zero unless revoked
+	// Bootstrap marks the token the server writes to <data-dir>/bootstrap-token on first start:
+	// it only logs in (see Service.Login), once, within BootstrapTTL.
+	Bootstrap bool
 }
 
 // Store errors.
@@ -65,6 +68,11 @@ type Store interface {
 	LookupAPIToken(ctx context.Context, hash string) (APIToken, User, error)
 	ListAPITokens(ctx context.Context, userID string) ([]APIToken, error)
 	RevokeAPIToken(ctx context.Context, id string, at time.Time, ev audit.Event) error
+	// ExchangeBootstrapToken revokes the unrevoked bootstrap token id and stores next, in one
+	// transaction; ErrNotFound when id is not an unrevoked bootstrap token (used meanwhile).
+	ExchangeBootstrapToken(ctx context.Context, id string, at time.Time, next APIToken, revoked, created audit.Event) error
+	// LookupBootstrapToken finds a bootstrap token by hash, revoked or not.
+	LookupBootstrapToken(ctx context.Context, hash string) (APIToken, error)
 }
 
 // ServiceAccount is a non-human principal: a CI pipeline, a cluster workload. It usually acts

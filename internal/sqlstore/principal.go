@@ -14,7 +14,7 @@ import (
 
 const (
 	userCols     = `id, name, admin, created_at, grantable`
-	apiTokenCols = `id, user_id, name, hash, created_at, expires_at, revoked_at`
+	apiTokenCols = `id, user_id, name, hash, created_at, expires_at, revoked_at, bootstrap`
 )
 
 // CreateUser stores u with ev (Target defaults to u.ID). A used name gives principal.ErrNameTaken.
@@ -107,24 +107,73 @@ func parseGrantable(s sql.NullString, u *principal.User) error {
 // CreateAPIToken stores t with ev (Target defaults to t.ID). An unknown user gives
 // principal.ErrNotFound.
 func (s *Store) CreateAPIToken(ctx context.Context, t principal.APIToken, ev audit.Event) error {
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (`+apiTokenCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			t.ID, t.UserID, t.Name, t.Hash, nanos(t.CreatedAt), nanos(t.ExpiresAt), nanos(t.RevokedAt))
-		if foreignKeyViolation(err) {
-			return fmt.Errorf("user %s: %w", t.UserID, principal.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		if ev.Target == "" {
-			ev.Target = t.ID
-		}
-		return appendSuccess(ctx, tx, &ev)
-	})
+	err := s.writeTx(ctx, func(tx *sql.Tx) error { return insertAPIToken(ctx, tx, t, ev) })
 	if err != nil {
 		return fmt.Errorf("create api token %s: %w", t.ID, err)
 	}
 	return nil
+}
+
+func insertAPIToken(ctx context.Context, tx *sql.Tx, t principal.APIToken, ev audit.Event) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (`+apiTokenCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		t.ID, t.UserID, t.Name, t.Hash, nanos(t.CreatedAt), nanos(t.ExpiresAt), nanos(t.RevokedAt), t.Bootstrap)
+	if foreignKeyViolation(err) {
+		return fmt.Errorf("user %s: %w", t.UserID, principal.ErrNotFound)
+	}
+	if err != nil {
+		return err
+	}
+	if ev.Target == "" {
+		ev.Target = t.ID
+	}
+	return appendSuccess(ctx, tx, &ev)
+}
+
+// ExchangeBootstrapToken revokes the unrevoked bootstrap token id at at and stores next in its
+// place, with both audit events, in one transaction: of two logins racing with the same
+// bootstrap token, one gets a token. A token that is not an unrevoked bootstrap token gives
+// principal.ErrNotFound.
+func (s *Store) ExchangeBootstrapToken(ctx context.Context, id string, at time.Time, next principal.APIToken, revoked, created audit.Event) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if err := execOne(ctx, tx, principal.ErrNotFound, `UPDATE api_tokens SET revoked_at = $2
+			WHERE id = $1 AND revoked_at = 0 AND bootstrap = $3`, id, nanos(at), true); err != nil {
+			return err
+		}
+		if revoked.Target == "" {
+			revoked.Target = id
+		}
+		if err := appendSuccess(ctx, tx, &revoked); err != nil {
+			return err
+		}
+		return insertAPIToken(ctx, tx, next, created)
+	})
+	if err != nil {
+		return fmt.Errorf("exchange bootstrap token %s: %w", id, err)
+	}
+	return nil
+}
+
+// LookupBootstrapToken finds a bootstrap token by hash, revoked or not: enough to tell its
+// holder it was used, and the server that its file can go.
+func (s *Store) LookupBootstrapToken(ctx context.Context, hash string) (principal.APIToken, error) {
+	t, err := scanAPIToken(s.rdb.QueryRowContext(ctx, `SELECT `+apiTokenCols+` FROM api_tokens WHERE hash = $1 AND bootstrap = $2`, hash, true))
+	if errors.Is(err, sql.ErrNoRows) {
+		err = principal.ErrNotFound
+	}
+	if err != nil {
+		return principal.APIToken{}, fmt.Errorf("look up bootstrap token: %w", err)
+	}
+	return t, nil
+}
+
+func scanAPIToken(r rowScanner) (principal.APIToken, error) {
+	var t principal.APIToken
+	var created, expires, revoked int64
+	if err := r.Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &created, &expires, &revoked, &t.Bootstrap); err != nil {
+		return principal.APIToken{}, err
+	}
+	t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNanos(created), fromNanos(expires), fromNanos(revoked)
+	return t, nil
 }
 
 // LookupAPIToken finds an unrevoked token by hash, and its user. Expiry is the caller's check.
@@ -134,10 +183,10 @@ func (s *Store) LookupAPIToken(ctx context.Context, hash string) (principal.APIT
 	var tCreated, tExpires, tRevoked, uCreated int64
 	var grantable sql.NullString
 	err := s.rdb.QueryRowContext(ctx, `SELECT t.id, t.user_id, t.name, t.hash, t.created_at, t.expires_at,
-			t.revoked_at, u.id, u.name, u.admin, u.created_at, u.grantable
+			t.revoked_at, t.bootstrap, u.id, u.name, u.admin, u.created_at, u.grantable
 		FROM api_tokens t JOIN users u ON u.id = t.user_id
 		WHERE t.hash = $1 AND t.revoked_at = 0 AND u.kind = 'user'`, hash).
-		Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &tCreated, &tExpires, &tRevoked, &u.ID, &u.Name, &u.Admin, &uCreated, &grantable)
+		Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &tCreated, &tExpires, &tRevoked, &t.Bootstrap, &u.ID, &u.Name, &u.Admin, &uCreated, &grantable)
 	if errors.Is(err, sql.ErrNoRows) {
 		err = principal.ErrNotFound
 	}
@@ -152,26 +201,8 @@ func (s *Store) LookupAPIToken(ctx context.Context, hash string) (principal.APIT
 
 // ListAPITokens returns every token of the user, revoked ones included, newest first.
 func (s *Store) ListAPITokens(ctx context.Context, userID string) ([]principal.APIToken, error) {
-	rows, err := s.rdb.QueryContext(ctx, `SELECT `+apiTokenCols+` FROM api_tokens WHERE user_id = $1
-		ORDER BY created_at DESC, id`, userID)
-	if err != nil {
-		return nil, fmt.Errorf("list api tokens of %s: %w", userID, err)
-	}
-	defer rows.Close()
-	var toks []principal.APIToken
-	for rows.Next() {
-		var t principal.APIToken
-		var created, expires, revoked int64
-		if err := rows.Scan(&t.ID, &t.UserID, &t.Name, &t.Hash, &created, &expires, &revoked); err != nil {
-			return nil, fmt.Errorf("list api tokens of %s: %w", userID, err)
-		}
-		t.CreatedAt, t.ExpiresAt, t.RevokedAt = fromNanos(created), fromNanos(expires), fromNanos(revoked)
-		toks = append(toks, t)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list api tokens of %s: %w", userID, err)
-	}
-	return toks, nil
+	return queryAll(ctx, s.rdb, "list api tokens of "+userID, scanAPIToken, `SELECT `+apiTokenCols+` FROM api_tokens
+		WHERE user_id = $1 ORDER BY created_at DESC, id`, userID)
 }
 
 // RevokeAPIToken marks the token revoked at at, with ev (Target defaults to id). Revoking a

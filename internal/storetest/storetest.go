@@ -52,6 +52,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"UserGrantable", testUserGrantable},
 		{"APITokens", testAPITokens},
 		{"APITokenErrors", testAPITokenErrors},
+		{"BootstrapTokenExchange", testBootstrapTokenExchange},
+		{"BootstrapTokenExchangeConcurrent", testBootstrapTokenExchangeConcurrent},
 		{"CreateAndGetAgent", testCreateAndGetAgent},
 		{"AgentErrors", testAgentErrors},
 		{"ListAgents", testListAgents},
@@ -433,6 +435,96 @@ func testAPITokens(t *testing.T, s Store) {
 	list, err = s.ListAPITokens(ctx, ids.New("usr"))
 	if err != nil || len(list) != 0 {
 		t.Errorf("ListAPITokens(unknown user) = %v, %v; want none", list, err)
+	}
+}
+
+// mustBootstrapToken stores a bootstrap token for u and returns it with its secret.
+func mustBootstrapToken(t *testing.T, s Store, u principal.User) (principal.APIToken, string) {
+	t.Helper()
+	secret := ids.Secret("mdt")
+	tok := principal.APIToken{ID: ids.New("tok"), UserID: u.ID, Name: "bootstrap", Hash: ids.Hash(secret),
+		CreatedAt: base, ExpiresAt: at(24 * time.Hour), Bootstrap: true}
+	if err := s.CreateAPIToken(t.Context(), tok, newEvent(audit.ActionAPITokenCreate)); err != nil {
+		t.Fatalf("CreateAPIToken(bootstrap): %v", err)
+	}
+	return tok, secret
+}
+
+// testBootstrapTokenExchange: the exchange revokes the bootstrap token and stores the new one with
+// both events; a used bootstrap token stays findable as a bootstrap token, and cannot be
+// exchanged again; an ordinary token is never a bootstrap token.
+func testBootstrapTokenExchange(t *testing.T, s Store) {
+	ctx := t.Context()
+	admin := mustCreateUser(t, s, "admin")
+	boot, secret := mustBootstrapToken(t, s, admin)
+	got, u, err := s.LookupAPIToken(ctx, ids.Hash(secret))
+	if err != nil || !got.Bootstrap || u.ID != admin.ID {
+		t.Fatalf("LookupAPIToken(bootstrap) = %+v, %v, %v", got, u.ID, err)
+	}
+
+	next := principal.APIToken{ID: ids.New("tok"), UserID: admin.ID, Name: "login host 2031-05-06", Hash: ids.Hash(ids.Secret("mdt")), CreatedAt: at(time.Minute)}
+	before := eventCount(t, s)
+	revokeEv, createEv := newEvent(audit.ActionAPITokenRevoke), newEvent(audit.ActionAPITokenCreate)
+	if err := s.ExchangeBootstrapToken(ctx, boot.ID, at(time.Minute), next, revokeEv, createEv); err != nil {
+		t.Fatalf("ExchangeBootstrapToken: %v", err)
+	}
+	evs := allEvents(t, s)[before:]
+	if len(evs) != 2 || evs[0].Action != audit.ActionAPITokenRevoke || evs[0].Target != boot.ID ||
+		evs[1].Action != audit.ActionAPITokenCreate || evs[1].Target != next.ID {
+		t.Errorf("events of the exchange = %+v", evs)
+	}
+	_, _, err = s.LookupAPIToken(ctx, ids.Hash(secret))
+	wantErr(t, "LookupAPIToken of the used bootstrap token", err, principal.ErrNotFound)
+	spent, err := s.LookupBootstrapToken(ctx, ids.Hash(secret))
+	boot.RevokedAt = at(time.Minute)
+	if err != nil {
+		t.Fatalf("LookupBootstrapToken of the used token: %v", err)
+	}
+	if diff := cmp.Diff(boot, spent); diff != "" {
+		t.Errorf("LookupBootstrapToken (-want +got):\n%s", diff)
+	}
+	if got, _, err := s.LookupAPIToken(ctx, next.Hash); err != nil || got.Bootstrap {
+		t.Errorf("LookupAPIToken(new token) = %+v, %v; want an ordinary token", got, err)
+	}
+
+	before = eventCount(t, s)
+	again := next
+	again.ID, again.Hash = ids.New("tok"), ids.Hash(ids.Secret("mdt"))
+	err = s.ExchangeBootstrapToken(ctx, boot.ID, at(2*time.Minute), again, newEvent(audit.ActionAPITokenRevoke), newEvent(audit.ActionAPITokenCreate))
+	wantErr(t, "ExchangeBootstrapToken of a used token", err, principal.ErrNotFound)
+	err = s.ExchangeBootstrapToken(ctx, next.ID, at(2*time.Minute), again, newEvent(audit.ActionAPITokenRevoke), newEvent(audit.ActionAPITokenCreate))
+	wantErr(t, "ExchangeBootstrapToken of an ordinary token", err, principal.ErrNotFound)
+	wantNoNewEvents(t, s, before)
+	if _, _, err := s.LookupAPIToken(ctx, again.Hash); !errors.Is(err, principal.ErrNotFound) {
+		t.Errorf("a refused exchange stored its token: %v", err)
+	}
+	_, err = s.LookupBootstrapToken(ctx, next.Hash)
+	wantErr(t, "LookupBootstrapToken of an ordinary token", err, principal.ErrNotFound)
+}
+
+// testBootstrapTokenExchangeConcurrent: of many logins racing with one bootstrap token, exactly
+// one gets a token.
+func testBootstrapTokenExchangeConcurrent(t *testing.T, s Store) {
+	admin := mustCreateUser(t, s, "admin")
+	boot, _ := mustBootstrapToken(t, s, admin)
+	errs := runConcurrently(8, func(i int) error {
+		next := principal.APIToken{ID: ids.New("tok"), UserID: admin.ID, Name: "login", Hash: ids.Hash(ids.Secret("mdt")), CreatedAt: at(time.Minute)}
+		return s.ExchangeBootstrapToken(t.Context(), boot.ID, at(time.Minute), next, newEvent(audit.ActionAPITokenRevoke), newEvent(audit.ActionAPITokenCreate))
+	})
+	won := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case !errors.Is(err, principal.ErrNotFound):
+			t.Errorf("ExchangeBootstrapToken: %v", err)
+		}
+	}
+	if won != 1 {
+		t.Errorf("%d exchanges of one bootstrap token succeeded, want 1", won)
+	}
+	if toks, err := s.ListAPITokens(t.Context(), admin.ID); err != nil || len(toks) != 2 {
+		t.Errorf("tokens after the race: %d, %v; want the bootstrap token and one new", len(toks), err)
 	}
 }
 
