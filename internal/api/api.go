@@ -68,6 +68,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/agents/{ref}/keys/revoke", u(a.revokeAgentKey))
 	mux.Handle("GET /v1/revocations", h(a.revocations))
 	mux.Handle("GET /v1/whoami", u(a.whoami))
+	mux.Handle("POST /v1/login", h(a.login))
 	mux.Handle("GET /v1/users", u(a.listUsers))
 	mux.Handle("POST /v1/users", u(a.createUser))
 	mux.Handle("GET /v1/tokens", u(a.listTokens))
@@ -135,15 +136,20 @@ func (a *API) withUser(f userHandler) httpapi.HandlerFunc {
 			return f(w, r, u)
 		}
 		u, err := a.cfg.Principals.Authenticate(r.Context(), secret)
-		if de, ok := apperr.As(err); ok && de.Kind == apperr.Unauthenticated {
-			return &httpapi.Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Reason: de.Reason, Description: de.Msg,
-				Header: http.Header{"WWW-Authenticate": {`Bearer realm="mandate", error="invalid_token"`}}, Cause: err}
-		}
 		if err != nil {
-			return err
+			return invalidToken(err)
 		}
 		return f(w, r, u)
 	}
+}
+
+// invalidToken is the answer to a refused API token: 401 with a Bearer challenge.
+func invalidToken(err error) error {
+	if de, ok := apperr.As(err); ok && de.Kind == apperr.Unauthenticated {
+		return &httpapi.Error{Status: http.StatusUnauthorized, Code: "unauthenticated", Reason: de.Reason, Description: de.Msg,
+			Header: http.Header{"WWW-Authenticate": {`Bearer realm="mandate", error="invalid_token"`}}, Cause: err}
+	}
+	return err
 }
 
 // decodeJSON reads a small JSON body, refusing unknown fields so typos are not ignored.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
@@ -33,16 +34,56 @@ type TokenJSON struct {
 	CreatedAt time.Time  `json:"created_at"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	Bootstrap bool       `json:"bootstrap,omitempty"` // works only at POST /v1/login
 	Token     string     `json:"token,omitempty"`
 }
 
 func tokenJSON(t principal.APIToken) TokenJSON {
 	return TokenJSON{ID: t.ID, UserID: t.UserID, Name: t.Name, CreatedAt: t.CreatedAt.UTC(),
-		ExpiresAt: timePtr(t.ExpiresAt), RevokedAt: timePtr(t.RevokedAt)}
+		ExpiresAt: timePtr(t.ExpiresAt), RevokedAt: timePtr(t.RevokedAt), Bootstrap: t.Bootstrap}
 }
 
 func (a *API) whoami(w http.ResponseWriter, r *http.Request, u principal.User) error {
 	httpapi.WriteJSON(w, http.StatusOK, userJSON(u))
+	return nil
+}
+
+// LoginJSON answers POST /v1/login: the user, and the new API token when the bootstrap token was
+// exchanged for it (its secret shown this once).
+type LoginJSON struct {
+	User  UserJSON   `json:"user"`
+	Token *TokenJSON `json:"token,omitempty"`
+}
+
+// login is mandate login's check of a token. An API token (or a service account's token) is
+// answered with its user, as whoami would. The bootstrap token, which works nowhere else, is
+// exchanged for a new API token named by the body's name, and is spent.
+func (a *API) login(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	scheme, secret, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if scheme != "Bearer" || !strings.HasPrefix(secret, principal.TokenPrefix+"_") {
+		return a.withUser(func(w http.ResponseWriter, r *http.Request, u principal.User) error {
+			httpapi.WriteJSON(w, http.StatusOK, LoginJSON{User: userJSON(u)})
+			return nil
+		})(w, r)
+	}
+	u, next, nextSecret, err := a.cfg.Principals.Login(r.Context(), requestID(r.Context()), secret, req.Name)
+	if err != nil {
+		return invalidToken(err)
+	}
+	if next == nil {
+		httpapi.WriteJSON(w, http.StatusOK, LoginJSON{User: userJSON(u)})
+		return nil
+	}
+	tok := tokenJSON(*next)
+	tok.Token = nextSecret
+	w.Header().Set("Cache-Control", "no-store")
+	httpapi.WriteJSON(w, http.StatusCreated, LoginJSON{User: userJSON(u), Token: &tok})
 	return nil
 }
 

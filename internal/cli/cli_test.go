@@ -31,7 +31,12 @@ type testServer struct {
 
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
-	s := servertest.Start(t, servertest.Options{})
+	return newTestServerWith(t, servertest.Options{})
+}
+
+func newTestServerWith(t *testing.T, opts servertest.Options) *testServer {
+	t.Helper()
+	s := servertest.Start(t, opts)
 	confDir := filepath.Join(t.TempDir(), "conf")
 	t.Setenv(envConfigDir, confDir)
 	t.Setenv(envToken, "")
@@ -109,24 +114,31 @@ func TestEndToEnd(t *testing.T) {
 	// Not logged in yet: every management command says how to log in.
 	fails(t, "", []string{"users", "list"}, "not logged in: run mandate login --server URL --token-file <data-dir>/bootstrap-token")
 
-	// Login with the bootstrap token.
+	// Login with the bootstrap token: it is exchanged for a named token, and its file removed.
+	secret, err := os.ReadFile(bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
 	out := ok(t, "login", "--server", ts.URL+"/", "--token-file", bootstrap)
-	hasAll(t, out, "Logged in to "+ts.URL+" as admin (admin)")
+	hasAll(t, out, "Logged in to "+ts.URL+" as admin (admin)", "The bootstrap token is used up; saved the new API token tok_")
 	if m := fileMode(t, filepath.Join(ts.ConfigDir, loginFile)); m != 0o600 {
 		t.Errorf("config.json mode %04o, want 0600", m)
 	}
 	if m := fileMode(t, ts.ConfigDir); m != 0o700 {
 		t.Errorf("config dir mode %04o, want 0700", m)
 	}
-	secret, err := os.ReadFile(bootstrap)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if strings.Contains(out, strings.TrimSpace(string(secret))) {
 		t.Error("login printed the token")
 	}
+	saved, err := loadLogin()
+	if err != nil || saved == nil || saved.Token == strings.TrimSpace(string(secret)) || !strings.HasPrefix(saved.Token, "mnd_") {
+		t.Fatalf("saved login %+v, %v: want a new API token, not the bootstrap token", saved, err)
+	}
+	if strings.Contains(out, saved.Token) {
+		t.Error("login printed the new token")
+	}
 	// The token may come on stdin too.
-	if out, err := mandate(t, string(secret), "login", "--server", ts.URL, "--json"); err != nil {
+	if out, err := mandate(t, saved.Token, "login", "--server", ts.URL, "--json"); err != nil {
 		t.Fatalf("login from stdin: %v\n%s", err, out)
 	} else {
 		var res struct {

@@ -8,12 +8,15 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
 	"github.com/mandate-dev/mandate/internal/api"
+	"github.com/mandate-dev/mandate/internal/server"
 )
 
 func newLoginCmd() *cobra.Command {
@@ -26,7 +29,9 @@ func newLoginCmd() *cobra.Command {
 config directory + /mandate.
 
 The token comes from --token-file, --token, or else standard input. On first start the server
-writes an admin token to <data-dir>/bootstrap-token.`,
+writes a one-time bootstrap token to <data-dir>/bootstrap-token: login exchanges it for a new
+API token of the admin ("login <host> <date>", see mandate tokens list), saves that, and the
+server removes the file. Unused, it expires 24 h after the first start.`,
 		Example: "  mandate login --server http://127.0.0.1:8420 --token-file mandate-data/bootstrap-token",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -39,10 +44,14 @@ writes an admin token to <data-dir>/bootstrap-token.`,
 				return err
 			}
 			c := &apiClient{server: srv, token: secret, hc: newHTTPClient()}
-			var u api.UserJSON
-			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/whoami", nil, &u)
-			if err != nil {
+			// The server answers an API token with its user, and exchanges the bootstrap token
+			// (which works nowhere else) for a new named API token: that one is saved.
+			var res api.LoginJSON
+			if _, err := c.do(cmd.Context(), http.MethodPost, "/v1/login", map[string]string{"name": loginTokenName()}, &res); err != nil {
 				return err
+			}
+			if res.Token != nil {
+				secret = res.Token.Token
 			}
 			path, err := saveLogin(loginConfig{Server: srv, Token: secret})
 			if err != nil {
@@ -50,13 +59,20 @@ writes an admin token to <data-dir>/bootstrap-token.`,
 			}
 			out := cmd.OutOrStdout()
 			if wantJSON(cmd) {
-				return printJSON(out, map[string]any{"server": srv, "config": path, "user": jsonRaw(raw)})
+				j := map[string]any{"server": srv, "config": path, "user": res.User}
+				if res.Token != nil {
+					j["token_id"] = res.Token.ID
+				}
+				return printJSON(out, j)
 			}
 			role := ""
-			if u.Admin {
+			if res.User.Admin {
 				role = " (admin)"
 			}
-			fmt.Fprintf(out, "Logged in to %s as %s%s\n", srv, u.Name, role)
+			fmt.Fprintf(out, "Logged in to %s as %s%s\n", srv, res.User.Name, role)
+			if res.Token != nil {
+				fmt.Fprintf(out, "The bootstrap token is used up; saved the new API token %s (%q), listed by mandate tokens list.\n", res.Token.ID, res.Token.Name)
+			}
 			return nil
 		},
 	}
@@ -69,6 +85,15 @@ writes an admin token to <data-dir>/bootstrap-token.`,
 	return cmd
 }
 
+// loginTokenName names the API token a login with the bootstrap token makes.
+func loginTokenName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	return "login " + host + " " + time.Now().UTC().Format(time.DateOnly)
+}
+
 // readLoginToken returns the token from --token, --token-file or stdin.
 func readLoginToken(cmd *cobra.Command, token, tokenFile string) (string, error) {
 	switch {
@@ -76,6 +101,9 @@ func readLoginToken(cmd *cobra.Command, token, tokenFile string) (string, error)
 		return strings.TrimSpace(token), nil
 	case tokenFile != "":
 		data, err := os.ReadFile(tokenFile)
+		if errors.Is(err, fs.ErrNotExist) && filepath.Base(tokenFile) == server.BootstrapFile {
+			return "", fmt.Errorf("%s does not exist: the server writes it on its first start and removes it once the bootstrap token is used (or expired); ask an admin for a token: mandate tokens create", tokenFile)
+		}
 		if err != nil {
 			return "", fmt.Errorf("reading the token: %w", err)
 		}

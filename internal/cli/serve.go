@@ -10,6 +10,7 @@ import (
 
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/server"
 )
 
@@ -21,7 +22,8 @@ func newServeCmd() *cobra.Command {
 		Long: `Run the mandate server.
 
 With no flags it keeps everything in ./mandate-data (SQLite, the master key that wraps the
-signing keys, and on first start a one-time admin bootstrap token) and listens on 127.0.0.1:8420.
+signing keys, and on first start a one-time admin bootstrap token for mandate login, removed once
+used, expiring after 24 h) and listens on 127.0.0.1:8420.
 
 Every flag can also be set with its MANDATE_* environment variable or in a YAML file given with
 --config whose keys are the flag names. Flags beat the environment, which beats the file.`,
@@ -56,7 +58,8 @@ Every flag can also be set with its MANDATE_* environment variable or in a YAML 
 			}
 			defer srv.Close()
 			if srv.BootstrapPath != "" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "\nFirst start: the admin bootstrap token is in %s (mode 0600).\nLog in with:  mandate login --server %s --token-file %s\n\n", srv.BootstrapPath, cfg.Issuer, srv.BootstrapPath)
+				fmt.Fprintf(cmd.ErrOrStderr(), "\nFirst start: the admin bootstrap token is in %s (mode 0600). It works once, for mandate login,\nwithin %.0f h; the file is removed once it is used.\nLog in with:  mandate login --server %s --token-file %s\n\n",
+					srv.BootstrapPath, principal.BootstrapTTL.Hours(), cfg.Issuer, srv.BootstrapPath)
 			}
 			log.Info("mandate listening", slog.String("addr", ln.Addr().String()), slog.String("issuer", cfg.Issuer),
 				slog.String("data_dir", cfg.DataDir), slog.String("database", srv.Store().Dialect()))

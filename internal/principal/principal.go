@@ -23,10 +23,14 @@ const BootstrapUser = "admin"
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
+// BootstrapTTL is how long the bootstrap token works when nobody logs in with it.
+const BootstrapTTL = 24 * time.Hour
+
 // Service manages principals.
 type Service struct {
 	store Store
 	now   func() time.Time
+	spent func(context.Context) // called when the bootstrap token is seen used or expired
 }
 
 // New returns the principal service.
@@ -37,9 +41,15 @@ func New(store Store, now func() time.Time) *Service {
 	return &Service{store: store, now: now}
 }
 
-// Bootstrap creates the admin user and its first API token when there are no users yet. save
+// OnBootstrapSpent sets f to be called whenever the bootstrap token is found used or expired (at
+// its exchange, and when it is presented again), so whoever keeps its file can remove it.
+func (s *Service) OnBootstrapSpent(f func(context.Context)) { s.spent = f }
+
+// Bootstrap creates the admin user and its bootstrap token when there are no users yet. save
 // is given the token secret before anything is stored, so a token is never committed that
-// nobody can read; if storing fails, undo is called.
+// nobody can read; if storing fails, undo is called. The bootstrap token only logs in (Login),
+// once, within BootstrapTTL: it is a way to the first named token, never an admin credential
+// itself. Once there is a user, Bootstrap does nothing: a restart never makes another.
 func (s *Service) Bootstrap(ctx context.Context, save func(secret string) (undo func(), err error)) (created bool, err error) {
 	n, err := s.store.CountUsers(ctx)
 	if err != nil {
@@ -60,7 +70,8 @@ func (s *Service) Bootstrap(ctx context.Context, save func(secret string) (undo 
 		undo()
 		return false, fmt.Errorf("create bootstrap admin: %w", err)
 	}
-	tok := APIToken{ID: ids.New("tok"), UserID: admin.ID, Name: "bootstrap", Hash: ids.Hash(secret), CreatedAt: admin.CreatedAt}
+	tok := APIToken{ID: ids.New("tok"), UserID: admin.ID, Name: "bootstrap", Hash: ids.Hash(secret), CreatedAt: admin.CreatedAt,
+		ExpiresAt: admin.CreatedAt.Add(BootstrapTTL), Bootstrap: true}
 	ev = audit.New(s.now(), "", audit.ActionAPITokenCreate)
 	ev.ActorType, ev.PrincipalID, ev.Target = audit.ActorSystem, admin.ID, tok.ID
 	if err := s.store.CreateAPIToken(ctx, tok, ev); err != nil {
@@ -70,23 +81,93 @@ func (s *Service) Bootstrap(ctx context.Context, save func(secret string) (undo 
 	return true, nil
 }
 
-// Authenticate returns the user of an API token. Every failure gives the same answer.
+// Authenticate returns the user of an API token. Every failure gives the same answer, but for
+// the bootstrap token, whose holder is told to log in with it (or that it is spent).
 func (s *Service) Authenticate(ctx context.Context, secret string) (User, error) {
-	fail := apperr.New(apperr.Unauthenticated, "bad_token", "the API token is unknown, revoked or expired: log in again with mandate login")
-	if !strings.HasPrefix(secret, TokenPrefix+"_") || len(secret) > 200 {
-		return User{}, fail
-	}
-	t, u, err := s.store.LookupAPIToken(ctx, ids.Hash(secret))
-	if errors.Is(err, ErrNotFound) {
-		return User{}, fail
-	}
+	t, u, err := s.lookup(ctx, secret)
 	if err != nil {
-		return User{}, fmt.Errorf("look up API token: %w", err)
+		return User{}, err
 	}
-	if !t.ExpiresAt.IsZero() && !s.now().Before(t.ExpiresAt) {
-		return User{}, fail
+	if t.Bootstrap {
+		return User{}, apperr.New(apperr.Unauthenticated, "bootstrap_only",
+			"this is the one-time bootstrap token: it only logs in; run mandate login --server URL --token-file <data-dir>/bootstrap-token")
 	}
 	return u, nil
+}
+
+// Login checks secret for mandate login. An API token is returned as it is (next is nil). The
+// bootstrap token is exchanged: a new API token named name is made for the admin and the
+// bootstrap token revoked, in one transaction, and the new token and its secret are returned.
+func (s *Service) Login(ctx context.Context, requestID, secret, name string) (u User, next *APIToken, nextSecret string, err error) {
+	t, u, err := s.lookup(ctx, secret)
+	if err != nil || !t.Bootstrap {
+		return u, nil, "", err
+	}
+	if name == "" {
+		name = "login " + s.now().UTC().Format(time.DateOnly)
+	}
+	nextSecret = ids.Secret(TokenPrefix)
+	now := s.now().UTC()
+	nt := APIToken{ID: ids.New("tok"), UserID: u.ID, Name: apperr.Clip(name, 100), Hash: ids.Hash(nextSecret), CreatedAt: now}
+	revoked := audit.New(now, requestID, audit.ActionAPITokenRevoke)
+	revoked.ActorType, revoked.ActorID, revoked.PrincipalID, revoked.Target = audit.ActorUser, u.ID, u.ID, t.ID
+	revoked.Detail = "bootstrap token used by mandate login"
+	created := audit.New(now, requestID, audit.ActionAPITokenCreate)
+	created.ActorType, created.ActorID, created.PrincipalID, created.Target = audit.ActorUser, u.ID, u.ID, nt.ID
+	created.Detail = "in exchange for the bootstrap token"
+	err = s.store.ExchangeBootstrapToken(ctx, t.ID, now, nt, revoked, created)
+	if errors.Is(err, ErrNotFound) {
+		err = s.bootstrapSpent(ctx) // another login used it meanwhile
+	}
+	if err != nil {
+		return User{}, nil, "", err
+	}
+	s.notifySpent(ctx)
+	return u, &nt, nextSecret, nil
+}
+
+// lookup finds the unrevoked, unexpired token of secret and its user.
+func (s *Service) lookup(ctx context.Context, secret string) (APIToken, User, error) {
+	fail := apperr.New(apperr.Unauthenticated, "bad_token", "the API token is unknown, revoked or expired: log in again with mandate login")
+	if !strings.HasPrefix(secret, TokenPrefix+"_") || len(secret) > 200 {
+		return APIToken{}, User{}, fail
+	}
+	hash := ids.Hash(secret)
+	t, u, err := s.store.LookupAPIToken(ctx, hash)
+	if errors.Is(err, ErrNotFound) {
+		// A used bootstrap token is revoked: say so, rather than "unknown".
+		_, berr := s.store.LookupBootstrapToken(ctx, hash)
+		if berr == nil {
+			return APIToken{}, User{}, s.bootstrapSpent(ctx)
+		}
+		if !errors.Is(berr, ErrNotFound) {
+			return APIToken{}, User{}, fmt.Errorf("look up bootstrap token: %w", berr)
+		}
+		return APIToken{}, User{}, fail
+	}
+	if err != nil {
+		return APIToken{}, User{}, fmt.Errorf("look up API token: %w", err)
+	}
+	if !t.Usable(s.now()) {
+		if t.Bootstrap {
+			return APIToken{}, User{}, s.bootstrapSpent(ctx)
+		}
+		return APIToken{}, User{}, fail
+	}
+	return t, u, nil
+}
+
+func (s *Service) notifySpent(ctx context.Context) {
+	if s.spent != nil {
+		s.spent(ctx)
+	}
+}
+
+// bootstrapSpent tells the keeper of the bootstrap file, and returns the refusal its holder gets.
+func (s *Service) bootstrapSpent(ctx context.Context) error {
+	s.notifySpent(ctx)
+	return apperr.New(apperr.Unauthenticated, "bootstrap_spent",
+		"the bootstrap token was already used (or expired); ask an admin for a token: mandate tokens create")
 }
 
 // CreateUser adds a user; only an admin may. grantable, when not nil, bounds what the user may

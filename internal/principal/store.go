@@ -50,6 +50,11 @@ type APIToken struct {
 	Bootstrap bool
 }
 
+// Usable reports whether t works at now: not revoked, not expired.
+func (t APIToken) Usable(now time.Time) bool {
+	return t.RevokedAt.IsZero() && (t.ExpiresAt.IsZero() || now.Before(t.ExpiresAt))
+}
+
 // Store errors.
 var (
 	ErrNotFound  = errors.New("not found")

@@ -17,7 +17,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,6 +35,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/oauth"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/proxy"
@@ -60,6 +63,9 @@ type Server struct {
 	handler http.Handler
 	metrics http.Handler // /metrics; on the main handler too unless cfg.MetricsListen is set
 	masters *masterKeyFile
+	now     func() time.Time
+
+	legacyBootstrapWarned atomic.Bool // the warning about a never-expiring bootstrap file, once
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -88,7 +94,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() ti
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, store: store}
+	s := &Server{cfg: cfg, log: log, store: store, now: now}
 	if err := s.build(ctx, now); err != nil {
 		store.Close()
 		return nil, err
@@ -133,6 +139,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return fmt.Errorf("signing keys: %w", err)
 	}
 	principals := principal.New(s.store, now)
+	principals.OnBootstrapSpent(func(ctx context.Context) { s.removeSpentBootstrap(context.WithoutCancel(ctx)) })
 	if err := s.bootstrap(ctx, principals); err != nil {
 		return err
 	}
@@ -243,9 +250,10 @@ func buildInfo() prometheus.Collector {
 	return g
 }
 
-// bootstrap creates the admin and writes its token to a 0600 file on the very first start.
+// bootstrap creates the admin and writes its bootstrap token to a 0600 file on the very first
+// start. Later starts make none (there is a user) and remove the file if its token is spent.
 func (s *Server) bootstrap(ctx context.Context, principals *principal.Service) error {
-	path := filepath.Join(s.cfg.DataDir, BootstrapFile)
+	path := s.bootstrapFile()
 	created, err := principals.Bootstrap(ctx, func(secret string) (func(), error) {
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if errors.Is(err, fs.ErrExist) {
@@ -270,8 +278,54 @@ func (s *Server) bootstrap(ctx context.Context, principals *principal.Service) e
 	}
 	if created {
 		s.BootstrapPath = path
+		return nil
 	}
+	s.removeSpentBootstrap(ctx)
 	return nil
+}
+
+func (s *Server) bootstrapFile() string { return filepath.Join(s.cfg.DataDir, BootstrapFile) }
+
+// removeSpentBootstrap removes the bootstrap token file once the token in it is used or expired.
+// The server owns the file (mandate login may run on another host): this runs at start, after
+// every exchange or refused use of the token, and with the purge job (for expiry, and for an
+// exchange on another replica). A file holding anything but a bootstrap token is left alone.
+func (s *Server) removeSpentBootstrap(ctx context.Context) {
+	path := s.bootstrapFile()
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return
+	}
+	warn := func(msg string, err error) {
+		s.log.WarnContext(ctx, msg, slog.String("path", path), slog.String("error", err.Error()))
+	}
+	if err != nil {
+		warn("read the bootstrap token file", err)
+		return
+	}
+	hash := ids.Hash(strings.TrimSpace(string(data)))
+	t, err := s.store.LookupBootstrapToken(ctx, hash)
+	if errors.Is(err, principal.ErrNotFound) {
+		if old, _, err := s.store.LookupAPIToken(ctx, hash); err == nil && !s.legacyBootstrapWarned.Swap(true) {
+			// Made by a version before bootstrap tokens expired: an ordinary token that never
+			// does, perhaps the admin's only one, so it is not touched.
+			s.log.WarnContext(ctx, "the bootstrap token file holds a token that never expires (made by an earlier mandate): once you have another admin token, revoke it with mandate tokens revoke and delete the file",
+				slog.String("path", path), slog.String("token_id", old.ID))
+		}
+		return
+	}
+	if err != nil {
+		warn("look up the bootstrap token", err)
+		return
+	}
+	if t.Usable(s.now()) {
+		return
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		warn("remove the used bootstrap token file", err)
+		return
+	}
+	s.log.InfoContext(ctx, "removed the bootstrap token file: its token was used or has expired", slog.String("path", path), slog.String("token_id", t.ID))
 }
 
 // auditResourceDenial records every refusal of the verify middleware on our own resources.
@@ -437,6 +491,7 @@ func (s *Server) purgeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			s.removeSpentBootstrap(ctx)
 			n, err := s.store.Purge(ctx, time.Now())
 			if err != nil {
 				s.log.Warn("purge expired state", slog.String("error", err.Error()))

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/server"
 )
 
@@ -26,9 +27,11 @@ type Server struct {
 	// MetricsAddr is where /metrics is served when Options.Config sets MetricsListen (give
 	// 127.0.0.1:0 for a free port); "" otherwise.
 	MetricsAddr string
-	AdminToken  string // the bootstrap admin's API token
-	DataDir     string
-	Srv         *server.Server
+	AdminToken  string // an API token of the bootstrap admin, made beside the bootstrap token
+	// BootstrapToken is the token in <DataDir>/bootstrap-token, unused: it only logs in.
+	BootstrapToken string
+	DataDir        string
+	Srv            *server.Server
 }
 
 // Options change what Start builds.
@@ -89,11 +92,22 @@ func Start(t testing.TB, opts Options) *Server {
 		}
 		srv.Close()
 	})
-	admin, err := os.ReadFile(filepath.Join(cfg.DataDir, server.BootstrapFile))
+	boot, err := os.ReadFile(filepath.Join(cfg.DataDir, server.BootstrapFile))
 	if err != nil {
 		t.Fatalf("read bootstrap token: %v", err)
 	}
-	ts := &Server{URL: cfg.Issuer, Addr: ln.Addr().String(), AdminToken: strings.TrimSpace(string(admin)), DataDir: cfg.DataDir, Srv: srv}
+	// The bootstrap token works only for mandate login, once; tests of everything else act as
+	// the admin with an ordinary token, made the way mandate tokens create makes one.
+	admin, err := srv.Store().GetUser(ctx, principal.BootstrapUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, adminToken, err := principal.New(srv.Store(), opts.Now).CreateToken(ctx, "", admin, "", "servertest", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &Server{URL: cfg.Issuer, Addr: ln.Addr().String(), AdminToken: adminToken, BootstrapToken: strings.TrimSpace(string(boot)),
+		DataDir: cfg.DataDir, Srv: srv}
 	if metricsLn != nil {
 		ts.MetricsAddr = metricsLn.Addr().String()
 	}
