@@ -6,13 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net/mail"
 	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/mandate-dev/mandate/internal/decimal"
+	"github.com/mandate-dev/mandate/internal/glob"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
@@ -216,6 +217,10 @@ func detailsOfType(raw []json.RawMessage, name string) []map[string]any {
 	return out
 }
 
+// maxMatchSteps bounds the work of checking one body (glob.Cost summed over every value and
+// pattern compared): about 0.1 s. Past it the body is refused, never let through.
+const maxMatchSteps = 1 << 26
+
 // checkBody checks a JSON body against rules for the caller's details (objects of the
 // upstream's type). The body passes when, for at least one detail, every rule whose Detail field
 // the object has is met by every value at the rule's pointer (RFC 9396: each object is a
@@ -231,9 +236,10 @@ func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *b
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: "this route's body is checked against your authorization_details: send a JSON object"}
 		}
 	}
+	m := &matcher{}
 	var first *bodyDenial
 	for _, d := range details {
-		fail := checkDetail(rules, d, doc)
+		fail := m.checkDetail(rules, d, doc)
 		if fail == nil {
 			return nil
 		}
@@ -241,10 +247,17 @@ func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *b
 			first = fail
 		}
 	}
+	if m.steps > maxMatchSteps {
+		return &bodyDenial{status: 403, reason: reasonBodyRule,
+			desc: "the body has too many or too long values to check against your authorization_details: send fewer values per call"}
+	}
 	return first
 }
 
-func checkDetail(rules []vault.BodyRule, detail map[string]any, doc any) *bodyDenial {
+// matcher matches body values against detail values within a budget of steps.
+type matcher struct{ steps int }
+
+func (m *matcher) checkDetail(rules []vault.BodyRule, detail map[string]any, doc any) *bodyDenial {
 	for _, rule := range rules {
 		want, ok := detail[rule.Detail]
 		if !ok {
@@ -255,9 +268,12 @@ func checkDetail(rules []vault.BodyRule, detail map[string]any, doc any) *bodyDe
 			return &bodyDenial{status: 403, reason: reasonBodyRule, desc: fmt.Sprintf("the route's body rule for %s has an invalid pointer", rule.Detail)}
 		}
 		for _, v := range values {
-			if !matchValue(rule.Match, v, want) {
-				return &bodyDenial{status: 403, reason: reasonBodyRule,
-					desc: fmt.Sprintf("the body's %s is outside your authorization_details (%s must match %s by %s)", rule.Pointer, rule.Pointer, rule.Detail, rule.Match)}
+			if !m.matchValue(rule.Match, v, want) {
+				desc := fmt.Sprintf("the body's %s is outside your authorization_details (%s must match %s by %s)", rule.Pointer, rule.Pointer, rule.Detail, rule.Match)
+				if rule.Match == MatchEquals && hasNumber(want) {
+					desc += "; a number in authorization_details is an upper bound (a narrowed token may lower it), so equals never matches it: the detail should list strings, or the route use max"
+				}
+				return &bodyDenial{status: 403, reason: reasonBodyRule, desc: desc}
 			}
 		}
 	}
@@ -272,12 +288,33 @@ func list(want any) []any {
 	return []any{want}
 }
 
-func matchValue(kind string, v, want any) bool {
+func hasNumber(want any) bool {
+	for _, w := range list(want) {
+		if _, ok := w.(json.Number); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// matchValue reports whether body value v is allowed by the detail's value want under kind.
+// Detail strings are glob patterns (internal/glob), as in narrowing, and every kind is monotone
+// in the covering rule of docs/delegation.md: whatever a narrowed detail allows, the detail it
+// was narrowed from allows too. That is why a number in a detail only bounds (max) and never
+// pins (equals): narrowing lets a child lower it.
+func (m *matcher) matchValue(kind string, v, want any) bool {
 	switch kind {
 	case MatchEquals:
 		for _, w := range list(want) {
-			if scalarEqual(v, w) {
-				return true
+			switch w := w.(type) {
+			case string:
+				if s, ok := v.(string); ok && m.glob(w, s, false) {
+					return true
+				}
+			case bool:
+				if b, ok := v.(bool); ok && b == w {
+					return true
+				}
 			}
 		}
 	case MatchEmailDomain:
@@ -290,7 +327,9 @@ func matchValue(kind string, v, want any) bool {
 			return false
 		}
 		for _, w := range list(want) {
-			if d, ok := w.(string); ok && domainMatches(domain, d) {
+			// Lower-casing pattern and domain alike keeps the match monotone: a pattern that
+			// covers another still does after both are lower-cased.
+			if p, ok := w.(string); ok && m.glob(strings.ToLower(p), domain, false) {
 				return true
 			}
 		}
@@ -300,7 +339,7 @@ func matchValue(kind string, v, want any) bool {
 			return false
 		}
 		for _, w := range list(want) {
-			if p, ok := w.(string); ok && p != "" && strings.HasPrefix(s, p) {
+			if p, ok := w.(string); ok && p != "" && m.glob(p, s, true) {
 				return true
 			}
 		}
@@ -309,55 +348,30 @@ func matchValue(kind string, v, want any) bool {
 		if !ok {
 			return false
 		}
-		m, ok := want.(json.Number)
+		w, ok := want.(json.Number)
 		if !ok {
 			return false
 		}
-		x, ok1 := parseNumber(string(n))
-		y, ok2 := parseNumber(string(m))
-		return ok1 && ok2 && x.Cmp(y) <= 0
+		x, err1 := decimal.Parse(string(n))
+		y, err2 := decimal.Parse(string(w))
+		return err1 == nil && err2 == nil && decimal.Cmp(x, y) <= 0
 	}
 	return false // unknown kinds fail closed
 }
 
-func scalarEqual(v, w any) bool {
-	switch v := v.(type) {
-	case string:
-		s, ok := w.(string)
-		return ok && s == v
-	case bool:
-		b, ok := w.(bool)
-		return ok && b == v
-	case json.Number:
-		n, ok := w.(json.Number)
-		if !ok {
-			return false
-		}
-		x, ok1 := parseNumber(string(v))
-		y, ok2 := parseNumber(string(n))
-		return ok1 && ok2 && x.Cmp(y) == 0
+// glob matches s against pattern (entirely, or a prefix of s) within the budget.
+func (m *matcher) glob(pattern, s string, prefix bool) bool {
+	if m.steps += glob.Cost(pattern, s); m.steps > maxMatchSteps {
+		return false
 	}
-	return false // objects and arrays never equal a listed value
-}
-
-// parseNumber reads a JSON number exactly. Exponents beyond ±400 are refused rather than
-// expanded (no JSON API means them, and big.Rat would build them digit by digit).
-func parseNumber(s string) (*big.Rat, bool) {
-	if len(s) > 100 {
-		return nil, false
+	if prefix {
+		return glob.MatchPrefix(pattern, s)
 	}
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
-		e, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
-		if err != nil || e > 400 || e < -400 {
-			return nil, false
-		}
-	}
-	r, ok := new(big.Rat).SetString(s)
-	return r, ok
+	return glob.Match(pattern, s)
 }
 
 // emailDomain returns the lower-cased domain of one address ("a@b.example" or
-// "Name <a@b.example>"). Lists of addresses in one string are refused.
+// "Name <a@b.example>"), without a trailing dot. Lists of addresses in one string are refused.
 func emailDomain(s string) (string, bool) {
 	a, err := mail.ParseAddress(s)
 	if err != nil {
@@ -372,14 +386,4 @@ func emailDomain(s string) (string, bool) {
 		return "", false // address literals are not domains
 	}
 	return d, true
-}
-
-// domainMatches reports whether domain is allowed by pattern: the same domain, or for
-// "*.example.com" any subdomain of example.com (not example.com itself).
-func domainMatches(domain, pattern string) bool {
-	pattern = strings.ToLower(strings.TrimSuffix(pattern, "."))
-	if rest, ok := strings.CutPrefix(pattern, "*."); ok {
-		return rest != "" && strings.HasSuffix(domain, "."+rest)
-	}
-	return pattern != "" && domain == pattern
 }
