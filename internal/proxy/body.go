@@ -6,12 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"net/http"
 	"net/mail"
+	"net/url"
 	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/decimal"
 	"github.com/mandate-dev/mandate/internal/glob"
 	"github.com/mandate-dev/mandate/internal/vault"
@@ -228,6 +232,9 @@ const maxMatchSteps = 1 << 26
 func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *bodyDenial {
 	var doc any
 	if len(bytes.TrimSpace(body)) > 0 {
+		if err := checkEncoding(body); err != nil {
+			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: err.Error()}
+		}
 		var err error
 		if doc, err = parseStrictJSON(body); err != nil {
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: err.Error() + ": this route's body is checked against your authorization_details"}
@@ -386,4 +393,152 @@ func emailDomain(s string) (string, bool) {
 		return "", false // address literals are not domains
 	}
 	return d, true
+}
+
+// The request around a checked body: the upstream must parse exactly the JSON that was checked,
+// so every header that changes how a body is read is checked too, and a field a rule checks may
+// not also arrive by another way (the query, path parameters) that a framework would merge in.
+
+// jsonMediaType reads the request's Content-Type for a checked body: "" when there is none,
+// else its one media type, lower-cased: application/json or application/…+json, without
+// parameters other than charset=utf-8. It is what the upstream receives as the only
+// Content-Type, so no other reading of the header can reach it.
+func jsonMediaType(h http.Header) (string, *refusal) {
+	vals := h.Values("Content-Type")
+	if len(vals) == 0 {
+		return "", nil
+	}
+	ctRefusal := func(desc string) (string, *refusal) {
+		return "", refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyContentType,
+			"this route's body is checked against your authorization_details: "+desc)
+	}
+	if len(vals) > 1 || strings.Contains(vals[0], ",") {
+		return ctRefusal("send one Content-Type header with one media type, application/json")
+	}
+	mt, params, err := mime.ParseMediaType(vals[0])
+	if err != nil {
+		return ctRefusal("the Content-Type is not a valid media type: send application/json")
+	}
+	if mt != "application/json" && !(strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")) {
+		return ctRefusal("send it as application/json")
+	}
+	for k, v := range params {
+		if k != "charset" {
+			return ctRefusal(fmt.Sprintf("send Content-Type %s without the %q parameter", mt, apperr.Clip(k, 40)))
+		}
+		if !strings.EqualFold(v, "utf-8") {
+			return ctRefusal("the body is read as UTF-8 JSON: send it in UTF-8, with charset=utf-8 or no charset")
+		}
+	}
+	return mt, nil
+}
+
+// identityOnly reports whether every Content-Encoding the request names is identity (or it
+// names none): the body as sent is the body the upstream decodes.
+func identityOnly(h http.Header) bool {
+	for _, v := range h.Values("Content-Encoding") {
+		for _, c := range strings.Split(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ruleFields are the top-level member names the rules check (the first token of each pointer),
+// folded as body keys are.
+func ruleFields(rules []vault.BodyRule) map[string]bool {
+	fields := make(map[string]bool, len(rules))
+	for _, rule := range rules {
+		tok, _, _ := strings.Cut(strings.TrimPrefix(rule.Pointer, "/"), "/")
+		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
+		if rule.Pointer != "" {
+			fields[foldKey(tok)] = true
+		}
+	}
+	return fields
+}
+
+// paramField returns the field a parameter name stands for in some framework's reading, or ""
+// when it names none of fields. The readings: the name percent-decoded (again while it still
+// decodes: double encoding), "+" as a space, cut at a NUL, trimmed; compared up to case as body
+// keys are; the name itself, the part before "[" (to[], to[0], to[x]: PHP, Rails, qs), the part
+// before "." (to.0: qs with dots), and "." and spaces read as "_" (PHP's reply.to is reply_to).
+func paramField(name string, fields map[string]bool) string {
+	for range 3 {
+		d, err := url.QueryUnescape(name)
+		if err != nil || d == name {
+			break
+		}
+		name = d
+	}
+	name, _, _ = strings.Cut(name, "\x00")
+	name = strings.TrimSpace(name)
+	bracket, _, _ := strings.Cut(name, "[")
+	dot, _, _ := strings.Cut(name, ".")
+	php := strings.NewReplacer(".", "_", " ", "_").Replace(bracket)
+	for _, n := range [...]string{name, bracket, dot, php} {
+		if n != "" && fields[foldKey(n)] {
+			return n
+		}
+	}
+	return ""
+}
+
+// fieldOutsideBody returns a field a rule checks that the request also names outside its body:
+// as a query parameter (separated by & or ;) or as a path parameter (/emails;to=…).
+func fieldOutsideBody(rawQuery, path string, fields map[string]bool) string {
+	params := strings.FieldsFunc(rawQuery, func(r rune) bool { return r == '&' || r == ';' })
+	if strings.Contains(path, ";") {
+		for _, seg := range strings.Split(path, "/") {
+			if _, ps, ok := strings.Cut(seg, ";"); ok {
+				params = append(params, strings.Split(ps, ";")...)
+			}
+		}
+	}
+	for _, param := range params {
+		name, _, _ := strings.Cut(param, "=")
+		if f := paramField(name, fields); f != "" {
+			return f
+		}
+	}
+	return ""
+}
+
+// checkEncoding refuses what a strict UTF-8 JSON parser accepts but other parsers read
+// differently: a byte order mark or UTF-16/32 (a NUL byte), and escapes of NUL or of a lone
+// surrogate, which parsers drop, keep, replace or cut a string at. In valid JSON the scan
+// meets exactly its escapes; in anything else it is merely safe (the parse refuses it next).
+func checkEncoding(b []byte) error {
+	if bytes.HasPrefix(b, []byte("\xef\xbb\xbf")) || bytes.IndexByte(b, 0) >= 0 {
+		return errors.New("the body has a byte order mark or is not UTF-8: send UTF-8 JSON without a byte order mark")
+	}
+	bad := errors.New(`the body has a \u0000 escape or an unpaired surrogate escape, which parsers read differently: send the text itself`)
+	for i := 0; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\\')
+		if j < 0 {
+			return nil
+		}
+		i += j
+		if i+6 > len(b) || b[i+1] != 'u' {
+			i += 2
+			continue
+		}
+		r, _ := strconv.ParseUint(string(b[i+2:i+6]), 16, 32)
+		i += 6
+		switch {
+		case r == 0, 0xDC00 <= r && r < 0xE000:
+			return bad
+		case 0xD800 <= r && r < 0xDC00:
+			if i+6 > len(b) || b[i] != '\\' || b[i+1] != 'u' {
+				return bad
+			}
+			if lo, _ := strconv.ParseUint(string(b[i+2:i+6]), 16, 32); lo < 0xDC00 || lo >= 0xE000 {
+				return bad
+			}
+			i += 6
+		}
+	}
+	return nil
 }
