@@ -225,15 +225,12 @@ func genBody(r *rand.Rand, details []json.RawMessage) []byte {
 		}
 	}
 	value := func() any {
-		switch r.IntN(6) {
-		case 0:
-			return json.Number(numbers[r.IntN(len(numbers))])
-		case 1:
-			return r.IntN(2) == 0
-		case 2:
-			if len(scalars) > 0 {
-				return scalars[r.IntN(len(scalars))]
-			}
+		if r.IntN(4) == 0 && len(scalars) > 0 {
+			return scalars[r.IntN(len(scalars))]
+		}
+		switch v := genScalar(r).(type) {
+		case json.Number, bool:
+			return v
 		}
 		s := genPattern(r)
 		if len(strs) > 0 && r.IntN(4) > 0 {
