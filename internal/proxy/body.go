@@ -525,9 +525,11 @@ func checkEncoding(b []byte) error {
 			i += 2
 			continue
 		}
-		r, _ := strconv.ParseUint(string(b[i+2:i+6]), 16, 32)
+		r, err := strconv.ParseUint(string(b[i+2:i+6]), 16, 32)
 		i += 6
 		switch {
+		case err != nil:
+			// not an escape: the parse refuses it next
 		case r == 0, 0xDC00 <= r && r < 0xE000:
 			return bad
 		case 0xD800 <= r && r < 0xDC00:
