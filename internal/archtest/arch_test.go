@@ -36,6 +36,8 @@ var forbidden = map[string][]string{
 	"internal/vault":      {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy"},
 	"internal/federation": {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy", "internal/vault"},
 	"internal/loopback":   {"internal/"},
+	"internal/glob":       {"internal/"},
+	"internal/decimal":    {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

@@ -17,6 +17,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/decimal"
+	"github.com/mandate-dev/mandate/internal/glob"
 )
 
 // Limits of an authorization_details parameter (RFC 9396).
@@ -39,8 +41,6 @@ const (
 	// maxSteps bounds the work of one coverage check (values compared plus glob steps), so a
 	// pathological pair of large arrays cannot hold a request thread; past it the check refuses.
 	maxSteps = 1 << 20
-	// maxExponent bounds the exponent of a JSON number in authorization_details.
-	maxExponent = 1_000_000_000
 )
 
 // NarrowError says which limit a request broke; the token endpoint maps Limit to an OAuth error
@@ -383,8 +383,8 @@ var kindNames = [...]string{"null", "a boolean", "a number", "a string", "an arr
 type node struct {
 	kind   kind
 	b      bool
-	s      string  // a string, or a number's literal
-	num    decimal // a number's value
+	s      string          // a string, or a number's literal
+	num    decimal.Decimal // a number's value
 	arr    []*node
 	keys   []string
 	fields map[string]*node
@@ -392,7 +392,8 @@ type node struct {
 
 // decodeDetail decodes one authorization_details object strictly: valid UTF-8, one JSON object
 // with a non-empty string "type", no duplicate member names, at most MaxDetailsDepth levels,
-// numbers with an exponent within ±maxExponent. The error reads after "authorization_details[i]".
+// numbers with an exponent within ±decimal.MaxExponent. The error reads after
+// "authorization_details[i]".
 func decodeDetail(raw []byte) (*node, error) {
 	if !utf8.Valid(raw) {
 		return nil, errors.New("is not valid UTF-8")
@@ -442,9 +443,12 @@ func readValue(d *json.Decoder, depth int) (*node, error) {
 	case string:
 		return &node{kind: kString, s: t}, nil
 	case json.Number:
-		num, err := parseDecimal(string(t))
-		if err != nil {
-			return nil, err
+		num, err := decimal.Parse(string(t))
+		switch {
+		case errors.Is(err, decimal.ErrRange):
+			return nil, limitError(fmt.Sprintf("number %q is out of range", clip(string(t))))
+		case err != nil:
+			return nil, fmt.Errorf("invalid number %q", clip(string(t)))
 		}
 		return &node{kind: kNumber, s: string(t), num: num}, nil
 	case json.Delim:
@@ -571,7 +575,7 @@ func (ck *checker) cover(p, c *node, path string) string {
 			return fmt.Sprintf("%s %q is not covered by the parent's %q", path, clip(c.s), clip(p.s))
 		}
 	case kNumber:
-		if cmpDecimal(c.num, p.num) > 0 {
+		if decimal.Cmp(c.num, p.num) > 0 {
 			return fmt.Sprintf("%s %s exceeds the parent's %s", path, clip(c.s), clip(p.s))
 		}
 	case kBool:
@@ -589,39 +593,10 @@ func (ck *checker) cover(p, c *node, path string) string {
 	return ""
 }
 
-// matchString: equal, or p contains "*" and matches c entirely as a glob.
+// matchString: p, as a glob, matches c read literally (a "*" in c is an ordinary character);
+// so every value c allows at the proxy, p allows too. The work counts against the budget.
 func (ck *checker) matchString(p, c string) bool {
-	return p == c || strings.Contains(p, "*") && ck.glob(p, c)
-}
-
-// glob matches s against pattern p in which "*" matches any run of bytes (including "/" and
-// "*") and every other byte matches itself. Linear backtracking to the last star; the steps it
-// takes count against the checker's budget.
-func (ck *checker) glob(p, s string) bool {
-	pi, si := 0, 0
-	star, mark := -1, 0
-	for si < len(s) {
-		if !ck.tick(1) {
-			return false
-		}
-		switch {
-		case pi < len(p) && p[pi] == '*':
-			star, mark = pi, si
-			pi++
-		case pi < len(p) && p[pi] == s[si]:
-			pi++
-			si++
-		case star >= 0:
-			mark++
-			pi, si = star+1, mark
-		default:
-			return false
-		}
-	}
-	for pi < len(p) && p[pi] == '*' {
-		pi++
-	}
-	return pi == len(p)
+	return ck.tick(glob.Cost(p, c)) && glob.Match(p, c)
 }
 
 // coverArray: every element of c is covered by some element of p. Scalars are checked against a
@@ -647,7 +622,7 @@ func (ck *checker) coverArray(p, c *node, path string) string {
 				globs = append(globs, e.s)
 			}
 		case kNumber:
-			if maxNum == nil || cmpDecimal(e.num, maxNum.num) > 0 {
+			if maxNum == nil || decimal.Cmp(e.num, maxNum.num) > 0 {
 				maxNum = e
 			}
 		case kBool:
@@ -674,10 +649,10 @@ func (ck *checker) coverArray(p, c *node, path string) string {
 				if ok {
 					break
 				}
-				ok = ck.glob(g, e.s)
+				ok = ck.matchString(g, e.s)
 			}
 		case kNumber:
-			ok = maxNum != nil && cmpDecimal(e.num, maxNum.num) <= 0
+			ok = maxNum != nil && decimal.Cmp(e.num, maxNum.num) <= 0
 		case kBool:
 			ok = e.b && bools[1] || !e.b && bools[0]
 		case kNull:
@@ -772,109 +747,4 @@ func joinPath(path, k string) string {
 		return k
 	}
 	return path + "." + clip(k)
-}
-
-// decimal is an exact JSON number: 0.digits × 10^exp, digits without leading or trailing
-// zeros; zero has no digits (and no sign).
-type decimal struct {
-	neg    bool
-	digits string
-	exp    int64
-}
-
-// parseDecimal parses a JSON number literal (RFC 8259 §6) exactly.
-func parseDecimal(lit string) (decimal, error) {
-	bad := fmt.Errorf("invalid number %q", clip(lit))
-	s := lit
-	var d decimal
-	if strings.HasPrefix(s, "-") {
-		d.neg, s = true, s[1:]
-	}
-	end := strings.IndexAny(s, ".eE")
-	if end < 0 {
-		end = len(s)
-	}
-	intPart, rest := s[:end], s[end:]
-	if intPart == "" || !allDigits(intPart) || len(intPart) > 1 && intPart[0] == '0' {
-		return d, bad
-	}
-	frac := ""
-	if strings.HasPrefix(rest, ".") {
-		end = strings.IndexAny(rest, "eE")
-		if end < 0 {
-			end = len(rest)
-		}
-		frac, rest = rest[1:end], rest[end:]
-		if frac == "" || !allDigits(frac) {
-			return d, bad
-		}
-	}
-	var e int64
-	if rest != "" {
-		es := rest[1:]
-		digits := strings.TrimPrefix(strings.TrimPrefix(es, "+"), "-")
-		if digits == "" || !allDigits(digits) {
-			return d, bad
-		}
-		v, err := strconv.ParseInt(es, 10, 64)
-		if err != nil || v > maxExponent || v < -maxExponent {
-			return d, limitError(fmt.Sprintf("number %q is out of range", clip(lit)))
-		}
-		e = v
-	}
-	all := intPart + frac
-	exp := int64(len(intPart)) + e
-	trimmed := strings.TrimLeft(all, "0")
-	exp -= int64(len(all) - len(trimmed))
-	d.digits = strings.TrimRight(trimmed, "0")
-	if d.digits == "" {
-		return decimal{}, nil
-	}
-	d.exp = exp
-	return d, nil
-}
-
-func allDigits(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
-}
-
-// cmpDecimal returns -1, 0 or +1 as a <, = or > b.
-func cmpDecimal(a, b decimal) int {
-	sa, sb := a.sign(), b.sign()
-	if sa != sb || sa == 0 {
-		return cmpInt(sa, sb)
-	}
-	m := cmpInt(a.exp, b.exp)
-	if m == 0 {
-		m = strings.Compare(a.digits, b.digits)
-	}
-	if a.neg {
-		return -m
-	}
-	return m
-}
-
-func (d decimal) sign() int64 {
-	switch {
-	case d.digits == "":
-		return 0
-	case d.neg:
-		return -1
-	}
-	return 1
-}
-
-func cmpInt(a, b int64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }

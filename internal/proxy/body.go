@@ -6,13 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
+	"mime"
+	"net/http"
 	"net/mail"
+	"net/url"
 	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/decimal"
+	"github.com/mandate-dev/mandate/internal/glob"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
@@ -216,6 +221,10 @@ func detailsOfType(raw []json.RawMessage, name string) []map[string]any {
 	return out
 }
 
+// maxMatchSteps bounds the work of checking one body (glob.Cost summed over every value and
+// pattern compared): about 0.1 s. Past it the body is refused, never let through.
+const maxMatchSteps = 1 << 26
+
 // checkBody checks a JSON body against rules for the caller's details (objects of the
 // upstream's type). The body passes when, for at least one detail, every rule whose Detail field
 // the object has is met by every value at the rule's pointer (RFC 9396: each object is a
@@ -223,6 +232,9 @@ func detailsOfType(raw []json.RawMessage, name string) []map[string]any {
 func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *bodyDenial {
 	var doc any
 	if len(bytes.TrimSpace(body)) > 0 {
+		if err := checkEncoding(body); err != nil {
+			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: err.Error()}
+		}
 		var err error
 		if doc, err = parseStrictJSON(body); err != nil {
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: err.Error() + ": this route's body is checked against your authorization_details"}
@@ -231,9 +243,10 @@ func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *b
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: "this route's body is checked against your authorization_details: send a JSON object"}
 		}
 	}
+	m := &matcher{}
 	var first *bodyDenial
 	for _, d := range details {
-		fail := checkDetail(rules, d, doc)
+		fail := m.checkDetail(rules, d, doc)
 		if fail == nil {
 			return nil
 		}
@@ -241,10 +254,17 @@ func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *b
 			first = fail
 		}
 	}
+	if m.steps > maxMatchSteps {
+		return &bodyDenial{status: 403, reason: reasonBodyRule,
+			desc: "the body has too many or too long values to check against your authorization_details: send fewer values per call"}
+	}
 	return first
 }
 
-func checkDetail(rules []vault.BodyRule, detail map[string]any, doc any) *bodyDenial {
+// matcher matches body values against detail values within a budget of steps.
+type matcher struct{ steps int }
+
+func (m *matcher) checkDetail(rules []vault.BodyRule, detail map[string]any, doc any) *bodyDenial {
 	for _, rule := range rules {
 		want, ok := detail[rule.Detail]
 		if !ok {
@@ -255,9 +275,12 @@ func checkDetail(rules []vault.BodyRule, detail map[string]any, doc any) *bodyDe
 			return &bodyDenial{status: 403, reason: reasonBodyRule, desc: fmt.Sprintf("the route's body rule for %s has an invalid pointer", rule.Detail)}
 		}
 		for _, v := range values {
-			if !matchValue(rule.Match, v, want) {
-				return &bodyDenial{status: 403, reason: reasonBodyRule,
-					desc: fmt.Sprintf("the body's %s is outside your authorization_details (%s must match %s by %s)", rule.Pointer, rule.Pointer, rule.Detail, rule.Match)}
+			if !m.matchValue(rule.Match, v, want) {
+				desc := fmt.Sprintf("the body's %s is outside your authorization_details (%s must match %s by %s)", rule.Pointer, rule.Pointer, rule.Detail, rule.Match)
+				if rule.Match == MatchEquals && hasNumber(want) {
+					desc += "; a number in authorization_details is an upper bound (a narrowed token may lower it), so equals never matches it: the detail should list strings, or the route use max"
+				}
+				return &bodyDenial{status: 403, reason: reasonBodyRule, desc: desc}
 			}
 		}
 	}
@@ -272,12 +295,33 @@ func list(want any) []any {
 	return []any{want}
 }
 
-func matchValue(kind string, v, want any) bool {
+func hasNumber(want any) bool {
+	for _, w := range list(want) {
+		if _, ok := w.(json.Number); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// matchValue reports whether body value v is allowed by the detail's value want under kind.
+// Detail strings are glob patterns (internal/glob), as in narrowing, and every kind is monotone
+// in the covering rule of docs/delegation.md: whatever a narrowed detail allows, the detail it
+// was narrowed from allows too. That is why a number in a detail only bounds (max) and never
+// pins (equals): narrowing lets a child lower it.
+func (m *matcher) matchValue(kind string, v, want any) bool {
 	switch kind {
 	case MatchEquals:
 		for _, w := range list(want) {
-			if scalarEqual(v, w) {
-				return true
+			switch w := w.(type) {
+			case string:
+				if s, ok := v.(string); ok && m.glob(w, s, false) {
+					return true
+				}
+			case bool:
+				if b, ok := v.(bool); ok && b == w {
+					return true
+				}
 			}
 		}
 	case MatchEmailDomain:
@@ -290,7 +334,9 @@ func matchValue(kind string, v, want any) bool {
 			return false
 		}
 		for _, w := range list(want) {
-			if d, ok := w.(string); ok && domainMatches(domain, d) {
+			// Lower-casing pattern and domain alike keeps the match monotone: a pattern that
+			// covers another still does after both are lower-cased.
+			if p, ok := w.(string); ok && m.glob(strings.ToLower(p), domain, false) {
 				return true
 			}
 		}
@@ -300,7 +346,7 @@ func matchValue(kind string, v, want any) bool {
 			return false
 		}
 		for _, w := range list(want) {
-			if p, ok := w.(string); ok && p != "" && strings.HasPrefix(s, p) {
+			if p, ok := w.(string); ok && p != "" && m.glob(p, s, true) {
 				return true
 			}
 		}
@@ -309,55 +355,30 @@ func matchValue(kind string, v, want any) bool {
 		if !ok {
 			return false
 		}
-		m, ok := want.(json.Number)
+		w, ok := want.(json.Number)
 		if !ok {
 			return false
 		}
-		x, ok1 := parseNumber(string(n))
-		y, ok2 := parseNumber(string(m))
-		return ok1 && ok2 && x.Cmp(y) <= 0
+		x, err1 := decimal.Parse(string(n))
+		y, err2 := decimal.Parse(string(w))
+		return err1 == nil && err2 == nil && decimal.Cmp(x, y) <= 0
 	}
 	return false // unknown kinds fail closed
 }
 
-func scalarEqual(v, w any) bool {
-	switch v := v.(type) {
-	case string:
-		s, ok := w.(string)
-		return ok && s == v
-	case bool:
-		b, ok := w.(bool)
-		return ok && b == v
-	case json.Number:
-		n, ok := w.(json.Number)
-		if !ok {
-			return false
-		}
-		x, ok1 := parseNumber(string(v))
-		y, ok2 := parseNumber(string(n))
-		return ok1 && ok2 && x.Cmp(y) == 0
+// glob matches s against pattern (entirely, or a prefix of s) within the budget.
+func (m *matcher) glob(pattern, s string, prefix bool) bool {
+	if m.steps += glob.Cost(pattern, s); m.steps > maxMatchSteps {
+		return false
 	}
-	return false // objects and arrays never equal a listed value
-}
-
-// parseNumber reads a JSON number exactly. Exponents beyond ±400 are refused rather than
-// expanded (no JSON API means them, and big.Rat would build them digit by digit).
-func parseNumber(s string) (*big.Rat, bool) {
-	if len(s) > 100 {
-		return nil, false
+	if prefix {
+		return glob.MatchPrefix(pattern, s)
 	}
-	if i := strings.IndexAny(s, "eE"); i >= 0 {
-		e, err := strconv.Atoi(strings.TrimPrefix(s[i+1:], "+"))
-		if err != nil || e > 400 || e < -400 {
-			return nil, false
-		}
-	}
-	r, ok := new(big.Rat).SetString(s)
-	return r, ok
+	return glob.Match(pattern, s)
 }
 
 // emailDomain returns the lower-cased domain of one address ("a@b.example" or
-// "Name <a@b.example>"). Lists of addresses in one string are refused.
+// "Name <a@b.example>"), without a trailing dot. Lists of addresses in one string are refused.
 func emailDomain(s string) (string, bool) {
 	a, err := mail.ParseAddress(s)
 	if err != nil {
@@ -374,12 +395,152 @@ func emailDomain(s string) (string, bool) {
 	return d, true
 }
 
-// domainMatches reports whether domain is allowed by pattern: the same domain, or for
-// "*.example.com" any subdomain of example.com (not example.com itself).
-func domainMatches(domain, pattern string) bool {
-	pattern = strings.ToLower(strings.TrimSuffix(pattern, "."))
-	if rest, ok := strings.CutPrefix(pattern, "*."); ok {
-		return rest != "" && strings.HasSuffix(domain, "."+rest)
+// The request around a checked body: the upstream must parse exactly the JSON that was checked,
+// so every header that changes how a body is read is checked too, and a field a rule checks may
+// not also arrive by another way (the query, path parameters) that a framework would merge in.
+
+// jsonMediaType reads the request's Content-Type for a checked body: "" when there is none,
+// else its one media type, lower-cased: application/json or application/…+json, without
+// parameters other than charset=utf-8. It is what the upstream receives as the only
+// Content-Type, so no other reading of the header can reach it.
+func jsonMediaType(h http.Header) (string, *refusal) {
+	vals := h.Values("Content-Type")
+	if len(vals) == 0 {
+		return "", nil
 	}
-	return pattern != "" && domain == pattern
+	ctRefusal := func(desc string) (string, *refusal) {
+		return "", refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyContentType,
+			"this route's body is checked against your authorization_details: "+desc)
+	}
+	if len(vals) > 1 || strings.Contains(vals[0], ",") {
+		return ctRefusal("send one Content-Type header with one media type, application/json")
+	}
+	mt, params, err := mime.ParseMediaType(vals[0])
+	if err != nil {
+		return ctRefusal("the Content-Type is not a valid media type: send application/json")
+	}
+	if mt != "application/json" && !(strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json")) {
+		return ctRefusal("send it as application/json")
+	}
+	for k, v := range params {
+		if k != "charset" {
+			return ctRefusal(fmt.Sprintf("send Content-Type %s without the %q parameter", mt, apperr.Clip(k, 40)))
+		}
+		if !strings.EqualFold(v, "utf-8") {
+			return ctRefusal("the body is read as UTF-8 JSON: send it in UTF-8, with charset=utf-8 or no charset")
+		}
+	}
+	return mt, nil
+}
+
+// identityOnly reports whether every Content-Encoding the request names is identity (or it
+// names none): the body as sent is the body the upstream decodes.
+func identityOnly(h http.Header) bool {
+	for _, v := range h.Values("Content-Encoding") {
+		for _, c := range strings.Split(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// ruleFields are the top-level member names the rules check (the first token of each pointer),
+// folded as body keys are.
+func ruleFields(rules []vault.BodyRule) map[string]bool {
+	fields := make(map[string]bool, len(rules))
+	for _, rule := range rules {
+		tok, _, _ := strings.Cut(strings.TrimPrefix(rule.Pointer, "/"), "/")
+		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
+		if rule.Pointer != "" {
+			fields[foldKey(tok)] = true
+		}
+	}
+	return fields
+}
+
+// paramField returns the field a parameter name stands for in some framework's reading, or ""
+// when it names none of fields. The readings: the name percent-decoded (again while it still
+// decodes: double encoding), "+" as a space, cut at a NUL, trimmed; compared up to case as body
+// keys are; the name itself, the part before "[" (to[], to[0], to[x]: PHP, Rails, qs), the part
+// before "." (to.0: qs with dots), and "." and spaces read as "_" (PHP's reply.to is reply_to).
+func paramField(name string, fields map[string]bool) string {
+	for range 3 {
+		d, err := url.QueryUnescape(name)
+		if err != nil || d == name {
+			break
+		}
+		name = d
+	}
+	name, _, _ = strings.Cut(name, "\x00")
+	name = strings.TrimSpace(name)
+	bracket, _, _ := strings.Cut(name, "[")
+	dot, _, _ := strings.Cut(name, ".")
+	php := strings.NewReplacer(".", "_", " ", "_").Replace(bracket)
+	for _, n := range [...]string{name, bracket, dot, php} {
+		if n != "" && fields[foldKey(n)] {
+			return n
+		}
+	}
+	return ""
+}
+
+// fieldOutsideBody returns a field a rule checks that the request also names outside its body:
+// as a query parameter (separated by & or ;) or as a path parameter (/emails;to=…).
+func fieldOutsideBody(rawQuery, path string, fields map[string]bool) string {
+	params := strings.FieldsFunc(rawQuery, func(r rune) bool { return r == '&' || r == ';' })
+	if strings.Contains(path, ";") {
+		for _, seg := range strings.Split(path, "/") {
+			if _, ps, ok := strings.Cut(seg, ";"); ok {
+				params = append(params, strings.Split(ps, ";")...)
+			}
+		}
+	}
+	for _, param := range params {
+		name, _, _ := strings.Cut(param, "=")
+		if f := paramField(name, fields); f != "" {
+			return f
+		}
+	}
+	return ""
+}
+
+// checkEncoding refuses what a strict UTF-8 JSON parser accepts but other parsers read
+// differently: a byte order mark or UTF-16/32 (a NUL byte), and escapes of NUL or of a lone
+// surrogate, which parsers drop, keep, replace or cut a string at. In valid JSON the scan
+// meets exactly its escapes; in anything else it is merely safe (the parse refuses it next).
+func checkEncoding(b []byte) error {
+	if bytes.HasPrefix(b, []byte("\xef\xbb\xbf")) || bytes.IndexByte(b, 0) >= 0 {
+		return errors.New("the body has a byte order mark or is not UTF-8: send UTF-8 JSON without a byte order mark")
+	}
+	bad := errors.New(`the body has a \u0000 escape or an unpaired surrogate escape, which parsers read differently: send the text itself`)
+	for i := 0; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\\')
+		if j < 0 {
+			return nil
+		}
+		i += j
+		if i+6 > len(b) || b[i+1] != 'u' {
+			i += 2
+			continue
+		}
+		r, err := strconv.ParseUint(string(b[i+2:i+6]), 16, 32)
+		i += 6
+		switch {
+		case err != nil:
+			// not an escape: the parse refuses it next
+		case r == 0, 0xDC00 <= r && r < 0xE000:
+			return bad
+		case 0xD800 <= r && r < 0xDC00:
+			if i+6 > len(b) || b[i] != '\\' || b[i+1] != 'u' {
+				return bad
+			}
+			if lo, _ := strconv.ParseUint(string(b[i+2:i+6]), 16, 32); lo < 0xDC00 || lo >= 0xE000 {
+				return bad
+			}
+			i += 6
+		}
+	}
+	return nil
 }

@@ -27,6 +27,7 @@ const (
 	reasonBodyInvalid     = "body_invalid"         // the body of a checked route is not strict JSON
 	reasonBodyTooLarge    = "body_too_large"       // the body of a checked route is over MaxBodyRuleBytes
 	reasonBodyEncoding    = "body_encoding"        // a checked body with Content-Encoding
+	reasonBodyContentType = "body_content_type"    // a checked body's Content-Type is not one JSON media type in UTF-8
 	reasonTaskEnded       = "task_ended"           // the task is completed, revoked, expired or gone
 	reasonBudget          = "budget"               // the task's call budget is used up
 	reasonRequestTooLarge = "request_too_large"    // over the task's max_request_bytes

@@ -353,7 +353,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 	// 7. Body rules, when the route has some and the token narrows them.
 	if len(m.route.Body) > 0 {
 		if details := detailsOfType(caller.AuthorizationDetails, u.Name); len(details) > 0 {
-			if e := p.checkBody(r, m.route.Body, details, maxBytes); e != nil {
+			if e := p.checkBody(r, m.route.Body, details, t.path, maxBytes); e != nil {
 				return e
 			}
 		}
@@ -426,25 +426,26 @@ func (p *Proxy) useBudget(ctx context.Context, task delegation.Task, upstream st
 	return nil
 }
 
-// checkBody reads the body (up to MaxBodyRuleBytes), checks it against the rules and puts it
-// back for forwarding.
-func (p *Proxy) checkBody(r *http.Request, rules []vault.BodyRule, details []map[string]any, maxBytes int64) *refusal {
-	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+// checkBody reads the body (up to MaxBodyRuleBytes), checks it and the headers that say how to
+// read it against the rules, and puts it back for forwarding with one normalised Content-Type:
+// the upstream parses exactly what was checked.
+func (p *Proxy) checkBody(r *http.Request, rules []vault.BodyRule, details []map[string]any, path string, maxBytes int64) *refusal {
+	if !identityOnly(r.Header) {
 		return refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyEncoding,
 			"this route's body is checked against your authorization_details: send it without Content-Encoding")
 	}
-	// The upstream must read the body as the JSON that was checked: another media type (a form
-	// that parses "&to=…" out of a JSON string) or the same field in the query would slip past.
-	if r.ContentLength != 0 && !isJSON(r.Header.Get("Content-Type")) {
-		return refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyInvalid,
-			"this route's body is checked against your authorization_details: send it as application/json")
+	mediaType, e := jsonMediaType(r.Header)
+	if e != nil {
+		return e
 	}
-	q := r.URL.Query()
-	for _, rule := range rules {
-		if field := strings.SplitN(strings.TrimPrefix(rule.Pointer, "/"), "/", 2)[0]; field != "" && q.Has(field) {
-			return refuse(http.StatusForbidden, "insufficient_scope", reasonBodyRule,
-				fmt.Sprintf("%s is checked in the body against your authorization_details: it may not be sent in the query", field))
-		}
+	if mediaType == "" && r.ContentLength != 0 {
+		return refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyContentType,
+			"this route's body is checked against your authorization_details: send it with Content-Type: application/json")
+	}
+	// A field the upstream could also read from the query or path parameters would slip past.
+	if field := fieldOutsideBody(r.URL.RawQuery, path, ruleFields(rules)); field != "" {
+		return refuse(http.StatusForbidden, "insufficient_scope", reasonBodyRule,
+			fmt.Sprintf("%s is checked in the body against your authorization_details: it may not be sent in the query or as a path parameter, in any spelling", apperr.Clip(field, 40)))
 	}
 	limit := p.cfg.MaxBodyRuleBytes
 	if r.ContentLength > limit {
@@ -476,11 +477,17 @@ func (p *Proxy) checkBody(r *http.Request, rules []vault.BodyRule, details []map
 		e.challenge = d.status == http.StatusForbidden
 		return e
 	}
+	// Forward what was checked: these bytes, with this length, no trailers, no coding, and the
+	// one media type (a JSON body is UTF-8, so no charset).
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
-	r.TransferEncoding = nil
+	r.TransferEncoding, r.Trailer = nil, nil
 	if len(body) == 0 {
 		r.Body = http.NoBody
+	}
+	r.Header.Del("Content-Encoding")
+	if mediaType != "" {
+		r.Header["Content-Type"] = []string{mediaType}
 	}
 	return nil
 }
@@ -523,13 +530,6 @@ func safeError(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-// isJSON reports whether a Content-Type is JSON (application/json or a +json type).
-func isJSON(ct string) bool {
-	mt, _, _ := strings.Cut(strings.ToLower(strings.TrimSpace(ct)), ";")
-	mt = strings.TrimSpace(mt)
-	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }
 
 // hasCallBudget reports whether budget limits calls to upstream. A task without such a key has
