@@ -211,8 +211,15 @@ func (s *Service) GetGrant(ctx context.Context, by principal.User, id string) (G
 	if err != nil {
 		return Grant{}, err
 	}
-	if g.BudgetUsed, err = s.cfg.Store.GrantBudgetUsed(ctx, g.ID); err != nil {
+	counted, err := s.cfg.Store.GrantBudgetUsed(ctx, g.ID)
+	if err != nil {
 		return Grant{}, fmt.Errorf("budget of grant %s: %w", g.ID, err)
+	}
+	g.BudgetUsed = map[string]int64{}
+	for k := range g.Limits.Budget {
+		if name, _, _ := strings.Cut(k, ":"); name == BudgetCalls {
+			g.BudgetUsed[k] = counted[k]
+		}
 	}
 	return g, nil
 }
