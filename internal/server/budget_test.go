@@ -5,9 +5,16 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+
+	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/pgtest"
 )
 
 // addItemsUpstream puts the upstream "items" (GET /v1/** with scope items:read) in the vault,
@@ -306,4 +313,59 @@ func TestProxyBudgetsHoldProperty(t *testing.T) {
 func asMap(v any) map[string]any {
 	m, _ := v.(map[string]any)
 	return m
+}
+
+// TestProxyGrantBudgetAcrossReplicas: two replicas on one PostgreSQL database, five tasks of one
+// grant, 40 concurrent calls spread over both: exactly the grant's 10 succeed.
+func TestProxyGrantBudgetAcrossReplicas(t *testing.T) {
+	dsn := pgtest.URL(t)
+	a := newTestServer(t, func(c *config.Config) { c.Database = dsn })
+	b := newTestServer(t, func(c *config.Config) { c.Database, c.DataDir, c.Issuer = dsn, a.DataDir, a.URL })
+	up := addItemsUpstream(t, a)
+	agent := a.newAgent(t, "budget-replicas", true)
+	gt := a.grantToken(t, agent, itemsGrant(t, a, agent, map[string]int64{"calls": 10}))
+	var toks []string
+	for range 5 {
+		_, tok, _ := startBudgetTask(t, a, agent, gt, nil)
+		toks = append(toks, tok)
+	}
+	var ok, refused atomic.Int64
+	var wg sync.WaitGroup
+	for i := range 40 {
+		wg.Go(func() {
+			u := a.URL + "/proxy/items/v1/items"
+			req, _ := http.NewRequest("GET", u, nil)
+			if i%2 == 1 { // the same public URL, served by replica B
+				req.URL.Host = b.Addr
+				req.Host = strings.TrimPrefix(a.URL, "http://")
+			}
+			tok := toks[i%len(toks)]
+			p, err := dpop.NewProof(agent.Key, "GET", u, dpop.ProofOptions{AccessToken: tok, Now: a.Clock.Now()})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			req.Header.Set("Authorization", "DPoP "+tok)
+			req.Header.Set("DPoP", p)
+			resp, err := a.HC.Do(req)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case 200:
+				ok.Add(1)
+			case 429:
+				refused.Add(1)
+			default:
+				t.Errorf("replica %d: status %d", i%2, resp.StatusCode)
+			}
+		})
+	}
+	wg.Wait()
+	if ok.Load() != 10 || refused.Load() != 30 || up.calls.Load() != 10 {
+		t.Fatalf("ok %d refused %d upstream saw %d; want 10, 30, 10", ok.Load(), refused.Load(), up.calls.Load())
+	}
 }
