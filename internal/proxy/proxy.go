@@ -415,7 +415,7 @@ func budgetSpent(c delegation.BudgetCounter, taskID, upstream string) string {
 	}
 	switch {
 	case c.Grant != "":
-		return fmt.Sprintf("grant %s's budget of %d %s, shared by all its tasks, is used up: ask the grant's owner for a larger budget", c.Grant, c.Max, what)
+		return fmt.Sprintf("grant %s's budget of %d %s, shared by all its tasks, is used up: ask the grant's owner for a new grant", c.Grant, c.Max, what)
 	case c.Task == taskID:
 		return fmt.Sprintf("the task's budget of %d %s is used up: start a new task with a larger budget", c.Max, what)
 	}
