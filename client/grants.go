@@ -17,7 +17,7 @@ type Limits struct {
 	MaxTokenTTL        time.Duration    // the longest one of its access tokens may live
 	MaxDepth           int              // agents in a delegation chain, the first included
 	AllowSubdelegation bool             // whether a task may be handed on to another agent
-	Budget             map[string]int64 // e.g. {"requests": 100}
+	Budget             map[string]int64 // e.g. {"calls": 500, "task_calls": 50}: see docs/delegation.md#budgets
 }
 
 // Grant is a standing delegation to the agent: a principal lets it act with Scopes on Resources.

@@ -48,6 +48,8 @@ type GrantJSON struct {
 	RevokedAt  *time.Time `json:"revoked_at,omitempty"`
 	RequestID  string     `json:"request_id,omitempty"`
 	GrantToken string     `json:"grant_token,omitempty"`
+	// BudgetUsed: GET /v1/grants/{id} only, what each grant total (calls, calls:<upstream>) counted.
+	BudgetUsed map[string]int64 `json:"budget_used,omitempty"`
 }
 
 func grantJSON(g delegation.Grant, now time.Time) GrantJSON {
@@ -57,7 +59,8 @@ func grantJSON(g delegation.Grant, now time.Time) GrantJSON {
 	}
 	return GrantJSON{GrantID: g.ID, PrincipalID: g.PrincipalID, AgentID: g.AgentID, Scopes: g.Scopes, Resources: g.Resources,
 		AuthorizationDetails: g.AuthorizationDetails, LimitsJSON: limitsJSON(g.Limits), Status: status,
-		CreatedAt: g.CreatedAt.UTC(), ExpiresAt: g.ExpiresAt.UTC(), RevokedAt: timePtr(g.RevokedAt), RequestID: g.RequestID}
+		CreatedAt: g.CreatedAt.UTC(), ExpiresAt: g.ExpiresAt.UTC(), RevokedAt: timePtr(g.RevokedAt), RequestID: g.RequestID,
+		BudgetUsed: g.BudgetUsed}
 }
 
 // SpecJSON is the body of a grant, a grant request, or an approval that narrows a request.

@@ -23,6 +23,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mandate-dev/mandate/client"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/loopback"
 )
 
@@ -311,7 +312,7 @@ func (f *proxyTaskFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.purpose, "purpose", "", "what the task is for (kept in the audit trail)")
 	fl.StringArrayVar(&f.scopes, "scope", nil, "scopes for the task, within the grant's (default: all of them)")
 	fl.StringVar(&f.ttl, "ttl", "", "how long the task lasts, e.g. 15m (default: the grant's max task TTL)")
-	fl.StringArrayVar(&f.budget, "budget", nil, "the task's budget as name=N, within the grant's (repeatable)")
+	fl.StringArrayVar(&f.budget, "budget", nil, taskBudgetHelp)
 }
 
 // proxyTask is a task started by the sidecar for itself, with an instance key that exists in
@@ -333,7 +334,7 @@ func startProxyTask(cmd *cobra.Command, f proxyTaskFlags, resourcesFor func(issu
 		}
 		req.TTL = d
 	}
-	b, err := parseBudget(f.budget)
+	b, err := parseBudget(f.budget, delegation.BudgetOfTask)
 	if err != nil {
 		return nil, err
 	}

@@ -477,12 +477,17 @@ func TestDelegationEndToEnd(t *testing.T) {
 	t.Run("grant create, list, show", func(t *testing.T) {
 		fails(t, "", []string{"grant", "create", "--agent", "@orchestrator", "--scope", "repo:read", "--resource", "https://api.example.com/", "--expires", "2x"}, "--expires", "30d")
 		fails(t, "", []string{"grant", "create", "--agent", "@orchestrator", "--scope", "repo:read"}, "resource", "(invalid_request, request ")
+		// The --help example of old, enforced by nothing: refused by the CLI itself, before any
+		// call (the server named is not there), naming the keys that work.
+		fails(t, "", []string{"grant", "create", "--server", "http://127.0.0.1:1", "--agent", "@orchestrator", "--scope", "repo:read",
+			"--resource", "https://api.example.com/", "--budget", "requests=500"},
+			`--budget: budget "requests" is not a budget mandate knows: use calls, calls:UPSTREAM, task_calls, task_calls:UPSTREAM, max_request_bytes`)
 		decodeJSON(t, ok(t, "grant", "create", "--agent", "@orchestrator", "--scope", "repo:read repo:write", "--scope", "issues:read",
 			"--resource", "https://api.example.com/", "--resource", "https://other.example/", "--details", detailsFile,
-			"--max-task-ttl", "1h", "--max-token-ttl", "5m", "--max-depth", "2", "--allow-subdelegation", "--budget", "requests=100",
+			"--max-task-ttl", "1h", "--max-token-ttl", "5m", "--max-depth", "2", "--allow-subdelegation", "--budget", "calls=100,task_calls=10",
 			"--expires", "30d", "--json"), &grant)
 		if !strings.HasPrefix(grant.GrantID, "gr_") || len(grant.Scopes) != 3 || grant.MaxTaskTTL != 3600 || grant.MaxTokenTTL != 300 ||
-			grant.MaxDepth != 2 || !grant.AllowSubdelegation || grant.Budget["requests"] != 100 || len(grant.AuthorizationDetails) != 1 {
+			grant.MaxDepth != 2 || !grant.AllowSubdelegation || grant.Budget["calls"] != 100 || grant.Budget["task_calls"] != 10 || len(grant.AuthorizationDetails) != 1 {
 			t.Fatalf("grant create --json = %+v", grant)
 		}
 		if d := time.Until(grant.ExpiresAt); d < 29*24*time.Hour || d > 30*24*time.Hour {
@@ -494,7 +499,7 @@ func TestDelegationEndToEnd(t *testing.T) {
 		if strings.Contains(ok(t, "grant", "list", "--agent", "@orchestrator"), "@researcher") {
 			t.Error("grant list --agent shows another agent's grant")
 		}
-		hasAll(t, ok(t, "grant", "show", grant.GrantID), grant.GrantID, "https://other.example/", `"acme/*"`, "sub-delegation", "yes", "requests=100")
+		hasAll(t, ok(t, "grant", "show", grant.GrantID), grant.GrantID, "https://other.example/", `"acme/*"`, "sub-delegation", "yes", "calls=100 (0 used, 100 left), task_calls=10")
 		fails(t, "", []string{"grant", "show", "gr_nope"}, "(not_found, request ")
 	})
 

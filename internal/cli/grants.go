@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mandate-dev/mandate/internal/api"
+	"github.com/mandate-dev/mandate/internal/delegation"
 )
 
 // parseDuration reads a duration as Go writes it (90m, 1h30m) with days allowed in front: 30d,
@@ -46,8 +47,12 @@ func parseDuration(s string) (time.Duration, error) {
 	return total, nil
 }
 
-// parseBudget reads name=N pairs, given as repeated flags or comma-separated: requests=100.
-func parseBudget(items []string) (map[string]int64, error) {
+// taskBudgetHelp describes --budget of a task.
+const taskBudgetHelp = "the task's own limit as key=N, within the grant's (repeatable): calls (this task and those it hands on), calls:UPSTREAM, max_request_bytes"
+
+// parseBudget reads key=N pairs, given as repeated flags or comma-separated: calls=500, and
+// refuses keys a budget set on of does not know, before anything is sent.
+func parseBudget(items []string, of delegation.BudgetOf) (map[string]int64, error) {
 	out := map[string]int64{}
 	for _, item := range items {
 		for _, pair := range strings.Split(item, ",") {
@@ -59,13 +64,16 @@ func parseBudget(items []string) (map[string]int64, error) {
 			name = strings.TrimSpace(name)
 			n, err := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
 			if !ok || name == "" || err != nil || n < 0 {
-				return nil, fmt.Errorf("--budget %q: want name=N with N a whole number >= 0, e.g. requests=100", pair)
+				return nil, fmt.Errorf("--budget %q: want key=N with N a whole number >= 0, e.g. calls=100 (keys: %s)", pair, delegation.KnownBudgetKeys(of))
 			}
 			if _, dup := out[name]; dup {
 				return nil, fmt.Errorf("--budget %s is given twice", name)
 			}
 			out[name] = n
 		}
+	}
+	if err := delegation.CheckBudget(out, of); err != nil {
+		return nil, fmt.Errorf("--budget: %w", err)
 	}
 	if len(out) == 0 {
 		return nil, nil
@@ -134,7 +142,7 @@ func (f *specFlags) register(cmd *cobra.Command, verb string) {
 	fl.StringVar(&f.maxTokenTTL, "max-token-ttl", "", "the longest one access token may live, e.g. 5m (default: the server's token TTL)")
 	fl.IntVar(&f.maxDepth, "max-depth", 0, "agents in a delegation chain, the first included (default 1, or 2 with --allow-subdelegation)")
 	fl.BoolVar(&f.allowSub, "allow-subdelegation", false, "let a task be handed on, narrower, to another agent")
-	fl.StringArrayVar(&f.budget, "budget", nil, "a budget as name=N, e.g. requests=100 (repeatable)")
+	fl.StringArrayVar(&f.budget, "budget", nil, "a limit as key=N (repeatable): calls (in total, across all tasks), task_calls (each task's own), calls:UPSTREAM, task_calls:UPSTREAM, max_request_bytes")
 }
 
 func (f *specFlags) registerExpires(cmd *cobra.Command) {
@@ -170,7 +178,7 @@ func (f *specFlags) spec(cmd *cobra.Command) (api.SpecJSON, error) {
 		problems = append(problems, fmt.Errorf("--max-depth %d: want 1 or more", f.maxDepth))
 	}
 	sp.MaxDepth, sp.AllowSubdelegation = f.maxDepth, f.allowSub
-	budget, err := parseBudget(f.budget)
+	budget, err := parseBudget(f.budget, delegation.BudgetOfGrant)
 	if err != nil {
 		problems = append(problems, err)
 	}
@@ -200,10 +208,15 @@ func newGrantCmd() *cobra.Command {
 		Short: "Let an agent act for you with some scopes on some resources",
 		Long: `Create a grant: a standing delegation that lets the agent act for you with the scopes on the
 resources, within limits. The agent starts tasks under it (mandate task start); each task gets
-short-lived tokens, never more than the grant. Durations take s, m, h and d (days).`,
+short-lived tokens, never more than the grant. Durations take s, m, h and d (days).
+
+--budget limits calls through the mandate proxy: calls=500 is 500 calls in total, shared by every
+task of the grant; task_calls=50 lets each task make at most 50; calls:UPSTREAM and
+task_calls:UPSTREAM do the same for one upstream; max_request_bytes bounds one request body.
+mandate grant show prints what the totals have used.`,
 		Example: `  mandate grant create --agent @orchestrator --scope "repo:read repo:write" \
     --resource https://api.github.com/ --max-task-ttl 1h --allow-subdelegation --max-depth 2 \
-    --budget requests=500 --expires 30d`,
+    --budget calls=500,task_calls=50 --expires 30d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sp, err := create.spec(cmd)
@@ -416,7 +429,9 @@ func secondsText(s int64) string {
 	return shortDuration(time.Duration(s) * time.Second)
 }
 
-func budgetText(b map[string]int64) string {
+// budgetText prints a budget as key=N pairs; a key in used (a grant's total) also says how
+// much of it is used and left.
+func budgetText(b, used map[string]int64) string {
 	if len(b) == 0 {
 		return "-"
 	}
@@ -427,9 +442,13 @@ func budgetText(b map[string]int64) string {
 	sort.Strings(names)
 	parts := make([]string, 0, len(names))
 	for _, k := range names {
-		parts = append(parts, fmt.Sprintf("%s=%d", k, b[k]))
+		part := fmt.Sprintf("%s=%d", k, b[k])
+		if n, ok := used[k]; ok {
+			part += fmt.Sprintf(" (%d used, %d left)", n, max(b[k]-n, 0))
+		}
+		parts = append(parts, part)
 	}
-	return strings.Join(parts, " ")
+	return strings.Join(parts, ", ")
 }
 
 func printGrantList(w io.Writer, grants []api.GrantJSON, now time.Time) error {
@@ -456,7 +475,7 @@ func printGrant(w io.Writer, g api.GrantJSON, now time.Time) error {
 	t.row("max token ttl", secondsText(g.MaxTokenTTL))
 	t.row("max depth", strconv.Itoa(g.MaxDepth))
 	t.row("sub-delegation", yesNo(g.AllowSubdelegation))
-	t.row("budget", budgetText(g.Budget))
+	t.row("budget", budgetText(g.Budget, g.BudgetUsed))
 	t.row("created", when(g.CreatedAt, now))
 	t.row("expires", when(g.ExpiresAt, now))
 	if g.RevokedAt != nil {

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/mandate-dev/mandate/internal/delegation"
 )
 
 func TestParseDuration(t *testing.T) {
@@ -34,25 +36,34 @@ func TestParseDuration(t *testing.T) {
 	}
 }
 
+// TestParseBudget: key=N pairs, and only keys mandate enforces, for where the budget is set
+// (requests=100 was the --help example and was enforced by nothing).
 func TestParseBudget(t *testing.T) {
+	grant, task := delegation.BudgetOfGrant, delegation.BudgetOfTask
 	for _, tc := range []struct {
 		in   []string
+		of   delegation.BudgetOf
 		want map[string]int64
 		err  string
 	}{
-		{in: nil, want: nil},
-		{in: []string{"requests=100"}, want: map[string]int64{"requests": 100}},
-		{in: []string{"requests=100", "tokens=0"}, want: map[string]int64{"requests": 100, "tokens": 0}},
-		{in: []string{"requests=100, tokens=5"}, want: map[string]int64{"requests": 100, "tokens": 5}},
-		{in: []string{" a = 1 "}, want: map[string]int64{"a": 1}},
-		{in: []string{"requests"}, err: "want name=N"},
-		{in: []string{"=5"}, err: "want name=N"},
-		{in: []string{"requests=-1"}, err: "want name=N"},
-		{in: []string{"requests=1.5"}, err: "want name=N"},
-		{in: []string{"requests=ten"}, err: "want name=N"},
-		{in: []string{"a=1", "a=2"}, err: "given twice"},
+		{in: nil, of: grant, want: nil},
+		{in: []string{"calls=100"}, of: grant, want: map[string]int64{"calls": 100}},
+		{in: []string{"calls=500", "task_calls=0"}, of: grant, want: map[string]int64{"calls": 500, "task_calls": 0}},
+		{in: []string{"calls=500, calls:ahrefs=5,max_request_bytes=1024"}, of: task, want: map[string]int64{"calls": 500, "calls:ahrefs": 5, "max_request_bytes": 1024}},
+		{in: []string{" calls = 1 "}, of: task, want: map[string]int64{"calls": 1}},
+		{in: []string{"task_calls:ahrefs=3"}, of: grant, want: map[string]int64{"task_calls:ahrefs": 3}},
+		{in: []string{"requests=500"}, of: grant, err: `--budget: budget "requests" is not a budget mandate knows: use calls, calls:UPSTREAM, task_calls, task_calls:UPSTREAM, max_request_bytes`},
+		{in: []string{"requests=500"}, of: task, err: "use calls, calls:UPSTREAM, max_request_bytes"},
+		{in: []string{"task_calls=5"}, of: task, err: "set on a grant, not a task"},
+		{in: []string{"calls:Bad_Name=5"}, of: grant, err: "not an upstream name"},
+		{in: []string{"calls"}, of: grant, err: "want key=N"},
+		{in: []string{"=5"}, of: grant, err: "want key=N"},
+		{in: []string{"calls=-1"}, of: grant, err: "want key=N"},
+		{in: []string{"calls=1.5"}, of: grant, err: "want key=N"},
+		{in: []string{"calls=ten"}, of: grant, err: "want key=N"},
+		{in: []string{"calls=1", "calls=2"}, of: grant, err: "given twice"},
 	} {
-		got, err := parseBudget(tc.in)
+		got, err := parseBudget(tc.in, tc.of)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("parseBudget(%q) = %v, %v; want an error with %q", tc.in, got, err, tc.err)

@@ -18,6 +18,7 @@ import (
 	"github.com/mandate-dev/mandate/client"
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/api"
+	"github.com/mandate-dev/mandate/internal/delegation"
 )
 
 func taskPath(id string) string { return "/v1/tasks/" + url.PathEscape(id) }
@@ -217,7 +218,7 @@ on standard output instead. Otherwise the token is printed only with --print-tok
 				}
 				req.AuthorizationDetails = d
 			}
-			b, err := parseBudget(budget)
+			b, err := parseBudget(budget, delegation.BudgetOfTask)
 			if err != nil {
 				return err
 			}
@@ -306,7 +307,7 @@ on standard output instead. Otherwise the token is printed only with --print-tok
 	fl.StringArrayVar(&resources, "resource", nil, "resources for the task, within the grant's (default: all of them)")
 	fl.StringVar(&ttl, "ttl", "", "how long the task lasts, e.g. 15m (default: the grant's max task TTL)")
 	fl.StringVar(&details, "details", "", "a JSON file of authorization details, within the grant's (- for stdin)")
-	fl.StringArrayVar(&budget, "budget", nil, "the task's budget as name=N, within the grant's (repeatable)")
+	fl.StringArrayVar(&budget, "budget", nil, taskBudgetHelp)
 	fl.BoolVar(&instanceKey, "instance-key", false, "bind the task's token to a new ephemeral key (needs --out)")
 	fl.StringVar(&out, "out", "", "write the token (and instance key) as JSON to FILE, mode 0600; - for standard output")
 	fl.BoolVar(&printToken, "print-token", false, "print the access token too")
@@ -377,7 +378,7 @@ func printTask(w io.Writer, x api.TaskJSON, now time.Time) error {
 	for _, d := range x.AuthorizationDetails {
 		t.row("details", compactJSON(d))
 	}
-	t.row("budget", budgetText(x.Budget))
+	t.row("budget", budgetText(x.Budget, nil))
 	t.row("created", when(x.CreatedAt, now))
 	t.row("expires", when(x.ExpiresAt, now))
 	if x.EndedAt != nil {

@@ -131,10 +131,8 @@ func (s *Service) normalize(sp Spec) (Spec, error) {
 	case sp.ExpiresIn < time.Minute || sp.ExpiresIn > MaxGrantTTL:
 		return sp, apperr.New(apperr.Invalid, "expiry", "grant lifetime %v: want between 1m and %v", sp.ExpiresIn, MaxGrantTTL)
 	}
-	for k, v := range l.Budget {
-		if v < 0 || k == "" {
-			return sp, apperr.New(apperr.Invalid, "budget", "budget %q: want a name and a non-negative number", apperr.Clip(k, 40))
-		}
+	if err := CheckBudget(l.Budget, BudgetOfGrant); err != nil {
+		return sp, narrowed(err)
 	}
 	return sp, nil
 }
@@ -206,9 +204,24 @@ func (s *Service) visibleGrant(ctx context.Context, by principal.User, id string
 	return Grant{}, apperr.New(apperr.NotFound, "not_found", "no grant %q: see mandate grant list", apperr.Clip(id, 80))
 }
 
-// GetGrant shows a grant to its principal, the agent's owner or an admin.
+// GetGrant shows a grant, with what its budget has counted, to its principal, the agent's owner
+// or an admin.
 func (s *Service) GetGrant(ctx context.Context, by principal.User, id string) (Grant, error) {
-	return s.visibleGrant(ctx, by, id)
+	g, err := s.visibleGrant(ctx, by, id)
+	if err != nil {
+		return Grant{}, err
+	}
+	counted, err := s.cfg.Store.GrantBudgetUsed(ctx, g.ID)
+	if err != nil {
+		return Grant{}, fmt.Errorf("budget of grant %s: %w", g.ID, err)
+	}
+	g.BudgetUsed = map[string]int64{}
+	for k := range g.Limits.Budget {
+		if name, _, _ := strings.Cut(k, ":"); name == BudgetCalls {
+			g.BudgetUsed[k] = counted[k]
+		}
+	}
+	return g, nil
 }
 
 // ListGrants lists the grants by gave (an admin sees all), optionally for one agent.

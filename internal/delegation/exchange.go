@@ -202,7 +202,7 @@ func (s *Service) planStart(ctx context.Context, req ExchangeRequest, ev *audit.
 		}
 	}
 	t, err := s.narrowTask(req, g, now, taskParent{Scopes: g.Scopes, Resources: g.Resources,
-		Details: g.AuthorizationDetails, Budget: g.Limits.Budget, ExpiresAt: g.ExpiresAt, what: "the grant"})
+		Details: g.AuthorizationDetails, Budget: TaskBudget(g.Limits.Budget), ExpiresAt: g.ExpiresAt, what: "the grant"})
 	if err != nil {
 		return nil, err
 	}
@@ -337,6 +337,9 @@ func (s *Service) narrowTask(req ExchangeRequest, g Grant, now time.Time, p task
 	}
 	if err := narrowSets(req, &t, p); err != nil {
 		return Task{}, err
+	}
+	if err := CheckBudget(req.Budget, BudgetOfTask); err != nil {
+		return Task{}, narrowed(err)
 	}
 	budget, err := NarrowBudget(req.Budget, p.Budget)
 	if err != nil {

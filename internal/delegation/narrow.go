@@ -189,9 +189,10 @@ func NarrowResources(requested, parent []string) ([]string, error) {
 	return dedup(out), nil
 }
 
-// NarrowBudget returns the effective budget of a child: each requested key must exist in parent
-// with a value ≤ the parent's; keys left out inherit the parent's value; an empty requested gives
-// a copy of parent. Negative values are refused.
+// NarrowBudget returns the effective budget of a child: a requested key the parent has must not
+// exceed the parent's value; a key the parent lacks (no limit there) may take any value; keys
+// left out inherit the parent's value, so a child never drops a limit; an empty requested gives
+// a copy of parent. Negative values are refused. Which keys are known is CheckBudget's concern.
 func NarrowBudget(requested, parent map[string]int64) (map[string]int64, error) {
 	out := make(map[string]int64, len(parent))
 	for k, v := range parent {
@@ -200,34 +201,18 @@ func NarrowBudget(requested, parent map[string]int64) (map[string]int64, error) 
 		}
 		out[k] = v
 	}
-	keys := make([]string, 0, len(requested))
-	for k := range requested {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys) // the first error reported does not depend on map order
-	for _, k := range keys {
+	for _, k := range sortedKeys(requested) { // the first error reported does not depend on map order
 		v := requested[k]
 		pv, ok := parent[k]
 		switch {
 		case v < 0:
 			return nil, narrowErr(LimitBudget, "budget %q is negative (%d)", clip(k), v)
-		case !ok:
-			return nil, narrowErr(LimitBudget, "budget %q is not in the parent's budget (%s)", clip(k), list(sortedKeys(parent)))
-		case v > pv:
+		case ok && v > pv:
 			return nil, narrowErr(LimitBudget, "budget %q of %d exceeds the parent's %d", clip(k), v, pv)
 		}
 		out[k] = v
 	}
 	return out, nil
-}
-
-func sortedKeys(m map[string]int64) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 // ParseDetails validates an authorization_details parameter (RFC 9396 §2): a JSON array of at

@@ -481,15 +481,15 @@ func TestNarrowBudget(t *testing.T) {
 		want              map[string]int64
 		limit, msg        string
 	}{
-		"empty inherits copy":  {parent: parent, want: map[string]int64{"requests": 100, "tokens": 5000}},
-		"lower and inherit":    {requested: map[string]int64{"requests": 10}, parent: parent, want: map[string]int64{"requests": 10, "tokens": 5000}},
-		"equal":                {requested: map[string]int64{"requests": 100, "tokens": 5000}, parent: parent, want: parent},
-		"zero allowed":         {requested: map[string]int64{"tokens": 0}, parent: parent, want: map[string]int64{"requests": 100, "tokens": 0}},
-		"nil parent":           {want: map[string]int64{}},
-		"over":                 {requested: map[string]int64{"requests": 101}, parent: parent, limit: LimitBudget, msg: `budget "requests" of 101 exceeds the parent's 100`},
-		"unknown key":          {requested: map[string]int64{"dollars": 1}, parent: parent, limit: LimitBudget, msg: `budget "dollars" is not in the parent's budget (requests tokens)`},
-		"negative":             {requested: map[string]int64{"requests": -1}, parent: parent, limit: LimitBudget, msg: `budget "requests" is negative`},
-		"first error, by name": {requested: map[string]int64{"b": 1, "a": 1}, parent: nil, limit: LimitBudget, msg: `budget "a"`},
+		"empty inherits copy":    {parent: parent, want: map[string]int64{"requests": 100, "tokens": 5000}},
+		"lower and inherit":      {requested: map[string]int64{"requests": 10}, parent: parent, want: map[string]int64{"requests": 10, "tokens": 5000}},
+		"equal":                  {requested: map[string]int64{"requests": 100, "tokens": 5000}, parent: parent, want: parent},
+		"zero allowed":           {requested: map[string]int64{"tokens": 0}, parent: parent, want: map[string]int64{"requests": 100, "tokens": 0}},
+		"nil parent":             {want: map[string]int64{}},
+		"over":                   {requested: map[string]int64{"requests": 101}, parent: parent, limit: LimitBudget, msg: `budget "requests" of 101 exceeds the parent's 100`},
+		"limit the parent lacks": {requested: map[string]int64{"dollars": 1}, parent: parent, want: map[string]int64{"requests": 100, "tokens": 5000, "dollars": 1}},
+		"negative":               {requested: map[string]int64{"requests": -1}, parent: parent, limit: LimitBudget, msg: `budget "requests" is negative`},
+		"first error, by name":   {requested: map[string]int64{"b": 2, "a": 2}, parent: map[string]int64{"a": 1, "b": 1}, limit: LimitBudget, msg: `budget "a"`},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

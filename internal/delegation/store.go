@@ -26,7 +26,7 @@ type Limits struct {
 	MaxTokenTTL        time.Duration    // longest access token of a task
 	MaxDepth           int              // agents in a chain, the grant's own agent counted as 1
 	AllowSubdelegation bool             // may a task hand narrower authority to another agent
-	Budget             map[string]int64 // per-task budget defaults (e.g. "requests": 100); enforced by the proxy
+	Budget             map[string]int64 // calls across the grant, each task's calls, request size: see budget.go
 }
 
 // Grant is a standing delegation: PrincipalID lets AgentID act for them within Scopes, Resources
@@ -44,6 +44,9 @@ type Grant struct {
 	ExpiresAt            time.Time
 	RevokedAt            time.Time // zero unless revoked
 	RequestID            string    // grq_… the grant answers, if any
+	// BudgetUsed is what the grant's counters (calls, calls:<upstream>) have counted; only
+	// Service.GetGrant fills it in.
+	BudgetUsed map[string]int64
 }
 
 // RequestStatus is a grant request's state.
@@ -110,7 +113,7 @@ type Task struct {
 var (
 	ErrNotFound  = errors.New("not found")
 	ErrNotActive = errors.New("not active") // revoking or ending what is already ended
-	// ErrBudgetExhausted: UseBudget counted nothing, the budget is spent.
+	// ErrBudgetExhausted: UseBudgets counted nothing, a budget is spent.
 	ErrBudgetExhausted = errors.New("budget exhausted")
 )
 
@@ -148,9 +151,11 @@ type Store interface {
 	// revoked) at at, appends a revocation log entry per task, and ev. ErrNotActive if the task
 	// is not active.
 	EndTask(ctx context.Context, id string, status TaskStatus, at time.Time, ev audit.Event) (Task, error)
-	// UseBudget counts one unit against the task's budget named key (e.g. "calls", or
-	// "calls:ahrefs") and returns the new count, or ErrBudgetExhausted (nothing counted) when
-	// the count would exceed max. Atomic across concurrent calls and replicas: of 50 concurrent
-	// calls against a budget of 10, exactly 10 succeed.
-	UseBudget(ctx context.Context, taskID, key string, max int64) (int64, error)
+	// UseBudgets counts one unit against every counter, all or nothing, in one transaction:
+	// when one is at its Max it returns a *BudgetExhaustedError naming it and counts nothing.
+	// Atomic across concurrent calls and replicas: of 50 concurrent calls against a Max of 10,
+	// exactly 10 succeed. A counter of an unknown grant or task gives ErrNotFound.
+	UseBudgets(ctx context.Context, counters []BudgetCounter) error
+	// GrantBudgetUsed returns what the grant's counters (calls, calls:<upstream>) have counted.
+	GrantBudgetUsed(ctx context.Context, grantID string) (map[string]int64, error)
 }

@@ -61,7 +61,7 @@ func (g *tokenExchange) Issue(ctx context.Context, req *tokenRequest) (*tokenRes
 	}
 	if raw := f.Get("budget"); raw != "" {
 		if err := json.Unmarshal([]byte(raw), &x.Budget); err != nil {
-			return nil, badRequest(CodeInvalidRequest, "budget", `budget must be a JSON object of names to whole numbers, e.g. {"requests": 100}`)
+			return nil, badRequest(CodeInvalidRequest, "budget", `budget must be a JSON object of budget keys to whole numbers, e.g. {"calls": 100}`)
 		}
 	}
 	if raw := f.Get("task_ttl"); raw != "" {

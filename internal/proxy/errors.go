@@ -2,13 +2,11 @@ package proxy
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/mandate-dev/mandate/internal/audit"
-	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 )
 
@@ -29,7 +27,7 @@ const (
 	reasonBodyEncoding    = "body_encoding"        // a checked body with Content-Encoding
 	reasonBodyContentType = "body_content_type"    // a checked body's Content-Type is not one JSON media type in UTF-8
 	reasonTaskEnded       = "task_ended"           // the task is completed, revoked, expired or gone
-	reasonBudget          = "budget"               // the task's call budget is used up
+	reasonBudget          = "budget"               // a call budget of the grant or the task is used up
 	reasonRequestTooLarge = "request_too_large"    // over the task's max_request_bytes
 	reasonBlocked         = "blocked_address"      // the SSRF guard refused the upstream's address
 	reasonCredential      = "credential"           // the credential could not be injected
@@ -40,8 +38,6 @@ const (
 	reasonAborted         = "aborted"              // the stream broke after the response began
 	reasonInternal        = "internal"             // our own dependencies failed
 )
-
-func isExhausted(err error) bool { return errors.Is(err, delegation.ErrBudgetExhausted) }
 
 // refusal is an answer of the proxy itself (not of the upstream).
 type refusal struct {

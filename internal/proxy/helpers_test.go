@@ -76,10 +76,11 @@ func (f *fakeCredentials) Inject(_ context.Context, u vault.Upstream, r *http.Re
 	return nil
 }
 
-// fakeTasks is an in-memory Tasks whose UseBudget is atomic (one mutex).
+// fakeTasks is an in-memory Tasks whose UseBudgets is atomic and all or nothing (one mutex).
 type fakeTasks struct {
 	mu     sync.Mutex
 	tasks  map[string]delegation.Task
+	grants map[string]delegation.Grant
 	counts map[string]int64
 }
 
@@ -93,15 +94,34 @@ func (f *fakeTasks) GetTask(_ context.Context, id string) (delegation.Task, erro
 	return t, nil
 }
 
-func (f *fakeTasks) UseBudget(_ context.Context, taskID, key string, max int64) (int64, error) {
+// GetGrant returns a grant put there, or an active grant without limits.
+func (f *fakeTasks) GetGrant(_ context.Context, id string) (delegation.Grant, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	k := taskID + "\x00" + key
-	if f.counts[k]+1 > max {
-		return f.counts[k], fmt.Errorf("task %s: %s: %w", taskID, key, delegation.ErrBudgetExhausted)
+	if g, ok := f.grants[id]; ok {
+		return g, nil
 	}
-	f.counts[k]++
-	return f.counts[k], nil
+	return delegation.Grant{ID: id, Status: delegation.GrantActive}, nil
+}
+
+func (f *fakeTasks) UseBudgets(_ context.Context, counters []delegation.BudgetCounter) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range counters {
+		if f.counts[c.Grant+c.Task+"\x00"+c.Key] >= c.Max {
+			return &delegation.BudgetExhaustedError{Counter: c}
+		}
+	}
+	for _, c := range counters {
+		f.counts[c.Grant+c.Task+"\x00"+c.Key]++
+	}
+	return nil
+}
+
+func (f *fakeTasks) putGrant(g delegation.Grant) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.grants[g.ID] = g
 }
 
 func (f *fakeTasks) put(t delegation.Task) {
@@ -205,7 +225,7 @@ func newEnv(t testing.TB, opts ...envOpts) *env {
 	e := &env{t: t,
 		upstreams: &fakeUpstreams{m: map[string]vault.Upstream{}},
 		creds:     &fakeCredentials{},
-		tasks:     &fakeTasks{tasks: map[string]delegation.Task{}, counts: map[string]int64{}},
+		tasks:     &fakeTasks{tasks: map[string]delegation.Task{}, grants: map[string]delegation.Grant{}, counts: map[string]int64{}},
 		audit:     &fakeAudit{},
 		status:    &fakeStatus{revoked: map[string]bool{}},
 	}

@@ -36,13 +36,6 @@ import (
 // ActionCall is the audit action of a proxied call.
 const ActionCall = "proxy.call"
 
-// Budget keys read from a task's budget.
-const (
-	BudgetCalls           = "calls"             // calls through the proxy, all upstreams
-	BudgetCallsPrefix     = "calls:"            // + upstream name: calls to one upstream
-	BudgetMaxRequestBytes = "max_request_bytes" // largest request body, in bytes
-)
-
 // DefaultMaxBodyRuleBytes is how much of a body the proxy reads to check body rules.
 const DefaultMaxBodyRuleBytes = 1 << 20
 
@@ -57,11 +50,13 @@ type Credentials interface {
 	Inject(ctx context.Context, u vault.Upstream, r *http.Request) error
 }
 
-// Tasks reads tasks and counts their budgets (the delegation store). UseBudget returns an error
-// wrapping delegation.ErrBudgetExhausted when the budget is used up.
+// Tasks reads tasks and their grants and counts their budgets (the delegation store).
+// UseBudgets counts a call against every counter or none, and returns a
+// *delegation.BudgetExhaustedError naming the one that is used up.
 type Tasks interface {
 	GetTask(ctx context.Context, id string) (delegation.Task, error)
-	UseBudget(ctx context.Context, taskID, key string, max int64) (int64, error)
+	GetGrant(ctx context.Context, id string) (delegation.Grant, error)
+	UseBudgets(ctx context.Context, counters []delegation.BudgetCounter) error
 }
 
 // Timeouts bound the stages of a call. Zero fields take the defaults in brackets.
@@ -341,7 +336,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 		return e
 	}
 	c.task = task
-	maxBytes, limited := task.Budget[BudgetMaxRequestBytes]
+	maxBytes, limited := task.Budget[delegation.BudgetMaxRequestBytes]
 	if limited && maxBytes >= 0 && r.ContentLength > maxBytes {
 		return refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonRequestTooLarge,
 			fmt.Sprintf("the request body is larger than the task's max_request_bytes (%d)", maxBytes))
@@ -359,19 +354,10 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 		}
 	}
 
-	// 8. The budget, last, so refused calls cost nothing. A call counts against its task and
-	// every task above it, from the top: a child holds a copy of its parent's budget, so without
-	// this, many children would spend many times what the grant allowed. The per-upstream budget
-	// is counted first: it is the one more likely used up.
-	chain := []delegation.Task{task}
-	if hasCallBudget(task.Budget, u.Name) { // a child inherits every budget key of its parents
-		var err error
-		if chain, err = p.taskChain(ctx, task); err != nil {
-			return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
-		}
-	}
-	for _, t := range chain {
-		if e := p.useBudget(ctx, t, u.Name); e != nil {
+	// 8. The budget, last, so refused calls cost nothing. One call counts against the grant's
+	// total and each task of its chain at once, all or nothing, so a refused call never counts.
+	if delegation.HasCallBudget(task.Budget, u.Name) {
+		if e := p.useBudget(ctx, task, u.Name); e != nil {
 			return e
 		}
 	}
@@ -400,30 +386,40 @@ func (p *Proxy) taskChain(ctx context.Context, task delegation.Task) ([]delegati
 	return chain, nil
 }
 
-// useBudget counts one call against task's budgets that apply to upstream.
+// useBudget counts one call to upstream against the counters of task's grant and chain
+// (delegation.CallCounters).
 func (p *Proxy) useBudget(ctx context.Context, task delegation.Task, upstream string) *refusal {
-	for _, key := range [...]string{BudgetCallsPrefix + upstream, BudgetCalls} {
-		limit, ok := task.Budget[key]
-		if !ok {
-			continue
-		}
-		if _, err := p.cfg.Tasks.UseBudget(ctx, task.ID, key, limit); err != nil {
-			if isExhausted(err) {
-				what := "calls through the proxy"
-				if key != BudgetCalls {
-					what = "calls to " + upstream
-				}
-				whose := "the task's"
-				if task.ID != "" && task.Depth > 0 {
-					whose = "task " + task.ID + "'s"
-				}
-				return refuse(http.StatusTooManyRequests, "budget_exhausted", reasonBudget,
-					fmt.Sprintf("%s budget of %d %s is used up: start a new task with a larger budget", whose, limit, what))
-			}
-			return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
-		}
+	chain, err := p.taskChain(ctx, task)
+	var g delegation.Grant
+	if err == nil {
+		g, err = p.cfg.Tasks.GetGrant(ctx, task.GrantID)
+	}
+	if err == nil {
+		err = p.cfg.Tasks.UseBudgets(ctx, delegation.CallCounters(g, chain, upstream))
+	}
+	var spent *delegation.BudgetExhaustedError
+	switch {
+	case errors.As(err, &spent):
+		return refuse(http.StatusTooManyRequests, "budget_exhausted", reasonBudget, budgetSpent(spent.Counter, task.ID, upstream))
+	case err != nil:
+		return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
 	}
 	return nil
+}
+
+// budgetSpent tells the caller which budget is used up, and what to do.
+func budgetSpent(c delegation.BudgetCounter, taskID, upstream string) string {
+	what := "calls through the proxy"
+	if c.Key != delegation.BudgetCalls {
+		what = "calls to " + upstream
+	}
+	switch {
+	case c.Grant != "":
+		return fmt.Sprintf("grant %s's budget of %d %s, shared by all its tasks, is used up: ask the grant's owner for a new grant", c.Grant, c.Max, what)
+	case c.Task == taskID:
+		return fmt.Sprintf("the task's budget of %d %s is used up: start a new task with a larger budget", c.Max, what)
+	}
+	return fmt.Sprintf("task %s's budget of %d %s, which counts the calls of the tasks it handed on, is used up", c.Task, c.Max, what)
 }
 
 // checkBody reads the body (up to MaxBodyRuleBytes), checks it and the headers that say how to
@@ -530,13 +526,4 @@ func safeError(err error) string {
 		return ""
 	}
 	return err.Error()
-}
-
-// hasCallBudget reports whether budget limits calls to upstream. A task without such a key has
-// no ancestor with one either (children inherit their parent's budget keys), so the chain need
-// not be read.
-func hasCallBudget(budget map[string]int64, upstream string) bool {
-	_, all := budget[BudgetCalls]
-	_, one := budget[BudgetCallsPrefix+upstream]
-	return all || one
 }

@@ -338,6 +338,29 @@ func TestBudget(t *testing.T) {
 	}
 }
 
+// TestBudgetGrantTotal: the grant's calls count the calls of all its tasks; the task that
+// finds it spent is refused with a sentence naming the grant, and nothing reaches the upstream.
+func TestBudgetGrantTotal(t *testing.T) {
+	e := newEnv(t)
+	e.tasks.putGrant(delegation.Grant{ID: "gr_t", Status: delegation.GrantActive, Limits: delegation.Limits{Budget: map[string]int64{"calls": 2}}})
+	for _, id := range []string{"tsk_x", "tsk_y"} {
+		e.tasks.put(delegation.Task{ID: id, GrantID: "gr_t", Status: delegation.TaskActive, ExpiresAt: time.Now().Add(time.Hour),
+			Budget: map[string]int64{"calls": 2}})
+	}
+	var got []int
+	var last string
+	for _, id := range []string{"tsk_x", "tsk_y", "tsk_x", "tsk_y"} {
+		resp, b := e.do(e.request("GET", "/proxy/api/items/1", e.token(tokenOpts{scope: "api:read", task: id}), nil))
+		got, last = append(got, resp.StatusCode), b
+	}
+	if fmt.Sprint(got) != "[200 200 429 429]" || len(e.upstreamRequests()) != 2 {
+		t.Fatalf("calls of two tasks under calls=2: %v, upstream saw %d", got, len(e.upstreamRequests()))
+	}
+	if !strings.Contains(last, "grant gr_t's budget of 2 calls through the proxy, shared by all its tasks, is used up") {
+		t.Errorf("refusal: %s", last)
+	}
+}
+
 // TestBudgetConcurrent: 50 concurrent calls against a budget of 10; exactly 10 succeed.
 func TestBudgetConcurrent(t *testing.T) {
 	e := newEnv(t)

@@ -72,18 +72,7 @@ type proxyFixture struct {
 
 func newProxyFixture(t *testing.T, budget map[string]int64) *proxyFixture {
 	ts := newTestServer(t)
-	up := newUpstreamAPI(t)
-	resp, out := ts.adminJSON(t, "POST", "/v1/upstreams", map[string]any{
-		"name": "items", "base_url": up.srv.URL, "auth": "bearer", "allow_private": true,
-		"routes": []map[string]any{{"scope": "items:read", "methods": []string{"GET"}, "paths": []string{"/v1/**"}}},
-	})
-	if resp.StatusCode != 201 {
-		t.Fatalf("add upstream: %d %v", resp.StatusCode, out)
-	}
-	resp, out = ts.adminJSON(t, "PUT", "/v1/upstreams/items/secrets/credential", map[string]string{"secret": up.key})
-	if resp.StatusCode != 204 {
-		t.Fatalf("set secret: %d %v", resp.StatusCode, out)
-	}
+	up := addItemsUpstream(t, ts)
 	a := ts.newAgent(t, "caller", true)
 	g := map[string]any{"agent": a.ID, "scopes": []string{"items:read"}, "resources": []string{ts.URL + "/proxy/items"}}
 	if budget != nil {
@@ -197,16 +186,11 @@ func TestProxyThroughServer(t *testing.T) {
 }
 
 // TestProxyBudgetAcrossSubdelegation: children hold a copy of their parent's budget, but a call
-// counts against every task above it too, so handing out children never multiplies the grant's
-// budget.
+// counts against the grant's total and every task above it too, so handing out children never
+// multiplies the grant's budget.
 func TestProxyBudgetAcrossSubdelegation(t *testing.T) {
 	ts := newTestServer(t)
-	up := newUpstreamAPI(t)
-	ts.adminJSON(t, "POST", "/v1/upstreams", map[string]any{
-		"name": "items", "base_url": up.srv.URL, "auth": "bearer", "allow_private": true,
-		"routes": []map[string]any{{"scope": "items:read", "methods": []string{"GET"}, "paths": []string{"/v1/**"}}},
-	})
-	ts.adminJSON(t, "PUT", "/v1/upstreams/items/secrets/credential", map[string]string{"secret": up.key})
+	up := addItemsUpstream(t, ts)
 	orch := ts.newAgent(t, "budget-orch", true)
 	g := ts.grant(t, map[string]any{"agent": orch.ID, "scopes": []string{"items:read"}, "resources": []string{ts.URL + "/proxy/items"},
 		"budget": map[string]int64{"calls": 1}, "allow_subdelegation": true, "max_depth": 2})

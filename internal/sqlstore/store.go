@@ -209,6 +209,12 @@ type querier interface {
 //
 // fn must use tx only: on SQLite the writer pool has one connection, which tx holds.
 func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err error) {
+	return s.tx(ctx, true, fn)
+}
+
+// tx runs fn in a write transaction, taking the chain lock first on PostgreSQL when lockChain
+// is set (writes that append no audit event need not wait for those that do).
+func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) error) (err error) {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
@@ -218,7 +224,7 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err err
 			tx.Rollback()
 		}
 	}()
-	if s.dialect == DialectPostgres {
+	if lockChain && s.dialect == DialectPostgres {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, chainLockID); err != nil {
 			return fmt.Errorf("lock audit chain: %w", err)
 		}

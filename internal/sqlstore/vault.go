@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/audit"
-	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
@@ -311,30 +310,4 @@ func (s *Store) SwapSecrets(ctx context.Context, upstream, checkKind string, che
 		return fmt.Errorf("swap secrets of %s: %w", upstream, err)
 	}
 	return nil
-}
-
-// UseBudget counts one unit of the task's budget key and returns the new count, or
-// delegation.ErrBudgetExhausted (nothing counted) when it would exceed max. One statement, so
-// it is atomic on both dialects: SQLite has a single writer, and PostgreSQL's ON CONFLICT DO
-// UPDATE locks the row and evaluates the WHERE on its latest version. An unknown task gives
-// delegation.ErrNotFound.
-func (s *Store) UseBudget(ctx context.Context, taskID, key string, max int64) (int64, error) {
-	if max < 1 {
-		return 0, fmt.Errorf("use budget %s of %s: %w", key, taskID, delegation.ErrBudgetExhausted)
-	}
-	var used int64
-	err := s.db.QueryRowContext(ctx, `INSERT INTO task_budget_use (task_id, key, used) VALUES ($1, $2, 1)
-		ON CONFLICT (task_id, key) DO UPDATE SET used = task_budget_use.used + 1
-		WHERE task_budget_use.used < $3
-		RETURNING used`, taskID, key, max).Scan(&used)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		err = delegation.ErrBudgetExhausted
-	case foreignKeyViolation(err):
-		err = delegation.ErrNotFound
-	}
-	if err != nil {
-		return 0, fmt.Errorf("use budget %s of %s: %w", key, taskID, err)
-	}
-	return used, nil
 }

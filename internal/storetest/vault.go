@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
@@ -363,85 +361,4 @@ func testDeleteUpstream(t *testing.T, s Store) {
 		vault.SecretRefreshToken: {Sealed: []byte("from the old row")},
 	}, newEvent(actionSecretSet))
 	wantErr(t, "SwapSecrets with the version of a deleted row", err, vault.ErrConflict)
-}
-
-// mustTask creates a user, a claimed agent, a grant and an active task, and returns the task.
-func mustTask(t *testing.T, s Store, handle string) delegation.Task {
-	t.Helper()
-	u := mustCreateUser(t, s, "user-"+handle)
-	a := mustClaimedAgent(t, s, handle, u)
-	g := mustCreateGrant(t, s, newGrant(u.ID, a.ID, base))
-	return mustCreateTask(t, s, newTask(g, nil, at(time.Minute)))
-}
-
-func testUseBudget(t *testing.T, s Store) {
-	ctx := t.Context()
-	tk := mustTask(t, s, "a1")
-	other := mustTask(t, s, "a2")
-	before := eventCount(t, s)
-	for want := int64(1); want <= 3; want++ {
-		got, err := s.UseBudget(ctx, tk.ID, "calls:ahrefs", 3)
-		if err != nil || got != want {
-			t.Fatalf("UseBudget #%d = %d, %v; want %d", want, got, err, want)
-		}
-	}
-	for range 2 {
-		got, err := s.UseBudget(ctx, tk.ID, "calls:ahrefs", 3)
-		wantErr(t, "UseBudget past max", err, delegation.ErrBudgetExhausted)
-		if got != 0 {
-			t.Errorf("UseBudget past max = %d, want 0", got)
-		}
-	}
-	// A larger max (the budget was raised) counts on from where it was.
-	if got, err := s.UseBudget(ctx, tk.ID, "calls:ahrefs", 5); err != nil || got != 4 {
-		t.Errorf("UseBudget with a larger max = %d, %v; want 4", got, err)
-	}
-	// Keys and tasks count apart.
-	if got, err := s.UseBudget(ctx, tk.ID, "calls", 3); err != nil || got != 1 {
-		t.Errorf("UseBudget(another key) = %d, %v; want 1", got, err)
-	}
-	if got, err := s.UseBudget(ctx, other.ID, "calls:ahrefs", 3); err != nil || got != 1 {
-		t.Errorf("UseBudget(another task) = %d, %v; want 1", got, err)
-	}
-	for _, max := range []int64{0, -1} {
-		_, err := s.UseBudget(ctx, tk.ID, "zero", max)
-		wantErr(t, fmt.Sprintf("UseBudget(max %d)", max), err, delegation.ErrBudgetExhausted)
-	}
-	_, err := s.UseBudget(ctx, "tsk_unknown", "calls", 3)
-	wantErr(t, "UseBudget(unknown task)", err, delegation.ErrNotFound)
-	wantNoNewEvents(t, s, before) // counting is not an audited change; the proxy records calls
-}
-
-func testUseBudgetConcurrent(t *testing.T, s Store) {
-	ctx := t.Context()
-	tk := mustTask(t, s, "a1")
-	const calls, max = 50, 10
-	var mu sync.Mutex
-	var counts []int64
-	var exhausted atomic.Int32
-	var wg sync.WaitGroup
-	for range calls {
-		wg.Go(func() {
-			n, err := s.UseBudget(ctx, tk.ID, "calls", max)
-			switch {
-			case err == nil:
-				mu.Lock()
-				counts = append(counts, n)
-				mu.Unlock()
-			case errors.Is(err, delegation.ErrBudgetExhausted):
-				exhausted.Add(1)
-			default:
-				t.Errorf("UseBudget: %v", err)
-			}
-		})
-	}
-	wg.Wait()
-	slices.Sort(counts)
-	want := []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
-	if diff := cmp.Diff(want, counts); diff != "" {
-		t.Errorf("counts of the successful calls (-want +got):\n%s", diff)
-	}
-	if exhausted.Load() != calls-max {
-		t.Errorf("%d calls refused, want %d", exhausted.Load(), calls-max)
-	}
 }
