@@ -29,6 +29,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
+	"github.com/mandate-dev/mandate/internal/sidecar"
 )
 
 func TestChildEnv(t *testing.T) {
@@ -165,7 +166,7 @@ func agentWithGrant(t *testing.T, ts *testServer, handle, scopes string, upstrea
 	kf := newAgent(t, ts, handle)
 	args := []string{"grant", "create", "--agent", "@" + handle, "--scope", scopes, "--max-task-ttl", "1h", "--json"}
 	for _, u := range upstreams {
-		args = append(args, "--resource", proxyResource(ts.URL, u))
+		args = append(args, "--resource", sidecar.ProxyResource(ts.URL, u))
 	}
 	var g api.GrantJSON
 	decodeJSON(t, ok(t, args...), &g)
@@ -303,7 +304,7 @@ func TestAgentProxyCommand(t *testing.T) {
 	}
 	var x api.TaskJSON
 	decodeJSON(t, ok(t, "task", "show", res.TaskID, "--json"), &x)
-	if x.Status != "active" || x.InstanceJKT == "" || !slices.Equal(x.Resources, []string{proxyResource(ts.URL, "svc")}) || x.Purpose != "sidecar" {
+	if x.Status != "active" || x.InstanceJKT == "" || !slices.Equal(x.Resources, []string{sidecar.ProxyResource(ts.URL, "svc")}) || x.Purpose != "sidecar" {
 		t.Errorf("the sidecar's task = %+v; want active, bound to an instance key, for the svc proxy", x)
 	}
 	resp, err := http.Get(res.URL + "/other/x")
