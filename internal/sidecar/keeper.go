@@ -125,7 +125,7 @@ func (k *keeper) expired(tok client.TaskToken, last error) *LostError {
 		cause = fmt.Errorf("%w: %w", cause, last)
 	}
 	return k.lose(&LostError{TaskID: k.task.ID, Err: cause,
-		Reason: "its token expired at " + at + " before it could be renewed: " + why +
+		Reason: "it expired at " + at + " before it could be renewed: " + why +
 			". A task's token is renewed only while it is valid, so this task cannot go on; start a new one"})
 }
 
