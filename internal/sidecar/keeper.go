@@ -57,7 +57,7 @@ type LostError struct {
 }
 
 func (e *LostError) Error() string {
-	return fmt.Sprintf("the sidecar lost the token of task %s: %s", e.TaskID, e.Reason)
+	return fmt.Sprintf("the token of task %s is lost: %s", e.TaskID, e.Reason)
 }
 
 func (e *LostError) Unwrap() error { return e.Err }

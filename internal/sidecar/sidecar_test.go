@@ -189,7 +189,7 @@ func TestRenewalStopsWhenTaskEnds(t *testing.T) {
 	if sc.Refused() != 1 {
 		t.Errorf("Refused = %d, want 1", sc.Refused())
 	}
-	if n := strings.Count(notices.String(), "lost the token"); n != 1 {
+	if n := strings.Count(notices.String(), "is lost"); n != 1 {
 		t.Errorf("notices %q: want the loss said once", notices.String())
 	}
 }
