@@ -149,8 +149,10 @@ func newAgentProxyCmd() *cobra.Command {
 		Short: "Run a loopback sidecar that sends requests to upstream APIs through mandate's proxy",
 		Long: `Listen on a loopback address and forward every request for
 http://127.0.0.1:PORT/{upstream}/{path…}?{query} to the server's proxy,
-{server}/proxy/{upstream}/{path…}?{query}, with the task's token and a fresh DPoP proof; the token
-is renewed before it expires. Bodies stream both ways; status and headers come back as the
+{server}/proxy/{upstream}/{path…}?{query}, with the task's token and a fresh DPoP proof. The token
+is renewed in the background for the task's whole life; once that is no longer possible (the task
+ended or was revoked, its TTL ran out, or the token expired while the network was down or the
+machine slept) every request gets 401 saying why. Bodies stream both ways; status and headers come back as the
 upstream sent them. Any Authorization, Cookie or DPoP header the tool sends is dropped: give the
 tool a placeholder key and the sidecar's URL as its base URL. The proxy adds the real credential.
 

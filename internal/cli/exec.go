@@ -161,7 +161,9 @@ with the environment of exec, except:
 
 The sidecar adds the task's token and a fresh DPoP proof to each call and drops whatever
 Authorization the tool sends; mandate's proxy checks the task and the route and adds the real
-credential. SIGINT, SIGTERM and SIGHUP are passed on to CMD. When CMD exits, the task is ended,
+credential. The token is renewed in the background, so the tool may pause for as long as the task
+lives; if it is lost (see mandate agent proxy --help) and a call was refused for it, exec says
+why and exits 1 even if CMD exited 0. SIGINT, SIGTERM and SIGHUP are passed on to CMD. When CMD exits, the task is ended,
 so nothing it held still works, and exec exits with CMD's exit code.`,
 		Example: `  mandate exec --grant gr_01JA… --purpose "weekly SEO report" \
       --upstream ahrefs=AHREFS_API_BASE --placeholder AHREFS_API_KEY -- node examples/ahrefs/ahrefs.mjs ahrefs.com
