@@ -258,7 +258,7 @@ so nothing it held still works, and exec exits with CMD's exit code.`,
 			if runErr != nil {
 				return runErr
 			}
-			if side != nil && side.Err() != nil && side.Refused() > 0 {
+			if side != nil && side.Refused() > 0 && side.Err() != nil {
 				// The tool's calls were refused for a reason it cannot know: say it last, and
 				// do not exit 0 even if the tool did.
 				fmt.Fprintf(stderr, "mandate exec: %d of the tool's calls were refused: %v\n", side.Refused(), side.Err())

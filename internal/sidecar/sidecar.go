@@ -123,6 +123,9 @@ func (s *Sidecar) Refused() int64 { return s.keeper.refused.Load() }
 
 // Stop stops the renewal, closes the listener and waits up to grace for requests in flight.
 func (s *Sidecar) Stop(grace time.Duration) {
+	if s.srv == nil { // never started
+		return
+	}
 	s.cancel()
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -104,12 +105,13 @@ func (w *world) startTask(t *testing.T, ttl time.Duration) *client.Task {
 	return task
 }
 
-// call GETs path through the sidecar and returns the status and body.
+// call GETs path through the sidecar and returns the status and body (status 0 if it could not:
+// callable from any goroutine).
 func call(t *testing.T, sc *Sidecar, path string) (int, string) {
 	t.Helper()
 	resp, err := http.Get(sc.URL() + path)
 	if err != nil {
-		t.Fatal(err)
+		return 0, err.Error()
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -123,6 +125,9 @@ func call(t *testing.T, sc *Sidecar, path string) (int, string) {
 func TestRequestAfterIdlePause(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, nil)
+	// The cases pause at once, each with its own task and sidecar: the test takes the longest
+	// pause, not their sum.
+	var wg sync.WaitGroup
 	for _, tc := range []struct {
 		name  string
 		pause time.Duration
@@ -132,30 +137,33 @@ func TestRequestAfterIdlePause(t *testing.T) {
 		{"one token's life", tokenTTL},
 		{"three tokens' lives", 3 * tokenTTL},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			var notices syncBuffer
-			task := w.startTask(t, time.Hour)
-			first := task.Current()
-			sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
+		var notices syncBuffer
+		task := w.startTask(t, time.Hour)
+		first := task.Current()
+		sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
 			if status, body := call(t, sc, "/svc/v1/data"); status != http.StatusOK {
-				t.Fatalf("first call: %d %s", status, body)
+				t.Errorf("%s: first call: %d %s", tc.name, status, body)
+				return
 			}
 			time.Sleep(tc.pause)
 			if status, body := call(t, sc, "/svc/v1/data"); status != http.StatusOK {
-				t.Fatalf("after a pause of %v: %d %s\nnotices: %s", tc.pause, status, body, notices.String())
+				t.Errorf("%s: after a pause of %v: %d %s\nnotices: %s", tc.name, tc.pause, status, body, notices.String())
 			}
 			if err := sc.Err(); err != nil {
-				t.Errorf("Err = %v, want nil while the task lives", err)
+				t.Errorf("%s: Err = %v, want nil while the task lives", tc.name, err)
 			}
 			if tc.pause >= tokenTTL && task.Current().AccessToken == first.AccessToken {
-				t.Errorf("after %v the task still has its first token", tc.pause)
+				t.Errorf("%s: the task still has its first token", tc.name)
 			}
 			if notices.String() != "" {
-				t.Errorf("notices %q, want none", notices.String())
+				t.Errorf("%s: notices %q, want none", tc.name, notices.String())
 			}
-		})
+		}()
 	}
+	wg.Wait()
 }
 
 // TestRenewalStopsWhenTaskEnds: once the task is ended, the keeper's next renewal is refused;
