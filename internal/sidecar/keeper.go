@@ -70,8 +70,9 @@ type keeper struct {
 	refused atomic.Int64 // requests answered 401 because the token was lost
 	renewed atomic.Int64 // renewals that got through
 
-	mu   sync.Mutex
-	lost *LostError
+	mu      sync.Mutex
+	lost    *LostError
+	failure error // the latest failed renewal, until one gets through
 }
 
 func newKeeper(task *client.Task, now func() time.Time, notices io.Writer) *keeper {
@@ -88,9 +89,16 @@ func (k *keeper) err() error {
 		return lost
 	}
 	if tok := k.task.Current(); !k.now().Before(tok.ExpiresAt) {
-		return k.expired(tok, nil)
+		return k.expired(tok)
 	}
 	return nil
+}
+
+// failed records the latest failed renewal (nil: one got through), for the reason of a loss.
+func (k *keeper) failed(err error) {
+	k.mu.Lock()
+	k.failure = err
+	k.mu.Unlock()
 }
 
 // lose records the first reason the token was lost (and says it once on Notices); later calls
@@ -112,14 +120,17 @@ func (k *keeper) lose(err error) *LostError {
 	return le
 }
 
-// expired loses the token to its expiry; last is the latest failed renewal, if any.
-func (k *keeper) expired(tok client.TaskToken, last error) *LostError {
+// expired loses the token tok to its expiry.
+func (k *keeper) expired(tok client.TaskToken) *LostError {
 	at := tok.ExpiresAt.UTC().Format(time.RFC3339)
 	if !tok.TaskExpiresAt.IsZero() && !tok.ExpiresAt.Before(tok.TaskExpiresAt) {
 		return k.lose(&LostError{TaskID: k.task.ID, Err: client.ErrTokenExpired,
 			Reason: "the task's TTL ran out at " + at + "; start a new task to go on"})
 	}
-	why, cause := "the network was down, or this machine slept, for longer than the token's life", client.ErrTokenExpired
+	k.mu.Lock()
+	last := k.failure
+	k.mu.Unlock()
+	why, cause := "mandate could not be reached (the network or the server was down), or this machine slept, for longer than the token's life", client.ErrTokenExpired
 	if last != nil {
 		why += " (last attempt: " + last.Error() + ")"
 		cause = fmt.Errorf("%w: %w", cause, last)
@@ -132,7 +143,7 @@ func (k *keeper) expired(tok client.TaskToken, last error) *LostError {
 // fail loses the token to an error of a request's own renewal (client.Task.Token).
 func (k *keeper) fail(err error) *LostError {
 	if errors.Is(err, client.ErrTokenExpired) {
-		return k.expired(k.task.Current(), nil)
+		return k.expired(k.task.Current())
 	}
 	return k.lose(err)
 }
@@ -161,7 +172,6 @@ func permanent(err error) bool {
 func (k *keeper) run(ctx context.Context) {
 	var (
 		failures int
-		last     error     // the latest failed attempt
 		retryAt  time.Time // when to try again after a failure
 		jittered string    // the token the jitter was drawn for
 		jitter   time.Duration
@@ -175,7 +185,8 @@ func (k *keeper) run(ctx context.Context) {
 		life := tok.ExpiresAt.Sub(tok.IssuedAt)
 		if tok.AccessToken != jittered {
 			jittered, jitter = tok.AccessToken, time.Duration(rand.Float64()*renewJitter*float64(life))
-			failures, last = 0, nil // renewed (by the loop, or by a request's own refresh)
+			failures = 0 // renewed (by the loop, or by a request's own refresh)
+			k.failed(nil)
 		}
 		var at time.Time
 		switch {
@@ -187,7 +198,7 @@ func (k *keeper) run(ctx context.Context) {
 			at = tok.IssuedAt.Add(time.Duration(renewAtFraction*float64(life)) - jitter)
 		}
 		if !now.Before(tok.ExpiresAt) {
-			k.expired(tok, last)
+			k.expired(tok)
 			return
 		}
 		if wait := at.Sub(now); wait > 0 {
@@ -210,14 +221,14 @@ func (k *keeper) run(ctx context.Context) {
 		case ctx.Err() != nil:
 			return
 		case errors.Is(err, client.ErrTokenExpired):
-			k.expired(tok, last)
+			k.expired(tok)
 			return
 		case permanent(err):
 			k.lose(err)
 			return
 		}
 		failures++
-		last = err
+		k.failed(err)
 		now = k.now()
 		retryAt = now.Add(backoff(failures))
 		if left := tok.ExpiresAt.Sub(now); !retryAt.Before(tok.ExpiresAt) {

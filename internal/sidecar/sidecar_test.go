@@ -263,18 +263,7 @@ func TestTokenLostAfterSleep(t *testing.T) {
 func TestRenewalRetriesTransientFailures(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, nil)
-	var failing atomic.Int32
-	// The task's token requests fail with 503 while failing > 0; everything else goes through.
-	w.hc = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		if strings.HasSuffix(r.URL.Path, "/token") && failing.Add(-1) >= 0 {
-			rec := httptest.NewRecorder()
-			rec.Header().Set("Content-Type", "application/json")
-			rec.WriteHeader(http.StatusServiceUnavailable)
-			io.WriteString(rec, `{"error":"temporarily_unavailable","error_description":"try again"}`)
-			return rec.Result(), nil
-		}
-		return http.DefaultTransport.RoundTrip(r)
-	})}
+	failing := w.failTokenRequests()
 	task := w.startTask(t, time.Hour)
 	failing.Store(2)
 	var notices syncBuffer
@@ -286,6 +275,49 @@ func TestRenewalRetriesTransientFailures(t *testing.T) {
 	if n := strings.Count(notices.String(), "trying again"); n != 2 {
 		t.Errorf("notices %q: want the two failed attempts said", notices.String())
 	}
+}
+
+// TestRenewalGivesUpAtExpiry: the token endpoint stays unreachable for longer than a token's
+// life. The keeper tries until the token expires, never with the expired token, then the
+// sidecar answers 401 saying what happened and what the last attempt got.
+func TestRenewalGivesUpAtExpiry(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, nil)
+	failing := w.failTokenRequests()
+	task := w.startTask(t, time.Hour)
+	failing.Store(1 << 30)
+	var notices syncBuffer
+	sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
+	waitUntil(t, 3*tokenTTL, func() bool { return sc.Err() != nil })
+	status, body := call(t, sc, "/svc/v1/data")
+	for _, want := range []string{task.ID, "expired at", "could not be reached", "last attempt", "temporarily_unavailable"} {
+		if status != http.StatusUnauthorized || !strings.Contains(body, want) {
+			t.Errorf("after the token expired unrenewed: %d %s; want 401 saying %q", status, body, want)
+		}
+	}
+	if !strings.Contains(notices.String(), "trying again") || strings.Count(notices.String(), "is lost") != 1 {
+		t.Errorf("notices %q: want the failed attempts and the loss said once", notices.String())
+	}
+	if w.upstream.Load() != 0 {
+		t.Errorf("the upstream got %d calls, want none", w.upstream.Load())
+	}
+}
+
+// failTokenRequests makes the task's token requests (those of tasks started after it) fail with
+// 503 while the counter it returns is above 0; everything else goes through.
+func (w *world) failTokenRequests() *atomic.Int32 {
+	var failing atomic.Int32
+	w.hc = &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if strings.HasSuffix(r.URL.Path, "/token") && failing.Add(-1) >= 0 {
+			rec := httptest.NewRecorder()
+			rec.Header().Set("Content-Type", "application/json")
+			rec.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(rec, `{"error":"temporarily_unavailable","error_description":"try again"}`)
+			return rec.Result(), nil
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})}
+	return &failing
 }
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
