@@ -108,13 +108,21 @@ func (r TaskRequest) form(f url.Values) error {
 	return nil
 }
 
-// TaskToken is one access token of a task.
+// TaskToken is one access token of a task. Its times are wall-clock times (no monotonic
+// reading): the server judges expiry by the wall clock, which keeps running while a machine
+// sleeps and the monotonic clock does not.
 type TaskToken struct {
-	AccessToken string
-	Scope       string
-	IssuedAt    time.Time
-	ExpiresAt   time.Time
+	AccessToken   string
+	Scope         string
+	IssuedAt      time.Time
+	ExpiresAt     time.Time
+	TaskExpiresAt time.Time // when the task ends, as the server said; zero if unknown (ResumeTask)
 }
+
+// ErrTokenExpired is returned (wrapped) when a task's token has expired before it was renewed. It
+// is not sent to the server: a token is renewed only by exchanging a valid one, so the task can
+// no longer be continued with it.
+var ErrTokenExpired = errors.New("the task's token has expired")
 
 // refreshAt is when less than a third of the token's lifetime remains.
 func (t TaskToken) refreshAt() time.Time {
@@ -211,11 +219,12 @@ func (t *Task) Current() TaskToken {
 
 // Token returns a valid token of the task, exchanging the current one for a fresh one first when
 // less than a third of its lifetime remains. If that early refresh fails while the current token
-// is still valid, the current token is returned.
+// is still valid, the current token is returned. Once the current token has expired, Token
+// returns an error wrapping ErrTokenExpired (see Refresh).
 func (t *Task) Token(ctx context.Context) (TaskToken, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	now := t.now()
+	now := t.now().Round(0)
 	if now.Before(t.tok.refreshAt()) {
 		return t.tok, nil
 	}
@@ -230,7 +239,7 @@ func (t *Task) Token(ctx context.Context) (TaskToken, error) {
 
 // Refresh exchanges the task's current token for a fresh one of the same task (no actor token:
 // bound to the same key). The server refuses once the task, its grant or an agent of its chain
-// has ended.
+// has ended. A token that has already expired is not sent: the error wraps ErrTokenExpired.
 func (t *Task) Refresh(ctx context.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -238,6 +247,9 @@ func (t *Task) Refresh(ctx context.Context) error {
 }
 
 func (t *Task) refreshLocked(ctx context.Context) error {
+	if exp := t.tok.ExpiresAt; !t.now().Round(0).Before(exp) {
+		return fmt.Errorf("client: task %s: %w at %s, before it was renewed", t.ID, ErrTokenExpired, exp.UTC().Format(time.RFC3339))
+	}
 	tok, err := t.exchange(ctx, t.Key, url.Values{
 		"grant_type":         {grantTypeTokenExchange},
 		"subject_token":      {t.tok.AccessToken},
@@ -339,7 +351,7 @@ func (t *Task) exchange(ctx context.Context, key crypto.Signer, form url.Values)
 		t.endpoint = md.TokenEndpoint
 	}
 	for attempt := 0; ; attempt++ {
-		now := t.now()
+		now := t.now().Round(0) // wall clock: see TaskToken
 		out, err := postToken(ctx, t.hc, t.endpoint, key, &t.nonces, now, form)
 		if nonceRetry(attempt, err) {
 			continue
@@ -350,8 +362,12 @@ func (t *Task) exchange(ctx context.Context, key crypto.Signer, form url.Values)
 		if out.IssuedTokenType != "" && out.IssuedTokenType != tokenTypeAccessToken {
 			return TaskToken{}, fmt.Errorf("client: the exchange issued a %q, not an access token", out.IssuedTokenType)
 		}
-		return TaskToken{AccessToken: out.AccessToken, Scope: out.Scope, IssuedAt: now,
-			ExpiresAt: now.Add(time.Duration(out.ExpiresIn) * time.Second)}, nil
+		tok := TaskToken{AccessToken: out.AccessToken, Scope: out.Scope, IssuedAt: now,
+			ExpiresAt: now.Add(time.Duration(out.ExpiresIn) * time.Second)}
+		if out.TaskExpiresAt > 0 {
+			tok.TaskExpiresAt = time.Unix(out.TaskExpiresAt, 0)
+		}
+		return tok, nil
 	}
 }
 

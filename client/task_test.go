@@ -589,3 +589,40 @@ func TestEndTask(t *testing.T) {
 		t.Error("an unknown grant was found")
 	}
 }
+
+// TestTaskExpiredTokenIsNotExchanged: a task's token that expired before it was renewed is never
+// offered to the token endpoint (it proves nothing there); Token and Refresh say so with
+// ErrTokenExpired. Token times are wall-clock, so that a machine that slept (its monotonic clock
+// stood still) sees them expired as the server does.
+func TestTaskExpiredTokenIsNotExchanged(t *testing.T) {
+	ctx := context.Background()
+	ds, key := newDelegationServer(t)
+	g, err := ds.source(t, key).Grant(ctx, "gr_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := StartTask(ctx, nil, ds.url, key, g.Token, TaskRequest{InstanceKey: mustKey(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	task.now = ds.clock.Now
+	cur := task.Current()
+	for name, at := range map[string]time.Time{"IssuedAt": cur.IssuedAt, "ExpiresAt": cur.ExpiresAt} {
+		if strings.Contains(at.String(), "m=") {
+			t.Errorf("%s %v carries a monotonic reading; want the wall clock only", name, at)
+		}
+	}
+	hits := ds.hits
+	for _, d := range []time.Duration{cur.ExpiresAt.Sub(ds.clock.Now()), time.Second, time.Hour} {
+		ds.clock.Advance(d)
+		if _, err := task.Token(ctx); !errors.Is(err, ErrTokenExpired) {
+			t.Errorf("Token %v after expiry = %v, want ErrTokenExpired", d, err)
+		}
+		if err := task.Refresh(ctx); !errors.Is(err, ErrTokenExpired) || !strings.Contains(err.Error(), task.ID) {
+			t.Errorf("Refresh after expiry = %v, want ErrTokenExpired naming the task", err)
+		}
+	}
+	if ds.hits != hits {
+		t.Errorf("the expired token was sent to the token endpoint %d times", ds.hits-hits)
+	}
+}

@@ -200,7 +200,9 @@ func (s *TokenSource) fetch(ctx context.Context) (*Token, error) {
 }
 
 func (s *TokenSource) requestToken(ctx context.Context, tokenEndpoint string) (*Token, error) {
-	now := s.now()
+	// Wall clock only (Round(0) drops the monotonic reading): the server judges expiry by it, and
+	// after a machine slept the monotonic clock is behind.
+	now := s.now().Round(0)
 	assertion, err := sign(s.cfg.Key, s.did, "JWT", map[string]any{
 		"iss": s.cfg.AgentID,
 		"sub": s.cfg.AgentID,
@@ -252,6 +254,7 @@ type tokenAnswer struct {
 	ExpiresIn       jsonNumberOrStr `json:"expires_in"`
 	Scope           string          `json:"scope"`
 	IssuedTokenType string          `json:"issued_token_type"`
+	TaskExpiresAt   int64           `json:"task_expires_at"` // mandate's: when the token's task ends
 }
 
 // postToken posts form to the token endpoint with a DPoP proof by key, carrying the latest nonce

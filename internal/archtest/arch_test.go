@@ -1,5 +1,6 @@
 // Package archtest holds the test that keeps imports pointing one way:
-// cmd → cli → server → edge (api, oauth, httpapi) → domain → store, and the SDK apart.
+// cmd → cli → server → edge (api, oauth, httpapi) → domain → store, and the SDK apart; the
+// agent's sidecar (cli → sidecar → client SDK) beside the server.
 package archtest
 
 import (
@@ -38,6 +39,11 @@ var forbidden = map[string][]string{
 	"internal/loopback":   {"internal/"},
 	"internal/glob":       {"internal/"},
 	"internal/decimal":    {"internal/"},
+	// The sidecar is a client of the server, over HTTP only: it uses the SDK, never the server's
+	// packages, and nothing below the CLI uses it.
+	"internal/sidecar": {"internal/cli", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/sqlstore",
+		"internal/proxy", "internal/vault", "internal/delegation", "internal/registry", "internal/token", "internal/audit",
+		"internal/federation", "internal/config", "internal/principal"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mandate-dev/mandate/client"
+	"github.com/mandate-dev/mandate/internal/sidecar"
 )
 
 // envName is the form of an environment variable's name exec sets.
@@ -42,7 +43,7 @@ func parseExecUpstreams(vals []string) ([]execUpstream, error) {
 		switch {
 		case !ok || variable == "":
 			return nil, fmt.Errorf("--upstream %q: want NAME=VAR, e.g. ahrefs=AHREFS_API_BASE", v)
-		case !upstreamName.MatchString(name):
+		case !sidecar.UpstreamName.MatchString(name):
 			return nil, fmt.Errorf("--upstream %q: %q is not an upstream's name (a-z, 0-9, -)", v, name)
 		case !envName.MatchString(variable):
 			return nil, fmt.Errorf("--upstream %q: %q is not an environment variable's name", v, variable)
@@ -160,7 +161,9 @@ with the environment of exec, except:
 
 The sidecar adds the task's token and a fresh DPoP proof to each call and drops whatever
 Authorization the tool sends; mandate's proxy checks the task and the route and adds the real
-credential. SIGINT, SIGTERM and SIGHUP are passed on to CMD. When CMD exits, the task is ended,
+credential. The token is renewed in the background, so the tool may pause for as long as the task
+lives; if it is lost (see mandate agent proxy --help) and a call was refused for it, exec says
+why and exits 1 even if CMD exited 0. SIGINT, SIGTERM and SIGHUP are passed on to CMD. When CMD exits, the task is ended,
 so nothing it held still works, and exec exits with CMD's exit code.`,
 		Example: `  mandate exec --grant gr_01JA… --purpose "weekly SEO report" \
       --upstream ahrefs=AHREFS_API_BASE --placeholder AHREFS_API_KEY -- node examples/ahrefs/ahrefs.mjs ahrefs.com
@@ -195,7 +198,7 @@ so nothing it held still works, and exec exits with CMD's exit code.`,
 			task, err := startProxyTask(cmd, tf, func(issuer string) []string {
 				out := make([]string, 0, len(names))
 				for _, n := range names {
-					out = append(out, proxyResource(issuer, n))
+					out = append(out, sidecar.ProxyResource(issuer, n))
 				}
 				return out
 			})
@@ -203,26 +206,28 @@ so nothing it held still works, and exec exits with CMD's exit code.`,
 				return err
 			}
 			stderr := cmd.ErrOrStderr()
+			var side *sidecar.Sidecar // to say, after the run, whether the task's token was lost
 			code, runErr := func() (int, error) {
 				var logw = stderr
 				if !verbose {
 					logw = nil
 				}
-				sc, err := newSidecar(task.state.Server, task.Transport(sidecarTransport()), names, logw)
+				sc, err := sidecar.New(sidecar.Config{Issuer: task.state.Server, Task: task.Task, Listen: "127.0.0.1:0",
+					Upstreams: names, RequestLog: logw, Notices: stderr})
 				if err != nil {
 					return 0, err
 				}
-				rs, err := startSidecar("127.0.0.1:0", sc)
-				if err != nil {
+				if err := sc.Start(); err != nil {
 					return 0, err
 				}
-				defer rs.stop(2 * time.Second)
+				defer sc.Stop(2 * time.Second)
+				side = sc
 				if verbose {
-					fmt.Fprintf(stderr, "mandate exec: task %s under %s; sidecar %s\n", task.ID, task.GrantID, rs.URL)
+					fmt.Fprintf(stderr, "mandate exec: task %s under %s; sidecar %s\n", task.ID, task.GrantID, sc.URL())
 				}
 				var set [][2]string
 				for _, u := range ups {
-					set = append(set, [2]string{u.Var, rs.URL + "/" + u.Name})
+					set = append(set, [2]string{u.Var, sc.URL() + "/" + u.Name})
 				}
 				for _, v := range placeholders {
 					p, err := newPlaceholder()
@@ -236,7 +241,7 @@ so nothing it held still works, and exec exits with CMD's exit code.`,
 					secretPaths = append(secretPaths, abs, agentStatePath(abs))
 				}
 				if execHook != nil {
-					execHook(task.Task, rs.URL)
+					execHook(task.Task, sc.URL())
 				}
 				return runChild(cmd.Context(), cmd, args, childEnv(os.Environ(), secretPaths, set))
 			}()
@@ -252,6 +257,14 @@ so nothing it held still works, and exec exits with CMD's exit code.`,
 			}
 			if runErr != nil {
 				return runErr
+			}
+			if side != nil && side.Refused() > 0 && side.Err() != nil {
+				// The tool's calls were refused for a reason it cannot know: say it last, and
+				// do not exit 0 even if the tool did.
+				fmt.Fprintf(stderr, "mandate exec: %d of the tool's calls were refused: %v\n", side.Refused(), side.Err())
+				if code == 0 {
+					code = 1
+				}
 			}
 			if code != 0 {
 				return exitError(code)

@@ -29,6 +29,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
+	"github.com/mandate-dev/mandate/internal/sidecar"
 )
 
 func TestChildEnv(t *testing.T) {
@@ -165,7 +166,7 @@ func agentWithGrant(t *testing.T, ts *testServer, handle, scopes string, upstrea
 	kf := newAgent(t, ts, handle)
 	args := []string{"grant", "create", "--agent", "@" + handle, "--scope", scopes, "--max-task-ttl", "1h", "--json"}
 	for _, u := range upstreams {
-		args = append(args, "--resource", proxyResource(ts.URL, u))
+		args = append(args, "--resource", sidecar.ProxyResource(ts.URL, u))
 	}
 	var g api.GrantJSON
 	decodeJSON(t, ok(t, args...), &g)
@@ -303,7 +304,7 @@ func TestAgentProxyCommand(t *testing.T) {
 	}
 	var x api.TaskJSON
 	decodeJSON(t, ok(t, "task", "show", res.TaskID, "--json"), &x)
-	if x.Status != "active" || x.InstanceJKT == "" || !slices.Equal(x.Resources, []string{proxyResource(ts.URL, "svc")}) || x.Purpose != "sidecar" {
+	if x.Status != "active" || x.InstanceJKT == "" || !slices.Equal(x.Resources, []string{sidecar.ProxyResource(ts.URL, "svc")}) || x.Purpose != "sidecar" {
 		t.Errorf("the sidecar's task = %+v; want active, bound to an instance key, for the svc proxy", x)
 	}
 	resp, err := http.Get(res.URL + "/other/x")
@@ -385,42 +386,13 @@ func randomHex(n int) string {
 // adminCall calls the management API with the admin token.
 func adminCall(t *testing.T, s *servertest.Server, method, path string, in any) (int, string) {
 	t.Helper()
-	var body io.Reader
-	if in != nil {
-		b, _ := json.Marshal(in)
-		body = bytes.NewReader(b)
-	}
-	req, _ := http.NewRequest(method, s.URL+path, body)
-	req.Header.Set("Authorization", "Bearer "+s.AdminToken)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
+	return s.Admin(t, method, path, in)
 }
 
 // addUpstream configures a bearer upstream on a loopback address with one route, and its key.
 func addUpstream(t *testing.T, s *servertest.Server, name, baseURL, scope, method, path, key string) {
 	t.Helper()
-	status, body := adminCall(t, s, http.MethodPost, "/v1/upstreams", map[string]any{
-		"name": name, "base_url": baseURL, "auth": "bearer", "allow_private": true,
-		"routes": []map[string]any{{"scope": scope, "methods": []string{method}, "paths": []string{path}}},
-	})
-	if status != http.StatusCreated && status != http.StatusOK {
-		t.Fatalf("POST /v1/upstreams %s: %d %s", name, status, body)
-	}
-	status, body = adminCall(t, s, http.MethodPut, "/v1/upstreams/"+name+"/secrets/credential", map[string]string{"secret": key})
-	if status/100 != 2 {
-		t.Fatalf("PUT /v1/upstreams/%s/secrets/credential: %d %s", name, status, body)
-	}
-	if strings.Contains(body, key) {
-		t.Errorf("setting the secret of %s answered with it: %s", name, body)
-	}
+	s.AddUpstream(t, name, baseURL, scope, method, path, key)
 }
 
 // repoRoot is the module's root (the test runs in internal/cli).

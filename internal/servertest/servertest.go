@@ -3,7 +3,9 @@
 package servertest
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -112,4 +114,52 @@ func Start(t testing.TB, opts Options) *Server {
 		ts.MetricsAddr = metricsLn.Addr().String()
 	}
 	return ts
+}
+
+// Admin calls the management API with the bootstrap admin's token and returns the status and
+// body.
+func (s *Server) Admin(t testing.TB, method, path string, in any) (int, string) {
+	t.Helper()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, s.URL+path, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+s.AdminToken)
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// AddUpstream configures a bearer upstream on a loopback address with one route, and its key.
+func (s *Server) AddUpstream(t testing.TB, name, baseURL, scope, method, path, key string) {
+	t.Helper()
+	status, body := s.Admin(t, http.MethodPost, "/v1/upstreams", map[string]any{
+		"name": name, "base_url": baseURL, "auth": "bearer", "allow_private": true,
+		"routes": []map[string]any{{"scope": scope, "methods": []string{method}, "paths": []string{path}}},
+	})
+	if status != http.StatusCreated && status != http.StatusOK {
+		t.Fatalf("POST /v1/upstreams %s: %d %s", name, status, body)
+	}
+	status, body = s.Admin(t, http.MethodPut, "/v1/upstreams/"+name+"/secrets/credential", map[string]string{"secret": key})
+	if status/100 != 2 {
+		t.Fatalf("PUT /v1/upstreams/%s/secrets/credential: %d %s", name, status, body)
+	}
+	if strings.Contains(body, key) {
+		t.Errorf("setting the secret of %s answered with it: %s", name, body)
+	}
 }

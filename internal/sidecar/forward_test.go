@@ -1,6 +1,7 @@
-package cli
+package sidecar
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -20,16 +21,6 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 )
 
-// fakeTaskTransport stands in for client.Task.Transport: it sets the task's credentials.
-type fakeTaskTransport struct{ base http.RoundTripper }
-
-func (f fakeTaskTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "DPoP task-token")
-	r.Header.Set("DPoP", "task-proof")
-	return f.base.RoundTrip(r)
-}
-
 // seenRequest is what the fake server's proxy got.
 type seenRequest struct {
 	Method, RequestURI, Host string
@@ -37,18 +28,37 @@ type seenRequest struct {
 	Body                     []byte
 }
 
-func startSidecarFor(t *testing.T, issuer string, rt http.RoundTripper, upstreams ...string) *runningSidecar {
+// resumedTask is a real client.Task over issuer (a fake server here: these tests look at what the
+// sidecar sends) with a token valid for an hour, which the keeper will not renew during a test.
+func resumedTask(t *testing.T, issuer string, exp time.Duration) (*client.Task, string) {
 	t.Helper()
-	sc, err := newSidecar(issuer, rt, upstreams, nil)
+	key, err := client.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs, err := startSidecar("127.0.0.1:0", sc)
+	jkt, _ := dpop.Thumbprint(key.Public())
+	now := time.Now()
+	tok := fakeJWT(map[string]any{"txn": "tsk_1", "grant": "gr_1", "iat": now.Add(-time.Hour).Unix(),
+		"exp": now.Add(exp).Unix(), "cnf": map[string]string{"jkt": jkt}})
+	task, err := client.ResumeTask(issuer, nil, tok, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { rs.stop(time.Second) })
-	return rs
+	return task, tok
+}
+
+// startSidecarFor starts a sidecar for task on 127.0.0.1:0 until the test ends.
+func startSidecarFor(t *testing.T, issuer string, task *client.Task, notices io.Writer, upstreams ...string) *Sidecar {
+	t.Helper()
+	sc, err := New(Config{Issuer: issuer, Task: task, Listen: "127.0.0.1:0", Upstreams: upstreams, Notices: notices})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sc.Stop(time.Second) })
+	return sc
 }
 
 func TestSidecarForwards(t *testing.T) {
@@ -66,9 +76,10 @@ func TestSidecarForwards(t *testing.T) {
 		fmt.Fprint(w, `{"ok":true}`)
 	}))
 	defer issuer.Close()
-	rs := startSidecarFor(t, issuer.URL, fakeTaskTransport{http.DefaultTransport}, "ahrefs", "resend")
+	task, tok := resumedTask(t, issuer.URL, time.Hour)
+	rs := startSidecarFor(t, issuer.URL, task, nil, "ahrefs", "resend")
 
-	req, _ := http.NewRequest(http.MethodPost, rs.URL+"/ahrefs/v3/site-explorer/a%2Fb?target=example.com&x=%20y", strings.NewReader(`{"q":1}`))
+	req, _ := http.NewRequest(http.MethodPost, rs.URL()+"/ahrefs/v3/site-explorer/a%2Fb?target=example.com&x=%20y", strings.NewReader(`{"q":1}`))
 	req.Header.Set("Authorization", "Bearer mandate-placeholder-abc")
 	req.Header.Set("Proxy-Authorization", "Basic Zm9vOmJhcg==")
 	req.Header.Set("Cookie", "sid=tool")
@@ -103,10 +114,10 @@ func TestSidecarForwards(t *testing.T) {
 	if u, _ := url.Parse(issuer.URL); got.Host != u.Host {
 		t.Errorf("Host %q, want the server's %q", got.Host, u.Host)
 	}
-	if a := got.Header.Values("Authorization"); len(a) != 1 || a[0] != "DPoP task-token" {
+	if a := got.Header.Values("Authorization"); len(a) != 1 || a[0] != "DPoP "+tok {
 		t.Errorf("Authorization %q, want only the task's", a)
 	}
-	if p := got.Header.Values("DPoP"); len(p) != 1 || p[0] != "task-proof" {
+	if p := got.Header.Values("DPoP"); len(p) != 1 || proofClaims(t, p[0])["htu"] == nil {
 		t.Errorf("DPoP %q, want only the task's proof", p)
 	}
 	for _, h := range []string{"Proxy-Authorization", "Cookie", "X-Hop", "X-Forwarded-For", "Forwarded"} {
@@ -129,7 +140,7 @@ func TestSidecarForwards(t *testing.T) {
 
 	// An upstream's bare base URL and a trailing slash are kept apart.
 	for path, want := range map[string]string{"/resend": "/proxy/resend", "/resend/": "/proxy/resend/", "/resend/emails": "/proxy/resend/emails"} {
-		resp, err := http.Get(rs.URL + path)
+		resp, err := http.Get(rs.URL() + path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,7 +157,8 @@ func TestSidecarRefuses(t *testing.T) {
 	var hits atomic.Int32
 	issuer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
 	defer issuer.Close()
-	rs := startSidecarFor(t, issuer.URL, fakeTaskTransport{http.DefaultTransport}, "ahrefs")
+	task, _ := resumedTask(t, issuer.URL, time.Hour)
+	rs := startSidecarFor(t, issuer.URL, task, nil, "ahrefs")
 	for _, tc := range []struct {
 		name, path, host string
 		absolute         bool
@@ -161,7 +173,7 @@ func TestSidecarRefuses(t *testing.T) {
 		{name: "absolute-form", path: "/ahrefs/v3/x", absolute: true, want: http.StatusBadRequest},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body := rawRequest(t, rs.URL, tc.path, tc.host, tc.absolute)
+			status, body := rawRequest(t, rs.URL(), tc.path, tc.host, tc.absolute)
 			if status != tc.want {
 				t.Errorf("status %d, want %d (%s)", status, tc.want, body)
 			}
@@ -182,7 +194,7 @@ func TestSidecarRefuses(t *testing.T) {
 		"Sec-Fetch-Site cross-site": {"Sec-Fetch-Site", "cross-site"},
 		"Sec-Fetch-Site same-site":  {"Sec-Fetch-Site", "same-site"},
 	} {
-		req, _ := http.NewRequest("POST", rs.URL+"/ahrefs/v3/x", strings.NewReader("{}"))
+		req, _ := http.NewRequest("POST", rs.URL()+"/ahrefs/v3/x", strings.NewReader("{}"))
 		req.Header.Set(h[0], h[1])
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -197,7 +209,7 @@ func TestSidecarRefuses(t *testing.T) {
 		t.Errorf("a web page's request reached the server %d times", n)
 	}
 	// localhost and [::1]-style names are loopback.
-	if status, body := rawRequest(t, rs.URL, "/ahrefs/v3/x", "localhost", false); status != http.StatusOK {
+	if status, body := rawRequest(t, rs.URL(), "/ahrefs/v3/x", "localhost", false); status != http.StatusOK {
 		t.Errorf("Host localhost: %d %s", status, body)
 	}
 }
@@ -226,21 +238,21 @@ func rawRequest(t *testing.T, base, path, host string, absolute bool) (int, stri
 
 func TestCheckListen(t *testing.T) {
 	for _, ok := range []string{"127.0.0.1:0", "127.0.0.1:8421", "127.1.2.3:80", "[::1]:8421", "localhost:8421", "LOCALHOST:1"} {
-		if err := checkListen(ok); err != nil {
-			t.Errorf("checkListen(%q): %v", ok, err)
+		if err := CheckListen(ok); err != nil {
+			t.Errorf("CheckListen(%q): %v", ok, err)
 		}
 	}
 	for _, bad := range []string{":8421", "0.0.0.0:8421", "[::]:8421", "192.168.1.10:8421", "example.com:80", "127.0.0.1", "localhost.evil.example:1", ""} {
-		if err := checkListen(bad); err == nil {
-			t.Errorf("checkListen(%q) accepted a non-loopback address", bad)
+		if err := CheckListen(bad); err == nil {
+			t.Errorf("CheckListen(%q) accepted a non-loopback address", bad)
 		}
 	}
 }
 
-// TestSidecarNonceAndRenewal runs the sidecar over a real client.Task: a small body is sent
-// again when the server asks for a DPoP nonce, every request carries a fresh proof for the
-// proxy URL, and a task whose token cannot be renewed answers 401.
-func TestSidecarNonceAndRenewal(t *testing.T) {
+// TestSidecarNonceAndExpired: a small body is sent again when the server asks for a DPoP nonce,
+// every request carries a fresh proof for the proxy URL, and a task whose token has expired
+// answers 401 saying so, without offering the expired token to the server.
+func TestSidecarNonceAndExpired(t *testing.T) {
 	key, err := client.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -250,12 +262,16 @@ func TestSidecarNonceAndRenewal(t *testing.T) {
 	var mu sync.Mutex
 	var proofs []string
 	var bodies []string
+	var exchanges int
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/.well-known/oauth-authorization-server" {
 			json.NewEncoder(w).Encode(map[string]string{"issuer": issuerURL, "token_endpoint": issuerURL + "/token"})
 			return
 		}
 		if r.URL.Path == "/token" {
+			mu.Lock()
+			exchanges++
+			mu.Unlock()
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusBadRequest)
 			fmt.Fprint(w, `{"error":"invalid_grant","error_description":"the task has ended"}`)
@@ -289,8 +305,8 @@ func TestSidecarNonceAndRenewal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs := startSidecarFor(t, srv.URL, task.Transport(sidecarTransport()))
-	resp, err := http.Post(rs.URL+"/resend/emails", "application/json", strings.NewReader(`{"to":["a@example.com"]}`))
+	rs := startSidecarFor(t, srv.URL, task, nil)
+	resp, err := http.Post(rs.URL()+"/resend/emails", "application/json", strings.NewReader(`{"to":["a@example.com"]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,23 +321,32 @@ func TestSidecarNonceAndRenewal(t *testing.T) {
 	}
 	mu.Unlock()
 
-	// A task whose token is due and cannot be renewed: the tool gets a 401 it can read.
+	// A task whose token has expired: the tool gets a 401 it can read, the server nothing.
 	old := fakeJWT(map[string]any{"txn": "tsk_2", "grant": "gr_1", "iat": now.Add(-time.Hour).Unix(),
 		"exp": now.Add(-time.Second).Unix(), "cnf": map[string]string{"jkt": jkt}})
 	ended, err := client.ResumeTask(srv.URL, nil, old, key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rs2 := startSidecarFor(t, srv.URL, ended.Transport(sidecarTransport()))
-	resp, err = http.Get(rs2.URL + "/resend/emails")
+	var notices syncBuffer
+	rs2 := startSidecarFor(t, srv.URL, ended, &notices)
+	resp, err = http.Get(rs2.URL() + "/resend/emails")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "the task has ended") {
-		t.Errorf("ended task: %d %s; want 401 with the server's reason", resp.StatusCode, b)
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(b), "expired at") || !strings.Contains(string(b), "tsk_2") {
+		t.Errorf("expired token: %d %s; want 401 saying the token of tsk_2 expired", resp.StatusCode, b)
 	}
+	if !strings.Contains(notices.String(), "expired at") {
+		t.Errorf("notices %q: want the loss said on the notices writer", notices.String())
+	}
+	mu.Lock()
+	if exchanges != 0 {
+		t.Errorf("the expired token was offered to the token endpoint %d times", exchanges)
+	}
+	mu.Unlock()
 }
 
 func fakeJWT(claims map[string]any) string {
@@ -361,11 +386,12 @@ func TestSidecarStreams(t *testing.T) {
 		fmt.Fprint(w, "data: second\n\n")
 	}))
 	defer srv.Close()
-	rs := startSidecarFor(t, srv.URL, fakeTaskTransport{sidecarTransport()})
+	task, _ := resumedTask(t, srv.URL, time.Hour)
+	rs := startSidecarFor(t, srv.URL, task, nil)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, rs.URL+"/events/stream", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, rs.URL()+"/events/stream", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -394,7 +420,7 @@ func TestSidecarStreams(t *testing.T) {
 		}
 		pw.Close()
 	}()
-	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, rs.URL+"/files/upload", pr)
+	req, _ = http.NewRequestWithContext(ctx, http.MethodPut, rs.URL()+"/files/upload", pr)
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -403,4 +429,22 @@ func TestSidecarStreams(t *testing.T) {
 	if resp.StatusCode != http.StatusNoContent || got.Load() != size {
 		t.Errorf("upload: %d, server got %d bytes, want %d", resp.StatusCode, got.Load(), size)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
