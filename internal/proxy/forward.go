@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,21 @@ type upstreamTransport struct {
 	allowPrivate bool
 	url          *url.URL
 	t            *http.Transport
+	mask         atomic.Pointer[masker] // of the credential last injected
+}
+
+// maskerFor returns the masker of the injected values, built once per credential (a rotated
+// one gets a new masker). Neither side of the comparison is chosen by the agent.
+func (t *upstreamTransport) maskerFor(values []string) *masker {
+	if len(values) == 0 {
+		return nil
+	}
+	if m := t.mask.Load(); m != nil && slices.Equal(m.values, values) {
+		return m
+	}
+	m := newMasker(values)
+	t.mask.Store(m)
+	return m
 }
 
 // transport returns the pool for u, building a new one when its base URL or AllowPrivate
@@ -69,7 +85,7 @@ func (p *Proxy) transport(u vault.Upstream) (*url.URL, *upstreamTransport, error
 		MaxIdleConns:           256,
 		MaxIdleConnsPerHost:    64,
 		MaxResponseHeaderBytes: 1 << 20,
-		DisableCompression:     true, // bodies pass through as the upstream sent them
+		DisableCompression:     true, // the proxy decides Accept-Encoding (see ownRepresentation)
 		ForceAttemptHTTP2:      true,
 		WriteBufferSize:        32 << 10,
 		ReadBufferSize:         32 << 10,
@@ -178,13 +194,17 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := rt.p.cfg.Credentials.Inject(req.Context(), c.upstream, req); err != nil {
 		return nil, &credentialError{err}
 	}
-	c.secrets = injectedValues(c.upstream, req)
+	c.mask = c.tr.maskerFor(injectedValues(c.upstream, req))
+	if c.mask != nil {
+		ownRepresentation(req.Header)
+	}
 	return c.tr.t.RoundTrip(req)
 }
 
 // modifyResponse keeps upstream session state and credentials away from the agent: cookies are
-// dropped, a redirect back into the upstream is rewritten to go through the proxy, and a query
-// credential echoed in a Location is removed. Redirects are never followed.
+// dropped, a redirect back into the upstream is rewritten to go through the proxy, a query
+// credential echoed in a Location is removed, and the credential echoed in any header, trailer
+// or the body, in any form of echoForms, is masked. Redirects are never followed.
 func (p *Proxy) modifyResponse(res *http.Response) error {
 	c := callFrom(res.Request.Context())
 	c.gotResponse = true
@@ -201,13 +221,14 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	}
 	// An upstream may echo the credential (a reflected header, a self link built from the
 	// request URL with its api_key): it never reaches the agent.
-	if len(c.secrets) > 0 {
-		for k, vs := range res.Header {
-			for i, v := range vs {
-				res.Header[k][i] = redactSecrets(v, c.secrets)
-			}
+	if m := c.mask; m != nil {
+		if err := decodeAnswer(res, c); err != nil {
+			return err
 		}
-		res.Body = newRedactingReader(res.Body, c.secrets) // length-preserving: Content-Length holds
+		m.maskHeader(res.Header)
+		// Same length: where the body is not decoded its Content-Length holds. Trailers
+		// arrive with the body's end, before ReverseProxy copies them.
+		res.Body = newMaskingReader(res.Body, m, func() { m.maskHeader(res.Trailer) })
 	}
 	return nil
 }
@@ -248,6 +269,7 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	var (
 		blocked *BlockedError
 		cred    *credentialError
+		answer  *answerError
 		e       *refusal
 	)
 	switch {
@@ -259,6 +281,9 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 		e.outcome = audit.OutcomeFailure
 	case errors.As(err, &cred):
 		e = refuse(http.StatusBadGateway, "bad_gateway", reasonCredential, "the upstream's credential is not available; an administrator must set it")
+		e.outcome = audit.OutcomeFailure
+	case errors.As(err, &answer):
+		e = refuse(http.StatusBadGateway, "bad_gateway", answer.reason, answer.desc)
 		e.outcome = audit.OutcomeFailure
 	case c.stream.fired.Load():
 		e = refuse(http.StatusGatewayTimeout, "gateway_timeout", reasonIdleTimeout, "the call was idle too long")
@@ -332,6 +357,12 @@ type countingWriter struct {
 func (w *countingWriter) WriteHeader(code int) {
 	if w.status == 0 && code >= 200 {
 		w.status = code
+	}
+	// ReverseProxy passes informational answers (103 Early Hints) on as they arrive, before
+	// modifyResponse: their headers are masked here.
+	if code < 200 && w.c.mask != nil {
+		w.Header().Del("Set-Cookie")
+		w.c.mask.maskHeader(w.Header())
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
