@@ -221,7 +221,7 @@ var overrideParams = map[string]bool{
 // stripOverrideParams removes method-override parameters from a raw query and leaves every
 // other parameter as it was sent, byte for byte.
 func stripOverrideParams(raw string) string {
-	if raw == "" || !strings.Contains(strings.ToLower(raw), "method") && !strings.Contains(raw, "%") {
+	if !mayOverride(raw) {
 		return raw
 	}
 	var b strings.Builder
@@ -238,6 +238,17 @@ func stripOverrideParams(raw string) string {
 		kept++
 	}
 	return b.String()
+}
+
+// mayOverride reports whether a raw query may name an override: every such name, as
+// paramName reads it, holds "method" in some case, or an escape.
+func mayOverride(raw string) bool {
+	for i := 0; i < len(raw); i++ {
+		if raw[i] == '%' || i+6 <= len(raw) && strings.EqualFold(raw[i:i+6], "method") {
+			return true
+		}
+	}
+	return false
 }
 
 // paramName is a query parameter's name as a lenient decoder reads it: %XX decoded where
@@ -324,6 +335,7 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 			return err
 		}
 		m.maskHeader(res.Header)
+		m.maskHeader(res.Trailer) // the names announced now; values come with the body's end
 		// Same length: where the body is not decoded its Content-Length holds. Trailers
 		// arrive with the body's end, before ReverseProxy copies them.
 		res.Body = newMaskingReader(res.Body, m, func() { m.maskHeader(res.Trailer) })
