@@ -314,6 +314,21 @@ func TestEchoedSecretAudit(t *testing.T) {
 			}
 		})
 	}
+	t.Run("credential as the coding", func(t *testing.T) {
+		// The refusal names no upstream value: this one is the credential itself.
+		e.setUpstreamHandler(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Encoding", "gzip, "+r.Header.Get("X-Api-Key"))
+			w.Write(body)
+		})
+		seen := len(audited.all())
+		f := e.fetch(t, tok, nil)
+		if l := leaks(echoSecret, f); f.status != http.StatusBadGateway || len(l) > 0 || strings.Contains(string(f.body), echoSecret[:8]) {
+			t.Fatalf("status %d: %s %v", f.status, f.body, l)
+		}
+		if ev := next(t, seen); strings.Contains(ev.Detail, echoSecret[:8]) {
+			t.Errorf("the audit detail holds the credential: %q", ev.Detail)
+		}
+	})
 	t.Run("decoded", func(t *testing.T) {
 		e.setUpstreamHandler(func(w http.ResponseWriter, r *http.Request) {
 			if r.Header.Get("Accept-Encoding") != "identity" || r.Header.Get("Range") != "" || r.Header.Get("If-Range") != "" {

@@ -71,7 +71,8 @@ func decodeAnswer(res *http.Response, c *call) error {
 			case "gzip", "x-gzip", "deflate":
 				codings = append(codings, coding)
 			default:
-				return &answerError{reasonResponseEncoding, fmt.Sprintf("the upstream answered with Content-Encoding %.20q, which the proxy does not decode", coding)}
+				// Not named: the value is the upstream's, and could carry the credential.
+				return &answerError{reasonResponseEncoding, "the upstream answered in a Content-Encoding the proxy does not decode (it decodes gzip and deflate)"}
 			}
 		}
 	}
