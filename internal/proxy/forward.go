@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,21 @@ type upstreamTransport struct {
 	allowPrivate bool
 	url          *url.URL
 	t            *http.Transport
+	mask         atomic.Pointer[masker] // of the credential last injected
+}
+
+// maskerFor returns the masker of the injected values, built once per credential (a rotated
+// one gets a new masker). Neither side of the comparison is chosen by the agent.
+func (t *upstreamTransport) maskerFor(values []string) *masker {
+	if len(values) == 0 {
+		return nil
+	}
+	if m := t.mask.Load(); m != nil && slices.Equal(m.values, values) {
+		return m
+	}
+	m := newMasker(values)
+	t.mask.Store(m)
+	return m
 }
 
 // transport returns the pool for u, building a new one when its base URL or AllowPrivate
@@ -69,7 +85,7 @@ func (p *Proxy) transport(u vault.Upstream) (*url.URL, *upstreamTransport, error
 		MaxIdleConns:           256,
 		MaxIdleConnsPerHost:    64,
 		MaxResponseHeaderBytes: 1 << 20,
-		DisableCompression:     true, // bodies pass through as the upstream sent them
+		DisableCompression:     true, // the proxy decides Accept-Encoding (see ownRepresentation)
 		ForceAttemptHTTP2:      true,
 		WriteBufferSize:        32 << 10,
 		ReadBufferSize:         32 << 10,
@@ -101,8 +117,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, maxByte
 }
 
 // rewrite builds the outbound request: the upstream's scheme and host (never the client's), its
-// base path plus the checked path, the query, and none of the agent's credentials or forwarding
-// headers.
+// base path plus the checked path, the query without method overrides, and none of the agent's
+// credentials or forwarding headers.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	c := callFrom(pr.In.Context())
 	out := pr.Out
@@ -111,7 +127,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		Host:     c.base.Host,
 		Path:     c.base.Path + c.target.path,
 		RawPath:  c.base.EscapedPath() + c.target.rawPath,
-		RawQuery: out.URL.RawQuery,
+		RawQuery: stripOverrideParams(out.URL.RawQuery),
 	}
 	if out.URL.RawPath == out.URL.Path {
 		out.URL.RawPath = ""
@@ -121,8 +137,10 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 }
 
 // stripRequestHeaders removes what must not reach an upstream: the agent's credentials
-// (Authorization, DPoP, cookies), proxy and forwarding headers, and every hop-by-hop header of
-// RFC 9110 §7.6.1, including those named in Connection.
+// (Authorization, DPoP, cookies), proxy and forwarding headers, method, URL and host overrides,
+// and every hop-by-hop header of RFC 9110 §7.6.1, including those named in Connection. Names
+// are compared as CGI gateways see them (PHP, Rack, WSGI): "X_HTTP_Method_Override" reaches the
+// application as X-HTTP-Method-Override.
 func stripRequestHeaders(h http.Header) {
 	for _, v := range h["Connection"] {
 		for _, name := range strings.Split(v, ",") {
@@ -132,13 +150,9 @@ func stripRequestHeaders(h http.Header) {
 		}
 	}
 	for k := range h {
-		switch {
-		case strings.HasPrefix(k, "Proxy-"), strings.HasPrefix(k, "X-Forwarded-"):
+		if strippedHeader(k) {
 			delete(h, k)
 		}
-	}
-	for _, k := range strippedHeaders {
-		delete(h, k)
 	}
 	// "TE: trailers" is the one TE value a proxy may pass on (ReverseProxy sets it when the
 	// client asked); any other TE is the client's hop only.
@@ -147,13 +161,124 @@ func stripRequestHeaders(h http.Header) {
 	}
 }
 
-var strippedHeaders = []string{
-	"Authorization", "Dpop", "Cookie", "Cookie2",
-	"Forwarded", "X-Real-Ip", "Via",
-	"Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade", "Trailer",
-	// Method and URL overrides some frameworks honour: the route check saw the real method and
-	// path, so the upstream must not act on another.
-	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override", "X-Original-Url", "X-Rewrite-Url",
+// strippedHeader reports whether a request header never goes to an upstream.
+func strippedHeader(k string) bool {
+	var buf [48]byte
+	n := cgiName(buf[:], k[:min(len(k), len(buf))])
+	for _, p := range [...]string{"proxy-", "x-forwarded-", "x-envoy-"} {
+		if len(n) >= len(p) && string(n[:len(p)]) == p {
+			return true
+		}
+	}
+	return len(k) <= len(buf) && strippedHeaders[string(n)]
+}
+
+// cgiName is name in lowercase with "_" as "-", written into buf (len(buf) >= len(name)).
+func cgiName(buf []byte, name string) []byte {
+	b := buf[:len(name)]
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
+		case c == '_':
+			c = '-'
+		}
+		b[i] = c
+	}
+	return b
+}
+
+// strippedHeaders are names in cgiName form; the prefixes proxy-, x-forwarded- and x-envoy-
+// (Envoy's original path, original destination host, retry and timeout controls) go too.
+var strippedHeaders = map[string]bool{
+	"authorization": true, "dpop": true, "cookie": true, "cookie2": true,
+	"forwarded": true, "via": true, "max-forwards": true,
+	"connection": true, "keep-alive": true, "transfer-encoding": true, "upgrade": true, "trailer": true,
+	// The client's address, which upstreams use for allow-lists and rate limits.
+	"x-real-ip": true, "x-client-ip": true, "client-ip": true, "true-client-ip": true, "x-cluster-client-ip": true,
+	"x-originating-ip": true, "cf-connecting-ip": true, "fastly-client-ip": true, "x-original-forwarded-for": true,
+	// Method, URL, path and host overrides some frameworks and gateways honour: the route check
+	// saw the real method and path, so an override is a way around it.
+	"x-http-method-override": true, "x-http-method": true, "x-method-override": true, "x-original-method": true,
+	"x-original-url": true, "x-original-uri": true, "x-rewrite-url": true, "x-override-url": true,
+	"x-original-path": true, "x-original-host": true, "x-host": true, "x-http-host-override": true,
+	// Next.js internals: a middleware subrequest skips the middleware (CVE-2025-29927); the
+	// invoke headers choose the route rendered.
+	"x-middleware-subrequest": true, "x-invoke-path": true, "x-invoke-query": true, "x-invoke-output": true,
+	"x-invoke-status": true, "x-now-route-matches": true,
+}
+
+// overrideParams are query parameters that frameworks read as the request's method: Rails,
+// Laravel and Symfony (_method), Express's method-override (any name; these are the usual),
+// Salesforce (_HttpMethod). Names compare as PHP reads them (case aside): "." and " " become "_".
+var overrideParams = map[string]bool{
+	"_method": true, "__method": true, "_httpmethod": true,
+	"x-http-method-override": true, "x-http-method": true, "x-method-override": true,
+	"x_http_method_override": true, "x_http_method": true, "x_method_override": true,
+}
+
+// stripOverrideParams removes method-override parameters from a raw query and leaves every
+// other parameter as it was sent, byte for byte.
+func stripOverrideParams(raw string) string {
+	if !mayOverride(raw) {
+		return raw
+	}
+	var b strings.Builder
+	kept := 0
+	for part := range strings.SplitSeq(raw, "&") {
+		k, _, _ := strings.Cut(part, "=")
+		if overrideParams[paramName(k)] {
+			continue
+		}
+		if kept > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(part)
+		kept++
+	}
+	return b.String()
+}
+
+// mayOverride reports whether a raw query may name an override: every such name, as
+// paramName reads it, holds "method" in some case, or an escape.
+func mayOverride(raw string) bool {
+	for i := 0; i < len(raw); i++ {
+		if raw[i] == '%' || i+6 <= len(raw) && strings.EqualFold(raw[i:i+6], "method") {
+			return true
+		}
+	}
+	return false
+}
+
+// paramName is a query parameter's name as a lenient decoder reads it: %XX decoded where
+// valid, "+" as a space, lowercase, leading spaces dropped, "." and " " as "_" (PHP).
+func paramName(k string) string {
+	var b strings.Builder
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if c == '%' && i+2 < len(k) {
+			hi, ok1 := unhex(k[i+1])
+			lo, ok2 := unhex(k[i+2])
+			if ok1 && ok2 {
+				c = hi<<4 | lo
+				i += 2
+			}
+		} else if c == '+' {
+			c = ' '
+		}
+		if c == ' ' && b.Len() == 0 {
+			continue
+		}
+		if c == '.' || c == ' ' {
+			c = '_'
+		}
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
 }
 
 // roundTripper injects the upstream's credential and sends the request through the upstream's
@@ -178,13 +303,17 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err := rt.p.cfg.Credentials.Inject(req.Context(), c.upstream, req); err != nil {
 		return nil, &credentialError{err}
 	}
-	c.secrets = injectedValues(c.upstream, req)
+	c.mask = c.tr.maskerFor(injectedValues(c.upstream, req))
+	if c.mask != nil {
+		ownRepresentation(req.Header)
+	}
 	return c.tr.t.RoundTrip(req)
 }
 
 // modifyResponse keeps upstream session state and credentials away from the agent: cookies are
-// dropped, a redirect back into the upstream is rewritten to go through the proxy, and a query
-// credential echoed in a Location is removed. Redirects are never followed.
+// dropped, a redirect back into the upstream is rewritten to go through the proxy, a query
+// credential echoed in a Location is removed, and the credential echoed in any header, trailer
+// or the body, in any form of echoForms, is masked. Redirects are never followed.
 func (p *Proxy) modifyResponse(res *http.Response) error {
 	c := callFrom(res.Request.Context())
 	c.gotResponse = true
@@ -201,13 +330,15 @@ func (p *Proxy) modifyResponse(res *http.Response) error {
 	}
 	// An upstream may echo the credential (a reflected header, a self link built from the
 	// request URL with its api_key): it never reaches the agent.
-	if len(c.secrets) > 0 {
-		for k, vs := range res.Header {
-			for i, v := range vs {
-				res.Header[k][i] = redactSecrets(v, c.secrets)
-			}
+	if m := c.mask; m != nil {
+		if err := decodeAnswer(res, c); err != nil {
+			return err
 		}
-		res.Body = newRedactingReader(res.Body, c.secrets) // length-preserving: Content-Length holds
+		m.maskHeader(res.Header)
+		m.maskHeader(res.Trailer) // the names announced now; values come with the body's end
+		// Same length: where the body is not decoded its Content-Length holds. Trailers
+		// arrive with the body's end, before ReverseProxy copies them.
+		res.Body = newMaskingReader(res.Body, m, func() { m.maskHeader(res.Trailer) })
 	}
 	return nil
 }
@@ -248,6 +379,7 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	var (
 		blocked *BlockedError
 		cred    *credentialError
+		answer  *answerError
 		e       *refusal
 	)
 	switch {
@@ -259,6 +391,9 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 		e.outcome = audit.OutcomeFailure
 	case errors.As(err, &cred):
 		e = refuse(http.StatusBadGateway, "bad_gateway", reasonCredential, "the upstream's credential is not available; an administrator must set it")
+		e.outcome = audit.OutcomeFailure
+	case errors.As(err, &answer):
+		e = refuse(http.StatusBadGateway, "bad_gateway", answer.reason, answer.desc)
 		e.outcome = audit.OutcomeFailure
 	case c.stream.fired.Load():
 		e = refuse(http.StatusGatewayTimeout, "gateway_timeout", reasonIdleTimeout, "the call was idle too long")
@@ -332,6 +467,12 @@ type countingWriter struct {
 func (w *countingWriter) WriteHeader(code int) {
 	if w.status == 0 && code >= 200 {
 		w.status = code
+	}
+	// ReverseProxy passes informational answers (103 Early Hints) on as they arrive, before
+	// modifyResponse: their headers are masked here.
+	if code < 200 && w.c.mask != nil {
+		w.Header().Del("Set-Cookie")
+		w.c.mask.maskHeader(w.Header())
 	}
 	w.ResponseWriter.WriteHeader(code)
 }

@@ -55,23 +55,30 @@ func (f *fakeUpstreams) put(u vault.Upstream) {
 	f.m[u.Name] = u
 }
 
-// fakeCredentials injects realSecret as a bearer token, or as the upstream's header or query
-// parameter.
-type fakeCredentials struct{ fail atomic.Bool }
+// fakeCredentials injects realSecret (or secret, when set) as a bearer token, or as the
+// upstream's header or query parameter.
+type fakeCredentials struct {
+	fail   atomic.Bool
+	secret atomic.Pointer[string]
+}
 
 func (f *fakeCredentials) Inject(_ context.Context, u vault.Upstream, r *http.Request) error {
 	if f.fail.Load() {
 		return errors.New("no secret stored")
 	}
+	secret := realSecret
+	if s := f.secret.Load(); s != nil {
+		secret = *s
+	}
 	switch u.Auth {
 	case vault.AuthHeader:
-		r.Header.Set(u.Param, realSecret)
+		r.Header.Set(u.Param, secret)
 	case vault.AuthQuery:
 		q := r.URL.Query()
-		q.Set(u.Param, realSecret)
+		q.Set(u.Param, secret)
 		r.URL.RawQuery = q.Encode()
 	default:
-		r.Header.Set("Authorization", "Bearer "+realSecret)
+		r.Header.Set("Authorization", "Bearer "+secret)
 	}
 	return nil
 }

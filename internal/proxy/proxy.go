@@ -213,7 +213,7 @@ type call struct {
 	caller   *verify.Caller
 	pattern  string
 	task     delegation.Task
-	secrets  []string // the credential values injected, to keep them out of the response
+	mask     *masker // finds the credential injected, to keep it out of the response
 
 	outcome audit.Outcome
 	reason  string

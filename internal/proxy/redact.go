@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/base64"
 	"io"
 	"net/http"
-	"net/url"
+	"slices"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"github.com/mandate-dev/mandate/internal/vault"
 )
@@ -20,8 +22,8 @@ const maskByte = '*'
 // ordinary text, and no real credential is that short.
 const minSecret = 8
 
-// injectedValues are the credential values Inject put on req, in the forms an upstream may echo
-// them (raw and query-escaped).
+// injectedValues are the credential values Inject put on req. Each is masked in every form of
+// echoForms.
 func injectedValues(u vault.Upstream, req *http.Request) []string {
 	var raw []string
 	switch u.Auth {
@@ -30,79 +32,206 @@ func injectedValues(u vault.Upstream, req *http.Request) []string {
 	case vault.AuthHeader:
 		raw = append(raw, req.Header.Get(u.Param))
 	default:
-		auth := req.Header.Get("Authorization")
-		if _, v, ok := strings.Cut(auth, " "); ok {
-			raw = append(raw, v)
+		scheme, v, _ := strings.Cut(req.Header.Get("Authorization"), " ")
+		raw = append(raw, v)
+		// Basic: the header carries base64("user:password"); an upstream may echo the decoded
+		// pair or the password alone.
+		if strings.EqualFold(scheme, "Basic") {
+			if pair, err := base64.StdEncoding.DecodeString(v); err == nil {
+				_, pass, _ := strings.Cut(string(pair), ":")
+				raw = append(raw, string(pair), pass)
+			}
 		}
-		raw = append(raw, auth)
 	}
-	var out []string
+	out := raw[:0]
 	for _, v := range raw {
-		if len(v) < minSecret {
-			continue
-		}
-		out = append(out, v)
-		if q := url.QueryEscape(v); q != v {
-			out = append(out, q)
+		if len(v) >= minSecret && !slices.Contains(out, v) {
+			out = append(out, v)
 		}
 	}
 	return out
 }
 
-func redactSecrets(s string, secrets []string) string {
-	for _, sec := range secrets {
-		s = strings.ReplaceAll(s, sec, strings.Repeat(string(maskByte), len(sec)))
-	}
-	return s
+// span is an occurrence of a form, [from, to) in the text searched.
+type span struct{ from, to int }
+
+// masker finds the injected credential values, in every form of echoForms, in response headers
+// and bodies. It samples the text: every form is at least step+1 bytes long, so each occurrence
+// covers a position that is a multiple of step, where the two bytes are one of the form's
+// 2-grams at an offset below step. One bitset lookup per step bytes skips almost all text; only
+// positions whose 2-gram some form has are compared. A masker is built once per credential
+// value and shared by concurrent calls (read only).
+type masker struct {
+	values []string // the injected values it was built for
+	forms  [][]byte // sorted by first byte
+	first  [257]uint16
+	step   int // the shortest form's length - 1
+	keep   int // the longest form's length - 1: the most a streaming body holds back
+	filter [1 << 16 / 64]uint64
+	grams  map[uint16][]gramRef
 }
 
-// redactingReader streams a response body with every occurrence of the secrets masked in place.
-// It holds back the longest tail of what it has read that could be the start of a secret, so a
-// secret split across two reads is still found.
-type redactingReader struct {
+type gramRef struct{ form, off int32 }
+
+func newMasker(values []string) *masker {
+	m := &masker{values: values, grams: map[uint16][]gramRef{}}
+	var forms []string
+	for _, v := range values {
+		for _, f := range echoForms(v) {
+			if !slices.Contains(forms, f) {
+				forms = append(forms, f)
+			}
+		}
+	}
+	slices.Sort(forms)
+	short := len(forms[0])
+	for _, f := range forms {
+		m.forms = append(m.forms, []byte(f))
+		short = min(short, len(f))
+		m.keep = max(m.keep, len(f)-1)
+	}
+	m.step = max(short-1, 1)
+	for i, f := range m.forms {
+		for off := 0; off < m.step && off+1 < len(f); off++ {
+			g := uint16(f[off])<<8 | uint16(f[off+1])
+			m.filter[g>>6] |= 1 << (g & 63)
+			m.grams[g] = append(m.grams[g], gramRef{int32(i), int32(off)})
+		}
+	}
+	for c := range 257 { // first[c] is the index of the first form starting at or after byte c
+		m.first[c] = uint16(len(m.forms))
+		for i, f := range m.forms {
+			if int(f[0]) >= c {
+				m.first[c] = uint16(i)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// find appends the span of every occurrence of a form in b that ends after b[newStart] (those
+// wholly in b[:newStart] were found before). With one, it returns at the first occurrence.
+func (m *masker) find(dst []span, b []byte, newStart int, one bool) ([]span, bool) {
+	lo := max(newStart-m.keep, 0)
+	for p := (lo + m.step - 1) / m.step * m.step; p+1 < len(b); p += m.step {
+		g := uint16(b[p])<<8 | uint16(b[p+1])
+		if m.filter[g>>6]&(1<<(g&63)) == 0 {
+			continue
+		}
+		for _, ref := range m.grams[g] {
+			f := m.forms[ref.form]
+			s := p - int(ref.off)
+			e := s + len(f)
+			if s < 0 || e > len(b) || e <= newStart || !bytes.Equal(b[s:e], f) {
+				continue
+			}
+			if one {
+				return dst, true
+			}
+			dst = append(dst, span{s, e})
+		}
+	}
+	return dst, len(dst) > 0
+}
+
+// hold is the length of the longest tail of b that is the start of a form: bytes still to
+// come may complete it.
+func (m *masker) hold(b []byte) int {
+	for i := max(len(b)-m.keep, 0); i < len(b); i++ {
+		c := b[i]
+		for _, f := range m.forms[m.first[c]:m.first[int(c)+1]] {
+			if len(f) > len(b)-i && bytes.HasPrefix(f, b[i:]) {
+				return len(b) - i
+			}
+		}
+	}
+	return 0
+}
+
+// maskString returns s with every occurrence of a form masked; s itself when there is none.
+func (m *masker) maskString(s string) string {
+	// Read only: the search never writes through this view of the string.
+	b := unsafe.Slice(unsafe.StringData(s), len(s))
+	if _, found := m.find(nil, b, 0, true); !found {
+		return s
+	}
+	out := []byte(s)
+	spans, _ := m.find(nil, b, 0, false)
+	for _, sp := range spans {
+		fill(out[sp.from:sp.to], maskByte)
+	}
+	return string(out)
+}
+
+// maskHeader masks every value of h in place; a header whose name holds a form is dropped.
+func (m *masker) maskHeader(h http.Header) {
+	for k, vs := range h {
+		if m.maskString(k) != k {
+			delete(h, k)
+			continue
+		}
+		for i, v := range vs {
+			vs[i] = m.maskString(v)
+		}
+	}
+}
+
+// fill sets every byte of b to c.
+func fill(b []byte, c byte) {
+	for i := range b {
+		b[i] = c
+	}
+}
+
+// maskingReader streams a response body with every occurrence of a form masked. It searches
+// the bytes as the upstream sent them and masks on the way out, so overlapping forms are all
+// found; it holds back the longest tail that could be the start of a form, so a form split
+// across reads is still found.
+type maskingReader struct {
 	src     io.ReadCloser
-	secrets [][]byte
-	keep    int     // the longest secret's length - 1: the most ever held back
-	pooled  *[]byte // buf's pool entry, returned on Close
+	m       *masker
+	onClose func() // masks the trailers, which the source fills in at its end
+	pooled  *[]byte
 	buf     []byte
-	start   int // buf[start:ready] is checked and not yet returned
+	start   int // buf[start:ready] is searched and not yet returned
 	ready   int
 	end     int // buf[ready:end] is read and held back
+	spans   []span
 	eof     bool
 }
 
-// redactBuffers hold a body's read-ahead: 32 KiB reads plus the held-back tail.
-var redactBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+// maskBuffers hold a body's read-ahead: 32 KiB reads plus the held-back tail.
+var maskBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
-func newRedactingReader(src io.ReadCloser, secrets []string) io.ReadCloser {
-	r := &redactingReader{src: src}
-	for _, s := range secrets {
-		r.secrets = append(r.secrets, []byte(s))
-		r.keep = max(r.keep, len(s)-1)
-	}
-	if r.keep <= 32<<10 {
-		r.pooled = redactBuffers.Get().(*[]byte)
+func newMaskingReader(src io.ReadCloser, m *masker, onClose func()) io.ReadCloser {
+	r := &maskingReader{src: src, m: m, onClose: onClose}
+	if m.keep <= 32<<10 {
+		r.pooled = maskBuffers.Get().(*[]byte)
 		r.buf = *r.pooled
 	} else {
-		r.buf = make([]byte, r.keep+32<<10)
+		r.buf = make([]byte, m.keep+32<<10)
 	}
 	return r
 }
 
-func (r *redactingReader) Read(p []byte) (int, error) {
+func (r *maskingReader) Read(p []byte) (int, error) {
 	for r.start == r.ready {
 		if r.eof {
-			if r.ready == r.end {
-				return 0, io.EOF
-			}
-			r.ready = r.end // nothing more can complete a secret
-			continue
+			return 0, io.EOF
 		}
-		// Move the held-back tail to the front and read after it.
+		// Move the held-back tail to the front, with the spans that reach into it.
 		r.end = copy(r.buf, r.buf[r.ready:r.end])
+		spans := r.spans[:0]
+		for _, sp := range r.spans {
+			if sp.to > r.ready {
+				spans = append(spans, span{max(sp.from-r.ready, 0), sp.to - r.ready})
+			}
+		}
+		r.spans = spans
 		r.start, r.ready = 0, 0
 		n, err := r.src.Read(r.buf[r.end:])
-		from := max(r.end-r.keep, 0) // a secret may start in the held-back tail
+		from := r.end
 		r.end += n
 		switch {
 		case err == io.EOF:
@@ -110,52 +239,30 @@ func (r *redactingReader) Read(p []byte) (int, error) {
 		case err != nil:
 			return 0, err
 		}
-		r.mask(from)
-		r.ready = r.end - r.hold()
+		r.spans, _ = r.m.find(r.spans, r.buf[:r.end], from, false)
+		r.ready = r.end
+		if !r.eof {
+			r.ready -= r.m.hold(r.buf[:r.end])
+		}
 	}
 	n := copy(p, r.buf[r.start:r.ready])
+	for _, sp := range r.spans {
+		if from, to := max(sp.from, r.start), min(sp.to, r.start+n); from < to {
+			fill(p[from-r.start:to-r.start], maskByte)
+		}
+	}
 	r.start += n
 	return n, nil
 }
 
-// mask overwrites every whole secret in buf[from:end].
-func (r *redactingReader) mask(from int) {
-	for _, sec := range r.secrets {
-		for i := from; ; {
-			j := bytes.Index(r.buf[i:r.end], sec)
-			if j < 0 {
-				break
-			}
-			i += j
-			for k := range len(sec) {
-				r.buf[i+k] = maskByte
-			}
-			i += len(sec)
-		}
+func (r *maskingReader) Close() error {
+	err := r.src.Close()
+	if r.onClose != nil {
+		r.onClose()
 	}
-}
-
-// hold is the length of the longest tail of buf[:end] that could be the start of a secret still
-// arriving; 0 at the end of the body.
-func (r *redactingReader) hold() int {
-	if r.eof {
-		return 0
-	}
-	for k := min(r.keep, r.end); k > 0; k-- {
-		suffix := r.buf[r.end-k : r.end]
-		for _, sec := range r.secrets {
-			if bytes.HasPrefix(sec, suffix) {
-				return k
-			}
-		}
-	}
-	return 0
-}
-
-func (r *redactingReader) Close() error {
 	if r.pooled != nil {
-		redactBuffers.Put(r.pooled)
+		maskBuffers.Put(r.pooled)
 		r.pooled, r.buf = nil, nil
 	}
-	return r.src.Close()
+	return err
 }

@@ -1,0 +1,142 @@
+package proxy
+
+import (
+	"encoding/base64"
+	"encoding/hex"
+	"net/url"
+	"slices"
+	"strings"
+	"unicode/utf8"
+)
+
+// echoForms are the forms in which an upstream may echo a credential value v: as is; URL-escaped
+// (query, path, every reserved byte, JavaScript's encodeURIComponent; also escaped twice, as in a
+// URL inside a query parameter; hex digits in either case); hex in either case; base64 and
+// base64url, of the whole value (padded or not) and, because v may sit anywhere inside a larger
+// encoded blob (a JWT, a Basic header, a base64 JSON document), the run of characters that
+// encodes v alone at each of the three byte alignments; and JSON string escapes (the
+// minimum, "\/", HTML-safe \u003c-style, ASCII-only \uXXXX, hex in either case).
+//
+// The base64 runs leave out the at most two bytes at each end of v that share a group with the
+// surrounding bytes: a few bits of the value's ends stay visible, never the value. Line-wrapped
+// base64 (MIME) and other encodings are not recognised.
+func echoForms(v string) []string {
+	forms := []string{v}
+	add := func(f string) {
+		if len(f) >= minSecret && !slices.Contains(forms, f) {
+			forms = append(forms, f)
+		}
+	}
+	for _, e := range []string{url.QueryEscape(v), url.PathEscape(v), escapeAll(v, ""), escapeAll(v, "!'()*")} {
+		twice := url.QueryEscape(e)
+		add(e)
+		add(lowerEscapes(e))
+		add(twice)
+		add(lowerEscapes(twice))
+	}
+	h := hex.EncodeToString([]byte(v))
+	add(h)
+	add(strings.ToUpper(h))
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.URLEncoding} {
+		add(enc.EncodeToString([]byte(v)))
+		raw := enc.WithPadding(base64.NoPadding)
+		add(raw.EncodeToString([]byte(v)))
+		for k := range 3 {
+			b := []byte(v[k:])
+			add(raw.EncodeToString(b[:len(b)/3*3]))
+		}
+	}
+	for style := range jsonAll + 1 {
+		add(jsonEscape(v, style))
+	}
+	return forms
+}
+
+// escapeAll percent-encodes every byte of s but the RFC 3986 unreserved characters and keep.
+func escapeAll(s, keep string) string {
+	const hexDigits = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~"+keep, c) >= 0 {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hexDigits[c>>4])
+		b.WriteByte(hexDigits[c&15])
+	}
+	return b.String()
+}
+
+// lowerEscapes writes the hex digits of every %XX escape of s in lowercase.
+func lowerEscapes(s string) string {
+	b := []byte(s)
+	for i := 0; i+2 < len(b); i++ {
+		if b[i] == '%' {
+			b[i+1], b[i+2] = lowerHex(b[i+1]), lowerHex(b[i+2])
+		}
+	}
+	return string(b)
+}
+
+func lowerHex(c byte) byte {
+	if 'A' <= c && c <= 'F' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+// JSON escaping styles, combined as bits.
+const (
+	jsonSlash = 1 << iota // "/" as "\/" (PHP, some Java encoders)
+	jsonHTML              // < > & U+2028 U+2029 as \u003c… (Go, JavaScript's safe serialisers)
+	jsonASCII             // every non-ASCII rune as \uXXXX, surrogate pairs above U+FFFF (Python's default)
+	jsonUpper             // \u00XX with uppercase hex digits
+	jsonAll   = jsonSlash | jsonHTML | jsonASCII | jsonUpper
+)
+
+// jsonEscape is s as the inside of a JSON string, escaped in the given style.
+func jsonEscape(s string, style int) string {
+	digits := "0123456789abcdef"
+	if style&jsonUpper != 0 {
+		digits = "0123456789ABCDEF"
+	}
+	var b strings.Builder
+	u := func(r rune) {
+		b.WriteString(`\u`)
+		for shift := 12; shift >= 0; shift -= 4 {
+			b.WriteByte(digits[r>>shift&15])
+		}
+	}
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case r < 0x20:
+			u(r)
+		case r == '/' && style&jsonSlash != 0:
+			b.WriteString(`\/`)
+		case (r == '<' || r == '>' || r == '&' || r == '\u2028' || r == '\u2029') && style&jsonHTML != 0:
+			u(r)
+		case r >= utf8.RuneSelf && style&jsonASCII != 0:
+			if r > 0xffff {
+				r -= 0x10000
+				u(0xd800 + r>>10)
+				u(0xdc00 + r&0x3ff)
+				continue
+			}
+			u(r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
