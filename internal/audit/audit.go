@@ -26,6 +26,8 @@ const (
 	ActionAgentRevoke    = "agent.revoke"
 	ActionAgentRotateKey = "agent.rotate_key"
 	ActionAgentRevokeKey = "agent.revoke_key"
+	ActionAgentClaimCode = "agent.claim_code" // a new claim code for an UNCLAIMED agent
+	ActionAgentPurge     = "agent.purge"      // an UNCLAIMED agent removed after its claim code lapsed
 	ActionTokenIssue     = "token.issue"
 	ActionTokenDeny      = "token.deny"
 	ActionTokenRevoke    = "token.revoke"

@@ -66,6 +66,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"SigningKeys", testSigningKeys},
 		{"RevokedTokens", testRevokedTokens},
 		{"Purge", testPurge},
+		{"RenewClaimCode", testRenewClaimCode},
+		{"PurgeUnclaimed", testPurgeUnclaimed},
 		{"Use", testUse},
 		{"UseConcurrent", testUseConcurrent},
 		{"RecordIssue", testRecordIssue},
