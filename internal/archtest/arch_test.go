@@ -36,6 +36,7 @@ var forbidden = map[string][]string{
 	"internal/vault":      {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy"},
 	"internal/federation": {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/proxy", "internal/vault"},
 	"internal/loopback":   {"internal/"},
+	"internal/ratelimit":  {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {
