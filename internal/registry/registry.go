@@ -199,7 +199,7 @@ func (s *Service) Claim(ctx context.Context, requestID string, by principal.User
 	defer s.recordDenial(ctx, &ev, &err)
 	a, err := s.cfg.Store.ClaimAgent(ctx, ids.Hash(normalizeClaimCode(code)), by.ID, s.cfg.Now().UTC(), ev)
 	if errors.Is(err, ErrClaimCode) {
-		return Agent{}, apperr.Wrap(err, apperr.Invalid, "claim_code", "the claim code is invalid, expired or already used: codes last %v and work once", s.cfg.ClaimCodeTTL)
+		return Agent{}, apperr.Wrap(err, apperr.Invalid, "claim_code", "the claim code is invalid, expired or already used: codes last %v and work once; the agent gets a new one with mandate agent claim-code", s.cfg.ClaimCodeTTL)
 	}
 	if err != nil {
 		return Agent{}, fmt.Errorf("claim agent: %w", err)
