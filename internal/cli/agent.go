@@ -178,15 +178,7 @@ claimed is removed some time after its code lapsed (a day by default); after tha
 		Example: "  mandate agent claim-code",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := agentKeyPath(cmd)
-			if err != nil {
-				return err
-			}
-			st, err := requireAgentState(path)
-			if err != nil {
-				return err
-			}
-			key, err := loadAgentKey(path)
+			path, st, key, err := registeredAgent(cmd)
 			if err != nil {
 				return err
 			}
@@ -214,15 +206,7 @@ for its grace period, so running processes can switch over.`,
 		Example: "  mandate agent rotate-key",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := agentKeyPath(cmd)
-			if err != nil {
-				return err
-			}
-			st, err := requireAgentState(path)
-			if err != nil {
-				return err
-			}
-			current, err := loadAgentKey(path)
+			path, st, current, err := registeredAgent(cmd)
 			if err != nil {
 				return err
 			}
@@ -306,17 +290,24 @@ key, so the token alone is worth little; it is meant for scripts, tests and mand
 	return cmd
 }
 
+// registeredAgent reads the agent's key file path, its agent.json and its key, saying what to
+// do when it is not registered.
+func registeredAgent(cmd *cobra.Command) (path string, st *agentState, key crypto.Signer, err error) {
+	if path, err = agentKeyPath(cmd); err != nil {
+		return "", nil, nil, err
+	}
+	if st, err = requireAgentState(path); err != nil {
+		return "", nil, nil, err
+	}
+	if key, err = loadAgentKey(path); err != nil {
+		return "", nil, nil, err
+	}
+	return path, st, key, nil
+}
+
 // agentTokenSource builds the client SDK's token source from the key file and agent.json.
 func agentTokenSource(cmd *cobra.Command, scope, resource string) (*client.TokenSource, *agentState, error) {
-	path, err := agentKeyPath(cmd)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := requireAgentState(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	key, err := loadAgentKey(path)
+	_, st, key, err := registeredAgent(cmd)
 	if err != nil {
 		return nil, nil, err
 	}
