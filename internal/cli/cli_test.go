@@ -27,6 +27,7 @@ type testServer struct {
 	URL       string
 	DataDir   string
 	ConfigDir string
+	Srv       *server.Server
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -36,7 +37,7 @@ func newTestServer(t *testing.T) *testServer {
 	t.Setenv(envConfigDir, confDir)
 	t.Setenv(envToken, "")
 	t.Setenv(envAgentKey, "")
-	return &testServer{URL: s.URL, DataDir: s.DataDir, ConfigDir: confDir}
+	return &testServer{URL: s.URL, DataDir: s.DataDir, ConfigDir: confDir, Srv: s.Srv}
 }
 
 // mandate runs the command tree with args and stdin, returning what it printed.
