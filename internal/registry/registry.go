@@ -136,10 +136,10 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 	ev.AgentID, ev.Target, ev.ActorType, ev.ActorID = a.ID, a.ID, audit.ActorAgent, a.ID
 	switch err := s.cfg.Store.CreateAgent(ctx, a, ClaimCode{Hash: ids.Hash(code), ExpiresAt: expires}, ev); {
 	case errors.Is(err, ErrDIDTaken):
-		ev.AgentID, ev.Target, ev.ActorID = "", did, ""
+		ev.AgentID, ev.Target, ev.ActorID, ev.ActorType = "", did, "", audit.ActorAnonymous
 		return Registered{}, apperr.Wrap(err, apperr.Conflict, "did_taken", "this did:key is already registered; an agent registers once and rotates keys with mandate agent rotate-key")
 	case errors.Is(err, ErrHandleTaken):
-		ev.AgentID, ev.Target, ev.ActorID = "", did, ""
+		ev.AgentID, ev.Target, ev.ActorID, ev.ActorType = "", did, "", audit.ActorAnonymous
 		return Registered{}, apperr.Wrap(err, apperr.Conflict, "handle_taken", "handle %q is taken; choose another with --handle", c.Handle)
 	case err != nil:
 		return Registered{}, fmt.Errorf("register agent %s: %w", a.ID, err)
