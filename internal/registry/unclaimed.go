@@ -28,8 +28,10 @@ type claimCodeClaims struct {
 // so only the agent can ask, and an agent whose first code lapsed keeps its id, key and handle
 // instead of reaching a dead end. It works until the agent is purged (see PurgeUnclaimed).
 func (s *Service) NewClaimCode(ctx context.Context, requestID, agentID, body string) (_ Registered, err error) {
+	// Anyone may send this for any agent id: the caller is anonymous until the signature
+	// verifies with the agent's key.
 	ev := audit.New(s.cfg.Now(), requestID, audit.ActionAgentClaimCode)
-	ev.ActorType, ev.ActorID, ev.AgentID, ev.Target = audit.ActorAgent, agentID, agentID, agentID
+	ev.ActorType, ev.Target = audit.ActorAnonymous, agentID
 	defer s.recordDenial(ctx, &ev, &err)
 
 	jws, err := parseSigned(body, TypeClaimCodeRequest)
@@ -52,6 +54,7 @@ func (s *Service) NewClaimCode(ctx context.Context, requestID, agentID, body str
 	if err != nil {
 		return Registered{}, apperr.Wrap(err, apperr.Invalid, "signature", "the signature does not verify with the key in kid")
 	}
+	ev.ActorType, ev.ActorID, ev.AgentID, ev.Target = audit.ActorAgent, a.ID, a.ID, a.ID
 	var c claimCodeClaims
 	if err := json.Unmarshal(payload, &c); err != nil {
 		return Registered{}, apperr.Wrap(err, apperr.Invalid, "malformed", "the payload is not a JSON object of claims")

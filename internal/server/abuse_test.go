@@ -276,6 +276,11 @@ func TestNewClaimCode(t *testing.T) {
 			if n, _ := auditCount(t, ts, audit.ActionAgentClaimCode, tc.reason); n == 0 {
 				t.Errorf("no %s denial with reason %s", audit.ActionAgentClaimCode, tc.reason)
 			}
+			// Until its signature verifies, the request is nobody's: an anonymous refusal.
+			evs, _ := ts.Srv.Store().ListEvents(t.Context(), audit.Filter{Action: audit.ActionAgentClaimCode, Limit: 1})
+			if tc.reason != "sub" && (len(evs) != 1 || evs[0].ActorType != audit.ActorAnonymous || evs[0].ActorID != "") {
+				t.Errorf("refusal recorded as %+v, want an anonymous one", evs)
+			}
 		})
 	}
 
