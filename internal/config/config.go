@@ -44,7 +44,7 @@ type Config struct {
 	RegisterBurst     int
 	ClaimRate         float64 // claims and new claim codes
 	ClaimBurst        int
-	DenialAuditRate   float64 // anonymous denials written one by one; the rest are counted
+	DenialAuditRate   float64 // anonymous denials written one by one; past it they are counted
 	DenialAuditBurst  int
 	DenialAuditWindow time.Duration // identical anonymous denials are counted into one event
 	TrustedProxies    []string      // whose X-Forwarded-For is believed; none by default
@@ -126,9 +126,9 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.IntVar(&c.RegisterBurst, "register-burst", c.RegisterBurst, "agent registrations one client address may make at once (env MANDATE_REGISTER_BURST)")
 	fs.Float64Var(&c.ClaimRate, "claim-rate", c.ClaimRate, "agent claims and new claim codes a minute per client address, per replica; 0 = no limit (env MANDATE_CLAIM_RATE)")
 	fs.IntVar(&c.ClaimBurst, "claim-burst", c.ClaimBurst, "claims and new claim codes one client address may ask for at once (env MANDATE_CLAIM_BURST)")
-	fs.Float64Var(&c.DenialAuditRate, "denial-audit-rate", c.DenialAuditRate, "anonymous refusals a minute per client address written to the audit trail one by one; past it they are only counted; 0 = no limit (env MANDATE_DENIAL_AUDIT_RATE)")
+	fs.Float64Var(&c.DenialAuditRate, "denial-audit-rate", c.DenialAuditRate, "anonymous refusals a minute per client address written to the audit trail one by one; past it they are counted into one event per --denial-audit-window; 0 = write each (env MANDATE_DENIAL_AUDIT_RATE)")
 	fs.IntVar(&c.DenialAuditBurst, "denial-audit-burst", c.DenialAuditBurst, "anonymous refusals per client address written one by one at once (env MANDATE_DENIAL_AUDIT_BURST)")
-	fs.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count (env MANDATE_DENIAL_AUDIT_WINDOW)")
+	fs.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count (env MANDATE_DENIAL_AUDIT_WINDOW)")
 	fs.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; none by default, so the header is ignored (env MANDATE_TRUSTED_PROXIES, comma-separated)")
 	fs.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove (env MANDATE_UNCLAIMED_AGENT_GRACE)")
 }
