@@ -56,7 +56,7 @@ func TestAggregatorKeepsEveryCount(t *testing.T) {
 			type key struct{ source, action, reason string }
 			made := map[key]int64{}
 			others := 0
-			n := 500 + rng.IntN(1500)
+			n := 300 + rng.IntN(700)
 			for range n {
 				clk.t = clk.t.Add(time.Duration(rng.IntN(int(2 * time.Second))))
 				src := fmt.Sprintf("192.0.2.%d", rng.IntN(4))
