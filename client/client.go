@@ -77,6 +77,7 @@ var hints = map[string]string{
 	"use_dpop_nonce":          "the server wants a DPoP nonce: retry the request",
 	"access_denied":           "a person must grant the agent this access first",
 	"temporarily_unavailable": "the server is busy or restarting: try again shortly",
+	"rate_limited":            "wait as long as the server says, then try again",
 	"server_error":            "the server failed: try again, and report the request id if it persists",
 }
 
@@ -152,6 +153,38 @@ func Register(ctx context.Context, hc *http.Client, issuer string, key crypto.Si
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
+	return postRegistration(ctx, hc, endpoint(issuer, "/v1/agents"), compact, http.StatusCreated)
+}
+
+// NewClaimCode asks for a new one-time claim code for the UNCLAIMED agent agentID, whose current
+// key is key (POST {issuer}/v1/agents/{id}/claim-code, a request signed by the key). The old code
+// stops working. An agent whose code lapsed can ask until the server removes it (a day after the
+// code lapsed, by default). hc nil means http.DefaultClient.
+func NewClaimCode(ctx context.Context, hc *http.Client, issuer, agentID string, key crypto.Signer) (*Registration, error) {
+	did, err := DID(key)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	jws, err := sign(key, did, "mandate-claim-code+jwt", map[string]any{
+		"sub": agentID,
+		"aud": issuer,
+		"iat": now.Unix(),
+		"exp": now.Add(2 * time.Minute).Unix(),
+		"jti": randomID(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	compact, err := jws.CompactSerialize()
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	return postRegistration(ctx, hc, endpoint(issuer, "/v1/agents/"+pathEscape(agentID)+"/claim-code"), compact, http.StatusOK)
+}
+
+// postRegistration posts a signed request whose answer is a registration (agent and claim code).
+func postRegistration(ctx context.Context, hc *http.Client, url, compact string, want int) (*Registration, error) {
 	var out struct {
 		AgentID            string `json:"agent_id"`
 		Handle             string `json:"handle"`
@@ -160,11 +193,12 @@ func Register(ctx context.Context, hc *http.Client, issuer string, key crypto.Si
 		ClaimCode          string `json:"claim_code"`
 		ClaimCodeExpiresAt string `json:"claim_code_expires_at"`
 	}
-	if err := post(ctx, hc, endpoint(issuer, "/v1/agents"), "application/jose", compact, http.StatusCreated, &out); err != nil {
+	if err := post(ctx, hc, url, "application/jose", compact, want, &out); err != nil {
 		return nil, err
 	}
 	reg := &Registration{AgentID: out.AgentID, Handle: out.Handle, DID: out.DID, Status: out.Status, ClaimCode: out.ClaimCode}
 	if out.ClaimCodeExpiresAt != "" {
+		var err error
 		if reg.ClaimCodeExpiresAt, err = time.Parse(time.RFC3339, out.ClaimCodeExpiresAt); err != nil {
 			return nil, fmt.Errorf("client: the server's claim_code_expires_at %q is not RFC 3339", out.ClaimCodeExpiresAt)
 		}

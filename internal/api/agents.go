@@ -69,11 +69,31 @@ func (a *API) registerAgent(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Location", a.cfg.Issuer+"/v1/agents/"+reg.Agent.ID)
-	httpapi.WriteJSON(w, http.StatusCreated, RegisteredJSON{
+	httpapi.WriteJSON(w, http.StatusCreated, registeredJSON(reg))
+	return nil
+}
+
+// newClaimCode gives an UNCLAIMED agent a new claim code, asked for with a request signed by
+// its current key; the answer is shaped like a registration's.
+func (a *API) newClaimCode(w http.ResponseWriter, r *http.Request) error {
+	body, err := readBody(w, r, 16<<10)
+	if err != nil {
+		return err
+	}
+	reg, err := a.cfg.Registry.NewClaimCode(r.Context(), requestID(r.Context()), r.PathValue("id"), body)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	httpapi.WriteJSON(w, http.StatusOK, registeredJSON(reg))
+	return nil
+}
+
+func registeredJSON(reg registry.Registered) RegisteredJSON {
+	return RegisteredJSON{
 		AgentID: reg.Agent.ID, Handle: reg.Agent.Handle, DID: reg.Agent.Keys[0].DID,
 		Status: string(reg.Agent.Status), ClaimCode: reg.ClaimCode, ClaimCodeExpiresAt: reg.ClaimCodeExpires.UTC(),
-	})
-	return nil
+	}
 }
 
 func (a *API) claimAgent(w http.ResponseWriter, r *http.Request, u principal.User) error {

@@ -7,9 +7,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/principal"
+	"github.com/mandate-dev/mandate/internal/ratelimit"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
 	"github.com/mandate-dev/mandate/internal/vault"
@@ -39,8 +42,11 @@ type Config struct {
 	Federation *federation.Service
 	DPoP       *dpop.Checker                   // proofs of service accounts' DPoP-bound tokens
 	AgentAuth  func(http.Handler) http.Handler // verify middleware for agent-authenticated routes
-	Log        *slog.Logger
-	Now        func() time.Time
+	// Per client address: registrations, and claims with new claim codes. nil = no limit.
+	RegisterLimit *ratelimit.Limiter
+	ClaimLimit    *ratelimit.Limiter
+	Log           *slog.Logger
+	Now           func() time.Time
 }
 
 // API serves /v1.
@@ -59,9 +65,10 @@ func (a *API) Register(mux *http.ServeMux) {
 	h := func(f httpapi.HandlerFunc) http.Handler { return httpapi.Handle(a.cfg.Log, f) }
 	u := func(f userHandler) http.Handler { return h(a.withUser(f)) }
 	mux.Handle("GET /v1/openapi.json", h(a.openAPI))
-	mux.Handle("POST /v1/agents", h(a.registerAgent))
+	mux.Handle("POST /v1/agents", h(a.limited(a.cfg.RegisterLimit, audit.ActionAgentRegister, "registrations", a.registerAgent)))
 	mux.Handle("GET /v1/agents", u(a.listAgents))
-	mux.Handle("POST /v1/agents/claim", u(a.claimAgent))
+	mux.Handle("POST /v1/agents/claim", h(a.limited(a.cfg.ClaimLimit, audit.ActionAgentClaim, "claims", a.withUser(a.claimAgent))))
+	mux.Handle("POST /v1/agents/{id}/claim-code", h(a.limited(a.cfg.ClaimLimit, audit.ActionAgentClaimCode, "claim codes", a.newClaimCode)))
 	mux.Handle("GET /v1/agents/{ref}", u(a.getAgent))
 	mux.Handle("POST /v1/agents/{ref}/revoke", u(a.revokeAgent))
 	mux.Handle("POST /v1/agents/{id}/keys", h(a.rotateAgentKey))
@@ -114,6 +121,27 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/federation/rules/{id}/enable", u(a.setRuleDisabled(false)))
 	mux.Handle("POST /v1/federation/rules/{id}/test", u(a.testRule))
 	mux.Handle("GET /v1/audit", u(a.listAudit))
+}
+
+// limited refuses a request past its client address's rate (429 with Retry-After in whole
+// seconds, and a description that says when to retry) before f reads anything, and records the
+// refusal as an anonymous denial (the audit aggregator bounds what a flood of them costs).
+func (a *API) limited(l *ratelimit.Limiter, action, what string, f httpapi.HandlerFunc) httpapi.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ok, retry := l.Allow(ratelimit.Client(r.Context()))
+		if ok {
+			return f(w, r)
+		}
+		secs := int64(retry / time.Second)
+		desc := fmt.Sprintf("too many %s from this address: retry after %d seconds", what, secs)
+		ev := audit.New(a.cfg.Now(), requestID(r.Context()), action)
+		ev.ActorType, ev.Reason, ev.Detail = audit.ActorAnonymous, "rate_limited", desc
+		if err := a.cfg.Audit.AppendEvent(context.WithoutCancel(r.Context()), ev); err != nil {
+			a.cfg.Log.ErrorContext(r.Context(), "record rate limit refusal", slog.String("error", err.Error()))
+		}
+		return &httpapi.Error{Status: http.StatusTooManyRequests, Code: "rate_limited", Description: desc,
+			Header: http.Header{"Retry-After": {strconv.FormatInt(secs, 10)}}}
+	}
 }
 
 type userHandler func(w http.ResponseWriter, r *http.Request, u principal.User) error

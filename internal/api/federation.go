@@ -256,6 +256,12 @@ type EventJSON struct {
 	AgentID     string    `json:"agent_id,omitempty"`
 	Target      string    `json:"target,omitempty"`
 	TokenID     string    `json:"token_id,omitempty"`
+	// An anonymous denial's client address; an aggregated one stands for count identical
+	// denials made from first to last.
+	Source string     `json:"source,omitempty"`
+	Count  int64      `json:"count,omitempty"`
+	First  *time.Time `json:"first,omitempty"`
+	Last   *time.Time `json:"last,omitempty"`
 }
 
 // listAudit searches the audit trail: an admin all of it, anyone else the events on their own
@@ -285,7 +291,8 @@ func (a *API) listAudit(w http.ResponseWriter, r *http.Request, u principal.User
 	for _, e := range evs {
 		out = append(out, EventJSON{ID: e.ID, Seq: e.Seq, Time: e.Time.UTC(), RequestID: e.RequestID, Action: e.Action,
 			Outcome: string(e.Outcome), Reason: e.Reason, Detail: e.Detail, ActorType: e.ActorType, ActorID: e.ActorID,
-			PrincipalID: e.PrincipalID, AgentID: e.AgentID, Target: e.Target, TokenID: e.TokenID})
+			PrincipalID: e.PrincipalID, AgentID: e.AgentID, Target: e.Target, TokenID: e.TokenID,
+			Source: e.Source, Count: e.Count, First: timePtr(e.First), Last: timePtr(e.Last)})
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"events": out})
 	return nil

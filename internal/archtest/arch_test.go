@@ -44,6 +44,7 @@ var forbidden = map[string][]string{
 	"internal/sidecar": {"internal/cli", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/sqlstore",
 		"internal/proxy", "internal/vault", "internal/delegation", "internal/registry", "internal/token", "internal/audit",
 		"internal/federation", "internal/config", "internal/principal"},
+	"internal/ratelimit": {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

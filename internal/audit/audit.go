@@ -26,6 +26,8 @@ const (
 	ActionAgentRevoke    = "agent.revoke"
 	ActionAgentRotateKey = "agent.rotate_key"
 	ActionAgentRevokeKey = "agent.revoke_key"
+	ActionAgentClaimCode = "agent.claim_code" // a new claim code for an UNCLAIMED agent
+	ActionAgentPurge     = "agent.purge"      // an UNCLAIMED agent removed after its claim code lapsed
 	ActionTokenIssue     = "token.issue"
 	ActionTokenDeny      = "token.deny"
 	ActionTokenRevoke    = "token.revoke"
@@ -65,6 +67,14 @@ type Event struct {
 	AgentID     string
 	Target      string // the id of the object acted on
 	TokenID     string // jti of the token issued, refused or revoked
+	Source      string // the client address of an anonymous denial (IPv4, or an IPv6 /64)
+
+	// An aggregated event stands for Count identical anonymous denials (same Source, Action and
+	// Reason) made from First to Last; see Aggregator. Count is 0 on every other event, which
+	// stands for one.
+	Count int64
+	First time.Time
+	Last  time.Time
 
 	// Filled by the store when the event is appended to the hash chain.
 	Seq      int64

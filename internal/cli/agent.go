@@ -29,7 +29,7 @@ server, agent id and handle are kept in agent.json beside the key file. No login
 	}
 	addJSONFlag(cmd)
 	cmd.PersistentFlags().String(keyFileFlag, "", "the agent's key file (default $MANDATE_AGENT_KEY, else <config dir>/agent/key.jwk)")
-	cmd.AddCommand(newAgentInitCmd(), newAgentRegisterCmd(), newAgentRotateKeyCmd(), newAgentTokenCmd(), newAgentWhoamiCmd(),
+	cmd.AddCommand(newAgentInitCmd(), newAgentRegisterCmd(), newAgentClaimCodeCmd(), newAgentRotateKeyCmd(), newAgentTokenCmd(), newAgentWhoamiCmd(),
 		newAgentRequestGrantCmd(), newAgentGrantsCmd(), newAgentProxyCmd())
 	return cmd
 }
@@ -133,26 +133,7 @@ mandate agents claim CODE, and only then can the agent get tokens.`,
 			if err := writeJSONFile(statePath, st); err != nil {
 				return fmt.Errorf("registered as %s, but %w", reg.AgentID, err)
 			}
-			out := cmd.OutOrStdout()
-			if wantJSON(cmd) {
-				return printJSON(out, map[string]any{
-					"agent_id": reg.AgentID, "handle": reg.Handle, "did": reg.DID, "status": reg.Status,
-					"claim_code": reg.ClaimCode, "claim_code_expires_at": reg.ClaimCodeExpiresAt, "server": srv, "state_file": statePath,
-				})
-			}
-			now := time.Now()
-			t := newTable(out)
-			t.row("agent", reg.AgentID)
-			t.row("handle", "@"+reg.Handle)
-			t.row("did", reg.DID)
-			t.row("status", reg.Status)
-			t.row("claim code", reg.ClaimCode)
-			t.row("expires", when(reg.ClaimCodeExpiresAt, now))
-			if err := t.flush(); err != nil {
-				return err
-			}
-			fmt.Fprintf(out, "\nAsk the agent's owner to run: mandate agents claim %s\n", reg.ClaimCode)
-			return nil
+			return printClaimCode(cmd, reg, srv, statePath)
 		},
 	}
 	cmd.Flags().StringVar(&server, serverFlag, "", "the server's URL (required)")
@@ -162,6 +143,56 @@ mandate agents claim CODE, and only then can the agent get tokens.`,
 	_ = cmd.MarkFlagRequired(serverFlag)
 	_ = cmd.MarkFlagRequired("handle")
 	return cmd
+}
+
+// printClaimCode shows a registration or a new claim code, and what the owner does with it.
+func printClaimCode(cmd *cobra.Command, reg *client.Registration, srv, statePath string) error {
+	out := cmd.OutOrStdout()
+	if wantJSON(cmd) {
+		return printJSON(out, map[string]any{
+			"agent_id": reg.AgentID, "handle": reg.Handle, "did": reg.DID, "status": reg.Status,
+			"claim_code": reg.ClaimCode, "claim_code_expires_at": reg.ClaimCodeExpiresAt, "server": srv, "state_file": statePath,
+		})
+	}
+	t := newTable(out)
+	t.row("agent", reg.AgentID)
+	t.row("handle", "@"+reg.Handle)
+	t.row("did", reg.DID)
+	t.row("status", reg.Status)
+	t.row("claim code", reg.ClaimCode)
+	t.row("expires", when(reg.ClaimCodeExpiresAt, time.Now()))
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nAsk the agent's owner to run: mandate agents claim %s\n", reg.ClaimCode)
+	return nil
+}
+
+func newAgentClaimCodeCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "claim-code [--key-file F]",
+		Short: "Get a new claim code for the registered, not yet claimed agent",
+		Long: `Ask the server for a new one-time claim code, with a request signed by the agent's key, when
+the owner has not claimed the agent in time. The old code stops working. An agent that is never
+claimed is removed some time after its code lapsed (a day by default); after that, register again.`,
+		Example: "  mandate agent claim-code",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path, st, key, err := registeredAgent(cmd)
+			if err != nil {
+				return err
+			}
+			reg, err := client.NewClaimCode(cmd.Context(), newHTTPClient(), st.Server, st.AgentID, key)
+			var ce *client.Error
+			if errors.As(err, &ce) && ce.Status == http.StatusNotFound {
+				return fmt.Errorf("@%s (%s) is no longer registered at %s: an agent never claimed is removed some time after its claim code lapsed. Remove %s and register again with mandate agent register", st.Handle, st.AgentID, st.Server, agentStatePath(path))
+			}
+			if err != nil {
+				return explain(err, st.Server)
+			}
+			return printClaimCode(cmd, reg, st.Server, agentStatePath(path))
+		},
+	}
 }
 
 func newAgentRotateKeyCmd() *cobra.Command {
@@ -175,15 +206,7 @@ for its grace period, so running processes can switch over.`,
 		Example: "  mandate agent rotate-key",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := agentKeyPath(cmd)
-			if err != nil {
-				return err
-			}
-			st, err := requireAgentState(path)
-			if err != nil {
-				return err
-			}
-			current, err := loadAgentKey(path)
+			path, st, current, err := registeredAgent(cmd)
 			if err != nil {
 				return err
 			}
@@ -267,17 +290,24 @@ key, so the token alone is worth little; it is meant for scripts, tests and mand
 	return cmd
 }
 
+// registeredAgent reads the agent's key file path, its agent.json and its key, saying what to
+// do when it is not registered.
+func registeredAgent(cmd *cobra.Command) (path string, st *agentState, key crypto.Signer, err error) {
+	if path, err = agentKeyPath(cmd); err != nil {
+		return "", nil, nil, err
+	}
+	if st, err = requireAgentState(path); err != nil {
+		return "", nil, nil, err
+	}
+	if key, err = loadAgentKey(path); err != nil {
+		return "", nil, nil, err
+	}
+	return path, st, key, nil
+}
+
 // agentTokenSource builds the client SDK's token source from the key file and agent.json.
 func agentTokenSource(cmd *cobra.Command, scope, resource string) (*client.TokenSource, *agentState, error) {
-	path, err := agentKeyPath(cmd)
-	if err != nil {
-		return nil, nil, err
-	}
-	st, err := requireAgentState(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	key, err := loadAgentKey(path)
+	_, st, key, err := registeredAgent(cmd)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -27,6 +27,7 @@ type testServer struct {
 	URL       string
 	DataDir   string
 	ConfigDir string
+	Srv       *server.Server
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -41,7 +42,7 @@ func newTestServerWith(t *testing.T, opts servertest.Options) *testServer {
 	t.Setenv(envConfigDir, confDir)
 	t.Setenv(envToken, "")
 	t.Setenv(envAgentKey, "")
-	return &testServer{URL: s.URL, DataDir: s.DataDir, ConfigDir: confDir}
+	return &testServer{URL: s.URL, DataDir: s.DataDir, ConfigDir: confDir, Srv: s.Srv}
 }
 
 // mandate runs the command tree with args and stdin, returning what it printed.
@@ -265,6 +266,27 @@ func TestEndToEnd(t *testing.T) {
 		fails(t, "", []string{"agents", "claim", "AAAA-BBBB-CCCC-DDDD"}, "the claim code is invalid, expired or already used", "(invalid_request, request ")
 		hasAll(t, ok(t, "agents", "claim", strings.ToLower(claimCode)), "Claimed agent @test-bot ("+agentID+")")
 		fails(t, "", []string{"agents", "claim", claimCode}, "already used")
+	})
+
+	t.Run("agent claim-code", func(t *testing.T) {
+		kf := filepath.Join(t.TempDir(), "third", "key.jwk")
+		ok(t, "agent", "init", "--key-file", kf)
+		fails(t, "", []string{"agent", "claim-code", "--key-file", kf}, "mandate agent register")
+		var reg, again struct {
+			AgentID   string `json:"agent_id"`
+			ClaimCode string `json:"claim_code"`
+		}
+		decodeJSON(t, ok(t, "agent", "register", "--server", ts.URL, "--handle", "third-bot", "--key-file", kf, "--json"), &reg)
+		decodeJSON(t, ok(t, "agent", "claim-code", "--key-file", kf, "--json"), &again)
+		if again.AgentID != reg.AgentID || again.ClaimCode == "" || again.ClaimCode == reg.ClaimCode {
+			t.Fatalf("agent claim-code --json = %+v after registration %+v", again, reg)
+		}
+		hasAll(t, ok(t, "agent", "claim-code", "--key-file", kf), "claim code", "@third-bot", "Ask the agent's owner to run: mandate agents claim ")
+		// Each new code replaces the one before.
+		fails(t, "", []string{"agents", "claim", reg.ClaimCode}, "the claim code is invalid, expired or already used")
+		fails(t, "", []string{"agents", "claim", again.ClaimCode}, "the claim code is invalid, expired or already used")
+		// A claimed agent gets no new code.
+		fails(t, "", []string{"agent", "claim-code"}, "@test-bot is CLAIMED", "(conflict, request ")
 	})
 
 	t.Run("agents list and show", func(t *testing.T) {

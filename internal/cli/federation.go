@@ -408,7 +408,9 @@ func newAuditCmd() *cobra.Command {
 		Short: "Search the audit trail (an admin: all of it; others: events on their behalf)",
 		Long: `Search the audit trail, newest first. A refused request names its request id: --request-id
 shows every event of that request, with the exact reason (for a refused federation assertion:
-which check and which claim).`,
+which check and which claim). Refusals of anonymous callers show their address as the actor;
+past --denial-audit-rate, identical ones from one address are one event per window that counts
+them (OUTCOME "denied xN", with the last request id).`,
 		Example: "  mandate audit --request-id req_...\n  mandate audit --action token.deny --limit 20\n  mandate audit --agent agt_... --outcome denied",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -430,7 +432,14 @@ which check and which claim).`,
 			now := time.Now()
 			t := newTable(cmd.OutOrStdout(), "TIME", "ACTION", "OUTCOME", "REASON", "ACTOR", "PRINCIPAL", "DETAIL")
 			for _, e := range res.Events {
-				t.row(ago(e.Time, now), e.Action, e.Outcome, e.Reason, e.ActorID, e.PrincipalID, e.Detail)
+				outcome, actor := e.Outcome, e.ActorID
+				if e.Count > 0 {
+					outcome = fmt.Sprintf("%s x%d", e.Outcome, e.Count) // an aggregated event: that many refusals
+				}
+				if actor == "" {
+					actor = e.Source // an anonymous caller's address
+				}
+				t.row(ago(e.Time, now), e.Action, outcome, e.Reason, actor, e.PrincipalID, e.Detail)
 			}
 			return t.flush()
 		},

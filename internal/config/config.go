@@ -16,6 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/mandate-dev/mandate/internal/loopback"
+	"github.com/mandate-dev/mandate/internal/ratelimit"
 )
 
 // Config is every setting of mandate serve.
@@ -37,6 +38,18 @@ type Config struct {
 	ClaimCodeTTL    time.Duration
 	KeyGrace        time.Duration
 	ShutdownTimeout time.Duration
+
+	// Abuse of the anonymous endpoints, per client address and per replica (see
+	// internal/ratelimit): rates are a minute, 0 disables.
+	RegisterRate      float64
+	RegisterBurst     int
+	ClaimRate         float64 // claims and new claim codes
+	ClaimBurst        int
+	DenialAuditRate   float64 // anonymous denials written one by one; past it they are counted
+	DenialAuditBurst  int
+	DenialAuditWindow time.Duration // identical anonymous denials are counted into one event
+	TrustedProxies    []string      // whose X-Forwarded-For is believed; none by default
+	UnclaimedGrace    time.Duration // an UNCLAIMED agent is removed this long after its code lapsed
 }
 
 // Default returns the zero-configuration settings: SQLite in ./mandate-data on loopback.
@@ -55,6 +68,15 @@ func Default() Config {
 		ClaimCodeTTL:    15 * time.Minute,
 		KeyGrace:        time.Hour,
 		ShutdownTimeout: 15 * time.Second,
+
+		RegisterRate:      10,
+		RegisterBurst:     20,
+		ClaimRate:         10,
+		ClaimBurst:        10,
+		DenialAuditRate:   30,
+		DenialAuditBurst:  30,
+		DenialAuditWindow: time.Minute,
+		UnclaimedGrace:    24 * time.Hour,
 	}
 }
 
@@ -102,6 +124,15 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.ClaimCodeTTL, "claim-code-ttl", c.ClaimCodeTTL, "lifetime of an agent's one-time claim code (env MANDATE_CLAIM_CODE_TTL)")
 	fs.DurationVar(&c.KeyGrace, "agent-key-grace", c.KeyGrace, "how long an agent's old key keeps working after key rotation (env MANDATE_AGENT_KEY_GRACE)")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long to wait for requests in flight on SIGTERM/SIGINT (env MANDATE_SHUTDOWN_TIMEOUT)")
+	fs.Float64Var(&c.RegisterRate, "register-rate", c.RegisterRate, "agent registrations a minute per client address, per replica; past it 429 with Retry-After; 0 = no limit (env MANDATE_REGISTER_RATE)")
+	fs.IntVar(&c.RegisterBurst, "register-burst", c.RegisterBurst, "agent registrations one client address may make at once (env MANDATE_REGISTER_BURST)")
+	fs.Float64Var(&c.ClaimRate, "claim-rate", c.ClaimRate, "agent claims and new claim codes a minute per client address, per replica; 0 = no limit (env MANDATE_CLAIM_RATE)")
+	fs.IntVar(&c.ClaimBurst, "claim-burst", c.ClaimBurst, "claims and new claim codes one client address may ask for at once (env MANDATE_CLAIM_BURST)")
+	fs.Float64Var(&c.DenialAuditRate, "denial-audit-rate", c.DenialAuditRate, "anonymous refusals a minute per client address written to the audit trail one by one; past it they are counted into one event per --denial-audit-window; 0 = write each (env MANDATE_DENIAL_AUDIT_RATE)")
+	fs.IntVar(&c.DenialAuditBurst, "denial-audit-burst", c.DenialAuditBurst, "anonymous refusals per client address written one by one at once (env MANDATE_DENIAL_AUDIT_BURST)")
+	fs.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count (env MANDATE_DENIAL_AUDIT_WINDOW)")
+	fs.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; none by default, so the header is ignored (env MANDATE_TRUSTED_PROXIES, comma-separated)")
+	fs.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove (env MANDATE_UNCLAIMED_AGENT_GRACE)")
 }
 
 // Resolve layers the settings after fs has parsed the command line: defaults < YAML file <
@@ -241,5 +272,22 @@ func (c *Config) Validate() error {
 	between("agent-key-grace", c.KeyGrace, 0, 30*24*time.Hour)
 	between("key-publish-delay", c.KeyPublishDelay, 0, 7*24*time.Hour)
 	between("shutdown-timeout", c.ShutdownTimeout, 0, 10*time.Minute)
+	between("denial-audit-window", c.DenialAuditWindow, time.Second, time.Hour)
+	between("unclaimed-agent-grace", c.UnclaimedGrace, 0, 365*24*time.Hour)
+	for _, r := range []struct {
+		name  string
+		rate  float64
+		burst int
+	}{{"register", c.RegisterRate, c.RegisterBurst}, {"claim", c.ClaimRate, c.ClaimBurst}, {"denial-audit", c.DenialAuditRate, c.DenialAuditBurst}} {
+		switch {
+		case r.rate < 0 || r.rate > 1e6:
+			bad("--%s-rate %v: want a number a minute from 0 (no limit) to 1000000", r.name, r.rate)
+		case r.rate > 0 && (r.burst < 1 || r.burst > 1e6):
+			bad("--%s-burst %d: want 1 to 1000000", r.name, r.burst)
+		}
+	}
+	if _, err := ratelimit.ParsePrefixes(c.TrustedProxies); err != nil {
+		bad("--trusted-proxies: %v", err)
+	}
 	return errors.Join(errs...)
 }

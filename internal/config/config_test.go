@@ -64,6 +64,13 @@ func TestValidate(t *testing.T) {
 		"metrics listen bad":  {func(c *Config) { c.MetricsListen = "9420" }, []string{"--metrics-listen"}},
 		"metrics listen same": {func(c *Config) { c.MetricsListen = c.Listen }, []string{"--metrics-listen", "must differ"}},
 		"issuer query":        {func(c *Config) { c.Issuer = "https://a.example/?x=1" }, []string{"query"}},
+		"limits off":          {func(c *Config) { c.RegisterRate, c.ClaimRate, c.DenialAuditRate, c.UnclaimedGrace = 0, 0, 0, 0 }, nil},
+		"trusted proxies":     {func(c *Config) { c.TrustedProxies = []string{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32"} }, nil},
+		"abuse settings": {func(c *Config) {
+			c.RegisterRate, c.ClaimBurst, c.DenialAuditWindow = -1, 0, 0
+			c.TrustedProxies = []string{"proxy.example"}
+			c.UnclaimedGrace = -time.Hour
+		}, []string{"--register-rate", "--claim-burst", "--denial-audit-window", "--trusted-proxies", "proxy.example", "--unclaimed-agent-grace"}},
 		"many at once": {func(c *Config) {
 			c.LogLevel = "loud"
 			c.TokenTTL = 0

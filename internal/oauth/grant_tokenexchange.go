@@ -155,7 +155,7 @@ func (g *tokenExchange) actor(raw, typ string) (*delegation.ActorKey, error) {
 	// Other signed objects carry the same claims (a registration is also iss = kid = a did:key
 	// for this issuer): one must not pass for an actor's consent.
 	switch typ, _ := jws.Header().ExtraHeaders["typ"].(string); strings.ToLower(typ) {
-	case registry.TypeRegistration, "dpop+jwt", token.TypeAccessToken, token.TypeGrantToken:
+	case registry.TypeRegistration, registry.TypeClaimCodeRequest, "dpop+jwt", token.TypeAccessToken, token.TypeGrantToken:
 		return nil, bad("actor_token", "the actor token's typ must be JWT (or absent); this is another kind of signed object", nil)
 	}
 	did := jws.Header().KeyID

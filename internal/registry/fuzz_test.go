@@ -146,3 +146,61 @@ func fragmentKid(t *testing.T) string {
 	out, _ := jws.CompactSerialize()
 	return out
 }
+
+// claimCodeRequest is a request for a new claim code for agentID signed by the key of seed.
+func claimCodeRequest(seed byte, typ, agentID string, claims map[string]any) string {
+	key := ed25519.NewKeyFromSeed(append(make([]byte, 31), seed))
+	did, _ := didkey.Format(key.Public())
+	base := map[string]any{"sub": agentID, "aud": issuer, "iat": time.Now().Unix(), "exp": time.Now().Add(time.Minute).Unix(), "jti": "c"}
+	for k, v := range claims {
+		base[k] = v
+	}
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.EdDSA, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", did).WithType(jose.ContentType(typ)))
+	b, _ := json.Marshal(base)
+	jws, _ := s.Sign(b)
+	out, _ := jws.CompactSerialize()
+	return out
+}
+
+// FuzzNewClaimCode feeds arbitrary bodies to the request for a new claim code, which anyone can
+// send for any agent id: it must answer with a refusal or a code, never panic, never classify
+// garbage as an internal error, and give a code only to a request signed by the agent's key.
+func FuzzNewClaimCode(f *testing.F) {
+	svc := newService(f)
+	reg, err := svc.Register(context.Background(), "seed", registration(f, 1, map[string]any{"jti": "fuzz-claim-code"}))
+	if err != nil {
+		f.Fatal(err)
+	}
+	id := reg.Agent.ID
+	f.Add(claimCodeRequest(1, registry.TypeClaimCodeRequest, id, map[string]any{"jti": "seed-ok"}))
+	f.Add(claimCodeRequest(2, registry.TypeClaimCodeRequest, id, nil))
+	f.Add(claimCodeRequest(1, registry.TypeRegistration, id, map[string]any{"jti": "seed-typ"}))
+	f.Add(claimCodeRequest(1, registry.TypeClaimCodeRequest, "agt_other", map[string]any{"jti": "seed-sub"}))
+	f.Add(claimCodeRequest(1, registry.TypeClaimCodeRequest, id, map[string]any{"exp": "later"}))
+	f.Add("a.b.c")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, body string) {
+		got, err := svc.NewClaimCode(context.Background(), "fuzz", id, body)
+		if err != nil {
+			if e, ok := apperr.As(err); !ok || e.Kind == apperr.Internal {
+				t.Fatalf("NewClaimCode(%q) = %v, want a classified refusal", body, err)
+			}
+			return
+		}
+		parts := strings.Split(body, ".")
+		hdr, _ := jose.ParseSigned(strings.TrimSpace(body), []jose.SignatureAlgorithm{jose.EdDSA})
+		if len(parts) != 3 || hdr == nil || hdr.Signatures[0].Protected.KeyID != reg.Agent.Keys[0].DID || got.ClaimCode == "" {
+			t.Fatalf("NewClaimCode(%q) gave a code to a request not signed by the agent's key", body)
+		}
+	})
+}
+
+func TestPurgeUnclaimedWithoutGrace(t *testing.T) {
+	svc := newService(t) // UnclaimedGrace 0: agents are kept however long ago their code lapsed
+	if _, err := svc.Register(context.Background(), "t", registration(t, 50, map[string]any{"jti": "kept", "handle": "kept-forever"})); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := svc.PurgeUnclaimed(context.Background()); n != 0 || err != nil {
+		t.Fatalf("PurgeUnclaimed without a grace = %d, %v; want 0", n, err)
+	}
+}

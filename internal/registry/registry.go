@@ -50,7 +50,10 @@ type Config struct {
 	Issuer       string
 	ClaimCodeTTL time.Duration
 	KeyGrace     time.Duration
-	Now          func() time.Time
+	// UnclaimedGrace is how long an UNCLAIMED agent is kept after its claim code lapsed, the
+	// time it has to ask for a new code, before PurgeUnclaimed deletes it. 0 keeps it forever.
+	UnclaimedGrace time.Duration
+	Now            func() time.Time
 }
 
 // Service is the agent registry.
@@ -88,12 +91,9 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 	ev.ActorType = audit.ActorAnonymous
 	defer s.recordDenial(ctx, &ev, &err)
 
-	jws, err := jwsverify.Parse(strings.TrimSpace(body))
+	jws, err := parseSigned(body, TypeRegistration)
 	if err != nil {
-		return Registered{}, apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a compact JWS signed by the agent's key with EdDSA, Ed25519 or ES256")
-	}
-	if typ, _ := jws.Header().ExtraHeaders["typ"].(string); typ != TypeRegistration {
-		return Registered{}, apperr.New(apperr.Invalid, "typ", "the JWS header typ must be %s, so no other signed object can pass for a registration", TypeRegistration)
+		return Registered{}, err
 	}
 	did := jws.Header().KeyID
 	pub, err := CanonicalKey(did)
@@ -136,16 +136,29 @@ func (s *Service) Register(ctx context.Context, requestID, body string) (_ Regis
 	ev.AgentID, ev.Target, ev.ActorType, ev.ActorID = a.ID, a.ID, audit.ActorAgent, a.ID
 	switch err := s.cfg.Store.CreateAgent(ctx, a, ClaimCode{Hash: ids.Hash(code), ExpiresAt: expires}, ev); {
 	case errors.Is(err, ErrDIDTaken):
-		ev.AgentID, ev.Target, ev.ActorID = "", did, ""
+		ev.AgentID, ev.Target, ev.ActorID, ev.ActorType = "", did, "", audit.ActorAnonymous
 		return Registered{}, apperr.Wrap(err, apperr.Conflict, "did_taken", "this did:key is already registered; an agent registers once and rotates keys with mandate agent rotate-key")
 	case errors.Is(err, ErrHandleTaken):
-		ev.AgentID, ev.Target, ev.ActorID = "", did, ""
+		ev.AgentID, ev.Target, ev.ActorID, ev.ActorType = "", did, "", audit.ActorAnonymous
 		return Registered{}, apperr.Wrap(err, apperr.Conflict, "handle_taken", "handle %q is taken; choose another with --handle", c.Handle)
 	case err != nil:
 		return Registered{}, fmt.Errorf("register agent %s: %w", a.ID, err)
 	}
 	ev.Outcome = audit.OutcomeSuccess
 	return Registered{Agent: a, ClaimCode: code, ClaimCodeExpires: expires}, nil
+}
+
+// parseSigned parses the compact JWS of an agent-signed request and checks that its typ is typ,
+// so no other signed object can pass for it.
+func parseSigned(body, typ string) (*jwsverify.JWS, error) {
+	jws, err := jwsverify.Parse(strings.TrimSpace(body))
+	if err != nil {
+		return nil, apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a compact JWS signed by the agent's key with EdDSA, Ed25519 or ES256")
+	}
+	if got, _ := jws.Header().ExtraHeaders["typ"].(string); got != typ {
+		return nil, apperr.New(apperr.Invalid, "typ", "the JWS header typ must be %s, so no other signed object can pass for this request", typ)
+	}
+	return jws, nil
 }
 
 // checkFreshness enforces the rules shared by every agent-signed request: audience is this
@@ -186,7 +199,7 @@ func (s *Service) Claim(ctx context.Context, requestID string, by principal.User
 	defer s.recordDenial(ctx, &ev, &err)
 	a, err := s.cfg.Store.ClaimAgent(ctx, ids.Hash(normalizeClaimCode(code)), by.ID, s.cfg.Now().UTC(), ev)
 	if errors.Is(err, ErrClaimCode) {
-		return Agent{}, apperr.Wrap(err, apperr.Invalid, "claim_code", "the claim code is invalid, expired or already used: codes last %v and work once", s.cfg.ClaimCodeTTL)
+		return Agent{}, apperr.Wrap(err, apperr.Invalid, "claim_code", "the claim code is invalid, expired or already used: codes last %v and work once; the agent gets a new one with mandate agent claim-code", s.cfg.ClaimCodeTTL)
 	}
 	if err != nil {
 		return Agent{}, fmt.Errorf("claim agent: %w", err)

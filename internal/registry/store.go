@@ -87,4 +87,13 @@ type Store interface {
 	// log entry for its thumbprint, with ev, in one transaction. ErrNotFound when the agent has
 	// no such key.
 	RevokeKey(ctx context.Context, agentID, did string, at time.Time, ev audit.Event) (Agent, error)
+	// RenewClaimCode replaces the claim code of an UNCLAIMED agent with code (the old one never
+	// works again) and appends ev, in one transaction. ErrNotFound when there is no such agent,
+	// ErrConflict when it is not UNCLAIMED.
+	RenewClaimCode(ctx context.Context, agentID string, code ClaimCode, ev audit.Event) error
+	// PurgeUnclaimed deletes at most limit UNCLAIMED agents whose claim code expired at or before
+	// lapsedBefore, with their keys (so their handles and keys can be registered again), and
+	// appends the event ev returns for each, in one transaction. It never touches a CLAIMED or
+	// REVOKED agent, nor one that anything else refers to. It returns the deleted agents.
+	PurgeUnclaimed(ctx context.Context, lapsedBefore time.Time, limit int, ev func(Agent) audit.Event) ([]Agent, error)
 }

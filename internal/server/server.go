@@ -39,6 +39,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/oauth"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/proxy"
+	"github.com/mandate-dev/mandate/internal/ratelimit"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/sqlstore"
 	"github.com/mandate-dev/mandate/internal/token"
@@ -66,6 +67,8 @@ type Server struct {
 	now     func() time.Time
 
 	legacyBootstrapWarned atomic.Bool // the warning about a never-expiring bootstrap file, once
+	agents                *registry.Service
+	denials               *audit.Aggregator // anonymous denials, counted instead of written one by one
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -160,15 +163,21 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
-	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.store, JTIs: s.store, Issuer: cfg.Issuer,
-		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, Now: now})
+	// Refusals of anonymous callers go through one aggregator, so a flood of them costs a bounded
+	// number of audit rows (see audit.Aggregator); every other event passes straight through.
+	s.denials = audit.NewAggregator(audit.AggregatorConfig{Store: s.store, Window: cfg.DenialAuditWindow,
+		PerSource: ratelimit.New(cfg.DenialAuditRate, cfg.DenialAuditBurst, 0, now),
+		Source:    ratelimit.Client, Log: s.log, Now: now})
+	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.denials, JTIs: s.store, Issuer: cfg.Issuer,
+		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, UnclaimedGrace: cfg.UnclaimedGrace, Now: now})
+	s.agents = registrySvc
 	deleg := delegation.New(delegation.Config{Store: s.store, Agents: s.store, Keys: s.keys, Tokens: s.store, Audit: s.store,
 		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Now: now})
 	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
 	tokenDPoP := dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now})
 	oauthSrv := oauth.New(oauth.Config{
 		Issuer: cfg.Issuer, Keys: s.keys, Tokens: s.store, Registry: registrySvc, Agents: s.store,
-		Principals: principals, Audit: s.store, JTIs: s.store, Delegation: deleg, Tasks: s.store, Federation: fed,
+		Principals: principals, Audit: s.denials, JTIs: s.store, Delegation: deleg, Tasks: s.store, Federation: fed,
 		DPoP:     tokenDPoP,
 		Nonces:   nonces,
 		TokenTTL: cfg.TokenTTL, Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
@@ -184,14 +193,17 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	}
 	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
-		Keys: s.keys, Tokens: s.store, Audit: s.store, Delegation: deleg, Vault: s.vault, Federation: fed,
-		DPoP:      dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now}),
-		AgentAuth: verifier.Middleware, Log: s.log, Now: now})
+		Keys: s.keys, Tokens: s.store, Audit: s.denials, Delegation: deleg, Vault: s.vault, Federation: fed,
+		DPoP:          dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now}),
+		AgentAuth:     verifier.Middleware,
+		RegisterLimit: ratelimit.New(cfg.RegisterRate, cfg.RegisterBurst, 0, now),
+		ClaimLimit:    ratelimit.New(cfg.ClaimRate, cfg.ClaimBurst, 0, now),
+		Log:           s.log, Now: now})
 
 	// The egress proxy: one verifier per upstream (audience {issuer}/proxy/{name}) with our own
 	// keys and live status; the proxy audits every call itself, so no OnDeny.
 	px, err := proxy.New(proxy.Config{
-		Issuer: cfg.Issuer, Upstreams: s.vault, Credentials: s.vault, Tasks: s.store, Audit: s.store,
+		Issuer: cfg.Issuer, Upstreams: s.vault, Credentials: s.vault, Tasks: s.store, Audit: s.denials,
 		Verifier: func(audience string) (*verify.Verifier, error) {
 			return verify.New(verify.Config{
 				Issuer: cfg.Issuer, Audience: audience, BaseURL: cfg.Issuer,
@@ -235,8 +247,14 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	mux.Handle("/", h(func(w http.ResponseWriter, r *http.Request) error {
 		return httpapi.Errorf(http.StatusNotFound, "not_found", "no such endpoint; the API is described at "+cfg.Issuer+"/v1/openapi.json")
 	}))
+	trusted, err := ratelimit.ParsePrefixes(cfg.TrustedProxies)
+	if err != nil {
+		return fmt.Errorf("--trusted-proxies: %w", err)
+	}
 	// Guard hands every /proxy/ path to the proxy before ServeMux could redirect an unclean one.
-	s.handler = httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux))
+	// The client address goes into the context outermost: httpapi.Middleware reads the route
+	// the mux sets on the very request it passed on.
+	s.handler = ratelimit.Middleware(trusted, httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux)))
 	return nil
 }
 
@@ -333,7 +351,7 @@ func (s *Server) auditResourceDenial(now func() time.Time) func(*http.Request, *
 	return func(r *http.Request, e *verify.Error) {
 		ev := audit.New(now(), httpapi.RequestID(r.Context()), audit.ActionResourceDeny)
 		ev.ActorType, ev.Reason, ev.Detail, ev.Target = audit.ActorAnonymous, e.Reason, e.Description, r.URL.Path
-		if err := s.store.AppendEvent(context.WithoutCancel(r.Context()), ev); err != nil {
+		if err := s.denials.AppendEvent(context.WithoutCancel(r.Context()), ev); err != nil {
 			s.log.ErrorContext(r.Context(), "record resource denial", slog.String("error", err.Error()))
 		}
 	}
@@ -367,6 +385,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 		listeners = append(listeners, metricsLn)
 	}
 	go s.purgeLoop(ctx)
+	go s.denials.Run(ctx)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from then on reloads, never kills
 	defer signal.Stop(hup)
@@ -388,6 +407,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 			err = fmt.Errorf("shutdown: %w", serr)
 		}
 	}
+	s.FlushDenials(context.WithoutCancel(ctx)) // after the last request: no count is lost
 	return err
 }
 
@@ -402,6 +422,10 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 }
+
+// FlushDenials writes the anonymous denials still being counted as their aggregated events, as
+// at shutdown, and returns how many events it wrote.
+func (s *Server) FlushDenials(ctx context.Context) int { return s.denials.Flush(ctx, true) }
 
 // masterKeyFile reloads the master key file into the keyrings that seal signing keys and
 // upstream secrets.
@@ -482,6 +506,16 @@ func (s *Server) reloadOnHangup(ctx context.Context, hup <-chan os.Signal) {
 	}
 }
 
+// PurgeUnclaimedAgents removes the UNCLAIMED agents whose claim code lapsed more than
+// --unclaimed-agent-grace ago, as the purge loop does every minute, and returns how many.
+func (s *Server) PurgeUnclaimedAgents(ctx context.Context) (int, error) {
+	n, err := s.agents.PurgeUnclaimed(ctx)
+	if n > 0 {
+		s.log.Info("removed unclaimed agents whose claim code lapsed", slog.Int("agents", n))
+	}
+	return n, err
+}
+
 // purgeLoop deletes expired state (used jtis, revoked tokens, retired keys) in batches.
 func (s *Server) purgeLoop(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
@@ -497,6 +531,9 @@ func (s *Server) purgeLoop(ctx context.Context) {
 				s.log.Warn("purge expired state", slog.String("error", err.Error()))
 			} else if n > 0 {
 				s.log.Debug("purged expired state", slog.Int64("rows", n))
+			}
+			if _, err := s.PurgeUnclaimedAgents(ctx); err != nil {
+				s.log.Warn("purge unclaimed agents", slog.String("error", err.Error()))
 			}
 		}
 	}

@@ -22,7 +22,7 @@ import (
 var ErrChainBroken = errors.New("audit hash chain broken")
 
 const eventCols = `seq, id, time, request_id, action, outcome, reason, detail, actor_type, actor_id,
-	principal_id, agent_id, target, token_id, prev_hash, hash`
+	principal_id, agent_id, target, token_id, prev_hash, hash, source, repeat_count, first_time, last_time`
 
 // AppendEvent appends a standalone event (a denial, which changes nothing else) as it is: its
 // Outcome is kept.
@@ -56,14 +56,15 @@ func appendEvent(ctx context.Context, tx *sql.Tx, ev *audit.Event) error {
 		return fmt.Errorf("read end of audit chain: %w", err)
 	}
 	t := nanos(ev.Time)
-	ev.Time = fromNanos(t)
+	ev.Time, ev.First, ev.Last = fromNanos(t), fromNanos(nanos(ev.First)), fromNanos(nanos(ev.Last))
 	ev.Seq = lastSeq + 1
 	ev.PrevHash = lastHash
 	ev.Hash = chainHash(ev.PrevHash, canonicalEvent(ev, t))
 	_, err = tx.ExecContext(ctx, `INSERT INTO audit_events (`+eventCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
 		ev.Seq, ev.ID, t, ev.RequestID, ev.Action, string(ev.Outcome), ev.Reason, ev.Detail,
-		ev.ActorType, ev.ActorID, ev.PrincipalID, ev.AgentID, ev.Target, ev.TokenID, ev.PrevHash, ev.Hash)
+		ev.ActorType, ev.ActorID, ev.PrincipalID, ev.AgentID, ev.Target, ev.TokenID, ev.PrevHash, ev.Hash,
+		ev.Source, ev.Count, nanos(ev.First), nanos(ev.Last))
 	if err != nil {
 		return fmt.Errorf("insert audit event: %w", err)
 	}
@@ -83,21 +84,35 @@ func chainHash(prevHash string, canonical []byte) string {
 // PrevHash and Hash, keys in lexical order, encoded by encoding/json without HTML escaping and
 // without a trailing newline. Time is RFC 3339 UTC with nanoseconds, made from the stored unix
 // nanoseconds ("0001-01-01T00:00:00Z" for the zero time). Changing this changes every hash:
-// don't, without a migration that marks where the new form starts.
+// don't, without a migration that marks where the new form starts. The fields added later
+// (source, count, first, last: migration 0006) are left out when empty, so every event written
+// before them keeps its form and hash, and every event that has them is covered.
 type hashedEvent struct {
 	Action      string `json:"action"`
 	ActorID     string `json:"actor_id"`
 	ActorType   string `json:"actor_type"`
 	AgentID     string `json:"agent_id"`
+	Count       int64  `json:"count,omitempty"`
 	Detail      string `json:"detail"`
+	First       string `json:"first,omitempty"`
 	ID          string `json:"id"`
+	Last        string `json:"last,omitempty"`
 	Outcome     string `json:"outcome"`
 	PrincipalID string `json:"principal_id"`
 	Reason      string `json:"reason"`
 	RequestID   string `json:"request_id"`
+	Source      string `json:"source,omitempty"`
 	Target      string `json:"target"`
 	Time        string `json:"time"`
 	TokenID     string `json:"token_id"`
+}
+
+// optionalTime is the canonical form of a time that may be absent: "" for the zero time.
+func optionalTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
 }
 
 // canonicalEvent encodes ev as hashedEvent; t is the stored form of ev.Time.
@@ -110,12 +125,16 @@ func canonicalEvent(ev *audit.Event, t int64) []byte {
 		ActorID:     ev.ActorID,
 		ActorType:   ev.ActorType,
 		AgentID:     ev.AgentID,
+		Count:       ev.Count,
 		Detail:      ev.Detail,
+		First:       optionalTime(ev.First),
 		ID:          ev.ID,
+		Last:        optionalTime(ev.Last),
 		Outcome:     string(ev.Outcome),
 		PrincipalID: ev.PrincipalID,
 		Reason:      ev.Reason,
 		RequestID:   ev.RequestID,
+		Source:      ev.Source,
 		Target:      ev.Target,
 		Time:        fromNanos(t).Format(time.RFC3339Nano),
 		TokenID:     ev.TokenID,
@@ -182,11 +201,12 @@ func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, 
 // scanEvent reads one row of eventCols; it also returns the stored time.
 func scanEvent(rows *sql.Rows) (audit.Event, int64, error) {
 	var ev audit.Event
-	var t int64
+	var t, first, last int64
 	var outcome string
 	err := rows.Scan(&ev.Seq, &ev.ID, &t, &ev.RequestID, &ev.Action, &outcome, &ev.Reason, &ev.Detail,
-		&ev.ActorType, &ev.ActorID, &ev.PrincipalID, &ev.AgentID, &ev.Target, &ev.TokenID, &ev.PrevHash, &ev.Hash)
-	ev.Time = fromNanos(t)
+		&ev.ActorType, &ev.ActorID, &ev.PrincipalID, &ev.AgentID, &ev.Target, &ev.TokenID, &ev.PrevHash, &ev.Hash,
+		&ev.Source, &ev.Count, &first, &last)
+	ev.Time, ev.First, ev.Last = fromNanos(t), fromNanos(first), fromNanos(last)
 	ev.Outcome = audit.Outcome(outcome)
 	return ev, t, err
 }

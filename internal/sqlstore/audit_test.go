@@ -36,6 +36,15 @@ func TestCanonicalEvent(t *testing.T) {
 		{"full", ev, `{"action":"token.issue","actor_id":"agt_1","actor_type":"agent","agent_id":"agt_1",` +
 			`"detail":"<b> & \"q\"","id":"evt_1","outcome":"success","principal_id":"usr_1","reason":"",` +
 			`"request_id":"req_1","target":"gr_1","time":"2031-05-06T06:08:09.123456789Z","token_id":"jti_1"}`},
+		{"aggregated", func() audit.Event {
+			e := ev
+			e.Source, e.Count = "2001:db8::/64", 999
+			e.First, e.Last = ev.Time.Add(-time.Minute), ev.Time.Add(-time.Second)
+			return e
+		}(), `{"action":"token.issue","actor_id":"agt_1","actor_type":"agent","agent_id":"agt_1","count":999,` +
+			`"detail":"<b> & \"q\"","first":"2031-05-06T06:07:09.123456789Z","id":"evt_1",` +
+			`"last":"2031-05-06T06:08:08.123456789Z","outcome":"success","principal_id":"usr_1","reason":"",` +
+			`"request_id":"req_1","source":"2001:db8::/64","target":"gr_1","time":"2031-05-06T06:08:09.123456789Z","token_id":"jti_1"}`},
 		{"empty", audit.Event{}, `{"action":"","actor_id":"","actor_type":"","agent_id":"","detail":"","id":"",` +
 			`"outcome":"","principal_id":"","reason":"","request_id":"","target":"","time":"0001-01-01T00:00:00Z","token_id":""}`},
 	} {

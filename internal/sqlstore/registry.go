@@ -375,3 +375,81 @@ func (s *Store) RevokeKey(ctx context.Context, agentID, did string, at time.Time
 	}
 	return a, nil
 }
+
+// RenewClaimCode replaces the claim code of an UNCLAIMED agent and appends ev (AgentID and
+// Target default to agentID).
+func (s *Store) RenewClaimCode(ctx context.Context, agentID string, code registry.ClaimCode, ev audit.Event) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var status string
+		err := tx.QueryRowContext(ctx, `SELECT status FROM agents WHERE id = $1`, agentID).Scan(&status)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return registry.ErrNotFound
+		case err != nil:
+			return err
+		case status != string(registry.StatusUnclaimed):
+			return fmt.Errorf("agent is %s: %w", status, registry.ErrConflict)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE agents SET claim_code_hash = $2, claim_expires_at = $3
+			WHERE id = $1`, agentID, nullString(code.Hash), nanos(code.ExpiresAt)); err != nil {
+			return err
+		}
+		defaultAgentEvent(&ev, agentID)
+		return appendSuccess(ctx, tx, &ev)
+	})
+	if err != nil {
+		return fmt.Errorf("renew claim code of agent %s: %w", agentID, err)
+	}
+	return nil
+}
+
+// PurgeUnclaimed deletes up to limit UNCLAIMED agents whose claim code expired at or before
+// lapsedBefore (oldest first) and that nothing refers to, with their keys, appending ev(agent)
+// for each, in one write transaction: the conditions are read and acted on under the write
+// lock, so a claim or a new claim code committed first keeps its agent.
+func (s *Store) PurgeUnclaimed(ctx context.Context, lapsedBefore time.Time, limit int, ev func(registry.Agent) audit.Event) ([]registry.Agent, error) {
+	var gone []registry.Agent
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		gone = nil
+		rows, err := tx.QueryContext(ctx, `SELECT `+agentCols+` FROM agents a
+			WHERE status = $1 AND claim_expires_at <= $2
+			AND NOT EXISTS (SELECT 1 FROM grant_requests r WHERE r.agent_id = a.id)
+			AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.agent_id = a.id)
+			AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.agent_id = a.id)
+			ORDER BY claim_expires_at, id LIMIT $3`,
+			string(registry.StatusUnclaimed), nanos(lapsedBefore), int64(limit))
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			a, err := scanAgent(rows)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			gone = append(gone, a)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, a := range gone {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM agent_keys WHERE agent_id = $1`, a.ID); err != nil {
+				return fmt.Errorf("delete keys of %s: %w", a.ID, err)
+			}
+			if err := execOne(ctx, tx, registry.ErrNotFound, `DELETE FROM agents WHERE id = $1`, a.ID); err != nil {
+				return fmt.Errorf("delete agent %s: %w", a.ID, err)
+			}
+			e := ev(a)
+			defaultAgentEvent(&e, a.ID)
+			if err := appendSuccess(ctx, tx, &e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("purge unclaimed agents: %w", err)
+	}
+	return gone, nil
+}

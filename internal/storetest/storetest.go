@@ -68,6 +68,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"SigningKeys", testSigningKeys},
 		{"RevokedTokens", testRevokedTokens},
 		{"Purge", testPurge},
+		{"RenewClaimCode", testRenewClaimCode},
+		{"PurgeUnclaimed", testPurgeUnclaimed},
 		{"Use", testUse},
 		{"UseConcurrent", testUseConcurrent},
 		{"RecordIssue", testRecordIssue},
@@ -1327,6 +1329,14 @@ func testAuditEvents(t *testing.T, s Store) {
 	}
 	// Standalone events keep their outcome: denials are recorded as denials.
 	wantLastEvent(t, s, full)
+	// An aggregated anonymous denial keeps its source, count and times.
+	agg := newEvent(audit.ActionTokenDeny)
+	agg.ActorType, agg.ActorID = audit.ActorAnonymous, ""
+	agg.Source, agg.Count, agg.First, agg.Last = "2001:db8:1:2::/64", 999, at(time.Second), at(time.Minute)
+	if err := s.AppendEvent(ctx, agg); err != nil {
+		t.Fatalf("AppendEvent: %v", err)
+	}
+	wantLastEvent(t, s, agg)
 
 	failure := newEvent(audit.ActionResourceDeny)
 	failure.Outcome = audit.OutcomeFailure
@@ -1345,7 +1355,7 @@ func testAuditEvents(t *testing.T, s Store) {
 	wantNoNewEvents(t, s, before)
 
 	evs := allEvents(t, s)
-	if diff := cmp.Diff([]audit.Event{full, failure, zeroTime}, evs, chainFields); diff != "" {
+	if diff := cmp.Diff([]audit.Event{full, agg, failure, zeroTime}, evs, chainFields); diff != "" {
 		t.Errorf("events, oldest first (-want +got):\n%s", diff)
 	}
 	for i, ev := range evs {
