@@ -209,6 +209,9 @@ func readJSON(resp *http.Response, out any) ([]byte, error) {
 // issuer.
 func normalizeServer(raw string) (string, error) {
 	s := strings.TrimSpace(raw)
+	if s == "" {
+		return "", fmt.Errorf("no server: pass --server URL, e.g. http://127.0.0.1:8420, or set %s", envServer)
+	}
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", fmt.Errorf("--server %q: want the server's URL, e.g. http://127.0.0.1:8420", raw)

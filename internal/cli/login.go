@@ -64,7 +64,6 @@ writes an admin token to <data-dir>/bootstrap-token.`,
 	cmd.Flags().StringVar(&token, "token", "", "the API token (visible to other users in the process list; prefer --token-file or stdin)")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "read the API token from this file")
 	cmd.MarkFlagsMutuallyExclusive("token", "token-file")
-	_ = cmd.MarkFlagRequired(serverFlag)
 	addJSONFlag(cmd)
 	return cmd
 }

@@ -11,6 +11,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/mandate-dev/mandate/internal/config"
 )
 
 // Main runs the command line and returns the process exit code.
@@ -41,6 +44,11 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 		Short:         "Identity, delegation and task-scoped credentials for AI agents",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// The one precedence of every command's settings: flags > MANDATE_* > --config file >
+		// defaults. No command defines its own PersistentPreRunE, so this one always runs.
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return config.Resolve(cmd.Flags(), os.Getenv)
+		},
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
@@ -53,5 +61,32 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newExecCmd())
 	root.AddCommand(newVaultCmd())
 	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
+	walk(root, func(c *cobra.Command) {
+		bindClientEnv(c)
+	})
 	return root
+}
+
+// clientEnv are the client settings that have an environment variable, on whichever command
+// has the flag: the server's URL and the agent's key file.
+var clientEnv = map[string]string{
+	serverFlag:  envServer,
+	keyFileFlag: envAgentKey,
+}
+
+func bindClientEnv(c *cobra.Command) {
+	for _, fs := range []*pflag.FlagSet{c.LocalNonPersistentFlags(), c.PersistentFlags()} {
+		for name, env := range clientEnv {
+			if fs.Lookup(name) != nil {
+				config.WithEnv(fs, name, env)
+			}
+		}
+	}
+}
+
+func walk(c *cobra.Command, f func(*cobra.Command)) {
+	f(c)
+	for _, sub := range c.Commands() {
+		walk(sub, f)
+	}
 }
