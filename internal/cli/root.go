@@ -8,11 +8,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/mandate-dev/mandate/internal/buildinfo"
 	"github.com/mandate-dev/mandate/internal/config"
 )
 
@@ -42,6 +44,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "mandate",
 		Short:         "Identity, delegation and task-scoped credentials for AI agents",
+		Version:       buildinfo.Version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		// The one precedence of every command's settings: flags > MANDATE_* > --config file >
@@ -63,6 +66,9 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
 	walk(root, func(c *cobra.Command) {
 		bindClientEnv(c)
+		if c.HasSubCommands() {
+			c.Args, c.RunE = cobra.ArbitraryArgs, runGroup
+		}
 	})
 	return root
 }
@@ -89,4 +95,18 @@ func walk(c *cobra.Command, f func(*cobra.Command)) {
 	for _, sub := range c.Commands() {
 		walk(sub, f)
 	}
+}
+
+// runGroup runs a command group: alone it shows the group's help; with a word that names none
+// of its commands it fails, with the commands that word was probably meant to be.
+func runGroup(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return cmd.Help()
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+	cmd.SuggestionsMinimumDistance = 2 // cobra's own default, which it sets only on the root's path
+	if near := cmd.SuggestionsFor(args[0]); len(near) > 0 {
+		return fmt.Errorf("%s; did you mean %s?", msg, strings.Join(near, " or "))
+	}
+	return fmt.Errorf("%s; its commands are listed by %s --help", msg, cmd.CommandPath())
 }
