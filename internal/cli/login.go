@@ -84,12 +84,19 @@ func readLoginToken(cmd *cobra.Command, token, tokenFile string) (string, error)
 		return "", fmt.Errorf("%s is empty", tokenFile)
 	}
 	in := cmd.InOrStdin()
+	var line string
 	if isTerminal(in) {
-		fmt.Fprint(cmd.ErrOrStderr(), "API token: ")
-	}
-	line, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("reading the token from stdin: %w", err)
+		b, err := readHidden(cmd, "API token (not shown): ", 4096)
+		if err != nil {
+			return "", fmt.Errorf("reading the token: %w", err)
+		}
+		line = string(b)
+	} else {
+		b, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("reading the token from stdin: %w", err)
+		}
+		line = b
 	}
 	if t := strings.TrimSpace(line); t != "" {
 		return t, nil

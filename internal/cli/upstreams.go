@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -113,8 +112,8 @@ func parseAuth(auth, param string) (string, string, error) {
 	return kind, param, nil
 }
 
-// readSecret reads a secret from file, or else stdin (one line from a terminal, everything
-// from a pipe), dropping one trailing line break. It is never taken from a flag, which would
+// readSecret reads a secret from file, or else stdin (one line from a terminal, not echoed;
+// everything from a pipe), dropping one trailing line break. It is never taken from a flag, which would
 // leave it in the shell history and the process list.
 func readSecret(cmd *cobra.Command, file, what string) ([]byte, error) {
 	var data []byte
@@ -127,12 +126,9 @@ func readSecret(cmd *cobra.Command, file, what string) ([]byte, error) {
 	} else {
 		in := cmd.InOrStdin()
 		if isTerminal(in) {
-			fmt.Fprintf(cmd.ErrOrStderr(), "%s (typing shows; a pipe or --secret-file does not): ", what)
-			line, err := bufio.NewReader(io.LimitReader(in, vault.MaxSecretSize+2)).ReadBytes('\n')
-			if err != nil && !errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("reading the secret from stdin: %w", err)
+			if data, err = readHidden(cmd, what+" (not shown): ", vault.MaxSecretSize+2); err != nil {
+				return nil, fmt.Errorf("reading the secret: %w", err)
 			}
-			data = line
 		} else {
 			data, err = io.ReadAll(io.LimitReader(in, vault.MaxSecretSize+2))
 			if err != nil {
