@@ -81,12 +81,23 @@ func parseRoute(s string) (vault.Route, error) {
 	}
 	r := vault.Route{Scope: strings.TrimSpace(scope), Paths: fields[1:]}
 	for m := range strings.SplitSeq(fields[0], ",") {
-		if m != "" {
-			r.Methods = append(r.Methods, strings.ToUpper(m))
+		m = strings.ToUpper(m)
+		if !slices.Contains(routeMethods, m) {
+			return vault.Route{}, fmt.Errorf("--route %q: %q is not a method: want 'SCOPE=METHOD[,METHOD…] PATH…' with METHOD one of %s or * (another method: use --routes-file)",
+				s, m, strings.Join(routeMethods[:len(routeMethods)-1], ", "))
+		}
+		r.Methods = append(r.Methods, m)
+	}
+	for _, p := range r.Paths {
+		if !strings.HasPrefix(p, "/") {
+			return vault.Route{}, fmt.Errorf("--route %q: path %q: want a path starting with /, after the methods", s, p)
 		}
 	}
 	return r, nil
 }
+
+// routeMethods are the methods --route takes: HTTP's (RFC 9110, and PATCH), or * for any.
+var routeMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"}
 
 // parseAuth reads --auth KIND, where header and query may carry their name: header:X-Api-Key.
 func parseAuth(auth, param string) (string, string, error) {

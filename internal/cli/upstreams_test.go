@@ -18,9 +18,18 @@ func TestParseRoute(t *testing.T) {
 	if r.Scope != "ahrefs:read" || strings.Join(r.Methods, ",") != "GET,HEAD" || strings.Join(r.Paths, " ") != "/v3/site-explorer/* /v3/keywords/**" {
 		t.Errorf("parseRoute = %+v", r)
 	}
-	for _, bad := range []string{"", "ahrefs:read", "ahrefs:read=GET", "=GET /x", "GET /x"} {
-		if _, err := parseRoute(bad); err == nil {
-			t.Errorf("parseRoute(%q) succeeded", bad)
+	if r, err := parseRoute("x:all=* /**"); err != nil || r.Methods[0] != "*" {
+		t.Errorf("parseRoute(*) = %+v, %v", r, err)
+	}
+	for bad, want := range map[string]string{
+		"": "want 'SCOPE=METHOD PATH'", "ahrefs:read": "want", "ahrefs:read=GET": "want", "=GET /x": "want", "GET /x": "want",
+		"ahrefs:read=GTE /v3/*":     `"GTE" is not a method`,
+		"ahrefs:read=GET,,POST /v3": `"" is not a method`,
+		"ahrefs:read=/v3/* GET":     `"/V3/*" is not a method`,
+		"ahrefs:read=GET v3/*":      `path "v3/*": want a path starting with /`,
+	} {
+		if _, err := parseRoute(bad); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parseRoute(%q) = %v, want an error with %q", bad, err, want)
 		}
 	}
 }
