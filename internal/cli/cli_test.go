@@ -539,6 +539,20 @@ func TestDelegationEndToEnd(t *testing.T) {
 		if file.TaskID != instance.TaskID || file.JKT != instance.JKT || len(file.Key) == 0 || file.Issuer != ts.URL || file.TokenType != "DPoP" {
 			t.Fatalf("task file = %+v", file)
 		}
+		// An existing --out file is kept (it holds that task's instance key) unless --force.
+		fails(t, "", []string{"task", "start", "--key-file", orch, "--grant", grant.GrantID, "--instance-key", "--out", taskFilePath},
+			"--out "+taskFilePath+" exists: refusing to overwrite it", "--force")
+		if again, _ := os.ReadFile(taskFilePath); !bytes.Equal(again, data) {
+			t.Fatal("a refused task start changed the --out file")
+		}
+		var forced taskStarted
+		decodeJSON(t, ok(t, "task", "start", "--key-file", orch, "--grant", grant.GrantID, "--instance-key", "--out", taskFilePath, "--force", "--json"), &forced)
+		if again, _ := os.ReadFile(taskFilePath); bytes.Equal(again, data) || forced.TaskID == instance.TaskID {
+			t.Fatal("task start --force did not replace the --out file")
+		}
+		if err := os.WriteFile(taskFilePath, data, 0o600); err != nil { // the first task's file again, as the test goes on
+			t.Fatal(err)
+		}
 		// --out - prints the file, and nothing else, on standard output.
 		var buf, errBuf bytes.Buffer
 		root := NewRoot(&buf, &errBuf)
