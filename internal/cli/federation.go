@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -164,9 +165,27 @@ Google, Terraform Cloud) are marked shared whatever --shared says: their rules m
 			return t.flush()
 		},
 	}
+	var yes bool
 	remove := &cobra.Command{
-		Use: "remove URL", Short: "Stop trusting an issuer (its rules go with it)", Args: cobra.ExactArgs(1),
+		Use: "remove URL [--yes]", Short: "Stop trusting an issuer (its rules go with it)", Args: cobra.ExactArgs(1),
+		Long: `Stop trusting an issuer: its rules are deleted with it, and the workloads they let in get no
+new tokens. Asks for confirmation on a terminal; elsewhere pass --yes.`,
+		Example: "  mandate federation issuers remove https://token.actions.githubusercontent.com --yes",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				var res struct {
+					Rules []api.RuleJSON `json:"rules"`
+				}
+				ok, err := confirmTo(cmd, "remove", "issuer "+args[0], "/v1/federation/rules?issuer="+url.QueryEscape(args[0]), &res, func() string {
+					return fmt.Sprintf("Stop trusting %s and delete its %d rules? Its workloads get no new tokens. [y/N] ", args[0], len(res.Rules))
+				})
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return errors.New("not removed")
+				}
+			}
 			c, err := managementClient(cmd)
 			if err != nil {
 				return err
@@ -178,6 +197,7 @@ Google, Terraform Cloud) are marked shared whatever --shared says: their rules m
 			return nil
 		},
 	}
+	remove.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	cmd.AddCommand(add, list, remove)
 	return cmd
 }

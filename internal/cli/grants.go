@@ -383,12 +383,17 @@ handing tasks on); they can never widen it.`,
 	return cmd
 }
 
-// confirmWith asks on the terminal before a destructive call, after fetching what it concerns
-// into v (question is called once v is filled). With no terminal it refuses.
+// confirmWith asks on the terminal before a revocation, after fetching what it concerns into v
+// (question is called once v is filled). With no terminal it refuses.
 func confirmWith(cmd *cobra.Command, what, path string, v any, question func() string) (bool, error) {
+	return confirmTo(cmd, "revoke", what, path, v, question)
+}
+
+// confirmTo is confirmWith for any destructive verb ("revoke", "remove").
+func confirmTo(cmd *cobra.Command, verb, what, path string, v any, question func() string) (bool, error) {
 	in := cmd.InOrStdin()
 	if !isTerminal(in) {
-		return false, fmt.Errorf("refusing to revoke %s without confirmation (there is no terminal to ask on): pass --yes", what)
+		return false, fmt.Errorf("refusing to %s %s without confirmation (there is no terminal to ask on): pass --yes", verb, what)
 	}
 	c, err := managementClient(cmd)
 	if err != nil {

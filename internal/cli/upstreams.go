@@ -415,12 +415,27 @@ func newUpstreamRoutesCmd() *cobra.Command {
 }
 
 func newUpstreamRemoveCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:     "remove NAME",
-		Short:   "Remove an upstream and destroy its secrets",
-		Example: "  mandate upstream remove ahrefs",
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "remove NAME [--yes]",
+		Short: "Remove an upstream and destroy its secrets",
+		Long: `Remove an upstream and destroy its secrets for good: agents can no longer reach it, and its
+credentials cannot be recovered. Asks for confirmation on a terminal; elsewhere pass --yes.`,
+		Example: "  mandate upstream remove ahrefs --yes",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				var u api.UpstreamJSON
+				ok, err := confirmTo(cmd, "remove", "upstream "+args[0], upstreamPath(args[0]), &u, func() string {
+					return fmt.Sprintf("Remove upstream %s (%s) and destroy its secrets (%s)? Agents can no longer reach it. [y/N] ", u.Name, u.BaseURL, secretsLabel(u))
+				})
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return errors.New("not removed")
+				}
+			}
 			c, err := managementClient(cmd)
 			if err != nil {
 				return err
@@ -435,6 +450,8 @@ func newUpstreamRemoveCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	return cmd
 }
 
 func jsonString(s string) string {

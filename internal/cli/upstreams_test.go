@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,8 +117,16 @@ func TestUpstreamCommands(t *testing.T) {
 	if strings.Contains(out, "ahrefs:all") {
 		t.Errorf("routes did not replace the old routes:\n%s", out)
 	}
-	out = run("", "upstream", "remove", "resend")
-	hasAll(t, out, "Removed upstream resend")
+	// Removing destroys the secrets: it confirms like a revocation.
+	fails(t, "y\n", []string{"upstream", "remove", "resend"}, "refusing to remove upstream resend", "pass --yes")
+	isTerminal = func(io.Reader) bool { return true }
+	t.Cleanup(func() { isTerminal = stdinIsTerminal })
+	fails(t, "n\n", []string{"upstream", "remove", "resend"}, "not removed")
+	run("", "upstream", "show", "resend")
+	out = run("y\n", "upstream", "remove", "resend")
+	hasAll(t, out, "Remove upstream resend (", "destroy its secrets", "Removed upstream resend")
+	isTerminal = stdinIsTerminal
+	run("", "upstream", "remove", "x", "--yes")
 	fails(t, "", []string{"upstream", "show", "resend"}, "not_found")
 	run("", "upstream", "list", "--json")
 	run("", "upstream", "show", "ahrefs", "--json")
