@@ -184,7 +184,7 @@ func TestEndToEnd(t *testing.T) {
 		hasAll(t, ok(t, "tokens", "revoke", tok.ID), "Revoked API token "+tok.ID)
 		hasAll(t, ok(t, "tokens", "list", "--user", "alice"), "revoked")
 		fails(t, "", []string{"login", "--server", ts.URL, "--token", tok.Token},
-			"the API token is unknown, revoked or expired", "(unauthenticated, request ")
+			"the server refused this token: it is unknown, revoked or expired (unauthenticated, request ")
 		// A token given in the environment is used instead of the saved login.
 		t.Setenv(envToken, tok.Token)
 		fails(t, "", []string{"users", "list"}, "(unauthenticated, request ")

@@ -424,15 +424,22 @@ func newAuditCmd() *cobra.Command {
 		limit                                        int
 	}
 	cmd := &cobra.Command{
-		Use:   "audit [--request-id R] [--action A] [--agent ID] [--principal ID] [--outcome O] [--limit N]",
+		Use:   "audit [--request-id R] [--action A] [--agent @handle|ID] [--principal ID] [--outcome O] [--limit N]",
 		Short: "Search the audit trail (an admin: all of it; others: events on their behalf)",
 		Long: `Search the audit trail, newest first. A refused request names its request id: --request-id
 shows every event of that request, with the exact reason (for a refused federation assertion:
 which check and which claim).`,
-		Example: "  mandate audit --request-id req_...\n  mandate audit --action token.deny --limit 20\n  mandate audit --agent agt_... --outcome denied",
+		Example: "  mandate audit --request-id req_...\n  mandate audit --action token.deny --limit 20\n  mandate audit --agent @release-bot --outcome denied",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
+			if f.agent != "" {
+				id, err := agentID(cmd, f.agent)
+				if err != nil {
+					return fmt.Errorf("--agent: %w", err)
+				}
+				f.agent = id
+			}
 			for k, v := range map[string]string{"request_id": f.requestID, "action": f.action, "agent": f.agent, "principal": f.principal, "outcome": f.outcome} {
 				if v != "" {
 					q.Set(k, v)
@@ -459,7 +466,7 @@ which check and which claim).`,
 	cmd.Flags().String(serverFlag, "", "the server's URL (default: the one you logged in to)")
 	cmd.Flags().StringVar(&f.requestID, "request-id", "", "every event of one request")
 	cmd.Flags().StringVar(&f.action, "action", "", "one action, e.g. token.deny")
-	cmd.Flags().StringVar(&f.agent, "agent", "", "one agent's events")
+	cmd.Flags().StringVar(&f.agent, "agent", "", "one agent's events: @handle or agt_… id")
 	cmd.Flags().StringVar(&f.principal, "principal", "", "one principal's events (admin)")
 	cmd.Flags().StringVar(&f.outcome, "outcome", "", "success, denied or failure")
 	cmd.Flags().IntVar(&f.limit, "limit", 0, "at most this many events (default 100, max 1000)")

@@ -206,11 +206,15 @@ short-lived tokens, never more than the grant. Durations take s, m, h and d (day
     --budget requests=500 --expires 30d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkAgentRef(agent); err != nil {
+				return fmt.Errorf("--agent: %w", err)
+			}
 			sp, err := create.spec(cmd)
 			if err != nil {
 				return err
 			}
 			sp.Agent = agent
+			warnUnknownResources(cmd, sp.Resources)
 			var g api.GrantJSON
 			if done, err := callAPI(cmd, http.MethodPost, "/v1/grants", sp, &g); done {
 				return err
@@ -238,6 +242,9 @@ short-lived tokens, never more than the grant. Durations take s, m, h and d (day
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := "/v1/grants"
 			if listAgent != "" {
+				if err := checkAgentRef(listAgent); err != nil {
+					return fmt.Errorf("--agent: %w", err)
+				}
 				path += "?" + url.Values{"agent": {listAgent}}.Encode()
 			}
 			var res struct {
@@ -381,6 +388,52 @@ handing tasks on); they can never widen it.`,
 
 	cmd.AddCommand(createCmd, list, show, revoke, requests, approveCmd, deny)
 	return cmd
+}
+
+// warnUnknownResources warns, on standard error, about each resource that names no upstream of
+// the server and no resource of a grant the caller can see: most likely a typo, which would give
+// the agent a grant that no proxy call or resource server accepts. When the caller may not list
+// upstreams (not an admin) nothing is said, nor with --json (a script's run).
+func warnUnknownResources(cmd *cobra.Command, resources []string) {
+	if len(resources) == 0 || wantJSON(cmd) {
+		return
+	}
+	c, err := managementClient(cmd)
+	if err != nil {
+		return
+	}
+	var ups struct {
+		Upstreams []api.UpstreamJSON `json:"upstreams"`
+	}
+	var grants struct {
+		Grants []api.GrantJSON `json:"grants"`
+	}
+	if _, err := c.do(cmd.Context(), http.MethodGet, "/v1/upstreams", nil, &ups); err != nil {
+		return
+	}
+	if _, err := c.do(cmd.Context(), http.MethodGet, "/v1/grants", nil, &grants); err != nil {
+		return
+	}
+	known := map[string]bool{}
+	var upstreams []string
+	for _, u := range ups.Upstreams {
+		known[strings.TrimSuffix(u.Resource, "/")] = true
+		upstreams = append(upstreams, u.Resource)
+	}
+	for _, g := range grants.Grants {
+		for _, r := range g.Resources {
+			known[strings.TrimSuffix(r, "/")] = true
+		}
+	}
+	list := "none yet"
+	if len(upstreams) > 0 {
+		list = strings.Join(upstreams, " ")
+	}
+	for _, r := range resources {
+		if !known[strings.TrimSuffix(r, "/")] {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: --resource %s names no upstream of this server (theirs: %s) and no resource of another grant; check it for a typo\n", r, list)
+		}
+	}
 }
 
 // confirmWith asks on the terminal before a revocation, after fetching what it concerns into v

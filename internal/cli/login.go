@@ -42,7 +42,7 @@ writes an admin token to <data-dir>/bootstrap-token.`,
 			var u api.UserJSON
 			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/whoami", nil, &u)
 			if err != nil {
-				return err
+				return loginRefused(err)
 			}
 			path, err := saveLogin(loginConfig{Server: srv, Token: secret})
 			if err != nil {
