@@ -74,6 +74,9 @@ func readLoginToken(cmd *cobra.Command, token, tokenFile string) (string, error)
 	case token != "":
 		return strings.TrimSpace(token), nil
 	case tokenFile != "":
+		if err := waitForTokenFile(cmd, tokenFile); err != nil {
+			return "", err
+		}
 		data, err := os.ReadFile(tokenFile)
 		if err != nil {
 			return "", fmt.Errorf("reading the token: %w", err)

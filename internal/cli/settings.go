@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -219,4 +220,32 @@ func requireAgentState(keyPath string) (*agentState, error) {
 		return nil, fmt.Errorf("no registered agent beside %s (no %s): run mandate agent init, then mandate agent register --server URL --handle NAME", keyPath, agentStateFile)
 	}
 	return st, nil
+}
+
+// tokenFileWait is how long mandate login waits for a --token-file that is not there yet.
+const tokenFileWait = 15 * time.Second
+
+// waitForTokenFile waits, saying so, for a token file that does not exist yet or is still empty:
+// "mandate serve &" followed at once by "mandate login --token-file mandate-data/bootstrap-token"
+// races the server writing it.
+func waitForTokenFile(cmd *cobra.Command, path string) error {
+	ready := func() bool {
+		fi, err := os.Stat(path)
+		return (err == nil && fi.Size() > 0) || (err != nil && !errors.Is(err, fs.ErrNotExist))
+	}
+	if ready() {
+		return nil
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "Waiting for %s to appear (is mandate serve starting?)...\n", path)
+	giveUp := time.After(tokenFileWait)
+	for !ready() {
+		select {
+		case <-cmd.Context().Done():
+			return cmd.Context().Err()
+		case <-giveUp:
+			return fmt.Errorf("no token in %s after %v: start the server first (mandate serve), or give the --token-file of a running one", path, tokenFileWait)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
 }

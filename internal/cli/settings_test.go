@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -360,4 +361,44 @@ func TestClientSettingsPrecedence(t *testing.T) {
 	if _, err := os.Stat(fromEnv); err != nil {
 		t.Errorf("agent init without --key-file did not use MANDATE_AGENT_KEY: %v", err)
 	}
+}
+
+// mandate serve & then mandate login --token-file at once: login waits for the file, saying so
+// (it failed with "no such file").
+func TestLoginWaitsForBootstrapFile(t *testing.T) {
+	cleanEnv(t, map[string]string{envConfigDir: t.TempDir()})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	dataDir := filepath.Join(t.TempDir(), "data")
+	bootstrap := filepath.Join(dataDir, server.BootstrapFile)
+
+	pr, pw := io.Pipe()
+	var out bytes.Buffer
+	login := NewRoot(&out, pw)
+	login.SetArgs([]string{"login", "--server", "http://" + addr, "--token-file", bootstrap})
+	loginDone := make(chan error, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { err := login.ExecuteContext(ctx); pw.Close(); loginDone <- err }()
+	said := make([]byte, 256)
+	n, _ := io.ReadAtLeast(pr, said, len("Waiting for"))
+	if !strings.Contains(string(said[:n]), "Waiting for "+bootstrap+" to appear (is mandate serve starting?)") {
+		t.Fatalf("login said %q before the server started", said[:n])
+	}
+	go io.Copy(io.Discard, pr)
+
+	serve := NewRoot(io.Discard, io.Discard)
+	serve.SetArgs([]string{"serve", "--listen", addr, "--data-dir", dataDir})
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- serve.ExecuteContext(ctx) }()
+	if err := <-loginDone; err != nil {
+		t.Fatalf("login: %v\n%s", err, out.String())
+	}
+	hasAll(t, out.String(), "Logged in to http://"+addr+" as admin")
+	cancel()
+	<-serveDone
 }
