@@ -402,3 +402,26 @@ func TestLoginWaitsForBootstrapFile(t *testing.T) {
 	cancel()
 	<-serveDone
 }
+
+// What --print-config prints is a config file that gives the same settings back.
+func TestPrintConfigRoundTrip(t *testing.T) {
+	first, err := printConfig(t, map[string]string{"MANDATE_TOKEN_TTL": "2m", "MANDATE_DPOP_NONCE": "false"}, "--listen", "127.0.0.1:9999", "--issuer", "http://localhost:9999")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var printed bytes.Buffer
+	root := NewRoot(&printed, io.Discard)
+	root.SetArgs([]string{"serve", "--print-config", "--listen", "127.0.0.1:9999", "--issuer", "http://localhost:9999", "--token-ttl", "2m", "--dpop-nonce=false"})
+	if err := root.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := printConfig(t, nil, "--config", writeFile(t, "printed.yaml", printed.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range first {
+		if again[k].value != v.value || !strings.HasPrefix(again[k].source, "file ") {
+			t.Errorf("%s: printed %+v, read back %+v", k, v, again[k])
+		}
+	}
+}
