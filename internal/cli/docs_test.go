@@ -166,6 +166,21 @@ func TestReadmeFirstAgent(t *testing.T) {
 	hasAll(t, out, "Logged in to http://"+addr+" as admin", "Created agent key", "Claimed agent @research-bot", "research-bot")
 }
 
+// docs/cli.md's "Getting started".
+func TestCLIGettingStarted(t *testing.T) {
+	dir := t.TempDir()
+	env := docEnv(t, dir, "./cmd/mandate")
+	addr := freePort(t)
+	env = append(env, "MANDATE_LISTEN="+addr)
+	script := docBlocks(t, "../../docs/cli.md", "## Getting started", true)
+	script = substitute(t, script, [][2]string{
+		{"127.0.0.1:8420", addr},
+		{"QFFJ-4RPQ-G31H-3V06", claimCodeFromLog},
+	})
+	out := runScript(t, dir, script, env)
+	hasAll(t, out, "Logged in to http://"+addr+" as admin", "Claimed agent @release-bot", "release-bot")
+}
+
 // examples/README.md's walkthrough, from building the binaries to the long-running sidecar.
 func TestExamplesWalkthrough(t *testing.T) {
 	for _, tool := range []string{"node", "sqlite3", "curl"} {
