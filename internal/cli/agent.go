@@ -140,7 +140,6 @@ mandate agents claim CODE, and only then can the agent get tokens.`,
 	cmd.Flags().StringVar(&handle, "handle", "", "the agent's stable, unique name: 3-40 of a-z 0-9 - (required)")
 	cmd.Flags().StringVar(&name, "name", "", "a display name")
 	cmd.Flags().StringVar(&description, "description", "", "what the agent does")
-	_ = cmd.MarkFlagRequired(serverFlag)
 	_ = cmd.MarkFlagRequired("handle")
 	return cmd
 }

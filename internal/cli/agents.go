@@ -18,6 +18,34 @@ import (
 // agentPath is the API path of an agent given as an id or @handle.
 func agentPath(ref string) string { return "/v1/agents/" + url.PathEscape(ref) }
 
+// checkAgentRef refuses an agent named neither by @handle nor by id: the server would only say
+// there is no such agent, when the handle merely lacks its @.
+func checkAgentRef(ref string) error {
+	if strings.HasPrefix(ref, "@") || strings.HasPrefix(ref, "agt_") {
+		return nil
+	}
+	return fmt.Errorf("%q is neither a handle nor an agent id: write a handle with its @ (@%s) or an id (agt_…)", ref, ref)
+}
+
+// agentID resolves an agent given as @handle to its id; an id stays as it is.
+func agentID(cmd *cobra.Command, ref string) (string, error) {
+	if err := checkAgentRef(ref); err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(ref, "@") {
+		return ref, nil
+	}
+	c, err := managementClient(cmd)
+	if err != nil {
+		return "", err
+	}
+	var a api.AgentJSON
+	if _, err := c.do(cmd.Context(), http.MethodGet, agentPath(ref), nil, &a); err != nil {
+		return "", err
+	}
+	return a.AgentID, nil
+}
+
 func newAgentsCmd() *cobra.Command {
 	cmd := managementGroup("agents", "Claim, list, show and revoke agents (as their owner or an admin)")
 
@@ -79,6 +107,9 @@ works once and expires; until it is claimed, the agent can get no tokens.`,
 		Example: "  mandate agents show @release-bot",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkAgentRef(args[0]); err != nil {
+				return err
+			}
 			var a api.AgentJSON
 			if done, err := callAPI(cmd, http.MethodGet, agentPath(args[0]), nil, &a); done {
 				return err
@@ -97,6 +128,9 @@ Asks for confirmation on a terminal; elsewhere (scripts, CI) pass --yes.`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref := args[0]
+			if err := checkAgentRef(ref); err != nil {
+				return err
+			}
 			if !yes {
 				var a api.AgentJSON
 				ok, err := confirmWith(cmd, ref, agentPath(ref), &a, func() string {

@@ -197,7 +197,7 @@ func TestEndToEnd(t *testing.T) {
 		hasAll(t, ok(t, "tokens", "revoke", tok.ID), "Revoked API token "+tok.ID)
 		hasAll(t, ok(t, "tokens", "list", "--user", "alice"), "revoked")
 		fails(t, "", []string{"login", "--server", ts.URL, "--token", tok.Token},
-			"the API token is unknown, revoked or expired", "(unauthenticated, request ")
+			"the server refused this token: it is unknown, revoked or expired (unauthenticated, request ")
 		// A token given in the environment is used instead of the saved login.
 		t.Setenv(envToken, tok.Token)
 		fails(t, "", []string{"users", "list"}, "(unauthenticated, request ")
@@ -577,6 +577,20 @@ func TestDelegationEndToEnd(t *testing.T) {
 		decodeJSON(t, string(data), &file)
 		if file.TaskID != instance.TaskID || file.JKT != instance.JKT || len(file.Key) == 0 || file.Issuer != ts.URL || file.TokenType != "DPoP" {
 			t.Fatalf("task file = %+v", file)
+		}
+		// An existing --out file is kept (it holds that task's instance key) unless --force.
+		fails(t, "", []string{"task", "start", "--key-file", orch, "--grant", grant.GrantID, "--instance-key", "--out", taskFilePath},
+			"--out "+taskFilePath+" exists: refusing to overwrite it", "--force")
+		if again, _ := os.ReadFile(taskFilePath); !bytes.Equal(again, data) {
+			t.Fatal("a refused task start changed the --out file")
+		}
+		var forced taskStarted
+		decodeJSON(t, ok(t, "task", "start", "--key-file", orch, "--grant", grant.GrantID, "--instance-key", "--out", taskFilePath, "--force", "--json"), &forced)
+		if again, _ := os.ReadFile(taskFilePath); bytes.Equal(again, data) || forced.TaskID == instance.TaskID {
+			t.Fatal("task start --force did not replace the --out file")
+		}
+		if err := os.WriteFile(taskFilePath, data, 0o600); err != nil { // the first task's file again, as the test goes on
+			t.Fatal(err)
 		}
 		// --out - prints the file, and nothing else, on standard output.
 		var buf, errBuf bytes.Buffer

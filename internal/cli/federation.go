@@ -2,6 +2,7 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -164,9 +165,27 @@ Google, Terraform Cloud) are marked shared whatever --shared says: their rules m
 			return t.flush()
 		},
 	}
+	var yes bool
 	remove := &cobra.Command{
-		Use: "remove URL", Short: "Stop trusting an issuer (its rules go with it)", Args: cobra.ExactArgs(1),
+		Use: "remove URL [--yes]", Short: "Stop trusting an issuer (its rules go with it)", Args: cobra.ExactArgs(1),
+		Long: `Stop trusting an issuer: its rules are deleted with it, and the workloads they let in get no
+new tokens. Asks for confirmation on a terminal; elsewhere pass --yes.`,
+		Example: "  mandate federation issuers remove https://token.actions.githubusercontent.com --yes",
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				var res struct {
+					Rules []api.RuleJSON `json:"rules"`
+				}
+				ok, err := confirmTo(cmd, "remove", "issuer "+args[0], "/v1/federation/rules?issuer="+url.QueryEscape(args[0]), &res, func() string {
+					return fmt.Sprintf("Stop trusting %s and delete its %d rules? Its workloads get no new tokens. [y/N] ", args[0], len(res.Rules))
+				})
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return errors.New("not removed")
+				}
+			}
 			c, err := managementClient(cmd)
 			if err != nil {
 				return err
@@ -178,6 +197,7 @@ Google, Terraform Cloud) are marked shared whatever --shared says: their rules m
 			return nil
 		},
 	}
+	remove.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	cmd.AddCommand(add, list, remove)
 	return cmd
 }
@@ -404,17 +424,24 @@ func newAuditCmd() *cobra.Command {
 		limit                                        int
 	}
 	cmd := &cobra.Command{
-		Use:   "audit [--request-id R] [--action A] [--agent ID] [--principal ID] [--outcome O] [--limit N]",
+		Use:   "audit [--request-id R] [--action A] [--agent @handle|ID] [--principal ID] [--outcome O] [--limit N]",
 		Short: "Search the audit trail (an admin: all of it; others: events on their behalf)",
 		Long: `Search the audit trail, newest first. A refused request names its request id: --request-id
 shows every event of that request, with the exact reason (for a refused federation assertion:
 which check and which claim). Refusals of anonymous callers show their address as the actor;
 past --denial-audit-rate, identical ones from one address are one event per window that counts
 them (OUTCOME "denied xN", with the last request id).`,
-		Example: "  mandate audit --request-id req_...\n  mandate audit --action token.deny --limit 20\n  mandate audit --agent agt_... --outcome denied",
+		Example: "  mandate audit --request-id req_...\n  mandate audit --action token.deny --limit 20\n  mandate audit --agent @release-bot --outcome denied",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			q := url.Values{}
+			if f.agent != "" {
+				id, err := agentID(cmd, f.agent)
+				if err != nil {
+					return fmt.Errorf("--agent: %w", err)
+				}
+				f.agent = id
+			}
 			for k, v := range map[string]string{"request_id": f.requestID, "action": f.action, "agent": f.agent, "principal": f.principal, "outcome": f.outcome} {
 				if v != "" {
 					q.Set(k, v)
@@ -448,7 +475,7 @@ them (OUTCOME "denied xN", with the last request id).`,
 	cmd.Flags().String(serverFlag, "", "the server's URL (default: the one you logged in to)")
 	cmd.Flags().StringVar(&f.requestID, "request-id", "", "every event of one request")
 	cmd.Flags().StringVar(&f.action, "action", "", "one action, e.g. token.deny")
-	cmd.Flags().StringVar(&f.agent, "agent", "", "one agent's events")
+	cmd.Flags().StringVar(&f.agent, "agent", "", "one agent's events: @handle or agt_… id")
 	cmd.Flags().StringVar(&f.principal, "principal", "", "one principal's events (admin)")
 	cmd.Flags().StringVar(&f.outcome, "outcome", "", "success, denied or failure")
 	cmd.Flags().IntVar(&f.limit, "limit", 0, "at most this many events (default 100, max 1000)")

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -71,4 +72,20 @@ func TestFederationCommands(t *testing.T) {
 	hasAll(t, ok(t, "federation", "rules", "disable", rule), "Disabled rule "+rule)
 	hasAll(t, ok(t, "service-accounts", "disable", "ci-deploy"), "Disabled service account ci-deploy")
 	hasAll(t, ok(t, "federation", "issuers", "list"), is.URL, "discovery", "https://token.actions.githubusercontent.com", "pinned")
+
+	// Removing an issuer deletes its rules: it confirms like a revocation.
+	fails(t, "y\n", []string{"federation", "issuers", "remove", is.URL}, "refusing to remove issuer "+is.URL, "pass --yes")
+	isTerminal = func(io.Reader) bool { return true }
+	t.Cleanup(func() { isTerminal = stdinIsTerminal })
+	out, err = mandate(t, "n\n", "federation", "issuers", "remove", is.URL)
+	if err == nil || !strings.Contains(err.Error(), "not removed") || !strings.Contains(out, "Stop trusting "+is.URL+" and delete its 1 rules?") {
+		t.Fatalf("issuers remove answered n: %v\n%s", err, out)
+	}
+	hasAll(t, ok(t, "federation", "issuers", "list"), is.URL)
+	hasAll(t, func() string { out, _ := mandate(t, "y\n", "federation", "issuers", "remove", is.URL); return out }(), "Removed "+is.URL)
+	isTerminal = stdinIsTerminal
+	hasAll(t, ok(t, "federation", "issuers", "remove", "https://token.actions.githubusercontent.com", "--yes"), "Removed")
+	if out := ok(t, "federation", "issuers", "list"); strings.Contains(out, is.URL) {
+		t.Errorf("the issuer is still trusted:\n%s", out)
+	}
 }

@@ -219,11 +219,15 @@ mandate grant show prints what the totals have used.`,
     --budget calls=500,task_calls=50 --expires 30d`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkAgentRef(agent); err != nil {
+				return fmt.Errorf("--agent: %w", err)
+			}
 			sp, err := create.spec(cmd)
 			if err != nil {
 				return err
 			}
 			sp.Agent = agent
+			warnUnknownResources(cmd, sp.Resources)
 			var g api.GrantJSON
 			if done, err := callAPI(cmd, http.MethodPost, "/v1/grants", sp, &g); done {
 				return err
@@ -251,6 +255,9 @@ mandate grant show prints what the totals have used.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			path := "/v1/grants"
 			if listAgent != "" {
+				if err := checkAgentRef(listAgent); err != nil {
+					return fmt.Errorf("--agent: %w", err)
+				}
 				path += "?" + url.Values{"agent": {listAgent}}.Encode()
 			}
 			var res struct {
@@ -396,12 +403,63 @@ handing tasks on); they can never widen it.`,
 	return cmd
 }
 
-// confirmWith asks on the terminal before a destructive call, after fetching what it concerns
-// into v (question is called once v is filled). With no terminal it refuses.
+// warnUnknownResources warns, on standard error, about each resource that names no upstream of
+// the server and no resource of a grant the caller can see: most likely a typo, which would give
+// the agent a grant that no proxy call or resource server accepts. When the caller may not list
+// upstreams (not an admin) nothing is said, nor with --json (a script's run).
+func warnUnknownResources(cmd *cobra.Command, resources []string) {
+	if len(resources) == 0 || wantJSON(cmd) {
+		return
+	}
+	c, err := managementClient(cmd)
+	if err != nil {
+		return
+	}
+	var ups struct {
+		Upstreams []api.UpstreamJSON `json:"upstreams"`
+	}
+	var grants struct {
+		Grants []api.GrantJSON `json:"grants"`
+	}
+	if _, err := c.do(cmd.Context(), http.MethodGet, "/v1/upstreams", nil, &ups); err != nil {
+		return
+	}
+	if _, err := c.do(cmd.Context(), http.MethodGet, "/v1/grants", nil, &grants); err != nil {
+		return
+	}
+	known := map[string]bool{}
+	var upstreams []string
+	for _, u := range ups.Upstreams {
+		known[strings.TrimSuffix(u.Resource, "/")] = true
+		upstreams = append(upstreams, u.Resource)
+	}
+	for _, g := range grants.Grants {
+		for _, r := range g.Resources {
+			known[strings.TrimSuffix(r, "/")] = true
+		}
+	}
+	list := "none yet"
+	if len(upstreams) > 0 {
+		list = strings.Join(upstreams, " ")
+	}
+	for _, r := range resources {
+		if !known[strings.TrimSuffix(r, "/")] {
+			fmt.Fprintf(cmd.ErrOrStderr(), "warning: --resource %s names no upstream of this server (theirs: %s) and no resource of another grant; check it for a typo\n", r, list)
+		}
+	}
+}
+
+// confirmWith asks on the terminal before a revocation, after fetching what it concerns into v
+// (question is called once v is filled). With no terminal it refuses.
 func confirmWith(cmd *cobra.Command, what, path string, v any, question func() string) (bool, error) {
+	return confirmTo(cmd, "revoke", what, path, v, question)
+}
+
+// confirmTo is confirmWith for any destructive verb ("revoke", "remove").
+func confirmTo(cmd *cobra.Command, verb, what, path string, v any, question func() string) (bool, error) {
 	in := cmd.InOrStdin()
 	if !isTerminal(in) {
-		return false, fmt.Errorf("refusing to revoke %s without confirmation (there is no terminal to ask on): pass --yes", what)
+		return false, fmt.Errorf("refusing to %s %s without confirmation (there is no terminal to ask on): pass --yes", verb, what)
 	}
 	c, err := managementClient(cmd)
 	if err != nil {

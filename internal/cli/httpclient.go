@@ -64,6 +64,10 @@ type unreachableError struct {
 }
 
 func (e *unreachableError) Error() string {
+	if errors.Is(e.Err, http.ErrSchemeMismatch) {
+		plain := "http://" + strings.TrimPrefix(e.Server, "https://")
+		return fmt.Sprintf("%s answers plain http, not https: use --server %s (or put a TLS proxy in front of it)", e.Server, plain)
+	}
 	return fmt.Sprintf("cannot reach %s: %v\nis mandate serve running at %s? start it with: mandate serve", e.Server, rootCause(e.Err), e.Server)
 }
 
@@ -205,10 +209,24 @@ func readJSON(resp *http.Response, out any) ([]byte, error) {
 	return raw, nil
 }
 
+// loginRefused explains a token that the server refused at login, where "log in again" (the
+// server's advice for a saved token) points the wrong way.
+func loginRefused(err error) error {
+	var se *serverError
+	if !errors.As(err, &se) || se.Status != http.StatusUnauthorized {
+		return err
+	}
+	return fmt.Errorf("the server refused this token: it is unknown, revoked or expired (%s, request %s)\n"+
+		"check the token you gave; the first admin's is in <data-dir>/bootstrap-token, and an admin makes others with mandate tokens create", se.Code, se.RequestID)
+}
+
 // normalizeServer checks a server URL and drops a trailing slash, as the server does with its
 // issuer.
 func normalizeServer(raw string) (string, error) {
 	s := strings.TrimSpace(raw)
+	if s == "" {
+		return "", fmt.Errorf("no server: pass --server URL, e.g. http://127.0.0.1:8420, or set %s", envServer)
+	}
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", fmt.Errorf("--server %q: want the server's URL, e.g. http://127.0.0.1:8420", raw)

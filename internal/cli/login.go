@@ -48,7 +48,7 @@ server removes the file. Unused, it expires 24 h after the first start.`,
 			// (which works nowhere else) for a new named API token: that one is saved.
 			var res api.LoginJSON
 			if _, err := c.do(cmd.Context(), http.MethodPost, "/v1/login", map[string]string{"name": loginTokenName()}, &res); err != nil {
-				return err
+				return loginRefused(err)
 			}
 			if res.Token != nil {
 				secret = res.Token.Token
@@ -80,7 +80,6 @@ server removes the file. Unused, it expires 24 h after the first start.`,
 	cmd.Flags().StringVar(&token, "token", "", "the API token (visible to other users in the process list; prefer --token-file or stdin)")
 	cmd.Flags().StringVar(&tokenFile, "token-file", "", "read the API token from this file")
 	cmd.MarkFlagsMutuallyExclusive("token", "token-file")
-	_ = cmd.MarkFlagRequired(serverFlag)
 	addJSONFlag(cmd)
 	return cmd
 }
@@ -100,6 +99,9 @@ func readLoginToken(cmd *cobra.Command, token, tokenFile string) (string, error)
 	case token != "":
 		return strings.TrimSpace(token), nil
 	case tokenFile != "":
+		if err := waitForTokenFile(cmd, tokenFile); err != nil {
+			return "", err
+		}
 		data, err := os.ReadFile(tokenFile)
 		if errors.Is(err, fs.ErrNotExist) && filepath.Base(tokenFile) == server.BootstrapFile {
 			return "", fmt.Errorf("%s does not exist: the server writes it on its first start and removes it once the bootstrap token is used (or expired); ask an admin for a token: mandate tokens create", tokenFile)
@@ -113,12 +115,19 @@ func readLoginToken(cmd *cobra.Command, token, tokenFile string) (string, error)
 		return "", fmt.Errorf("%s is empty", tokenFile)
 	}
 	in := cmd.InOrStdin()
+	var line string
 	if isTerminal(in) {
-		fmt.Fprint(cmd.ErrOrStderr(), "API token: ")
-	}
-	line, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return "", fmt.Errorf("reading the token from stdin: %w", err)
+		b, err := readHidden(cmd, "API token (not shown): ", 4096)
+		if err != nil {
+			return "", fmt.Errorf("reading the token: %w", err)
+		}
+		line = string(b)
+	} else {
+		b, err := bufio.NewReader(io.LimitReader(in, 4096)).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("reading the token from stdin: %w", err)
+		}
+		line = b
 	}
 	if t := strings.TrimSpace(line); t != "" {
 		return t, nil

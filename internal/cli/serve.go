@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -16,6 +15,7 @@ import (
 
 func newServeCmd() *cobra.Command {
 	cfg := config.Default()
+	var printConfig bool
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the mandate server (SQLite in ./mandate-data unless told otherwise)",
@@ -26,14 +26,23 @@ signing keys, and on first start a one-time admin bootstrap token for mandate lo
 used, expiring after 24 h) and listens on 127.0.0.1:8420.
 
 Every flag can also be set with its MANDATE_* environment variable or in a YAML file given with
---config whose keys are the flag names. Flags beat the environment, which beats the file.`,
+--config whose keys are the flag names. A flag beats the environment, which beats the file, which
+beats the default. --print-config shows what each setting resolves to, and from where.`,
+		Example: "  mandate serve\n  mandate serve --config /etc/mandate.yaml --listen 127.0.0.1:9000\n" +
+			"  MANDATE_LOG_LEVEL=debug mandate serve --print-config",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := config.Resolve(cmd.LocalFlags(), os.Getenv); err != nil {
-				return err
+			if printConfig {
+				// What would run, even when it would not: the settings first, then the problems.
+				if err := config.WriteSettings(cmd.OutOrStdout(), cmd.Flags()); err != nil {
+					return err
+				}
 			}
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("invalid settings:\n%w", err)
+			}
+			if printConfig {
+				return nil
 			}
 			log := newLogger(cmd, cfg)
 			ctx := cmd.Context()
@@ -70,6 +79,7 @@ Every flag can also be set with its MANDATE_* environment variable or in a YAML 
 		},
 	}
 	cfg.Bind(cmd.Flags())
+	cmd.Flags().BoolVar(&printConfig, "print-config", false, "print the settings as a --config file, with where each came from, check them, and exit")
 	return cmd
 }
 

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -15,7 +16,8 @@ import (
 const (
 	envConfigDir = "MANDATE_CONFIG_DIR" // where config.json (and by default the agent key) live
 	envToken     = "MANDATE_TOKEN"      // an API token to use instead of the saved login (CI)
-	envAgentKey  = "MANDATE_AGENT_KEY"  // the agent key file
+	envAgentKey  = "MANDATE_AGENT_KEY"  // the agent key file: --key-file (see clientEnv)
+	envServer    = "MANDATE_SERVER"     // the server's URL: --server (see clientEnv)
 )
 
 const (
@@ -121,11 +123,15 @@ var errNotLoggedIn = errors.New("not logged in: run mandate login --server URL -
 // serverFlag is --server on the commands that talk to a server.
 const serverFlag = "server"
 
-// managementClient builds the API client of a management command: the server is --server, else
-// the saved login's; the token is $MANDATE_TOKEN, else the saved login's. The saved token is
-// never sent to another server than the one it was saved for.
+// managementClient builds the API client of a management command: the server is --server (or
+// $MANDATE_SERVER), else the saved login's; the token is $MANDATE_TOKEN, else the saved login's.
+// The saved token is never sent to another server than the one it was saved for.
 func managementClient(cmd *cobra.Command) (*apiClient, error) {
 	flagServer, _ := cmd.Flags().GetString(serverFlag)
+	from := "--server"
+	if f := cmd.Flags().Lookup(serverFlag); f != nil && !f.Changed {
+		from = envServer
+	}
 	if flagServer != "" {
 		s, err := normalizeServer(flagServer)
 		if err != nil {
@@ -155,7 +161,7 @@ func managementClient(cmd *cobra.Command) (*apiClient, error) {
 		return nil, errNotLoggedIn
 	}
 	if flagServer != "" && flagServer != login.Server {
-		return nil, fmt.Errorf("you are logged in to %s, not %s: run mandate login --server %s first (or set %s)", login.Server, flagServer, flagServer, envToken)
+		return nil, fmt.Errorf("you are logged in to %s, not %s (%s): run mandate login --server %s first (or set %s)", login.Server, flagServer, from, flagServer, envToken)
 	}
 	return &apiClient{server: login.Server, token: login.Token, hc: newHTTPClient()}, nil
 }
@@ -171,12 +177,9 @@ type agentState struct {
 // keyFileFlag is --key-file on the agent commands.
 const keyFileFlag = "key-file"
 
-// agentKeyPath is --key-file, else $MANDATE_AGENT_KEY, else <config dir>/agent/key.jwk.
+// agentKeyPath is --key-file (or $MANDATE_AGENT_KEY), else <config dir>/agent/key.jwk.
 func agentKeyPath(cmd *cobra.Command) (string, error) {
 	if p, _ := cmd.Flags().GetString(keyFileFlag); p != "" {
-		return p, nil
-	}
-	if p := os.Getenv(envAgentKey); p != "" {
 		return p, nil
 	}
 	dir, err := configDir()
@@ -217,4 +220,32 @@ func requireAgentState(keyPath string) (*agentState, error) {
 		return nil, fmt.Errorf("no registered agent beside %s (no %s): run mandate agent init, then mandate agent register --server URL --handle NAME", keyPath, agentStateFile)
 	}
 	return st, nil
+}
+
+// tokenFileWait is how long mandate login waits for a --token-file that is not there yet.
+const tokenFileWait = 15 * time.Second
+
+// waitForTokenFile waits, saying so, for a token file that does not exist yet or is still empty:
+// "mandate serve &" followed at once by "mandate login --token-file mandate-data/bootstrap-token"
+// races the server writing it.
+func waitForTokenFile(cmd *cobra.Command, path string) error {
+	ready := func() bool {
+		fi, err := os.Stat(path)
+		return (err == nil && fi.Size() > 0) || (err != nil && !errors.Is(err, fs.ErrNotExist))
+	}
+	if ready() {
+		return nil
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "Waiting for %s to appear (is mandate serve starting?)...\n", path)
+	giveUp := time.After(tokenFileWait)
+	for !ready() {
+		select {
+		case <-cmd.Context().Done():
+			return cmd.Context().Err()
+		case <-giveUp:
+			return fmt.Errorf("no token in %s after %v: start the server first (mandate serve), or give the --token-file of a running one", path, tokenFileWait)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -186,9 +187,9 @@ func endTaskAsAgent(cmd *cobra.Command, id string) error {
 func newTaskStartCmd() *cobra.Command {
 	var grant, purpose, ttl, details, out string
 	var scopes, resources, budget []string
-	var instanceKey, printToken bool
+	var instanceKey, printToken, force bool
 	cmd := &cobra.Command{
-		Use:   "start --grant G --purpose P [--scope S] [--resource URI] [--ttl 15m] [--instance-key] [--out FILE]",
+		Use:   "start --grant G --purpose P [--scope S] [--resource URI] [--ttl 15m] [--instance-key] [--out FILE [--force]]",
 		Short: "Start a task under a grant, as the agent, and get its token",
 		Long: `As the agent (its key file and agent.json), fetch the grant token of --grant and exchange it
 (RFC 8693) for the token of a new task, within the grant: scopes, resources and TTL can only be
@@ -196,12 +197,19 @@ narrower. The token is bound to the agent's key, or with --instance-key to a new
 made for this task alone: that key exists only in the --out file, so --instance-key needs --out.
 
 --out FILE writes the task's token (and instance key) as JSON with mode 0600; --out - prints it
-on standard output instead. Otherwise the token is printed only with --print-token.`,
+on standard output instead; an existing FILE is replaced only with --force. Otherwise the token
+is printed only with --print-token.`,
 		Example: `  mandate task start --grant gr_01JA… --purpose "triage the backlog" --ttl 15m --instance-key --out task.json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if instanceKey && out == "" {
 				return errors.New("--instance-key needs --out FILE (or --out -): the instance key exists nowhere else")
+			}
+			if out != "" && out != "-" && !force {
+				// Before the task starts: a task file overwritten by mistake loses its instance key.
+				if _, err := os.Lstat(out); err == nil {
+					return fmt.Errorf("--out %s exists: refusing to overwrite it (it may hold another task's key); pass --force to replace it", out)
+				}
 			}
 			req := client.TaskRequest{Purpose: purpose, Scopes: splitScopes(scopes), Resources: resources}
 			if ttl != "" {
@@ -310,6 +318,7 @@ on standard output instead. Otherwise the token is printed only with --print-tok
 	fl.StringArrayVar(&budget, "budget", nil, taskBudgetHelp)
 	fl.BoolVar(&instanceKey, "instance-key", false, "bind the task's token to a new ephemeral key (needs --out)")
 	fl.StringVar(&out, "out", "", "write the token (and instance key) as JSON to FILE, mode 0600; - for standard output")
+	fl.BoolVar(&force, "force", false, "replace the --out file if it exists")
 	fl.BoolVar(&printToken, "print-token", false, "print the access token too")
 	_ = cmd.MarkFlagRequired("grant")
 	return cmd

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -82,12 +81,23 @@ func parseRoute(s string) (vault.Route, error) {
 	}
 	r := vault.Route{Scope: strings.TrimSpace(scope), Paths: fields[1:]}
 	for m := range strings.SplitSeq(fields[0], ",") {
-		if m != "" {
-			r.Methods = append(r.Methods, strings.ToUpper(m))
+		m = strings.ToUpper(m)
+		if !slices.Contains(routeMethods, m) {
+			return vault.Route{}, fmt.Errorf("--route %q: %q is not a method: want 'SCOPE=METHOD[,METHOD…] PATH…' with METHOD one of %s or * (another method: use --routes-file)",
+				s, m, strings.Join(routeMethods[:len(routeMethods)-1], ", "))
+		}
+		r.Methods = append(r.Methods, m)
+	}
+	for _, p := range r.Paths {
+		if !strings.HasPrefix(p, "/") {
+			return vault.Route{}, fmt.Errorf("--route %q: path %q: want a path starting with /, after the methods", s, p)
 		}
 	}
 	return r, nil
 }
+
+// routeMethods are the methods --route takes: HTTP's (RFC 9110, and PATCH), or * for any.
+var routeMethods = []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "*"}
 
 // parseAuth reads --auth KIND, where header and query may carry their name: header:X-Api-Key.
 func parseAuth(auth, param string) (string, string, error) {
@@ -113,8 +123,8 @@ func parseAuth(auth, param string) (string, string, error) {
 	return kind, param, nil
 }
 
-// readSecret reads a secret from file, or else stdin (one line from a terminal, everything
-// from a pipe), dropping one trailing line break. It is never taken from a flag, which would
+// readSecret reads a secret from file, or else stdin (one line from a terminal, not echoed;
+// everything from a pipe), dropping one trailing line break. It is never taken from a flag, which would
 // leave it in the shell history and the process list.
 func readSecret(cmd *cobra.Command, file, what string) ([]byte, error) {
 	var data []byte
@@ -127,12 +137,9 @@ func readSecret(cmd *cobra.Command, file, what string) ([]byte, error) {
 	} else {
 		in := cmd.InOrStdin()
 		if isTerminal(in) {
-			fmt.Fprintf(cmd.ErrOrStderr(), "%s (typing shows; a pipe or --secret-file does not): ", what)
-			line, err := bufio.NewReader(io.LimitReader(in, vault.MaxSecretSize+2)).ReadBytes('\n')
-			if err != nil && !errors.Is(err, io.EOF) {
-				return nil, fmt.Errorf("reading the secret from stdin: %w", err)
+			if data, err = readHidden(cmd, what+" (not shown): ", vault.MaxSecretSize+2); err != nil {
+				return nil, fmt.Errorf("reading the secret: %w", err)
 			}
-			data = line
 		} else {
 			data, err = io.ReadAll(io.LimitReader(in, vault.MaxSecretSize+2))
 			if err != nil {
@@ -408,12 +415,27 @@ func newUpstreamRoutesCmd() *cobra.Command {
 }
 
 func newUpstreamRemoveCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:     "remove NAME",
-		Short:   "Remove an upstream and destroy its secrets",
-		Example: "  mandate upstream remove ahrefs",
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "remove NAME [--yes]",
+		Short: "Remove an upstream and destroy its secrets",
+		Long: `Remove an upstream and destroy its secrets for good: agents can no longer reach it, and its
+credentials cannot be recovered. Asks for confirmation on a terminal; elsewhere pass --yes.`,
+		Example: "  mandate upstream remove ahrefs --yes",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !yes {
+				var u api.UpstreamJSON
+				ok, err := confirmTo(cmd, "remove", "upstream "+args[0], upstreamPath(args[0]), &u, func() string {
+					return fmt.Sprintf("Remove upstream %s (%s) and destroy its secrets (%s)? Agents can no longer reach it. [y/N] ", u.Name, u.BaseURL, secretsLabel(u))
+				})
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return errors.New("not removed")
+				}
+			}
 			c, err := managementClient(cmd)
 			if err != nil {
 				return err
@@ -428,6 +450,8 @@ func newUpstreamRemoveCmd() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	return cmd
 }
 
 func jsonString(s string) string {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,9 +19,18 @@ func TestParseRoute(t *testing.T) {
 	if r.Scope != "ahrefs:read" || strings.Join(r.Methods, ",") != "GET,HEAD" || strings.Join(r.Paths, " ") != "/v3/site-explorer/* /v3/keywords/**" {
 		t.Errorf("parseRoute = %+v", r)
 	}
-	for _, bad := range []string{"", "ahrefs:read", "ahrefs:read=GET", "=GET /x", "GET /x"} {
-		if _, err := parseRoute(bad); err == nil {
-			t.Errorf("parseRoute(%q) succeeded", bad)
+	if r, err := parseRoute("x:all=* /**"); err != nil || r.Methods[0] != "*" {
+		t.Errorf("parseRoute(*) = %+v, %v", r, err)
+	}
+	for bad, want := range map[string]string{
+		"": "want 'SCOPE=METHOD PATH'", "ahrefs:read": "want", "ahrefs:read=GET": "want", "=GET /x": "want", "GET /x": "want",
+		"ahrefs:read=GTE /v3/*":     `"GTE" is not a method`,
+		"ahrefs:read=GET,,POST /v3": `"" is not a method`,
+		"ahrefs:read=/v3/* GET":     `"/V3/*" is not a method`,
+		"ahrefs:read=GET v3/*":      `path "v3/*": want a path starting with /`,
+	} {
+		if _, err := parseRoute(bad); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("parseRoute(%q) = %v, want an error with %q", bad, err, want)
 		}
 	}
 }
@@ -107,8 +117,16 @@ func TestUpstreamCommands(t *testing.T) {
 	if strings.Contains(out, "ahrefs:all") {
 		t.Errorf("routes did not replace the old routes:\n%s", out)
 	}
-	out = run("", "upstream", "remove", "resend")
-	hasAll(t, out, "Removed upstream resend")
+	// Removing destroys the secrets: it confirms like a revocation.
+	fails(t, "y\n", []string{"upstream", "remove", "resend"}, "refusing to remove upstream resend", "pass --yes")
+	isTerminal = func(io.Reader) bool { return true }
+	t.Cleanup(func() { isTerminal = stdinIsTerminal })
+	fails(t, "n\n", []string{"upstream", "remove", "resend"}, "not removed")
+	run("", "upstream", "show", "resend")
+	out = run("y\n", "upstream", "remove", "resend")
+	hasAll(t, out, "Remove upstream resend (", "destroy its secrets", "Removed upstream resend")
+	isTerminal = stdinIsTerminal
+	run("", "upstream", "remove", "x", "--yes")
 	fails(t, "", []string{"upstream", "show", "resend"}, "not_found")
 	run("", "upstream", "list", "--json")
 	run("", "upstream", "show", "ahrefs", "--json")

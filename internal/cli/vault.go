@@ -152,9 +152,6 @@ type offlineVault struct {
 }
 
 func openVault(cmd *cobra.Command, cfg *config.Config) (*offlineVault, error) {
-	if err := config.Resolve(cmd.LocalFlags(), os.Getenv); err != nil {
-		return nil, err
-	}
 	if err := cfg.ValidateStorage(); err != nil {
 		return nil, fmt.Errorf("invalid settings:\n%w", err)
 	}

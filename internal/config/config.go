@@ -1,14 +1,18 @@
 // Package config is the server's one configuration struct: defaults, the flag set that documents
-// every setting, the layering of YAML file < MANDATE_* environment < flags, and Validate.
+// every setting, and Validate; and the one precedence of every command's settings (Resolve):
+// flags > MANDATE_* environment > YAML file > defaults.
 package config
 
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,7 +96,7 @@ func (c *Config) MasterKeyPath() string {
 	return filepath.Join(c.DataDir, DefaultMasterKeyFile)
 }
 
-// EnvPrefix starts the environment variable of every flag: --data-dir is MANDATE_DATA_DIR.
+// EnvPrefix starts the environment variable of every setting: --data-dir is MANDATE_DATA_DIR.
 const EnvPrefix = "MANDATE_"
 
 // EnvName is the environment variable for a flag name.
@@ -103,96 +107,284 @@ func EnvName(flag string) string {
 // ConfigFlag names the optional YAML file; its keys are the flag names.
 const ConfigFlag = "config"
 
-// Bind registers every setting as a flag on fs, writing into c. The help text names the
-// environment variable too, so --help documents every way to set it.
+// Bind registers every setting as a flag on fs, writing into c, each with its MANDATE_*
+// environment variable (see WithEnv).
 func (c *Config) Bind(fs *pflag.FlagSet) {
-	fs.String(ConfigFlag, "", "optional YAML file whose keys are these flag names (env MANDATE_CONFIG)")
-	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the SQLite database, master key and bootstrap token (env MANDATE_DATA_DIR)")
-	fs.StringVar(&c.MasterKeyFile, "master-key-file", c.MasterKeyFile, "file of the master keys that encrypt the signing keys and upstream secrets, created (0600) on first start; default <data-dir>/master.key (env MANDATE_MASTER_KEY_FILE)")
-	fs.StringVar(&c.Listen, "listen", c.Listen, "address to listen on (env MANDATE_LISTEN)")
-	fs.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve /metrics only on this address, e.g. 127.0.0.1:9420, instead of on --listen (env MANDATE_METRICS_LISTEN)")
-	fs.StringVar(&c.Issuer, "issuer", c.Issuer, "public URL of this server, used as token issuer; default http://<listen> (env MANDATE_ISSUER)")
-	fs.StringVar(&c.Database, "database", c.Database, "postgres:// URL to use PostgreSQL instead of the embedded SQLite (env MANDATE_DATABASE)")
-	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error (env MANDATE_LOG_LEVEL)")
-	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json (env MANDATE_LOG_FORMAT)")
-	fs.StringVar(&c.SigningAlg, "signing-alg", c.SigningAlg, "algorithm of new signing keys: EdDSA or ES256 (env MANDATE_SIGNING_ALG)")
-	fs.DurationVar(&c.KeyPublishDelay, "key-publish-delay", c.KeyPublishDelay, "how long a rotated-in signing key is published before it signs (env MANDATE_KEY_PUBLISH_DELAY)")
-	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "access token lifetime (env MANDATE_TOKEN_TTL)")
-	fs.DurationVar(&c.DPoPWindow, "dpop-window", c.DPoPWindow, "accepted clock difference for a DPoP proof's iat, either way (env MANDATE_DPOP_WINDOW)")
-	fs.BoolVar(&c.DPoPNonce, "dpop-nonce", c.DPoPNonce, "require server-issued DPoP nonces at the token endpoint (env MANDATE_DPOP_NONCE)")
-	fs.DurationVar(&c.NonceRotation, "dpop-nonce-rotation", c.NonceRotation, "how often DPoP nonces rotate (env MANDATE_DPOP_NONCE_ROTATION)")
-	fs.DurationVar(&c.ClaimCodeTTL, "claim-code-ttl", c.ClaimCodeTTL, "lifetime of an agent's one-time claim code (env MANDATE_CLAIM_CODE_TTL)")
-	fs.DurationVar(&c.KeyGrace, "agent-key-grace", c.KeyGrace, "how long an agent's old key keeps working after key rotation (env MANDATE_AGENT_KEY_GRACE)")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long to wait for requests in flight on SIGTERM/SIGINT (env MANDATE_SHUTDOWN_TIMEOUT)")
-	fs.Float64Var(&c.RegisterRate, "register-rate", c.RegisterRate, "agent registrations a minute per client address, per replica; past it 429 with Retry-After; 0 = no limit (env MANDATE_REGISTER_RATE)")
-	fs.IntVar(&c.RegisterBurst, "register-burst", c.RegisterBurst, "agent registrations one client address may make at once (env MANDATE_REGISTER_BURST)")
-	fs.Float64Var(&c.ClaimRate, "claim-rate", c.ClaimRate, "agent claims and new claim codes a minute per client address, per replica; 0 = no limit (env MANDATE_CLAIM_RATE)")
-	fs.IntVar(&c.ClaimBurst, "claim-burst", c.ClaimBurst, "claims and new claim codes one client address may ask for at once (env MANDATE_CLAIM_BURST)")
-	fs.Float64Var(&c.DenialAuditRate, "denial-audit-rate", c.DenialAuditRate, "anonymous refusals a minute per client address written to the audit trail one by one; past it they are counted into one event per --denial-audit-window; 0 = write each (env MANDATE_DENIAL_AUDIT_RATE)")
-	fs.IntVar(&c.DenialAuditBurst, "denial-audit-burst", c.DenialAuditBurst, "anonymous refusals per client address written one by one at once (env MANDATE_DENIAL_AUDIT_BURST)")
-	fs.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count (env MANDATE_DENIAL_AUDIT_WINDOW)")
-	fs.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; none by default, so the header is ignored (env MANDATE_TRUSTED_PROXIES, comma-separated)")
-	fs.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove (env MANDATE_UNCLAIMED_AGENT_GRACE)")
+	own := pflag.NewFlagSet("settings", pflag.ContinueOnError)
+	own.String(ConfigFlag, "", "optional YAML file whose keys are these flag names; it must exist")
+	own.StringVar(&c.DataDir, "data-dir", c.DataDir, "directory for the SQLite database, master key and bootstrap token")
+	own.StringVar(&c.MasterKeyFile, "master-key-file", c.MasterKeyFile, "file of the master keys that encrypt the signing keys and upstream secrets, created (0600) on first start; default <data-dir>/master.key")
+	own.StringVar(&c.Listen, "listen", c.Listen, "address to listen on")
+	own.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve /metrics only on this address, e.g. 127.0.0.1:9420, instead of on --listen")
+	own.StringVar(&c.Issuer, "issuer", c.Issuer, "public URL of this server, used as token issuer; default http://<listen>")
+	own.StringVar(&c.Database, "database", c.Database, "postgres:// URL to use PostgreSQL instead of the embedded SQLite")
+	own.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	own.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	own.StringVar(&c.SigningAlg, "signing-alg", c.SigningAlg, "algorithm of new signing keys: EdDSA or ES256")
+	own.DurationVar(&c.KeyPublishDelay, "key-publish-delay", c.KeyPublishDelay, "how long a rotated-in signing key is published before it signs")
+	own.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "access token lifetime")
+	own.DurationVar(&c.DPoPWindow, "dpop-window", c.DPoPWindow, "accepted clock difference for a DPoP proof's iat, either way")
+	own.BoolVar(&c.DPoPNonce, "dpop-nonce", c.DPoPNonce, "require server-issued DPoP nonces at the token endpoint")
+	own.DurationVar(&c.NonceRotation, "dpop-nonce-rotation", c.NonceRotation, "how often DPoP nonces rotate")
+	own.DurationVar(&c.ClaimCodeTTL, "claim-code-ttl", c.ClaimCodeTTL, "lifetime of an agent's one-time claim code")
+	own.DurationVar(&c.KeyGrace, "agent-key-grace", c.KeyGrace, "how long an agent's old key keeps working after key rotation")
+	own.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long to wait for requests in flight on SIGTERM/SIGINT")
+	own.Float64Var(&c.RegisterRate, "register-rate", c.RegisterRate, "agent registrations a minute per client address, per replica; past it 429 with Retry-After; 0 = no limit")
+	own.IntVar(&c.RegisterBurst, "register-burst", c.RegisterBurst, "agent registrations one client address may make at once")
+	own.Float64Var(&c.ClaimRate, "claim-rate", c.ClaimRate, "agent claims and new claim codes a minute per client address, per replica; 0 = no limit")
+	own.IntVar(&c.ClaimBurst, "claim-burst", c.ClaimBurst, "claims and new claim codes one client address may ask for at once")
+	own.Float64Var(&c.DenialAuditRate, "denial-audit-rate", c.DenialAuditRate, "anonymous refusals a minute per client address written to the audit trail one by one; past it they are counted into one event per --denial-audit-window; 0 = write each")
+	own.IntVar(&c.DenialAuditBurst, "denial-audit-burst", c.DenialAuditBurst, "anonymous refusals per client address written one by one at once")
+	own.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count")
+	own.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; comma-separated; none by default, so the header is ignored")
+	own.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove")
+	own.VisitAll(func(f *pflag.Flag) { WithEnv(own, f.Name, EnvName(f.Name)) })
+	fs.AddFlagSet(own)
 }
 
-// Resolve layers the settings after fs has parsed the command line: defaults < YAML file <
-// MANDATE_* environment < flags given on the command line. Every layer goes through the flag's
-// own parser, so a value means the same wherever it is written.
-func Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
-	given := map[string]string{}
-	fs.Visit(func(f *pflag.Flag) { given[f.Name] = f.Value.String() })
+// Flag annotations: the environment variable of a setting, and where Resolve took its value
+// from.
+const (
+	envAnnotation    = "mandate-env"
+	sourceAnnotation = "mandate-source"
+)
 
-	path := given[ConfigFlag]
-	if path == "" {
-		path = getenv(EnvName(ConfigFlag))
+// WithEnv makes the flag name of fs a setting read from the environment variable env when the
+// command line does not give it, and names env in the flag's help, so that --help documents
+// every way to set it. Resolve reads it.
+func WithEnv(fs *pflag.FlagSet, name, env string) {
+	f := fs.Lookup(name)
+	if f == nil {
+		panic("config.WithEnv: no flag --" + name) // a programming error, found by every test
 	}
-	if path != "" {
-		if err := applyFile(fs, path); err != nil {
-			return err
-		}
+	if f.Annotations == nil {
+		f.Annotations = map[string][]string{}
+	}
+	f.Annotations[envAnnotation] = []string{env}
+	if !strings.Contains(f.Usage, env) {
+		f.Usage += " (env " + env + ")"
+	}
+}
+
+// Env is the environment variable of a setting, "" for a flag that is not one.
+func Env(f *pflag.Flag) string {
+	if v := f.Annotations[envAnnotation]; len(v) == 1 {
+		return v[0]
+	}
+	return ""
+}
+
+// Source says where Resolve took a setting's value from: "flag", "env NAME", "file PATH" or
+// "default".
+func Source(f *pflag.Flag) string {
+	if v := f.Annotations[sourceAnnotation]; len(v) == 1 {
+		return v[0]
+	}
+	return sourceDefault
+}
+
+const (
+	sourceFlag    = "flag"
+	sourceDefault = "default"
+)
+
+// Resolve is the one precedence of every setting of every command, run once the command line
+// is parsed: a flag given on the command line > its environment variable > the YAML file of
+// --config (on the commands that have it) > the default. Every layer goes through the flag's
+// own parser, so a value means the same wherever it is written. A named config file that does
+// not exist, a key in it that is no setting, and a value that does not parse are errors.
+func Resolve(fs *pflag.FlagSet, getenv func(string) string) error {
+	file, err := readConfigFile(fs, getenv)
+	if err != nil {
+		return err
 	}
 	var errs []error
 	fs.VisitAll(func(f *pflag.Flag) {
-		if v, ok := lookupEnv(getenv, EnvName(f.Name)); ok {
+		env := Env(f)
+		if env == "" {
+			return
+		}
+		src := sourceDefault
+		switch {
+		case f.Changed:
+			src = sourceFlag
+		case getenv(env) != "":
+			v := getenv(env)
 			if err := f.Value.Set(v); err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: %v", EnvName(f.Name), v, err))
+				errs = append(errs, fmt.Errorf("%s=%q: %v", env, v, err))
 			}
+			src = "env " + env
+		case file.has(f.Name):
+			if err := f.Value.Set(file.values[f.Name]); err != nil {
+				errs = append(errs, fmt.Errorf("config file %s: %s: %v", file.path, f.Name, err))
+			}
+			src = "file " + file.path
 		}
+		f.Annotations[sourceAnnotation] = []string{src}
 	})
-	for name, v := range given {
-		if err := fs.Set(name, v); err != nil {
-			errs = append(errs, fmt.Errorf("--%s=%q: %v", name, v, err))
-		}
-	}
 	return errors.Join(errs...)
 }
 
-func lookupEnv(getenv func(string) string, name string) (string, bool) {
-	v := getenv(name)
-	return v, v != ""
+// configFile is the YAML file of --config: the settings' values as written.
+type configFile struct {
+	path   string
+	values map[string]string
 }
 
-func applyFile(fs *pflag.FlagSet, path string) error {
+func (c configFile) has(name string) bool {
+	_, ok := c.values[name]
+	return ok
+}
+
+// readConfigFile reads the file named by --config, else by its environment variable; no file
+// when neither names one or the command has no --config.
+func readConfigFile(fs *pflag.FlagSet, getenv func(string) string) (configFile, error) {
+	f := fs.Lookup(ConfigFlag)
+	if f == nil || Env(f) == "" {
+		return configFile{}, nil
+	}
+	path := f.Value.String()
+	if !f.Changed && getenv(Env(f)) != "" {
+		path = getenv(Env(f))
+	}
+	if path == "" {
+		return configFile{}, nil
+	}
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("read config file: %w", err)
+		return configFile{}, fmt.Errorf("config file %s: %w", path, unwrapPath(err))
 	}
-	var m map[string]any
-	if err := yaml.Unmarshal(raw, &m); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+	values, err := parseConfigFile(raw, settingNames(fs))
+	if err != nil {
+		return configFile{}, fmt.Errorf("config file %s: %w", path, err)
+	}
+	return configFile{path: path, values: values}, nil
+}
+
+// unwrapPath drops the *fs.PathError around err, whose path the message already names.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// settingNames are the flags of fs a config file may set.
+func settingNames(fs *pflag.FlagSet) []string {
+	var names []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if Env(f) != "" && f.Name != ConfigFlag {
+			names = append(names, f.Name)
+		}
+	})
+	return names
+}
+
+// parseConfigFile reads a YAML mapping of setting names to single values, reporting every key
+// that is no setting (with the one meant, when it is close) and every value that is not one.
+func parseConfigFile(raw []byte, settings []string) (map[string]string, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	if len(doc.Content) == 0 {
+		return out, nil // an empty file sets nothing
+	}
+	m := doc.Content[0]
+	if m.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: want a mapping of setting names to values, e.g. listen: 127.0.0.1:8420", m.Line)
 	}
 	var errs []error
-	for k, v := range m {
-		f := fs.Lookup(k)
-		if f == nil || k == ConfigFlag {
-			errs = append(errs, fmt.Errorf("config file %s: unknown key %q (keys are the flag names of mandate serve --help)", path, k))
-			continue
-		}
-		if err := f.Value.Set(fmt.Sprint(v)); err != nil {
-			errs = append(errs, fmt.Errorf("config file %s: %s: %v", path, k, err))
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		switch {
+		case !slices.Contains(settings, k.Value):
+			hint := "the keys are the flag names of mandate serve --help"
+			if near := closest(k.Value, settings); near != "" {
+				hint = "did you mean " + near + "?"
+			}
+			errs = append(errs, fmt.Errorf("line %d: unknown key %q (%s)", k.Line, k.Value, hint))
+		case v.Kind != yaml.ScalarNode || v.Tag == "!!null":
+			errs = append(errs, fmt.Errorf("line %d: %s: want a single value", v.Line, k.Value))
+		default:
+			if _, dup := out[k.Value]; dup {
+				errs = append(errs, fmt.Errorf("line %d: %s is set twice", k.Line, k.Value))
+			}
+			out[k.Value] = v.Value
 		}
 	}
-	return errors.Join(errs...)
+	return out, errors.Join(errs...)
+}
+
+// closest is the name within two edits of s, if there is one.
+func closest(s string, names []string) string {
+	best, bestD := "", 3
+	for _, n := range names {
+		if d := editDistance(s, n); d < bestD {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// WriteSettings writes the settings of fs as a YAML config file, each with where its value came
+// from as a comment, after Resolve. A password in a URL (a --database DSN) is masked.
+func WriteSettings(w io.Writer, fs *pflag.FlagSet) error {
+	doc := &yaml.Node{Kind: yaml.MappingNode}
+	for _, name := range settingNames(fs) {
+		f := fs.Lookup(name)
+		doc.Content = append(doc.Content,
+			&yaml.Node{Kind: yaml.ScalarNode, Value: name},
+			&yaml.Node{Kind: yaml.ScalarNode, Value: maskPassword(f.Value.String()), Style: valueStyle(f), LineComment: Source(f)})
+	}
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(doc); err != nil {
+		return err
+	}
+	return enc.Close()
+}
+
+// valueStyle quotes string values, so that "" and a string like "true" read back as strings.
+func valueStyle(f *pflag.Flag) yaml.Style {
+	if f.Value.Type() == "string" {
+		return yaml.DoubleQuotedStyle
+	}
+	return 0
+}
+
+func maskPassword(v string) string {
+	u, err := url.Parse(v)
+	if err != nil || u.User == nil {
+		return v
+	}
+	if _, ok := u.User.Password(); !ok {
+		return v
+	}
+	return u.Redacted()
 }
 
 // ValidateStorage reports the problems of the settings that say where the data is (the

@@ -1,55 +1,13 @@
 package config
 
+// The precedence of settings is tested through the real commands, in internal/cli
+// (settings_test.go).
+
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/spf13/pflag"
 )
-
-func TestResolvePrecedence(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "mandate.yaml")
-	if err := os.WriteFile(file, []byte("listen: 127.0.0.1:9000\ntoken-ttl: 2m\nlog-level: debug\ndata-dir: fromfile\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{
-		"MANDATE_CONFIG":    file,
-		"MANDATE_TOKEN_TTL": "3m",      // beats the file
-		"MANDATE_DATA_DIR":  "fromenv", // loses to the flag
-	}
-	c := Default()
-	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
-	c.Bind(fs)
-	if err := fs.Parse([]string{"--data-dir", "fromflag"}); err != nil {
-		t.Fatal(err)
-	}
-	if err := Resolve(fs, func(k string) string { return env[k] }); err != nil {
-		t.Fatal(err)
-	}
-	if c.Listen != "127.0.0.1:9000" || c.TokenTTL != 3*time.Minute || c.DataDir != "fromflag" || c.LogLevel != "debug" {
-		t.Errorf("got listen=%s ttl=%v data-dir=%s log-level=%s", c.Listen, c.TokenTTL, c.DataDir, c.LogLevel)
-	}
-	if c.DPoPWindow != 60*time.Second {
-		t.Errorf("default lost: dpop-window=%v", c.DPoPWindow)
-	}
-}
-
-func TestResolveUnknownFileKey(t *testing.T) {
-	file := filepath.Join(t.TempDir(), "m.yaml")
-	os.WriteFile(file, []byte("listn: x\n"), 0o600)
-	c := Default()
-	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
-	c.Bind(fs)
-	fs.Parse([]string{"--config", file})
-	err := Resolve(fs, func(string) string { return "" })
-	if err == nil || !strings.Contains(err.Error(), `unknown key "listn"`) {
-		t.Fatalf("err = %v, want unknown key", err)
-	}
-}
 
 func TestValidate(t *testing.T) {
 	tests := map[string]struct {
