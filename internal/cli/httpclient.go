@@ -213,8 +213,8 @@ func readJSON(resp *http.Response, out any) ([]byte, error) {
 // server's advice for a saved token) points the wrong way.
 func loginRefused(err error) error {
 	var se *serverError
-	if !errors.As(err, &se) || se.Status != http.StatusUnauthorized {
-		return err
+	if !errors.As(err, &se) || se.Status != http.StatusUnauthorized || strings.Contains(se.Description, "bootstrap token") {
+		return err // about the bootstrap token: the server's answer already says what to do
 	}
 	return fmt.Errorf("the server refused this token: it is unknown, revoked or expired (%s, request %s)\n"+
 		"check the token you gave; the first admin's is in <data-dir>/bootstrap-token, and an admin makes others with mandate tokens create", se.Code, se.RequestID)

@@ -39,7 +39,7 @@ server removes the file. Unused, it expires 24 h after the first start.`,
 			if err != nil {
 				return err
 			}
-			secret, err := readLoginToken(cmd, token, tokenFile)
+			secret, err := readLoginToken(cmd, srv, token, tokenFile)
 			if err != nil {
 				return err
 			}
@@ -94,12 +94,12 @@ func loginTokenName() string {
 }
 
 // readLoginToken returns the token from --token, --token-file or stdin.
-func readLoginToken(cmd *cobra.Command, token, tokenFile string) (string, error) {
+func readLoginToken(cmd *cobra.Command, srv, token, tokenFile string) (string, error) {
 	switch {
 	case token != "":
 		return strings.TrimSpace(token), nil
 	case tokenFile != "":
-		if err := waitForTokenFile(cmd, tokenFile); err != nil {
+		if err := waitForTokenFile(cmd, tokenFile, func() bool { return answers(cmd.Context(), srv) }); err != nil {
 			return "", err
 		}
 		data, err := os.ReadFile(tokenFile)

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"time"
@@ -227,13 +229,15 @@ const tokenFileWait = 15 * time.Second
 
 // waitForTokenFile waits, saying so, for a token file that does not exist yet or is still empty:
 // "mandate serve &" followed at once by "mandate login --token-file mandate-data/bootstrap-token"
-// races the server writing it.
-func waitForTokenFile(cmd *cobra.Command, path string) error {
+// races the server writing it. It stops waiting as soon as serverUp reports the server answering:
+// a server writes the file before it serves, so a file still missing then will not appear (it
+// was used, or expired, and removed).
+func waitForTokenFile(cmd *cobra.Command, path string, serverUp func() bool) error {
 	ready := func() bool {
 		fi, err := os.Stat(path)
 		return (err == nil && fi.Size() > 0) || (err != nil && !errors.Is(err, fs.ErrNotExist))
 	}
-	if ready() {
+	if ready() || serverUp() {
 		return nil
 	}
 	fmt.Fprintf(cmd.ErrOrStderr(), "Waiting for %s to appear (is mandate serve starting?)...\n", path)
@@ -244,8 +248,27 @@ func waitForTokenFile(cmd *cobra.Command, path string) error {
 			return cmd.Context().Err()
 		case <-giveUp:
 			return fmt.Errorf("no token in %s after %v: start the server first (mandate serve), or give the --token-file of a running one", path, tokenFileWait)
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(200 * time.Millisecond):
+		}
+		if !ready() && serverUp() {
+			return nil
 		}
 	}
 	return nil
+}
+
+// answers reports whether the server at srv answers its health check at once.
+func answers(ctx context.Context, srv string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, srv+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	res, err := newHTTPClient().Do(req)
+	if err != nil {
+		return false
+	}
+	res.Body.Close()
+	return res.StatusCode == http.StatusOK
 }

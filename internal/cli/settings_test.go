@@ -154,6 +154,9 @@ var samples = map[string][]string{
 	"duration": {"61s", "62s", "63s"},
 	"bool":     {"true", "false"},
 	"int":      {"7", "8", "9"},
+	"float64":  {"1.5", "2.5", "3.5"},
+	// IP addresses, so that a list setting that checks its values (--trusted-proxies) takes them.
+	"stringSlice": {"192.0.2.1", "192.0.2.2,192.0.2.3", "198.51.100.0/24"},
 }
 
 // Every setting of mandate serve, present and future, obeys the one precedence: for each,
@@ -186,7 +189,12 @@ func TestEveryServeSettingPrecedence(t *testing.T) {
 		if err := g.Value.Set(v); err != nil {
 			t.Fatalf("--%s %s: %v", f.Name, v, err)
 		}
-		return g.Value.String()
+		return config.Text(g)
+	}
+	// deflt is how --print-config shows the flag's default.
+	defText := func(f *pflag.Flag) string {
+		fresh, _, _ := NewRoot(io.Discard, io.Discard).Find([]string{"serve"})
+		return config.Text(fresh.Flags().Lookup(f.Name))
 	}
 	type layer int
 	const (
@@ -223,7 +231,7 @@ func TestEveryServeSettingPrecedence(t *testing.T) {
 			case env:
 				wantSrc = "env " + config.Env(f)
 			}
-			wantVal := f.DefValue
+			wantVal := defText(f)
 			if want != deflt {
 				wantVal = canonical(f, set[want])
 			}
@@ -234,7 +242,7 @@ func TestEveryServeSettingPrecedence(t *testing.T) {
 		// Two values, each unlike the default where that matters, for a lower and a higher layer.
 		var other []string
 		for _, v := range vals {
-			if canonical(f, v) != f.DefValue {
+			if canonical(f, v) != defText(f) {
 				other = append(other, v)
 			}
 		}

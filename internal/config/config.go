@@ -358,7 +358,7 @@ func WriteSettings(w io.Writer, fs *pflag.FlagSet) error {
 		f := fs.Lookup(name)
 		doc.Content = append(doc.Content,
 			&yaml.Node{Kind: yaml.ScalarNode, Value: name},
-			&yaml.Node{Kind: yaml.ScalarNode, Value: maskPassword(f.Value.String()), Style: valueStyle(f), LineComment: Source(f)})
+			&yaml.Node{Kind: yaml.ScalarNode, Value: maskPassword(Text(f)), Style: valueStyle(f), LineComment: Source(f)})
 	}
 	enc := yaml.NewEncoder(w)
 	enc.SetIndent(2)
@@ -368,9 +368,18 @@ func WriteSettings(w io.Writer, fs *pflag.FlagSet) error {
 	return enc.Close()
 }
 
+// Text is a setting's value as a config file or the environment writes it: a list comma-separated
+// (pflag's String shows it as "[a,b]", which no layer reads back).
+func Text(f *pflag.Flag) string {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		return strings.Join(sv.GetSlice(), ",")
+	}
+	return f.Value.String()
+}
+
 // valueStyle quotes string values, so that "" and a string like "true" read back as strings.
 func valueStyle(f *pflag.Flag) yaml.Style {
-	if f.Value.Type() == "string" {
+	if _, list := f.Value.(pflag.SliceValue); list || f.Value.Type() == "string" {
 		return yaml.DoubleQuotedStyle
 	}
 	return 0
