@@ -44,6 +44,11 @@ const (
 	attemptTimeout  = 30 * time.Second
 	maxWait         = time.Minute // wake at least this often to look at the wall clock
 	minRetry        = 200 * time.Millisecond
+	// The last retry is planned this much before the token's expiry as the sidecar knows it (its
+	// own clock, from when the answer arrived): the server's clock and the round trip may make the
+	// token expire earlier there. A tenth of the token's life, at most expiryMarginMax.
+	expiryMargin    = 0.1
+	expiryMarginMax = 30 * time.Second
 )
 
 // CodeTokenLost is the error code of the sidecar's 401 once the task's token is lost (RFC 6750's).
@@ -231,7 +236,8 @@ func (k *keeper) run(ctx context.Context) {
 		k.failed(err)
 		now = k.now()
 		retryAt = now.Add(backoff(failures))
-		if left := tok.ExpiresAt.Sub(now); !retryAt.Before(tok.ExpiresAt) {
+		deadline := tok.ExpiresAt.Add(-min(time.Duration(expiryMargin*float64(life)), expiryMarginMax))
+		if left := deadline.Sub(now); !retryAt.Before(deadline) {
 			retryAt = now.Add(max(left/2, minRetry)) // one more try before it expires
 		}
 		if k.notices != nil {
