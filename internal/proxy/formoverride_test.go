@@ -391,3 +391,40 @@ func TestPartOverrides(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFormReader: for any form body and any read sizes, the scanner decides as it does on one
+// whole read, passes a body it does not refuse byte for byte, and what it passes no framework
+// reading (effectiveMethod) takes for an override.
+func FuzzFormReader(f *testing.F) {
+	f.Add(false, []byte("a=1&_method=DELETE"), uint8(1))
+	f.Add(false, []byte("%5f%6Dethod%=x&+.method"), uint8(3))
+	f.Add(true, []byte("--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nx\r\n--b--"), uint8(2))
+	f.Add(true, []byte("x--b\r\nContent-ID: <_method>\r\n\r\n"), uint8(5))
+	f.Fuzz(func(t *testing.T, multi bool, body []byte, size uint8) {
+		kind, ct := formURLEncoded, "application/x-www-form-urlencoded"
+		if multi {
+			kind, ct = formMultipart, "multipart/form-data; boundary=b"
+		}
+		read := func(n int) ([]byte, bool) {
+			fr := newFormReader(io.NopCloser(&sizedReader{r: bytes.NewReader(body), n: n}), kind, "b", "POST")
+			out, _ := io.ReadAll(fr)
+			return out, fr.refused.Load() != nil
+		}
+		whole, refused := read(len(body) + 1)
+		out, refused2 := read(int(size)%16 + 1)
+		if refused != refused2 {
+			t.Fatalf("%q: refused %v in one read, %v in reads of %d", body, refused, refused2, int(size)%16+1)
+		}
+		if refused {
+			return
+		}
+		if !bytes.Equal(whole, body) || !bytes.Equal(out, body) {
+			t.Fatalf("%q passed as %q / %q", body, whole, out)
+		}
+		r, _ := http.NewRequest("POST", "http://upstream.test/items", nil)
+		r.Header.Set("Content-Type", ct)
+		if m := effectiveMethod(r, body); m != "POST" {
+			t.Fatalf("%q passed, and a framework runs %s", body, m)
+		}
+	})
+}
