@@ -386,15 +386,30 @@ func (m *nameMatcher) end() bool {
 	return overrideParams[string(m.name[:m.n])]
 }
 
-// overridePrefix reports whether s begins some name of overrideParams.
+// overridePrefix reports whether s (not empty) begins some name of overrideParams. Most
+// names of a form fail at their first byte.
 func overridePrefix(s string) bool {
-	for p := range overrideParams {
+	if !overrideFirst[s[0]] {
+		return false
+	}
+	for _, p := range overrideNames {
 		if strings.HasPrefix(p, s) {
 			return true
 		}
 	}
 	return false
 }
+
+// overrideNames and overrideFirst are overrideParams as a list, and their first bytes.
+var overrideNames, overrideFirst = func() ([]string, [256]bool) {
+	var names []string
+	var first [256]bool
+	for p := range overrideParams {
+		names = append(names, p)
+		first[p[0]] = true
+	}
+	return names, first
+}()
 
 // roundTripper injects the upstream's credential and sends the request through the upstream's
 // own pool. It refuses any request not aimed at the upstream's base URL.
