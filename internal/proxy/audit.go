@@ -44,6 +44,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 // (http.ErrAbortHandler when the stream broke after the response began).
 func (p *Proxy) finish(r *http.Request, c *call, rec any) {
 	elapsed := time.Since(c.start)
+	if c.reason == "" && c.form != nil {
+		// The upstream answered before the body's end: the field was refused all the same.
+		if e := c.form.refused.Load(); e != nil {
+			c.outcome, c.reason, c.detail = audit.OutcomeDenied, e.reason, e.desc
+		}
+	}
 	switch {
 	case rec != nil:
 		c.outcome = audit.OutcomeFailure

@@ -22,10 +22,11 @@ const (
 	reasonScope           = "scope"                // routes allow it, under scopes the token lacks
 	reasonMethod          = "method"               // the token's routes allow the path, not the method
 	reasonBodyRule        = "body_rule"            // the body is outside the authorization_details
-	reasonBodyInvalid     = "body_invalid"         // the body of a checked route is not strict JSON
+	reasonBodyInvalid     = "body_invalid"         // the body of a checked route is not strict JSON; a form's part headers too long
 	reasonBodyTooLarge    = "body_too_large"       // the body of a checked route is over MaxBodyRuleBytes
-	reasonBodyEncoding    = "body_encoding"        // a checked body with Content-Encoding
-	reasonBodyContentType = "body_content_type"    // a checked body's Content-Type is not one JSON media type in UTF-8
+	reasonBodyEncoding    = "body_encoding"        // a checked or form body with Content-Encoding
+	reasonBodyContentType = "body_content_type"    // a checked body's Content-Type is not one JSON media type in UTF-8; a form's is not one form type
+	reasonMethodOverride  = "method_override"      // a form body has a method override field
 	reasonTaskEnded       = "task_ended"           // the task is completed, revoked, expired or gone
 	reasonBudget          = "budget"               // a call budget of the grant or the task is used up
 	reasonRequestTooLarge = "request_too_large"    // over the task's max_request_bytes

@@ -111,6 +111,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, maxByte
 	if r.Body != nil && r.Body != http.NoBody {
 		c.in = &countingReader{rc: r.Body, c: c, limit: maxBytes}
 		r.Body = c.in
+		if c.formKind != 0 {
+			c.form = newFormReader(c.in, c.formKind, c.boundary, c.method)
+			r.Body = c.form
+		}
 	}
 	c.forwarded = true
 	p.rp.ServeHTTP(w, r)
@@ -228,7 +232,7 @@ func stripOverrideParams(raw string) string {
 	kept := 0
 	for part := range strings.SplitSeq(raw, "&") {
 		k, _, _ := strings.Cut(part, "=")
-		if overrideParams[paramName(k)] {
+		if isOverrideName(k) {
 			continue
 		}
 		if kept > 0 {
@@ -241,7 +245,7 @@ func stripOverrideParams(raw string) string {
 }
 
 // mayOverride reports whether a raw query may name an override: every such name, as
-// paramName reads it, holds "method" in some case, or an escape.
+// nameMatcher reads it, holds "method" in some case, or an escape.
 func mayOverride(raw string) bool {
 	for i := 0; i < len(raw); i++ {
 		if raw[i] == '%' || i+6 <= len(raw) && strings.EqualFold(raw[i:i+6], "method") {
@@ -251,35 +255,161 @@ func mayOverride(raw string) bool {
 	return false
 }
 
-// paramName is a query parameter's name as a lenient decoder reads it: %XX decoded where
-// valid, "+" as a space, lowercase, leading spaces dropped, "." and " " as "_" (PHP).
-func paramName(k string) string {
-	var b strings.Builder
+// isOverrideName reports whether a raw parameter name (of a query, a form, a multipart part)
+// reads as a method override in some framework (see nameMatcher).
+func isOverrideName(k string) bool {
+	var m nameMatcher
 	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if c == '%' && i+2 < len(k) {
-			hi, ok1 := unhex(k[i+1])
-			lo, ok2 := unhex(k[i+2])
-			if ok1 && ok2 {
-				c = hi<<4 | lo
-				i += 2
-			}
-		} else if c == '+' {
+		switch m.add(k[i]) {
+		case nameMatch:
+			return true
+		case nameNoMatch:
+			return false
+		}
+	}
+	return m.end()
+}
+
+// maxOverrideName is the length of the longest name in overrideParams.
+const maxOverrideName = len("x-http-method-override")
+
+// What nameMatcher knows of a name so far.
+const (
+	nameUndecided = iota
+	nameNoMatch
+	nameMatch
+)
+
+// nameMatcher reads a raw parameter name one byte at a time as the most lenient decoder does
+// (%XX decoded where valid, "+" as a space, lowercase, leading spaces dropped, "." and " " as
+// "_" and cut at a NUL as PHP does) and says as early as it can whether it is in
+// overrideParams: a form scanner holds back a key only while it is undecided.
+type nameMatcher struct {
+	name [maxOverrideName]byte
+	n    int
+	esc  [2]byte // after a "%": the bytes that may be its hex digits
+	nesc int     // -1 once the name is decided
+	pct  bool    // a "%" is pending
+}
+
+// add reads the next byte of the name.
+func (m *nameMatcher) add(c byte) int {
+	if m.nesc < 0 {
+		return nameNoMatch
+	}
+	if !m.pct {
+		if c == '%' {
+			m.pct = true
+			return nameUndecided
+		}
+		if c == '+' {
 			c = ' '
 		}
-		if c == ' ' && b.Len() == 0 {
-			continue
-		}
-		if c == '.' || c == ' ' {
-			c = '_'
-		}
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		b.WriteByte(c)
+		return m.put(c)
 	}
-	return b.String()
+	m.esc[m.nesc] = c
+	m.nesc++
+	hi, ok1 := unhex(m.esc[0])
+	if !ok1 {
+		return m.literal()
+	}
+	if m.nesc < 2 {
+		return nameUndecided
+	}
+	lo, ok2 := unhex(m.esc[1])
+	if !ok2 {
+		return m.literal()
+	}
+	m.pct, m.nesc = false, 0
+	return m.put(hi<<4 | lo)
 }
+
+// literal puts a "%" that starts no escape, then reads the bytes after it afresh.
+func (m *nameMatcher) literal() int {
+	esc, n := m.esc, m.nesc
+	m.pct, m.nesc = false, 0
+	if r := m.put('%'); r != nameUndecided {
+		return r
+	}
+	for _, c := range esc[:n] {
+		if r := m.add(c); r != nameUndecided {
+			return r
+		}
+	}
+	return nameUndecided
+}
+
+// put appends one decoded byte.
+func (m *nameMatcher) put(c byte) int {
+	switch {
+	case c == ' ' && m.n == 0:
+		return nameUndecided
+	case c == 0:
+		return m.decide(overrideParams[string(m.name[:m.n])])
+	case c == '.' || c == ' ':
+		c = '_'
+	case 'A' <= c && c <= 'Z':
+		c += 'a' - 'A'
+	}
+	if m.n == len(m.name) {
+		return m.decide(false)
+	}
+	m.name[m.n] = c
+	m.n++
+	if !overridePrefix(string(m.name[:m.n])) {
+		return m.decide(false)
+	}
+	return nameUndecided
+}
+
+func (m *nameMatcher) decide(match bool) int {
+	m.nesc = -1
+	if match {
+		return nameMatch
+	}
+	return nameNoMatch
+}
+
+// end reports whether the whole name, now complete, is an override.
+func (m *nameMatcher) end() bool {
+	if m.nesc < 0 {
+		return false // decided: a match returned nameMatch already
+	}
+	if m.pct {
+		if m.literal() == nameMatch {
+			return true
+		}
+		if m.nesc < 0 {
+			return false
+		}
+	}
+	return overrideParams[string(m.name[:m.n])]
+}
+
+// overridePrefix reports whether s (not empty) begins some name of overrideParams. Most
+// names of a form fail at their first byte.
+func overridePrefix(s string) bool {
+	if !overrideFirst[s[0]] {
+		return false
+	}
+	for _, p := range overrideNames {
+		if strings.HasPrefix(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// overrideNames and overrideFirst are overrideParams as a list, and their first bytes.
+var overrideNames, overrideFirst = func() ([]string, [256]bool) {
+	var names []string
+	var first [256]bool
+	for p := range overrideParams {
+		names = append(names, p)
+		first[p[0]] = true
+	}
+	return names, first
+}()
 
 // roundTripper injects the upstream's credential and sends the request through the upstream's
 // own pool. It refuses any request not aimed at the upstream's base URL.
@@ -386,6 +516,8 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	case c.in != nil && c.in.tooLarge.Load():
 		e = refuse(http.StatusRequestEntityTooLarge, "request_too_large", reasonRequestTooLarge,
 			fmt.Sprintf("the request body is larger than the task's max_request_bytes (%d)", c.in.limit))
+	case c.form != nil && c.form.refused.Load() != nil:
+		e = c.form.refused.Load()
 	case errors.As(err, &blocked):
 		e = refuse(http.StatusBadGateway, "bad_gateway", reasonBlocked, "the upstream's address is not allowed (private, loopback or link-local): mark the upstream allow_private if that is intended")
 		e.outcome = audit.OutcomeFailure

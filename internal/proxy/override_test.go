@@ -60,6 +60,8 @@ func TestStripOverrideParams(t *testing.T) {
 		"x-http-method-override=PUT":       "",
 		"X%2DHTTP%2DMethod=PUT&k=v":        "k=v",
 		"methods=1&_methodx=2&my_method=3": "methods=1&_methodx=2&my_method=3",
+		"_method%00x=DELETE&a=1":           "a=1", // PHP cuts a name at a NUL
+		"a=1&++%20.METHOD=PUT":             "a=1",
 	} {
 		if got := stripOverrideParams(in); got != want {
 			t.Errorf("stripOverrideParams(%q) = %q, want %q", in, got, want)

@@ -223,6 +223,9 @@ type call struct {
 	gotResponse bool
 	w           *countingWriter
 	in          *countingReader
+	formKind    int    // the body is a form (formOf): scanned for method overrides
+	boundary    string // of a multipart form
+	form        *formReader
 	stream      *streamGuard
 }
 
@@ -314,6 +317,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 	}
 
 	// 5. The route the token's scopes allow.
+	var e *refusal
 	m, d := matchRoute(&c.upstream, caller.HasScope, r.Method, t.path)
 	if d != nil {
 		return routeRefusal(d, u.Name, r.Method)
@@ -348,10 +352,16 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 	// 7. Body rules, when the route has some and the token narrows them.
 	if len(m.route.Body) > 0 {
 		if details := detailsOfType(caller.AuthorizationDetails, u.Name); len(details) > 0 {
-			if e := p.checkBody(r, m.route.Body, details, t.path, maxBytes); e != nil {
+			if e = p.checkBody(r, m.route.Body, details, t.path, maxBytes); e != nil {
 				return e
 			}
 		}
+	}
+
+	// The body of a form may set the method; the header says whether it is one and how the
+	// upstream reads it. Its fields are read as it streams (step 9).
+	if c.formKind, c.boundary, e = formOf(r); e != nil {
+		return e
 	}
 
 	// 8. The budget, last, so refused calls cost nothing. One call counts against the grant's
