@@ -365,6 +365,9 @@ func TestEchoedSecretAudit(t *testing.T) {
 		})
 		seen := len(audited.all())
 		req := e.request("GET", "/proxy/echo/doc", tok, nil)
+		// On a fresh connection: the proxy cuts this answer, and on a reused connection
+		// net/http would send the GET again with the same (now replayed) DPoP proof.
+		e.client.CloseIdleConnections()
 		if resp, err := e.client.Do(req); err == nil {
 			b, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
