@@ -144,7 +144,7 @@ func (k *remoteKeys) PublicKey(ctx context.Context, kid string) (crypto.PublicKe
 		}
 		if ok {
 			// Too old: refetch, but a failed refetch keeps the old keys usable.
-			if fresh, err := k.refresh(ctx, false); err == nil {
+			if fresh, err := k.refresh(ctx, false, set); err == nil {
 				key, ok = fresh.keys[kid]
 				if !ok {
 					return nil, fmt.Errorf("%w: %q", ErrUnknownKey, kid)
@@ -153,7 +153,7 @@ func (k *remoteKeys) PublicKey(ctx context.Context, kid string) (crypto.PublicKe
 			return key, nil
 		}
 	}
-	set, err := k.refresh(ctx, set != nil)
+	set, err := k.refresh(ctx, set != nil, set)
 	if err != nil {
 		if errors.Is(err, errTooSoon) {
 			return nil, fmt.Errorf("%w: %q", ErrUnknownKey, kid)
@@ -169,10 +169,15 @@ func (k *remoteKeys) PublicKey(ctx context.Context, kid string) (crypto.PublicKe
 var errTooSoon = errors.New("verify: refetch rate limited")
 
 // refresh fetches the JWKS; concurrent callers share one fetch, which is not cancelled when one
-// caller gives up. A fetch caused by an unknown kid (miss) happens at most once per MinRefresh,
+// caller gives up. seen is the set the caller looked at: when another fetch has stored a newer
+// one since, that one is the answer (a caller that arrived just as a shared fetch ended would
+// otherwise start a second). A fetch caused by an unknown kid (miss) happens at most once per MinRefresh,
 // and after a failed fetch none is tried for MinRefresh.
-func (k *remoteKeys) refresh(ctx context.Context, miss bool) (*keySet, error) {
+func (k *remoteKeys) refresh(ctx context.Context, miss bool, seen *keySet) (*keySet, error) {
 	ch := k.sf.DoChan("jwks", func() (any, error) {
+		if cur := k.set.Load(); cur != nil && cur != seen {
+			return cur, nil
+		}
 		now := k.o.now()
 		k.mu.Lock()
 		if !k.failedAt.IsZero() && now.Sub(k.failedAt) < k.o.minRefresh {
