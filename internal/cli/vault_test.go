@@ -396,8 +396,10 @@ func TestVaultRewrapConcurrentWriter(t *testing.T) {
 	if err != nil && !strings.Contains(err.Error(), "kept changing") {
 		t.Fatalf("rewrap: %v", err)
 	}
-	if stats.Secrets < rows-3 {
-		t.Errorf("re-wrapped %d rows, want at least %d", stats.Secrets, rows-3)
+	// How many rows this pass re-wrapped depends on the writer (a row it rewrote with key B
+	// needs none); that nothing is lost and nothing stays under A is checked below.
+	if stats.Secrets == 0 {
+		t.Errorf("re-wrapped no rows")
 	}
 	check := func() (byA int) {
 		t.Helper()
