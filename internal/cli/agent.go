@@ -117,6 +117,9 @@ mandate agents claim CODE, and only then can the agent get tokens.`,
 			if st, err := loadAgentState(path); err != nil {
 				return err
 			} else if st != nil {
+				if err := stateMatchesKey(path, st, key); err != nil {
+					return err
+				}
 				return fmt.Errorf("the key %s is already registered as @%s (%s) at %s; to register another agent, create a key elsewhere with mandate agent init --key-file F", path, st.Handle, st.AgentID, st.Server)
 			}
 			hc := newHTTPClient()
@@ -301,7 +304,26 @@ func registeredAgent(cmd *cobra.Command) (path string, st *agentState, key crypt
 	if key, err = loadAgentKey(path); err != nil {
 		return "", nil, nil, err
 	}
+	if err = stateMatchesKey(path, st, key); err != nil {
+		return "", nil, nil, err
+	}
 	return path, st, key, nil
+}
+
+// stateMatchesKey checks that the agent.json beside the key file at path records that key: two
+// key files in one directory would otherwise share one registration, and every command of the
+// second key would act as, or be refused as, the first agent.
+func stateMatchesKey(path string, st *agentState, key crypto.Signer) error {
+	did, err := client.DID(key)
+	if err != nil {
+		return err
+	}
+	if st.DID == "" || st.DID == did {
+		return nil
+	}
+	return fmt.Errorf("%s records agent @%s with key %s, but %s is key %s: keep each agent's key in a directory of its own "+
+		"(mandate agent init --key-file DIR/key.jwk); if this key just replaced @%s's in mandate agent rotate-key, set \"did\" in %s to %s",
+		agentStatePath(path), st.Handle, st.DID, path, did, st.Handle, agentStatePath(path), did)
 }
 
 // agentTokenSource builds the client SDK's token source from the key file and agent.json.

@@ -727,3 +727,22 @@ func TestDelegationEndToEnd(t *testing.T) {
 		fails(t, "", []string{"grant", "requests", "--status", "bogus"}, "want pending, approved, denied or all")
 	})
 }
+
+// Two agents' key files in one directory would share the one agent.json beside them: the second
+// key's commands must say so instead of acting as (or being refused as) the first agent.
+func TestTwoKeysInOneDirectory(t *testing.T) {
+	ts := newTestServer(t)
+	dir := t.TempDir()
+	k1, k2 := filepath.Join(dir, "k1.jwk"), filepath.Join(dir, "k2.jwk")
+	ok(t, "agent", "init", "--key-file", k1)
+	ok(t, "agent", "init", "--key-file", k2)
+	ok(t, "agent", "register", "--key-file", k1, "--server", ts.URL, "--handle", "first-bot")
+	for _, args := range [][]string{
+		{"agent", "register", "--key-file", k2, "--server", ts.URL, "--handle", "second-bot"},
+		{"agent", "whoami", "--key-file", k2},
+		{"agent", "claim-code", "--key-file", k2},
+		{"agent", "token", "--key-file", k2},
+	} {
+		fails(t, "", args, "records agent @first-bot with key did:key:", "but "+k2+" is key did:key:", "keep each agent's key in a directory of its own")
+	}
+}
