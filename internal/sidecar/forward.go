@@ -80,6 +80,9 @@ func newForwarder(base *url.URL, rt http.RoundTripper, k *keeper, upstreams []st
 					delete(resp.Header, k)
 				}
 			}
+			if resp.StatusCode == http.StatusUnauthorized && tokenRefused(resp.Header) {
+				s.keeper.confirm(resp.Request.Context())
+			}
 			return nil
 		},
 		ErrorHandler: s.fail,
@@ -184,6 +187,17 @@ func (s *forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	default:
 		sidecarError(w, http.StatusBadGateway, "bad_gateway", "the sidecar cannot reach mandate's proxy: "+netCause(err).Error())
 	}
+}
+
+// tokenRefused reports whether a 401 is mandate's proxy refusing the task's token (its DPoP
+// challenge, RFC 9449 §7.1), not an upstream's own 401.
+func tokenRefused(h http.Header) bool {
+	for _, v := range h.Values("WWW-Authenticate") {
+		if strings.HasPrefix(v, "DPoP ") && strings.Contains(v, `error="invalid_token"`) {
+			return true
+		}
+	}
+	return false
 }
 
 // netCause drops the wrappers of a network error ("Get \"...\": ...") down to what failed.

@@ -125,6 +125,29 @@ func (k *keeper) lose(err error) *LostError {
 	return le
 }
 
+// confirm asks the server, by renewing the token now, whether a token the proxy just refused
+// (401 invalid_token) is dead for good: when the task ended or was revoked while the token was
+// still valid, the renewal is refused, the token is lost, and the refused call counts, so that
+// exec says so. A renewal that gets through means the refusal was passing (a token that expired
+// as the call went out); a transient failure leaves the background loop to it.
+func (k *keeper) confirm(ctx context.Context) {
+	if k.err() != nil {
+		k.refused.Add(1)
+		return
+	}
+	err := k.task.Refresh(ctx)
+	switch {
+	case err == nil:
+		k.renewed.Add(1)
+	case errors.Is(err, client.ErrTokenExpired):
+		k.expired(k.task.Current())
+		k.refused.Add(1)
+	case permanent(err):
+		k.lose(err)
+		k.refused.Add(1)
+	}
+}
+
 // expired loses the token tok to its expiry.
 func (k *keeper) expired(tok client.TaskToken) *LostError {
 	at := tok.ExpiresAt.UTC().Format(time.RFC3339)

@@ -168,6 +168,32 @@ func TestRequestAfterIdlePause(t *testing.T) {
 
 // TestRenewalStopsWhenTaskEnds: once the task is ended, the keeper's next renewal is refused;
 // it stops, and the sidecar answers every request 401 saying why, without forwarding it.
+// TestTaskEndedWhileTokenValid: the task ends while its token is still valid, so the proxy (not
+// a renewal) is the first to refuse. The sidecar asks the server at once, learns the task is
+// over, and counts the refused call, so that exec does not exit 0 as if all went well.
+func TestTaskEndedWhileTokenValid(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, nil)
+	task := w.startTask(t, time.Hour)
+	sc := startSidecarFor(t, w.srv.URL, task, nil, "svc")
+	if status, body := call(t, sc, "/svc/v1/data"); status != http.StatusOK {
+		t.Fatalf("first call: %d %s", status, body)
+	}
+	if err := client.EndTask(context.Background(), w.agent, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := call(t, sc, "/svc/v1/data"); status != http.StatusUnauthorized {
+		t.Fatalf("the first call after the task ended: %d %s, want the proxy's 401", status, body)
+	}
+	if le, ok := sc.Err().(*LostError); !ok || le.TaskID != task.ID {
+		t.Fatalf("Err = %#v right after the proxy refused the token, want the task's loss", sc.Err())
+	}
+	if sc.Refused() != 1 {
+		t.Errorf("Refused = %d, want 1", sc.Refused())
+	}
+	// An upstream's own 401 is the upstream's business: it loses nothing.
+}
+
 func TestRenewalStopsWhenTaskEnds(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, nil)
