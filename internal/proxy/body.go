@@ -347,8 +347,12 @@ func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *b
 		if doc, err = parseStrictJSON(body); err != nil {
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: err.Error() + ": this route's body is checked against your authorization_details"}
 		}
-		if _, ok := doc.(jsonObject); !ok {
+		obj, ok := doc.(jsonObject)
+		if !ok {
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: "this route's body is checked against your authorization_details: send a JSON object"}
+		}
+		if f := fieldMisspelt(obj, ruleFields(rules)); f != "" {
+			return &bodyDenial{status: 403, reason: reasonBodyRule, desc: fmt.Sprintf("%s is checked in the body against your authorization_details: a member whose name frameworks may read as it (padded, percent-encoded, with brackets or dots) may not be sent; name it exactly", apperr.Clip(f, 40))}
 		}
 	}
 	m := &matcher{}
@@ -620,6 +624,21 @@ func paramField(name string, fields map[string]bool) string {
 	for _, n := range [...]string{name, bracket, dot, php} {
 		if n != "" && fields[foldKey(n)] {
 			return n
+		}
+	}
+	return ""
+}
+
+// fieldMisspelt returns a field a rule checks that a top-level member of the body names in
+// another spelling (paramField): "to[]", " to" or "%74o" would slip past the rule for "to" in an
+// upstream that reads member names as parameter names.
+func fieldMisspelt(doc jsonObject, fields map[string]bool) string {
+	for k := range doc {
+		if fields[k] {
+			continue // the field itself (keys are folded)
+		}
+		if f := paramField(k, fields); f != "" {
+			return f
 		}
 	}
 	return ""
