@@ -19,6 +19,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/decimal"
 	"github.com/mandate-dev/mandate/internal/glob"
 	"github.com/mandate-dev/mandate/internal/vault"
+	"golang.org/x/text/unicode/norm"
 )
 
 // Body rule match kinds (see docs/proxy.md).
@@ -39,7 +40,9 @@ type jsonObject map[string]any
 
 // parseStrictJSON parses one JSON value. Numbers stay json.Number. It refuses what two parsers
 // could read differently: invalid UTF-8, duplicate member names (also differing only in case),
-// nesting deeper than maxJSONDepth and anything after the value.
+// member names an upstream could read as another name (see plainText) or merge into an
+// object's prototype (see prototypeKey), nesting deeper than maxJSONDepth and anything after
+// the value.
 func parseStrictJSON(b []byte) (any, error) {
 	if !utf8.Valid(b) {
 		return nil, errors.New("the body is not valid UTF-8")
@@ -75,6 +78,9 @@ func parseValue(dec *json.Decoder, depth int) (any, error) {
 					return nil, errors.New("the body is not a JSON document")
 				}
 				k, _ := kt.(string)
+				if !plainText(k) {
+					return nil, errors.New("the body has a member name with a control, invisible or compatibility character (such as U+200B or a full-width letter), which an upstream may drop or normalise into another name: spell member names in plain characters")
+				}
 				fk := foldKey(k)
 				if _, dup := obj[fk]; dup {
 					return nil, errors.New("the body has a member name twice (or twice up to case)")
@@ -82,6 +88,9 @@ func parseValue(dec *json.Decoder, depth int) (any, error) {
 				v, err := parseValue(dec, depth+1)
 				if err != nil {
 					return nil, err
+				}
+				if prototypeKey(fk, v) {
+					return nil, errors.New("the body has a member __proto__, or constructor or prototype holding an object or array, which JavaScript upstreams merge into every object: rename it")
 				}
 				obj[fk] = v
 			}
@@ -143,34 +152,94 @@ func foldKey(s string) string {
 	return b.String()
 }
 
+// plainText reports whether s reads the same to every upstream: it has no control (Cc),
+// format (Cf, such as U+200B), line or paragraph separator character, no space other than
+// U+0020, and Unicode NFKC normalisation leaves it as it is (full-width "ｔｏ" would become "to",
+// U+FF0C a comma). Upstreams that trim, split on Unicode spaces or normalise would read
+// something else than was checked.
+func plainText(s string) bool {
+	ascii := true
+	for _, r := range s {
+		if r >= utf8.RuneSelf {
+			ascii = false
+		}
+		if unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp) || r != ' ' && unicode.Is(unicode.Zs, r) {
+			return false
+		}
+	}
+	return ascii || norm.NFKC.IsNormalString(s)
+}
+
+// prototypeKey reports whether a member (its folded name fk, its value v) would reach an
+// object's prototype in a JavaScript upstream that merges or deep-merges the body
+// (Object.assign, lodash merge): __proto__ with any value, constructor or prototype holding
+// an object or array. Names are compared up to case, as every member name is.
+func prototypeKey(fk string, v any) bool {
+	switch fk {
+	case foldKey("__proto__"):
+		return true
+	case foldKey("constructor"), foldKey("prototype"):
+		switch v.(type) {
+		case jsonObject, []any:
+			return true
+		}
+	}
+	return false
+}
+
+// errPointerSyntax is a route's pointer that is not an RFC 6901 pointer.
+var errPointerSyntax = errors.New("a pointer must be empty or start with /")
+
 // pointerValues returns every value at the RFC 6901 pointer in v: member names match as
-// foldKey does, "*" selects every element of an array, and an array found at the end of the
-// pointer contributes each of its elements. Absent members and nulls contribute nothing.
+// foldKey does, "*" selects every element of an array, a token of digits without a leading zero
+// selects one element of an array (RFC 6901) or a member of an object, and an array found at the
+// end of the pointer contributes each of its elements. Absent members, elements past the end and
+// nulls contribute nothing. Any other value on the way is an error that names it: an upstream
+// that reads leniently would find values in it that were not checked (an object read as a
+// one-element array or for its members' values, a nested array flattened, a string parsed).
 func pointerValues(v any, pointer string) ([]any, error) {
 	if pointer == "" {
 		return flatten(nil, v), nil
 	}
 	if pointer[0] != '/' {
-		return nil, errors.New("a pointer must start with /")
+		return nil, errPointerSyntax
 	}
+	toks := strings.Split(pointer[1:], "/")
 	cur := []any{v}
-	for _, tok := range strings.Split(pointer[1:], "/") {
-		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
+	for n, raw := range toks {
+		tok := strings.ReplaceAll(strings.ReplaceAll(raw, "~1", "/"), "~0", "~")
+		index, isIndex := arrayIndex(tok)
 		var next []any
 		for _, c := range cur {
 			switch c := c.(type) {
+			case nil:
 			case jsonObject:
+				if tok == "*" {
+					return nil, shapeError(toks[:n], pointer, "an object", "an array")
+				}
 				if x, ok := c[foldKey(tok)]; ok {
 					next = append(next, x)
 				}
 			case []any:
-				if tok == "*" {
+				switch {
+				case tok == "*":
 					next = append(next, c...)
-					break
+				case isIndex:
+					if index < len(c) {
+						next = append(next, c[index])
+					}
+				default:
+					return nil, shapeError(toks[:n], pointer, "an array", "an object")
 				}
-				if i, err := strconv.Atoi(tok); err == nil && i >= 0 && i < len(c) && strconv.Itoa(i) == tok {
-					next = append(next, c[i])
+			default:
+				want := "an object"
+				switch {
+				case tok == "*":
+					want = "an array"
+				case isIndex:
+					want = "an array or object"
 				}
+				return nil, shapeError(toks[:n], pointer, kindOf(c), want)
 			}
 		}
 		cur = next
@@ -180,6 +249,45 @@ func pointerValues(v any, pointer string) ([]any, error) {
 		out = flatten(out, c)
 	}
 	return out, nil
+}
+
+// arrayIndex reads an RFC 6901 array index: "0" or digits without a leading zero. An index too
+// large for an int is past the end of every array.
+func arrayIndex(tok string) (int, bool) {
+	if tok == "" || len(tok) > 1 && tok[0] == '0' || strings.Trim(tok, "0123456789") != "" {
+		return 0, false
+	}
+	i, err := strconv.Atoi(tok)
+	if err != nil {
+		return int(^uint(0) >> 1), true
+	}
+	return i, true
+}
+
+// shapeError says which value on the way to pointer had the wrong type. prefix are the
+// pointer's tokens before it (as written in the rule, so no body value is quoted).
+func shapeError(prefix []string, pointer, found, want string) error {
+	at := "the body"
+	if len(prefix) > 0 {
+		at = "the body's /" + strings.Join(prefix, "/")
+	}
+	return fmt.Errorf("%s is %s where the pointer %s expects %s: an upstream could read values in it that were not checked against your authorization_details; send %s there, or leave it out", at, found, pointer, want, want)
+}
+
+func kindOf(v any) string {
+	switch v.(type) {
+	case jsonObject:
+		return "an object"
+	case []any:
+		return "an array"
+	case string:
+		return "a string"
+	case json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
+	}
+	return "null"
 }
 
 func flatten(out []any, v any) []any {
@@ -239,8 +347,12 @@ func checkBody(rules []vault.BodyRule, details []map[string]any, body []byte) *b
 		if doc, err = parseStrictJSON(body); err != nil {
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: err.Error() + ": this route's body is checked against your authorization_details"}
 		}
-		if _, ok := doc.(jsonObject); !ok {
+		obj, ok := doc.(jsonObject)
+		if !ok {
 			return &bodyDenial{status: 400, reason: reasonBodyInvalid, desc: "this route's body is checked against your authorization_details: send a JSON object"}
+		}
+		if f := fieldMisspelt(obj, ruleFields(rules)); f != "" {
+			return &bodyDenial{status: 403, reason: reasonBodyRule, desc: fmt.Sprintf("%s is checked in the body against your authorization_details: a member whose name frameworks may read as it (padded, percent-encoded, with brackets or dots) may not be sent; name it exactly", apperr.Clip(f, 40))}
 		}
 	}
 	m := &matcher{}
@@ -271,8 +383,11 @@ func (m *matcher) checkDetail(rules []vault.BodyRule, detail map[string]any, doc
 			continue // the detail does not constrain this field
 		}
 		values, err := pointerValues(doc, rule.Pointer)
-		if err != nil {
+		if errors.Is(err, errPointerSyntax) {
 			return &bodyDenial{status: 403, reason: reasonBodyRule, desc: fmt.Sprintf("the route's body rule for %s has an invalid pointer", rule.Detail)}
+		}
+		if err != nil {
+			return &bodyDenial{status: 403, reason: reasonBodyRule, desc: err.Error()}
 		}
 		for _, v := range values {
 			if !m.matchValue(rule.Match, v, want) {
@@ -378,21 +493,49 @@ func (m *matcher) glob(pattern, s string, prefix bool) bool {
 }
 
 // emailDomain returns the lower-cased domain of one address ("a@b.example" or
-// "Name <a@b.example>"), without a trailing dot. Lists of addresses in one string are refused.
+// "Name <a@b.example>"), without a trailing dot. It refuses whatever an upstream could read as
+// another address or another domain: a string with more or less than one "@" (lists, quoted
+// "@"s, display names with addresses), other forms of RFC 5322 (quoted local parts, comments,
+// encoded display names with an "@"), text that is not plainText (an upstream splitting on
+// Unicode spaces or normalising commas), and a domain that is not a DNS hostname (isHostname).
 func emailDomain(s string) (string, bool) {
+	if strings.Count(s, "@") != 1 || !plainText(s) {
+		return "", false
+	}
 	a, err := mail.ParseAddress(s)
-	if err != nil {
+	if err != nil || s != a.Address && !strings.HasSuffix(s, "<"+a.Address+">") {
+		return "", false
+	}
+	if strings.Contains(a.Name, "@") || !plainText(a.Name) {
 		return "", false
 	}
 	i := strings.LastIndexByte(a.Address, '@')
-	if i < 0 || i == len(a.Address)-1 {
+	d := strings.ToLower(strings.TrimSuffix(a.Address[i+1:], "."))
+	if !isHostname(d) {
 		return "", false
 	}
-	d := strings.ToLower(strings.TrimSuffix(a.Address[i+1:], "."))
-	if d == "" || strings.ContainsAny(d, "[]") {
-		return "", false // address literals are not domains
-	}
 	return d, true
+}
+
+// isHostname reports whether d is a DNS hostname: dot-separated labels of 1 to 63 ASCII letters,
+// digits and hyphens (punycode "xn--" labels are such), none starting or ending with "-", 253
+// bytes at most, the last label not all digits (an IPv4 address is not a domain).
+func isHostname(d string) bool {
+	if d == "" || len(d) > 253 {
+		return false
+	}
+	labels := strings.Split(d, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			if c := l[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return strings.Trim(labels[len(labels)-1], "0123456789") != ""
 }
 
 // The request around a checked body: the upstream must parse exactly the JSON that was checked,
@@ -481,6 +624,21 @@ func paramField(name string, fields map[string]bool) string {
 	for _, n := range [...]string{name, bracket, dot, php} {
 		if n != "" && fields[foldKey(n)] {
 			return n
+		}
+	}
+	return ""
+}
+
+// fieldMisspelt returns a field a rule checks that a top-level member of the body names in
+// another spelling (paramField): "to[]", " to" or "%74o" would slip past the rule for "to" in an
+// upstream that reads member names as parameter names.
+func fieldMisspelt(doc jsonObject, fields map[string]bool) string {
+	for k := range doc {
+		if fields[k] {
+			continue // the field itself (keys are folded)
+		}
+		if f := paramField(k, fields); f != "" {
+			return f
 		}
 	}
 	return ""

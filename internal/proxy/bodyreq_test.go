@@ -22,13 +22,15 @@ import (
 // framework is an upstream on 127.0.0.1 that reads a request the ways real frameworks do, and
 // keeps every value any of them would take for the field "to": the Content-Type from the first
 // or the last header, forms, multipart, JSON in the declared charset (UTF-7, UTF-16, Latin-1),
-// JSON keys up to case, cut at a NUL or with lone surrogate escapes dropped; query and path
+// JSON keys up to case, cut at a NUL or with lone surrogate escapes dropped, JSON read leniently
+// (lenientRead: normalised names, prototypes, objects as arrays); query and path
 // parameters split on & and ;, names decoded twice, PHP/Rails brackets, qs dots, PHP's _ for .
 type framework struct {
 	srv  *httptest.Server
 	mu   sync.Mutex
 	seen []http.Header // the headers of each request received
 	to   [][]string    // every reading of "to", per request
+	over [][]string    // every amount over 100 read at /items/*/amount, per request
 }
 
 func newFramework(t testing.TB) *framework {
@@ -39,6 +41,7 @@ func newFramework(t testing.TB) *framework {
 		f.mu.Lock()
 		f.seen = append(f.seen, r.Header.Clone())
 		f.to = append(f.to, vals)
+		f.over = append(f.over, overMax(body))
 		f.mu.Unlock()
 		w.Write([]byte(`{}`))
 	}))
@@ -125,11 +128,22 @@ func readTo(r *http.Request, body []byte) []string {
 							}
 						}
 					}
+					for _, x := range lenientRead([]byte(variant), "/to") {
+						s, _ := x.(string)
+						vals = append(vals, s)
+					}
 				}
 			}
 		}
 	}
 	return vals
+}
+
+func asStrings(v any) []any {
+	if list, ok := v.([]any); ok {
+		return list
+	}
+	return []any{v}
 }
 
 // loneSurrogate is a surrogate escape, which some parsers drop.
@@ -198,29 +212,36 @@ func utf7(s string) string {
 	return "+" + base64.RawStdEncoding.EncodeToString(b) + "-"
 }
 
-// mailEnv is a proxy whose upstream "mail" is a framework, with body rules on /to for POST and
-// GET under /send/**, and a token whose detail allows recipients at example.com only.
+// mailEnv is a proxy whose upstream "mail" is a framework, with body rules on /to and
+// /items/*/amount for POST and GET under /send/**, and a token whose detail allows recipients at
+// example.com and at subdomains of corp.example (inGrant) and amounts up to 100.
 func mailEnv(t testing.TB) (*env, *framework) {
 	e := newEnv(t)
 	f := newFramework(t)
 	e.upstreams.put(vault.Upstream{Name: "mail", BaseURL: f.srv.URL, Auth: vault.AuthBearer, AllowPrivate: true, Routes: []vault.Route{
 		{Scope: "mail:send", Methods: []string{"POST", "GET", "PUT"}, Paths: []string{"/send/**"}, Body: []vault.BodyRule{
 			{Detail: "recipient_domains", Pointer: "/to", Match: MatchEmailDomain},
+			{Detail: "max_amount", Pointer: "/items/*/amount", Match: MatchMax},
 		}},
 	}})
 	return e, f
 }
 
 func mailToken(e *env) string {
-	return e.token(tokenOpts{scope: "mail:send", upstream: "mail", details: []map[string]any{{"type": "mail", "recipient_domains": []string{"example.com"}}}})
+	return e.token(tokenOpts{scope: "mail:send", upstream: "mail", details: []map[string]any{{"type": "mail", "recipient_domains": []string{"example.com", "*.corp.example"}, "max_amount": 100}}})
 }
 
-// outsideGrant returns the first value the upstream could read for "to" whose domain is not
-// example.com.
+// outsideGrant returns the first value the upstream could read for "to" that is not one address
+// in the grant, or in which a lenient reading finds a domain outside it.
 func outsideGrant(vals []string) (string, bool) {
 	for _, v := range vals {
-		if d, ok := emailDomain(v); !ok || d != "example.com" {
+		if d, ok := emailDomain(v); !ok || !inGrant(d) {
 			return v, true
+		}
+		for _, d := range lenientDomains(v) {
+			if !inGrant(d) {
+				return v, true
+			}
 		}
 	}
 	return "", false
@@ -291,6 +312,23 @@ func TestBodyReadAsUpstreamsRead(t *testing.T) {
 		{name: "GET with a body", method: "GET", ctypes: []string{"application/json"}, body: `{"to":"x@evil.test"}`, want: 403, reason: reasonBodyRule},
 		{name: "GET with an allowed body", method: "GET", ctypes: []string{"application/json"}, body: good, want: 200, forwardCT: "application/json"},
 		{name: "empty body without a type", method: "GET", want: 200},
+		{name: "subdomain in the grant", ctypes: []string{"application/json"}, body: `{"to":"Ann <a@b.corp.example>"}`, want: 200, forwardCT: "application/json"},
+		{name: "address split on a no-break space", ctypes: []string{"application/json"}, body: `{"to":"x@evil.test\u00a0.corp.example"}`, want: 403, reason: reasonBodyRule},
+		{name: "address split on a full-width comma", ctypes: []string{"application/json"}, body: `{"to":"x@evil.test\uff0c.corp.example"}`, want: 403, reason: reasonBodyRule},
+		{name: "domain of 200 KB", ctypes: []string{"application/json"}, body: `{"to":"x@evil.test.` + strings.Repeat("a", 200<<10) + `.corp.example"}`, want: 403, reason: reasonBodyRule},
+		{name: "full-width member name", ctypes: []string{"application/json"}, body: `{"to":"a@example.com","ｔｏ":"x@evil.test"}`, want: 400, reason: reasonBodyInvalid},
+		{name: "zero-width space in a member name", ctypes: []string{"application/json"}, body: `{"to\u200b":"x@evil.test"}`, want: 400, reason: reasonBodyInvalid},
+		{name: "amount as a string", ctypes: []string{"application/json"}, body: `{"to":"a@example.com","items":[{"amount":100},{"amount":"x"},null]}`, want: 403, reason: reasonBodyRule},
+		{name: "amount in an object for an array", ctypes: []string{"application/json"}, body: `{"items":{"amount":1000}}`, want: 403, reason: reasonBodyRule},
+		{name: "amount in index members", ctypes: []string{"application/json"}, body: `{"items":{"0":{"amount":1000}}}`, want: 403, reason: reasonBodyRule},
+		{name: "amount in a nested array", ctypes: []string{"application/json"}, body: `{"items":[{"amount":1},[{"amount":1000}]]}`, want: 403, reason: reasonBodyRule},
+		{name: "amounts allowed", ctypes: []string{"application/json"}, body: `{"to":"a@example.com","items":[{"amount":100},{"n":1},null]}`, want: 200, forwardCT: "application/json"},
+		{name: "member with brackets", ctypes: []string{"application/json"}, body: `{"to[]":"x@evil.test"}`, want: 403, reason: reasonBodyRule},
+		{name: "member padded", ctypes: []string{"application/json"}, body: `{" to":"x@evil.test"}`, want: 403, reason: reasonBodyRule},
+		{name: "member percent-encoded", ctypes: []string{"application/json"}, body: `{"%74o":"x@evil.test"}`, want: 403, reason: reasonBodyRule},
+		{name: "other members pass", ctypes: []string{"application/json"}, body: `{"to":"a@example.com","total":1,"t_o":2,"tone":3}`, want: 200, forwardCT: "application/json"},
+		{name: "__proto__", ctypes: []string{"application/json"}, body: `{"__proto__":{"to":"x@evil.test"}}`, want: 400, reason: reasonBodyInvalid},
+		{name: "constructor.prototype", ctypes: []string{"application/json"}, body: `{"constructor":{"prototype":{"to":"x@evil.test"}}}`, want: 400, reason: reasonBodyInvalid},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -330,10 +368,13 @@ func TestBodyReadAsUpstreamsRead(t *testing.T) {
 				return
 			}
 			f.mu.Lock()
-			seen, to := f.seen[len(f.seen)-1], f.to[len(f.to)-1]
+			seen, to, over := f.seen[len(f.seen)-1], f.to[len(f.to)-1], f.over[len(f.over)-1]
 			f.mu.Unlock()
 			if v, bad := outsideGrant(to); bad {
 				t.Fatalf("the upstream read to = %q", v)
+			}
+			if len(over) > 0 {
+				t.Fatalf("the upstream read the amounts %q", over)
 			}
 			if ct := seen.Values("Content-Type"); tt.forwardCT != "" && (len(ct) != 1 || ct[0] != tt.forwardCT) {
 				t.Errorf("upstream Content-Type %q, want just %q", ct, tt.forwardCT)
@@ -382,10 +423,13 @@ func FuzzBodyRuleRequest(f *testing.F) {
 			return
 		}
 		fw.mu.Lock()
-		seen, to := fw.seen[len(fw.seen)-1], fw.to[len(fw.to)-1]
+		seen, to, over := fw.seen[len(fw.seen)-1], fw.to[len(fw.to)-1], fw.over[len(fw.over)-1]
 		fw.mu.Unlock()
 		if v, bad := outsideGrant(to); bad {
 			t.Fatalf("the upstream read to = %q from Content-Type %q %q, query %q, path %q, body %q", v, ct1, ct2, query, pathParam, body)
+		}
+		if len(over) > 0 {
+			t.Fatalf("the upstream read the amounts %q from body %q", over, body)
 		}
 		if ct := seen.Values("Content-Type"); len(ct) > 1 {
 			t.Fatalf("the upstream received Content-Type %q", ct)

@@ -171,6 +171,46 @@ func TestBodyRules(t *testing.T) {
 		"compressed":               {details: []map[string]any{detail}, body: `{}`, encoding: "gzip", want: 415, reason: reasonBodyEncoding},
 		"absent fields pass":       {details: []map[string]any{detail}, body: `{"text":"hello"}`, want: 200},
 		"top-level array":          {details: []map[string]any{detail}, body: `[{"to":"x@evil.example"}]`, want: 400, reason: reasonBodyInvalid},
+		// A value of the wrong type anywhere on a pointer's way refuses: an upstream may read it leniently.
+		"object where * wants an array": {details: []map[string]any{detail}, body: `{"items":{"amount":1000}}`, want: 403, reason: reasonBodyRule},
+		"object of index members":       {details: []map[string]any{detail}, body: `{"items":{"0":{"amount":1000}}}`, want: 403, reason: reasonBodyRule},
+		"array in an array":             {details: []map[string]any{detail}, body: `{"items":[[{"amount":1000}]]}`, want: 403, reason: reasonBodyRule},
+		"array among elements":          {details: []map[string]any{detail}, body: `{"items":[{"amount":1},[{"amount":1000}]]}`, want: 403, reason: reasonBodyRule},
+		"string where * wants an array": {details: []map[string]any{detail}, body: `{"items":"[{\"amount\":1000}]"}`, want: 403, reason: reasonBodyRule},
+		"number where an object is due": {details: []map[string]any{detail}, body: `{"items":[5]}`, want: 403, reason: reasonBodyRule},
+		"nulls and absent members pass": {details: []map[string]any{detail}, body: `{"items":[null,{"x":1},{"amount":null},{"amount":5}]}`, want: 200},
+		"null where * wants an array":   {details: []map[string]any{detail}, body: `{"items":null}`, want: 200},
+		// Member names that would reach a JavaScript prototype, or read as another name.
+		"__proto__":                  {details: []map[string]any{detail}, body: `{"__proto__":{"to":"x@evil.example"}}`, want: 400, reason: reasonBodyInvalid},
+		"__proto__ deep":             {details: []map[string]any{detail}, body: `{"a":[{"__proto__":1}]}`, want: 400, reason: reasonBodyInvalid},
+		"constructor.prototype":      {details: []map[string]any{detail}, body: `{"constructor":{"prototype":{"to":"x@evil.example"}}}`, want: 400, reason: reasonBodyInvalid},
+		"prototype holding an array": {details: []map[string]any{detail}, body: `{"Prototype":[]}`, want: 400, reason: reasonBodyInvalid},
+		"constructor as a string":    {details: []map[string]any{detail}, body: `{"constructor":"x","prototype":1}`, want: 200},
+		"full-width name":            {details: []map[string]any{detail}, body: `{"ｔｏ":"x@evil.example"}`, want: 400, reason: reasonBodyInvalid},
+		"zero-width space in a name": {details: []map[string]any{detail}, body: `{"to\u200b":"x@evil.example"}`, want: 400, reason: reasonBodyInvalid},
+		"no-break space in a name":   {details: []map[string]any{detail}, body: `{"to\u00a0":"x@evil.example"}`, want: 400, reason: reasonBodyInvalid},
+		"tab in a name":              {details: []map[string]any{detail}, body: `{"to\t":"x@evil.example"}`, want: 400, reason: reasonBodyInvalid},
+		"combining accent in a name": {details: []map[string]any{detail}, body: `{"to\u0301":"x@evil.example"}`, want: 400, reason: reasonBodyInvalid},
+		"plain non-ASCII and spaces": {details: []map[string]any{detail}, body: `{"naïve name":"é","to":"José <jose@example.com>"}`, want: 200},
+		"punycode domain":            {details: []map[string]any{detail}, body: `{"to":"a@xn--bcher-kva.corp.example"}`, want: 200},
+	}
+	// Addresses an upstream could split or read as another domain: none is one plain address
+	// whose domain is a hostname.
+	for i, to := range []string{`x@evil.com\u00a0.corp.example`, `x@evil.com\u0085.corp.example`, `x@evil.com\u3000.corp.example`,
+		`x@evil.com\u2028.corp.example`, `x@evil.com\u200b.corp.example`, `x@evil.com\uff0c.corp.example`, `x@evil.com?.corp.example`,
+		`x@evil.com/.corp.example`, `x@evil.com!.corp.example`, `x@evil.com%00.corp.example`, `x@-.corp.example`, `x@a-.corp.example`,
+		`x@` + strings.Repeat("a", 64) + `.corp.example`, `x@` + strings.Repeat("a.", 125) + `corp.example`, `x@a_b.corp.example`,
+		`x@[10.0.0.1]`, `x@10.0.0.1`, `x@bücher.corp.example`, `x@evil.com\uff0ea.corp.example`,
+		`x\u2028y@a.corp.example`, `x\u00a0y@a.corp.example`, `x\uff20evil.com.y@a.corp.example`, `\"x@evil.com\"@a.corp.example`, `\"x y\"@a.corp.example`,
+		`\"x@evil.com\" <a@b.corp.example>`, `=?utf-8?q?x=40evil.com?= <a@b.corp.example>`, `a@b.corp.example (x)`, `a@b.corp.example(.evil.com)`,
+		`Ann\u2028Bee <a@b.corp.example>`, `Ann\uff0c x <a@b.corp.example>`} {
+		tests[fmt.Sprintf("address %d %s", i, to)] = struct {
+			details  []map[string]any
+			body     string
+			encoding string
+			want     int
+			reason   string
+		}{details: []map[string]any{detail}, body: `{"to":"` + to + `"}`, want: 403, reason: reasonBodyRule}
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
