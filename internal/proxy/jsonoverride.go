@@ -252,7 +252,8 @@ func (s *jsonScanner) scanName(b []byte) (int, error) {
 					s.nhex = 2
 				}
 				continue
-			case '\n', '\r': // JSON5's line continuation
+			case '\n', '\r': // JSON5's line continuation: no byte of the name
+				s.skipHeld()
 				continue
 			case 'b':
 				c = '\b'
@@ -286,15 +287,22 @@ func (s *jsonScanner) scanName(b []byte) (int, error) {
 			s.key, s.held = false, 0 // the rest of the string is skipped
 			return i + 1, nil
 		}
-		if s.m.n == 0 && !s.m.pct {
-			s.held = 0 // leading spaces decide nothing: not held
-		}
+		s.skipHeld()
 	}
 	return len(b), nil
 }
 
+// skipHeld releases the name's bytes while nothing of it is read: leading spaces (and line
+// continuations) decide nothing, so a name of them is not held back however long.
+func (s *jsonScanner) skipHeld() {
+	if s.m.n == 0 && !s.m.pct {
+		s.held = 0
+	}
+}
+
 // scanLost reads the rest of a body that lost the scanner its place: "method" in any case,
-// backslashes before its letters ignored (JSON5's identity escapes), or a \u or \x escape is
+// backslashes and NULs before its letters ignored (JSON5's identity escapes; UTF-16, which
+// Jackson detects from the bytes), or a \u or \x escape is
 // refused, as a lenient parser may read it in a member name. The bytes that may begin either
 // are held back.
 func (s *jsonScanner) scanLost(b []byte) (int, error) {
@@ -316,6 +324,10 @@ func (s *jsonScanner) scanLost(b []byte) (int, error) {
 			continue
 		}
 		switch lc := c | 0x20; { // only letters fold onto the letters of "method"
+		case c == 0: // UTF-16 read as bytes: "m\x00e\x00…" names a method too
+			if s.word > 0 {
+				s.whold++
+			}
 		case lc == "method"[s.word]:
 			s.word++
 			s.whold++

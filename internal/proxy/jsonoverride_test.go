@@ -141,10 +141,13 @@ func TestJSONReaderSplitReads(t *testing.T) {
 		{formJSON, `{"a":[1,{"b":"\\"}],"\u005F\u004dethod":1}`, true},
 		{formJSON, `{"\u005f\u006d\u0065\u0074\u0068\u006f\u0064x":1,"_metho\u0064s":2,"a":"\\\\"}`, false},
 		{formJSON, `{"        _method":1}`, true},
+		{formJSON, `{"` + strings.Repeat("\\\n\\\r \\u0020", 20000) + `_method":1}`, true},
+		{formJSON, `{"` + strings.Repeat("\\\n", 40000) + `":1}`, false},
 		{formJSON, `{"a":1 'x\\':2, '_\m\E\thod':3}`, true},
 		{formJSON, `{"a":1 'x':2, 'me\\\\thod':3}`, false},
 		{formJSON, `{"a":1 'x':2, 'a\u':3}`, true},
 		{formJSONSniffed, "\xEF\xBB\xBF\n{\"\\u005fmethod\":1}", true},
+		{formJSON, "{\x00\"\x00_\x00m\x00E\x00t\x00h\x00o\x00d\x00\"\x00:\x001\x00}\x00", true},
 		{formJSONSniffed, `{"a":1 'x':2, '_method':3}`, false},
 		{formJSONSniffed, `x{"_method":1}`, false},
 	}
