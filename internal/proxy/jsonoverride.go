@@ -224,12 +224,20 @@ func backslashesBefore(b []byte, k, from int) int {
 	return n
 }
 
+// maxHeldName bounds a member name held back undecided. An override name takes at most 23
+// escapes of 18 bytes (\u0025 and two hex digits as \u00XX); only a name padded with JSON5 line
+// continuations, which strict parsers refuse, holds more, and is refused, as JSON5 may join it.
+const maxHeldName = 512
+
 // scanName reads a member name's bytes until it ends or is decided not to be an override, and
 // returns how many it read.
 func (s *jsonScanner) scanName(b []byte) (int, error) {
 	for i := 0; i < len(b); i++ {
 		c := b[i]
 		s.held++
+		if s.held > maxHeldName {
+			return 0, errOverride
+		}
 		switch s.esc {
 		case 0:
 			if c == '"' {
@@ -324,9 +332,12 @@ func (s *jsonScanner) scanLost(b []byte) (int, error) {
 			continue
 		}
 		switch lc := c | 0x20; { // only letters fold onto the letters of "method"
-		case c == 0: // UTF-16 read as bytes: "m\x00e\x00…" names a method too
+		case c == 0: // UTF-16 or -32 read as bytes: "m\x00e\x00…" names a method too
 			if s.word > 0 {
 				s.whold++
+			}
+			if s.whold > 64 { // more than UTF-32 with escapes: no name, and not held
+				s.word, s.whold = 0, 0
 			}
 		case lc == "method"[s.word]:
 			s.word++
