@@ -110,6 +110,11 @@ func (s *jsonScanner) scan(buf []byte, fresh int) (int, error) {
 			i += n
 		case s.str:
 			i += s.skipString(b[i:])
+		case s.depth > 1 || s.depth == 1 && !s.topObj:
+			i += s.skipDeep(b[i:])
+			if i < len(b) && jsonClass[b[i]] == classOther {
+				s.lose()
+			}
 		default:
 			if err := s.outside(b[i]); err != nil {
 				return 0, err
@@ -189,6 +194,73 @@ func (s *jsonScanner) lose() {
 	} else {
 		s.off = true
 	}
+}
+
+// Byte classes below the top level, where only nesting and strings matter.
+const (
+	classPlain = iota // white space, ",", ":", bytes of numbers and literals
+	classQuote
+	classOpen
+	classClose
+	classOther // no JSON outside a string
+)
+
+var jsonClass = func() (t [256]byte) {
+	for c := range t {
+		switch {
+		case c == '"':
+			t[c] = classQuote
+		case c == '{' || c == '[':
+			t[c] = classOpen
+		case c == '}' || c == ']':
+			t[c] = classClose
+		case jsonPlain[c] || c == ':' || c == ' ' || c == '\t' || c == '\n' || c == '\r':
+			t[c] = classPlain
+		default:
+			t[c] = classOther
+		}
+	}
+	return t
+}()
+
+// skipDeep runs over bytes where no top-level member name can start (below the top level, or
+// in a top-level array) in one tight loop, the path of most of a body's bytes. It returns how
+// many it read: all of b, or up to the top level, or up to a byte of classOther.
+func (s *jsonScanner) skipDeep(b []byte) int {
+	i := 0
+	for i < len(b) {
+		c := b[i]
+		if s.str {
+			i++
+			switch c {
+			case '\\':
+				if i == len(b) {
+					s.esc = 1 // skipString skips the escaped byte
+					return i
+				}
+				i++
+			case '"':
+				s.str = false
+			}
+			continue
+		}
+		switch jsonClass[c] {
+		case classQuote:
+			s.str = true
+		case classOpen:
+			s.depth++
+		case classClose:
+			s.depth--
+			if s.depth <= 1 {
+				s.colon = false
+				return i + 1
+			}
+		case classOther:
+			return i
+		}
+		i++
+	}
+	return i
 }
 
 // skipString skips string bytes up to the closing quote and returns how many it read.
