@@ -26,7 +26,7 @@ const (
 	reasonBodyTooLarge    = "body_too_large"       // the body of a checked route is over MaxBodyRuleBytes
 	reasonBodyEncoding    = "body_encoding"        // a checked or form body with Content-Encoding
 	reasonBodyContentType = "body_content_type"    // a checked body's Content-Type is not one JSON media type in UTF-8; a form's is not one form type
-	reasonMethodOverride  = "method_override"      // a form body has a method override field
+	reasonMethodOverride  = "method_override"      // a form or JSON body has a method override field
 	reasonTaskEnded       = "task_ended"           // the task is completed, revoked, expired or gone
 	reasonBudget          = "budget"               // a call budget of the grant or the task is used up
 	reasonRequestTooLarge = "request_too_large"    // over the task's max_request_bytes

@@ -49,13 +49,13 @@ func formOf(r *http.Request) (kind int, boundary string, e *refusal) {
 		}
 	}
 	if !form {
-		return 0, "", nil
+		return jsonOf(r.Header)
 	}
 	ctRefusal := func(desc string) (int, string, *refusal) {
 		return 0, "", refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyContentType, desc)
 	}
-	if items > 1 {
-		return ctRefusal("a form body is read differently by upstreams when it has several media types: send one Content-Type header with one media type")
+	if items > 1 || mentionsJSON(vals) { // Laravel reads a type that mentions JSON as JSON
+		return ctRefusal("a form body is read differently by upstreams when it has several media types or mentions JSON: send one Content-Type header with one media type")
 	}
 	if !identityOnly(r.Header) {
 		return 0, "", refuse(http.StatusUnsupportedMediaType, "invalid_request", reasonBodyEncoding,
@@ -154,9 +154,12 @@ type formReader struct {
 
 func newFormReader(src io.ReadCloser, kind int, boundary, method string) *formReader {
 	r := &formReader{src: src, method: method, buf: make([]byte, 0, 32<<10+maxPartHeader+128)}
-	if kind == formMultipart {
+	switch kind {
+	case formMultipart:
 		r.s = &multipartScanner{delim: []byte("--" + boundary)}
-	} else {
+	case formJSON, formJSONSniffed:
+		r.s = &jsonScanner{typed: kind == formJSON}
+	default:
 		r.s = &urlencodedScanner{}
 	}
 	return r
@@ -204,7 +207,7 @@ func (r *formReader) Close() error { return r.src.Close() }
 
 func overrideRefusal(method string) *formError {
 	return &formError{refuse(http.StatusBadRequest, "invalid_request", reasonMethodOverride,
-		fmt.Sprintf("the form body has a method override field (such as _method), which the proxy refuses: the token's routes were checked for %s, so call the upstream with the method you mean instead", safeMethod(method)))}
+		fmt.Sprintf("the body has a method override field or member (such as _method), which the proxy refuses: the token's routes were checked for %s, so call the upstream with the method you mean instead", safeMethod(method)))}
 }
 
 // errOverride is the scanners' finding; formReader's owner turns it into the refusal.

@@ -126,6 +126,7 @@ func effectiveMethod(r *http.Request, body []byte) string {
 			override = override || overrideIn(name, phpName(name))
 		}
 	}
+	override = override || jsonOverride(r.Header.Values("Content-Type"), body)
 	if override {
 		return "DELETE" // the value does not matter: the route check never saw it
 	}
@@ -161,15 +162,7 @@ func TestFormMethodOverrideRefused(t *testing.T) {
 	const form = "application/x-www-form-urlencoded"
 	const mp = "multipart/form-data; boundary=XyZ"
 	big := "a=" + strings.Repeat("x", 3<<20) + "&_method=DELETE"
-	type tc struct {
-		method  string
-		ct      []string // Content-Type fields
-		ce      string
-		body    string
-		chunked bool
-		status  int // 0: forwarded as sent
-		reason  string
-	}
+	type tc = overrideCase
 	refused := func(ct, body string) tc {
 		return tc{ct: []string{ct}, body: body, status: 400, reason: reasonMethodOverride}
 	}
@@ -214,57 +207,73 @@ func TestFormMethodOverrideRefused(t *testing.T) {
 
 		"ordinary form":        {ct: []string{form}, body: "title=_method&method=x&my_method=1&_methodx=2&%5Fmethods=3&a=%zz&&="},
 		"ordinary multipart":   {ct: []string{mp}, body: multipartBody("XyZ", "Content-Disposition: form-data; name=\"file\"; filename=\"form.html\"\r\n\r\n<input name=\"_method\" value=\"DELETE\">\r\n--Xy")},
-		"json":                 {ct: []string{"application/json"}, body: `{"_method":"DELETE"}`},
-		"json, chunked":        {ct: []string{"application/json"}, body: `_method=DELETE`, chunked: true},
+		"json":                 {ct: []string{"application/json"}, body: `{"_method":"DELETE"}`, status: 400, reason: reasonMethodOverride},
+		"json, chunked":        {ct: []string{"application/json"}, body: `{"a":"_method=DELETE"}`, chunked: true},
 		"form with a long key": {ct: []string{form}, body: strings.Repeat("_", 100) + "method=1&" + strings.Repeat("+", 5000) + "a=2"},
 	}
 	for name, c := range cases {
-		t.Run(name, func(t *testing.T) {
-			if c.method == "" {
-				c.method = "POST"
-			}
-			var body io.Reader = strings.NewReader(c.body)
-			if c.chunked {
-				body = iotest.HalfReader(io.MultiReader(strings.NewReader(c.body[:len(c.body)/2]), strings.NewReader(c.body[len(c.body)/2:])))
-			}
-			req := e.request(c.method, "/proxy/rails/items", tok, body)
-			if c.chunked {
-				req.ContentLength = -1
-			}
-			for _, ct := range c.ct {
-				req.Header.Add("Content-Type", ct)
-			}
-			if c.ce != "" {
-				req.Header.Set("Content-Encoding", c.ce)
-			}
-			before := len(k.all())
-			resp, answer := e.do(req)
-			calls := k.all()[before:]
-			if c.status != 0 {
-				if resp.StatusCode != c.status {
-					t.Fatalf("status %d, want %d: %s", resp.StatusCode, c.status, answer)
-				}
-				if len(calls) != 0 {
-					t.Fatalf("the upstream received a whole body and ran %s", calls[0].effective)
-				}
-				if ev := e.audit.last(t); ev.Reason != c.reason || ev.Outcome != audit.OutcomeDenied {
-					t.Errorf("audit %s %s, want denied %s", ev.Outcome, ev.Reason, c.reason)
-				}
-				if c.reason == reasonMethodOverride && !(strings.Contains(answer, `"invalid_request"`) && strings.Contains(answer, "call the upstream with the method you mean")) {
-					t.Errorf("answer %s", answer)
-				}
-				return
-			}
-			if resp.StatusCode != http.StatusOK || len(calls) != 1 {
-				t.Fatalf("status %d, %d calls: %s", resp.StatusCode, len(calls), answer)
-			}
-			if calls[0].effective != c.method {
-				t.Fatalf("the upstream ran %s", calls[0].effective)
-			}
-			if string(calls[0].body) != c.body {
-				t.Fatalf("the upstream received %q, want %q", calls[0].body, c.body)
-			}
-		})
+		t.Run(name, func(t *testing.T) { c.check(t, e, k, tok) })
+	}
+}
+
+// overrideCase is a request to a rack that may carry a method override.
+type overrideCase struct {
+	method  string
+	ct      []string // Content-Type fields
+	ce      string
+	body    string
+	chunked bool
+	status  int // 0: forwarded as sent
+	reason  string
+}
+
+// check sends the request with tok: a refusal is answered and audited as c says and the rack
+// receives no whole body; otherwise the body arrives byte for byte and the rack runs c.method.
+func (c overrideCase) check(t *testing.T, e *env, k *rack, tok string) {
+	t.Helper()
+	if c.method == "" {
+		c.method = "POST"
+	}
+	var body io.Reader = strings.NewReader(c.body)
+	if c.chunked {
+		body = iotest.HalfReader(io.MultiReader(strings.NewReader(c.body[:len(c.body)/2]), strings.NewReader(c.body[len(c.body)/2:])))
+	}
+	req := e.request(c.method, "/proxy/rails/items", tok, body)
+	if c.chunked {
+		req.ContentLength = -1
+	}
+	for _, ct := range c.ct {
+		req.Header.Add("Content-Type", ct)
+	}
+	if c.ce != "" {
+		req.Header.Set("Content-Encoding", c.ce)
+	}
+	before := len(k.all())
+	resp, answer := e.do(req)
+	calls := k.all()[before:]
+	if c.status != 0 {
+		if resp.StatusCode != c.status {
+			t.Fatalf("status %d, want %d: %s", resp.StatusCode, c.status, answer)
+		}
+		if len(calls) != 0 {
+			t.Fatalf("the upstream received a whole body and ran %s", calls[0].effective)
+		}
+		if ev := e.audit.last(t); ev.Reason != c.reason || ev.Outcome != audit.OutcomeDenied {
+			t.Errorf("audit %s %s, want denied %s", ev.Outcome, ev.Reason, c.reason)
+		}
+		if c.reason == reasonMethodOverride && !(strings.Contains(answer, `"invalid_request"`) && strings.Contains(answer, "call the upstream with the method you mean")) {
+			t.Errorf("answer %s", answer)
+		}
+		return
+	}
+	if resp.StatusCode != http.StatusOK || len(calls) != 1 {
+		t.Fatalf("status %d, %d calls: %s", resp.StatusCode, len(calls), answer)
+	}
+	if calls[0].effective != c.method {
+		t.Fatalf("the upstream ran %s", calls[0].effective)
+	}
+	if string(calls[0].body) != c.body {
+		t.Fatalf("the upstream received %q, want %q", calls[0].body, c.body)
 	}
 }
 
@@ -405,21 +414,8 @@ func FuzzFormReader(f *testing.F) {
 		if multi {
 			kind, ct = formMultipart, "multipart/form-data; boundary=b"
 		}
-		read := func(n int) ([]byte, bool) {
-			fr := newFormReader(io.NopCloser(&sizedReader{r: bytes.NewReader(body), n: n}), kind, "b", "POST")
-			out, _ := io.ReadAll(fr)
-			return out, fr.refused.Load() != nil
-		}
-		whole, refused := read(len(body) + 1)
-		out, refused2 := read(int(size)%16 + 1)
-		if refused != refused2 {
-			t.Fatalf("%q: refused %v in one read, %v in reads of %d", body, refused, refused2, int(size)%16+1)
-		}
-		if refused {
+		if scanAlike(t, kind, "b", body, int(size)%16+1) {
 			return
-		}
-		if !bytes.Equal(whole, body) || !bytes.Equal(out, body) {
-			t.Fatalf("%q passed as %q / %q", body, whole, out)
 		}
 		r, _ := http.NewRequest("POST", "http://upstream.test/items", nil)
 		r.Header.Set("Content-Type", ct)
@@ -427,6 +423,27 @@ func FuzzFormReader(f *testing.F) {
 			t.Fatalf("%q passed, and a framework runs %s", body, m)
 		}
 	})
+}
+
+// scanAlike reads body through a formReader in one read and in reads of size: both must
+// decide alike, and a body not refused must pass byte for byte. It reports whether the body
+// was refused.
+func scanAlike(t *testing.T, kind int, boundary string, body []byte, size int) bool {
+	t.Helper()
+	read := func(n int) ([]byte, bool) {
+		fr := newFormReader(io.NopCloser(&sizedReader{r: bytes.NewReader(body), n: n}), kind, boundary, "POST")
+		out, _ := io.ReadAll(fr)
+		return out, fr.refused.Load() != nil
+	}
+	whole, refused := read(len(body) + 1)
+	out, refused2 := read(size)
+	if refused != refused2 {
+		t.Fatalf("%q: refused %v in one read, %v in reads of %d", body, refused, refused2, size)
+	}
+	if !refused && (!bytes.Equal(whole, body) || !bytes.Equal(out, body)) {
+		t.Fatalf("%q passed as %q / %q", body, whole, out)
+	}
+	return refused
 }
 
 // BenchmarkFormReader is the scan of a form body alone (a body without Content-Type is one:

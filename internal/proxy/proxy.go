@@ -358,7 +358,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 		}
 	}
 
-	// The body of a form may set the method; the header says whether it is one and how the
+	// A form or JSON body may set the method; the header says whether it is one and how the
 	// upstream reads it. Its fields are read as it streams (step 9).
 	if c.formKind, c.boundary, e = formOf(r); e != nil {
 		return e
