@@ -63,10 +63,9 @@ type span struct{ from, to int }
 // value and shared by concurrent calls (read only).
 type masker struct {
 	values []string // the injected values it was built for
-	forms  [][]byte // sorted by first byte
-	first  [257]uint16
+	forms  [][]byte
 	step   int // the shortest form's length - 1
-	keep   int // the longest form's length - 1: the most a streaming body holds back
+	keep   int // the longest form's length - 1: what a streaming body holds back
 	filter [1 << 16 / 64]uint64
 	grams  map[uint16][]gramRef
 }
@@ -98,15 +97,6 @@ func newMasker(values []string) *masker {
 			m.grams[g] = append(m.grams[g], gramRef{int32(i), int32(off)})
 		}
 	}
-	for c := range 257 { // first[c] is the index of the first form starting at or after byte c
-		m.first[c] = uint16(len(m.forms))
-		for i, f := range m.forms {
-			if int(f[0]) >= c {
-				m.first[c] = uint16(i)
-				break
-			}
-		}
-	}
 	return m
 }
 
@@ -133,20 +123,6 @@ func (m *masker) find(dst []span, b []byte, newStart int, one bool) ([]span, boo
 		}
 	}
 	return dst, len(dst) > 0
-}
-
-// hold is the length of the longest tail of b that is the start of a form: bytes still to
-// come may complete it.
-func (m *masker) hold(b []byte) int {
-	for i := max(len(b)-m.keep, 0); i < len(b); i++ {
-		c := b[i]
-		for _, f := range m.forms[m.first[c]:m.first[int(c)+1]] {
-			if len(f) > len(b)-i && bytes.HasPrefix(f, b[i:]) {
-				return len(b) - i
-			}
-		}
-	}
-	return 0
 }
 
 // maskString returns s with every occurrence of a form masked; s itself when there is none.
@@ -186,8 +162,12 @@ func fill(b []byte, c byte) {
 
 // maskingReader streams a response body with every occurrence of a form masked. It searches
 // the bytes as the upstream sent them and masks on the way out, so overlapping forms are all
-// found; it holds back the longest tail that could be the start of a form, so a form split
-// across reads is still found.
+// found. It always holds back the last keep bytes read (the longest form's length - 1), whatever
+// they are, so a form split across reads is still found: the held tail goes out when more bytes
+// arrive or at the end. The length held back never depends on the content: holding back only a
+// tail that starts a form would tell an agent who makes the upstream echo its guess, and pause,
+// whether the guess is a prefix of the credential (a prefix oracle). No timer releases the tail
+// early: a pause of the upstream's inside a credential would release its first part.
 type maskingReader struct {
 	src     io.ReadCloser
 	m       *masker
@@ -242,7 +222,7 @@ func (r *maskingReader) Read(p []byte) (int, error) {
 		r.spans, _ = r.m.find(r.spans, r.buf[:r.end], from, false)
 		r.ready = r.end
 		if !r.eof {
-			r.ready -= r.m.hold(r.buf[:r.end])
+			r.ready = max(r.end-r.m.keep, 0)
 		}
 	}
 	n := copy(p, r.buf[r.start:r.ready])
