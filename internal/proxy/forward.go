@@ -541,7 +541,7 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 		e.outcome = audit.OutcomeFailure
 	}
 	if e.outcome == audit.OutcomeFailure {
-		p.log.WarnContext(r.Context(), "proxy call failed", slog.String("upstream", c.name), slog.String("reason", e.reason), slog.String("error", safeError(err)))
+		p.log.WarnContext(r.Context(), "proxy call failed", slog.String("upstream", c.name), slog.String("reason", e.reason), slog.String("error", safeError(err, c.mask)))
 	}
 	c.outcome, c.reason, c.detail = e.outcome, e.reason, e.desc
 	if c.outcome == "" {

@@ -217,7 +217,7 @@ func (r *maskingReader) Read(p []byte) (int, error) {
 		case err == io.EOF:
 			r.eof = true
 		case err != nil:
-			return 0, err
+			return 0, &maskedError{err, r.m}
 		}
 		r.spans, _ = r.m.find(r.spans, r.buf[:r.end], from, false)
 		r.ready = r.end
