@@ -59,15 +59,10 @@ func rawUpstream(t *testing.T, answer func() string) string {
 	return "http://" + ln.Addr().String()
 }
 
-// TestErrorLogsMaskSecret: an upstream answering garbage that holds the injected credential
-// (not HTTP, a header line without a colon, a bad chunk or trailer line) makes the transport
-// quote it in an error; no form of the credential reaches the log, at any level, or the
-// audit trail.
-func TestErrorLogsMaskSecret(t *testing.T) {
-	var logs lockedBuffer
-	e := newEnv(t, envOpts{cfg: func(c *Config) {
-		c.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}})
+// rawEnv is a proxy whose upstream "echo" (X-Api-Key: oracleSecrets[0]) is a rawUpstream;
+// set changes its answer. It returns a token for it.
+func rawEnv(t *testing.T, opts ...envOpts) (e *env, tok string, set func(string)) {
+	e = newEnv(t, opts...)
 	secret := oracleSecrets[0]
 	e.creds.secret.Store(&secret)
 	var mu sync.Mutex
@@ -75,7 +70,19 @@ func TestErrorLogsMaskSecret(t *testing.T) {
 	base := rawUpstream(t, func() string { mu.Lock(); defer mu.Unlock(); return answer })
 	e.upstreams.put(vault.Upstream{Name: "echo", BaseURL: base, Auth: vault.AuthHeader, Param: "X-Api-Key", AllowPrivate: true,
 		Routes: []vault.Route{{Scope: "echo:read", Methods: []string{"GET"}, Paths: []string{"/**"}}}})
-	tok := e.token(tokenOpts{scope: "echo:read", upstream: "echo"})
+	return e, e.token(tokenOpts{scope: "echo:read", upstream: "echo"}), func(a string) { mu.Lock(); defer mu.Unlock(); answer = a }
+}
+
+// TestErrorLogsMaskSecret: an upstream answering garbage that holds the injected credential
+// (not HTTP, a header line without a colon, a bad chunk or trailer line) makes the transport
+// quote it in an error; no form of the credential reaches the log, at any level, or the
+// audit trail.
+func TestErrorLogsMaskSecret(t *testing.T) {
+	var logs lockedBuffer
+	e, tok, setAnswer := rawEnv(t, envOpts{cfg: func(c *Config) {
+		c.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}})
+	secret := oracleSecrets[0]
 	for _, form := range echoedForms(secret) {
 		for _, a := range []string{
 			form + "\r\n\r\n",
@@ -85,9 +92,7 @@ func TestErrorLogsMaskSecret(t *testing.T) {
 			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + form + "\r\n",
 			"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n" + form + "\r\n\r\n",
 		} {
-			mu.Lock()
-			answer = a
-			mu.Unlock()
+			setAnswer(a)
 			resp, err := e.client.Do(e.request("GET", "/proxy/echo/x", tok, nil))
 			if err == nil {
 				_, _ = io.Copy(io.Discard, resp.Body)

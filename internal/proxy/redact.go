@@ -63,6 +63,7 @@ type span struct{ from, to int }
 // value and shared by concurrent calls (read only).
 type masker struct {
 	values []string // the injected values it was built for
+	names  *masker  // the forms in lowercase, for header names
 	forms  [][]byte
 	step   int // the shortest form's length - 1
 	keep   int // the longest form's length - 1: what a streaming body holds back
@@ -73,7 +74,6 @@ type masker struct {
 type gramRef struct{ form, off int32 }
 
 func newMasker(values []string) *masker {
-	m := &masker{values: values, grams: map[uint16][]gramRef{}}
 	var forms []string
 	for _, v := range values {
 		for _, f := range echoForms(v) {
@@ -82,6 +82,22 @@ func newMasker(values []string) *masker {
 			}
 		}
 	}
+	m := maskerOf(forms)
+	m.values = values
+	// Header names arrive in canonical case (Sk_live_…): they are compared in lowercase.
+	var lower []string
+	for _, f := range forms {
+		if l := strings.ToLower(f); !slices.Contains(lower, l) {
+			lower = append(lower, l)
+		}
+	}
+	m.names = maskerOf(lower)
+	return m
+}
+
+// maskerOf is a masker of the given forms (not empty).
+func maskerOf(forms []string) *masker {
+	m := &masker{grams: map[uint16][]gramRef{}}
 	slices.Sort(forms)
 	short := len(forms[0])
 	for _, f := range forms {
@@ -140,15 +156,37 @@ func (m *masker) maskString(s string) string {
 	return string(out)
 }
 
-// maskHeader masks every value of h in place; a header whose name holds a form is dropped.
+// maskHeader masks every value of h in place. A header whose name holds a form, in any case,
+// is dropped. A value that holds a form once its spaces and tabs are removed is masked whole:
+// a client joins a folded line (obs-fold) with a space, which would split the form.
 func (m *masker) maskHeader(h http.Header) {
+	var name [64]byte
+	var buf []byte
 	for k, vs := range h {
-		if m.maskString(k) != k {
+		lower := append(name[:0], k...)
+		for j, c := range lower {
+			if 'A' <= c && c <= 'Z' {
+				lower[j] = c + 'a' - 'A'
+			}
+		}
+		if _, found := m.names.find(nil, lower, 0, true); found {
 			delete(h, k)
 			continue
 		}
 		for i, v := range vs {
 			vs[i] = m.maskString(v)
+			if !strings.ContainsAny(v, " \t") {
+				continue
+			}
+			buf = buf[:0]
+			for j := 0; j < len(v); j++ {
+				if v[j] != ' ' && v[j] != '\t' {
+					buf = append(buf, v[j])
+				}
+			}
+			if _, found := m.find(nil, buf, 0, true); found {
+				vs[i] = strings.Repeat(string(maskByte), len(v))
+			}
 		}
 	}
 }
