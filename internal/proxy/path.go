@@ -152,20 +152,56 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
-// sameHost reports whether the Host header names the proxy's own host (want, from the issuer URL),
-// ignoring case and the scheme's default port.
+// sameHost reports whether a Host header names the server at want (its host[:port]), read
+// strictly: a name or a bracketed IPv6 address, then at most one ":" and a port of digits (an
+// empty or absent port is the scheme's default). "want:80:" or "want:" with another port after
+// it is refused, not trimmed until it matches.
 func sameHost(host, want, scheme string) bool {
-	norm := func(h string) string {
-		h = strings.ToLower(h)
-		switch {
-		case scheme == "http" && strings.HasSuffix(h, ":80"):
-			h = h[:len(h)-3]
-		case scheme == "https" && strings.HasSuffix(h, ":443"):
-			h = h[:len(h)-4]
+	h, hp, ok1 := splitHostPort(host, scheme)
+	w, wp, ok2 := splitHostPort(want, scheme)
+	return ok1 && ok2 && h == w && hp == wp
+}
+
+// splitHostPort splits a Host header into its host in lowercase and its port (the scheme's
+// default when absent or empty, leading zeros dropped).
+func splitHostPort(s, scheme string) (host, port string, ok bool) {
+	rest := ""
+	if strings.HasPrefix(s, "[") {
+		i := strings.IndexByte(s, ']')
+		if i < 0 {
+			return "", "", false
 		}
-		return strings.TrimSuffix(h, ":")
+		host, rest = s[:i+1], s[i+1:]
+	} else if i := strings.IndexByte(s, ':'); i >= 0 {
+		host, rest = s[:i], s[i:]
+	} else {
+		host = s
 	}
-	return host != "" && norm(host) == norm(want)
+	if host == "" || strings.ContainsAny(host, "/\\?#@ %") {
+		return "", "", false
+	}
+	if rest != "" {
+		if rest[0] != ':' {
+			return "", "", false
+		}
+		port = rest[1:]
+		for _, c := range port {
+			if c < '0' || c > '9' {
+				return "", "", false
+			}
+		}
+		port = strings.TrimLeft(port, "0")
+		if port == "" && len(rest) > 1 || len(port) > 5 {
+			return "", "", false // port 0, or beyond 65535's digits
+		}
+	}
+	if port == "" {
+		port = "80"
+		if scheme == "https" {
+			port = "443"
+		}
+	}
+	return strings.ToLower(host), port, true
 }
 
 // Guard sends every request under /proxy/ to the proxy before next (a ServeMux) sees it:
