@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // PathPrefix is where the proxy is mounted: {issuer}/proxy/{upstream}/{path…}.
@@ -34,6 +36,8 @@ type target struct {
 //   - "." and ".." segments, also with ";parameters" ("..;/" is ".." to some servers)
 //   - empty segments ("//"), except a trailing slash
 //   - a decoded path that is not valid UTF-8 (overlong encodings of '.', '/')
+//   - a decoded character whose compatibility form (NFKC) holds '.', '/', '\' or '%': an
+//     upstream that normalises reads the full-width "％ｅ％ｅ" of "%ef%bc%8e%ef%bc%8e" as ".."
 //
 // It returns the refusal reason ("" when the target is accepted).
 func parseTarget(requestURI string) (target, string) {
@@ -119,7 +123,7 @@ func checkPath(raw string) (string, bool) {
 	path := raw
 	if b != nil {
 		path = string(b)
-		if !utf8.ValidString(path) {
+		if !utf8.ValidString(path) || normalisesToSeparator(path) {
 			return "", false
 		}
 	}
@@ -138,6 +142,22 @@ func checkPath(raw string) (string, bool) {
 		s = more
 	}
 	return path, true
+}
+
+// normalisesToSeparator reports whether a character of s outside ASCII has a compatibility
+// form (NFKC) holding '.', '/', '\' or '%' (U+FF0E, U+2024 "․", U+2025 "‥", U+FF0F, U+FF3C,
+// U+FF05, …). Composition never makes ASCII punctuation, so each character is checked alone.
+func normalisesToSeparator(s string) bool {
+	for i, r := range s {
+		if r < utf8.RuneSelf {
+			continue
+		}
+		_, size := utf8.DecodeRuneInString(s[i:])
+		if strings.ContainsAny(norm.NFKC.String(s[i:i+size]), "./\\%") {
+			return true
+		}
+	}
+	return false
 }
 
 func unhex(c byte) (byte, bool) {

@@ -37,6 +37,14 @@ func TestParseTarget(t *testing.T) {
 		{"/proxy/api/x%5cy", reasonBadPath, "", ""},
 		{"/proxy/api/x%255cy", reasonBadPath, "", ""},
 		{"/proxy/api/x%00", reasonBadPath, "", ""},
+		{"/proxy/api/items/%ef%bc%8e%ef%bc%8e/admin", reasonBadPath, "", ""}, // U+FF0E full-width dots: ".." after NFKC
+		{"/proxy/api/items/%e2%80%a5/admin", reasonBadPath, "", ""},          // U+2025 "‥"
+		{"/proxy/api/items/%e2%80%a4%e2%80%a4", reasonBadPath, "", ""},       // U+2024 "․"
+		{"/proxy/api/a%ef%bc%8fb", reasonBadPath, "", ""},                    // U+FF0F full-width solidus
+		{"/proxy/api/a%ef%bc%bcb", reasonBadPath, "", ""},                    // U+FF3C full-width backslash
+		{"/proxy/api/a%ef%bc%85%32%65", reasonBadPath, "", ""},               // U+FF05 full-width percent
+		{"/proxy/api/a%e2%80%a6", reasonBadPath, "", ""},                     // U+2026 "…"
+		{"/proxy/api/%e2%91%a0%ef%bd%81", "", "api", "/①ａ"},                  // letters and digits normalise to letters and digits
 		{"/proxy/api/x%0d%0aHost:%20evil", reasonBadPath, "", ""},
 		{"/proxy/api/x%7f", reasonBadPath, "", ""},
 		{"/proxy/api/%c0%ae%c0%ae/x", reasonBadPath, "", ""},
