@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -62,7 +63,7 @@ func (p *Proxy) finish(r *http.Request, c *call, rec any) {
 			}
 		}
 		if rec != http.ErrAbortHandler {
-			p.log.ErrorContext(r.Context(), "proxy panic", slog.Any("panic", rec))
+			p.log.ErrorContext(r.Context(), "proxy panic", slog.String("panic", safeError(fmt.Errorf("%v", rec), c.mask)))
 		}
 	case c.forwarded && c.gotResponse && c.reason == "":
 		c.outcome = audit.OutcomeSuccess

@@ -10,8 +10,8 @@ import (
 )
 
 // echoForms are the forms in which an upstream may echo a credential value v: as is; URL-escaped
-// (query, path, every reserved byte, JavaScript's encodeURIComponent; also escaped twice, as in a
-// URL inside a query parameter; hex digits in either case); hex in either case; base64 and
+// by each of urlEncoders and Go's url.PathEscape (also escaped twice, as in a URL inside a query
+// parameter; hex digits in either case); hex in either case; base64 and
 // base64url, of the whole value (padded or not) and, because v may sit anywhere inside a larger
 // encoded blob (a JWT, a Basic header, a base64 JSON document), the run of characters that
 // encodes v alone at each of the three byte alignments; and JSON string escapes (the
@@ -27,7 +27,11 @@ func echoForms(v string) []string {
 			forms = append(forms, f)
 		}
 	}
-	for _, e := range []string{url.QueryEscape(v), url.PathEscape(v), escapeAll(v, ""), escapeAll(v, "!'()*")} {
+	escaped := []string{url.PathEscape(v)}
+	for _, e := range urlEncoders {
+		escaped = append(escaped, escapeURL(v, e.keep, e.plus))
+	}
+	for _, e := range escaped {
 		twice := url.QueryEscape(e)
 		add(e)
 		add(lowerEscapes(e))
@@ -52,19 +56,56 @@ func echoForms(v string) []string {
 	return forms
 }
 
-// escapeAll percent-encodes every byte of s but the RFC 3986 unreserved characters and keep.
-func escapeAll(s, keep string) string {
+// urlEncoders are the sets of bytes (besides letters and digits) that common URL encoders
+// leave as they are, and whether they write a space as "+". Each gives a form of the value.
+var urlEncoders = []struct {
+	keep string
+	plus bool
+}{
+	{"-._~", false},                       // every reserved byte: RFC 3986, PHP rawurlencode
+	{"-._~!'()*", false},                  // JavaScript encodeURIComponent
+	{"-._~/", false},                      // Python quote (safe="/" by default), Ruby URI::DEFAULT_PARSER
+	{"-._~:@", false},                     // Python quote(safe=":@")
+	{"-._~/:@", false},                    // Python quote(safe="/:@")
+	{"-._~!$&'()*+,;=:@", false},          // an RFC 3986 path segment (pchar)
+	{"-._~!$&'()*+,;=:@/", false},         // an RFC 3986 path
+	{"-._~!$&'()*+,;=:@/?#", false},       // JavaScript encodeURI
+	{printableExcept("\"#<>?`{}"), false}, // WHATWG URL path (new URL(), browsers)
+	{printableExcept("\"#<>'"), false},    // WHATWG URL query
+	{printableExcept("\"<>`"), false},     // WHATWG URL fragment
+	{"-._~", true},                        // Go url.QueryEscape, Python quote_plus
+	{"-._*", true},                        // form encoding: WHATWG URLSearchParams, Java URLEncoder
+	{"-._", true},                         // PHP urlencode
+}
+
+// printableExcept is every printable ASCII byte but those of s.
+func printableExcept(s string) string {
+	var b []byte
+	for c := byte('!'); c <= '~'; c++ {
+		if strings.IndexByte(s, c) < 0 {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+// escapeURL percent-encodes every byte of s but letters, digits and keep; with plus, a space
+// is written "+".
+func escapeURL(s, keep string, plus bool) string {
 	const hexDigits = "0123456789ABCDEF"
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~"+keep, c) >= 0 {
+		switch {
+		case 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(keep, c) >= 0:
 			b.WriteByte(c)
-			continue
+		case c == ' ' && plus:
+			b.WriteByte('+')
+		default:
+			b.WriteByte('%')
+			b.WriteByte(hexDigits[c>>4])
+			b.WriteByte(hexDigits[c&15])
 		}
-		b.WriteByte('%')
-		b.WriteByte(hexDigits[c>>4])
-		b.WriteByte(hexDigits[c&15])
 	}
 	return b.String()
 }

@@ -137,6 +137,9 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		out.URL.RawPath = ""
 	}
 	out.Host = ""
+	// A trailer announced by the agent would be sent after the body, where no header check
+	// looks (Trailer: X-HTTP-Method-Override): the outbound request announces and sends none.
+	out.Trailer = nil
 	stripRequestHeaders(out.Header)
 }
 
@@ -169,7 +172,7 @@ func stripRequestHeaders(h http.Header) {
 func strippedHeader(k string) bool {
 	var buf [48]byte
 	n := cgiName(buf[:], k[:min(len(k), len(buf))])
-	for _, p := range [...]string{"proxy-", "x-forwarded-", "x-envoy-"} {
+	for _, p := range [...]string{"proxy-", "x-forwarded", "x-envoy-"} {
 		if len(n) >= len(p) && string(n[:len(p)]) == p {
 			return true
 		}
@@ -193,8 +196,9 @@ func cgiName(buf []byte, name string) []byte {
 	return b
 }
 
-// strippedHeaders are names in cgiName form; the prefixes proxy-, x-forwarded- and x-envoy-
-// (Envoy's original path, original destination host, retry and timeout controls) go too.
+// strippedHeaders are names in cgiName form; the prefixes proxy-, x-forwarded (X-Forwarded,
+// X-Forwarded-For, …) and x-envoy- (Envoy's original path, original destination host, retry
+// and timeout controls) go too.
 var strippedHeaders = map[string]bool{
 	"authorization": true, "dpop": true, "cookie": true, "cookie2": true,
 	"forwarded": true, "via": true, "max-forwards": true,
@@ -202,15 +206,25 @@ var strippedHeaders = map[string]bool{
 	// The client's address, which upstreams use for allow-lists and rate limits.
 	"x-real-ip": true, "x-client-ip": true, "client-ip": true, "true-client-ip": true, "x-cluster-client-ip": true,
 	"x-originating-ip": true, "cf-connecting-ip": true, "fastly-client-ip": true, "x-original-forwarded-for": true,
+	"x-remote-ip": true, "x-remote-addr": true, "x-proxyuser-ip": true, "x-vercel-forwarded-for": true,
 	// Method, URL, path and host overrides some frameworks and gateways honour: the route check
 	// saw the real method and path, so an override is a way around it.
 	"x-http-method-override": true, "x-http-method": true, "x-method-override": true, "x-original-method": true,
 	"x-original-url": true, "x-original-uri": true, "x-rewrite-url": true, "x-override-url": true,
 	"x-original-path": true, "x-original-host": true, "x-host": true, "x-http-host-override": true,
+	"x-method": true, "x-real-method": true, "x-request-method": true, "x-rewrite-path": true, "x-original-request-uri": true,
+	// Internal redirects a front server honours from its backend; from a client they choose the
+	// file served. A request's Content-Location is meaningless (RFC 9110 §8.7) and read as the
+	// target by some servers.
+	"x-accel-redirect": true, "x-sendfile": true, "x-lighttpd-send-file": true, "content-location": true,
 	// Next.js internals: a middleware subrequest skips the middleware (CVE-2025-29927); the
 	// invoke headers choose the route rendered.
 	"x-middleware-subrequest": true, "x-invoke-path": true, "x-invoke-query": true, "x-invoke-output": true,
 	"x-invoke-status": true, "x-now-route-matches": true,
+	// Next.js request headers that choose what is rendered or run: RSC payloads and router state,
+	// the data route, a server action (by id, whatever the path).
+	"rsc": true, "next-router-state-tree": true, "next-router-prefetch": true, "next-router-segment-prefetch": true,
+	"next-url": true, "x-nextjs-data": true, "next-action": true, "x-middleware-prefetch": true,
 }
 
 // overrideParams are query parameters that frameworks read as the request's method: Rails,
@@ -222,8 +236,26 @@ var overrideParams = map[string]bool{
 	"x_http_method_override": true, "x_http_method": true, "x_method_override": true,
 }
 
+// overrideFields are overrideParams as body rules fold field names (see paramField).
+var overrideFields = func() map[string]bool {
+	m := map[string]bool{}
+	for p := range overrideParams {
+		m[foldKey(p)] = true
+	}
+	return m
+}()
+
+// isOverrideParam reports whether a raw query parameter name reads as a method override in
+// some framework: as a form field is read (isOverrideName), or as the body rules read a query
+// name (paramField: decoded again while it decodes, trimmed, before "[" or ".": _method[],
+// _method[0], %255fmethod, _method%09, _method.).
+func isOverrideParam(k string) bool {
+	return isOverrideName(k) || paramField(k, overrideFields) != ""
+}
+
 // stripOverrideParams removes method-override parameters from a raw query and leaves every
-// other parameter as it was sent, byte for byte.
+// other parameter as it was sent, byte for byte. A part between "&" goes if any name in it
+// split at ";" (which some parsers also split at) is an override.
 func stripOverrideParams(raw string) string {
 	if !mayOverride(raw) {
 		return raw
@@ -231,8 +263,12 @@ func stripOverrideParams(raw string) string {
 	var b strings.Builder
 	kept := 0
 	for part := range strings.SplitSeq(raw, "&") {
-		k, _, _ := strings.Cut(part, "=")
-		if isOverrideName(k) {
+		override := false
+		for sub := range strings.SplitSeq(part, ";") {
+			k, _, _ := strings.Cut(sub, "=")
+			override = override || isOverrideParam(k)
+		}
+		if override {
 			continue
 		}
 		if kept > 0 {
@@ -541,7 +577,7 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 		e.outcome = audit.OutcomeFailure
 	}
 	if e.outcome == audit.OutcomeFailure {
-		p.log.WarnContext(r.Context(), "proxy call failed", slog.String("upstream", c.name), slog.String("reason", e.reason), slog.String("error", safeError(err)))
+		p.log.WarnContext(r.Context(), "proxy call failed", slog.String("upstream", c.name), slog.String("reason", e.reason), slog.String("error", safeError(err, c.mask)))
 	}
 	c.outcome, c.reason, c.detail = e.outcome, e.reason, e.desc
 	if c.outcome == "" {

@@ -5,6 +5,8 @@ import (
 	"path"
 	"strings"
 	"testing"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // FuzzProxyPath checks the request-target parser: whatever it accepts decodes to the path that
@@ -23,6 +25,8 @@ func FuzzProxyPath(f *testing.F) {
 		"http://evil/proxy/api/x",
 		"/proxy/api//x",
 		"/proxy/api/x\\..\\y",
+		"/proxy/api/items/%ef%bc%8e%ef%bc%8e/admin",
+		"/proxy/api/items/%e2%80%a5/admin",
 	} {
 		f.Add(s)
 	}
@@ -56,10 +60,19 @@ func FuzzProxyPath(f *testing.F) {
 				t.Fatalf("accepted dot segment in %q", tgt.path)
 			}
 		}
-		// Whatever an upstream does with dot segments, the path stays below the base.
-		joined := path.Clean("/base" + tgt.path)
-		if joined != "/base" && !strings.HasPrefix(joined, "/base/") {
-			t.Fatalf("%q escapes the base path: %q", in, joined)
+		// Whatever an upstream does with dot segments, also after NFKC normalisation (full-width
+		// dots and slashes), the path stays below the base and holds no new separator.
+		nfkc := norm.NFKC.String(tgt.path)
+		for _, c := range "./\\%" {
+			if strings.Count(nfkc, string(c)) != strings.Count(tgt.path, string(c)) {
+				t.Fatalf("%q normalises to %q: a new %q", in, nfkc, c)
+			}
+		}
+		for _, p := range []string{tgt.path, nfkc} {
+			joined := path.Clean("/base" + p)
+			if joined != "/base" && !strings.HasPrefix(joined, "/base/") {
+				t.Fatalf("%q escapes the base path: %q", in, joined)
+			}
 		}
 	})
 }

@@ -49,7 +49,7 @@ func (p *Proxy) Metadata(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		p.log.WarnContext(r.Context(), "proxy metadata", "error", safeError(err))
+		p.log.WarnContext(r.Context(), "proxy metadata", "error", safeError(err, nil))
 		w.Header().Set("Cache-Control", "no-store")
 		write(http.StatusServiceUnavailable, map[string]string{"error": "temporarily_unavailable", "error_description": "try again later"})
 		return

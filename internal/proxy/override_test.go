@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -20,6 +22,10 @@ func TestOverridesStripped(t *testing.T) {
 		"X-Middleware-Subrequest", "X-Invoke-Path", "X-Invoke-Query", "X-Now-Route-Matches",
 		"X-Client-IP", "True-Client-IP", "CF-Connecting-IP", "X-Original-Forwarded-For",
 		"x-http-method-override", "X_HTTP_Method_Override", "X_Original_URL", "X_Forwarded_For", "Proxy_Authorization",
+		"X-Forwarded", "X-Remote-IP", "X-Remote-Addr", "X-ProxyUser-Ip", "X-Vercel-Forwarded-For",
+		"X-Method", "X-Real-Method", "X-Request-Method", "X-Rewrite-Path", "X-Original-Request-URI",
+		"X-Accel-Redirect", "X-Sendfile", "X-Lighttpd-Send-File", "Content-Location",
+		"Rsc", "Next-Router-State-Tree", "Next-Router-Prefetch", "Next-Url", "X-Nextjs-Data", "Next-Action", "X_Nextjs_Data",
 	}
 	req := e.request("GET", "/proxy/api/items/1?a=1&_method=DELETE&b=%2Fx+y&_METHOD=PUT&%5Fmethod=PATCH&.method=DELETE"+
 		"&X-HTTP-Method-Override=DELETE&x_http_method=DELETE&__method=DELETE&_HttpMethod=DELETE&+_method=DELETE&&c=&method=keep", tok, nil)
@@ -62,9 +68,49 @@ func TestStripOverrideParams(t *testing.T) {
 		"methods=1&_methodx=2&my_method=3": "methods=1&_methodx=2&my_method=3",
 		"_method%00x=DELETE&a=1":           "a=1", // PHP cuts a name at a NUL
 		"a=1&++%20.METHOD=PUT":             "a=1",
+		"%255fmethod=DELETE&a=1":           "a=1", // decoded twice
+		"%25255Fmethod=DELETE":             "",
+		"_method[]=DELETE&a=1":             "a=1", // PHP, Rack: an array named _method
+		"_method[0]=DELETE&a[]=1":          "a[]=1",
+		"_method%09=DELETE":                "", // trimmed
+		"%09_method=DELETE":                "",
+		"_method.=DELETE":                  "", // qs with dots
+		"_method.x=DELETE":                 "",
+		"X-HTTP-Method-Override[]=PUT":     "",
+		"a=1;_method=DELETE&b=2":           "b=2", // ";" separates too
+		"_method%5B%5D=DELETE":             "",
+		"method[]=1&_methodx[]=2":          "method[]=1&_methodx[]=2",
 	} {
 		if got := stripOverrideParams(in); got != want {
 			t.Errorf("stripOverrideParams(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestTrailerNotForwarded: a chunked request announcing trailers (an override sent after the
+// body, where no header check looks) reaches the upstream with neither the announcement nor
+// the trailers.
+func TestTrailerNotForwarded(t *testing.T) {
+	e := newEnv(t)
+	req := e.request("POST", "/proxy/api/items/1", e.token(tokenOpts{scope: "api:write"}), io.NopCloser(strings.NewReader(`{"a":1}`)))
+	req.Header.Set("Content-Type", "application/json")
+	req.ContentLength = -1
+	req.Trailer = http.Header{"X-Http-Method-Override": {"DELETE"}, "X-Original-Url": {"/admin"}}
+	resp, body := e.do(req)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	got := e.upstreamRequests()[0]
+	if got.TransferEncoding == nil || got.TransferEncoding[0] != "chunked" {
+		t.Fatalf("the test sent no chunked body: %v", got.TransferEncoding)
+	}
+	if v, ok := got.Header["Trailer"]; ok {
+		t.Errorf("upstream received Trailer: %q", v)
+	}
+	if len(got.Trailer) != 0 {
+		t.Errorf("upstream received trailers %v", got.Trailer)
+	}
+	if string(e.upBody[0]) != `{"a":1}` {
+		t.Errorf("upstream body %q", e.upBody[0])
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strings"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // PathPrefix is where the proxy is mounted: {issuer}/proxy/{upstream}/{path…}.
@@ -34,6 +36,8 @@ type target struct {
 //   - "." and ".." segments, also with ";parameters" ("..;/" is ".." to some servers)
 //   - empty segments ("//"), except a trailing slash
 //   - a decoded path that is not valid UTF-8 (overlong encodings of '.', '/')
+//   - a decoded character whose compatibility form (NFKC) holds '.', '/', '\' or '%': an
+//     upstream that normalises reads the full-width "％ｅ％ｅ" of "%ef%bc%8e%ef%bc%8e" as ".."
 //
 // It returns the refusal reason ("" when the target is accepted).
 func parseTarget(requestURI string) (target, string) {
@@ -119,7 +123,7 @@ func checkPath(raw string) (string, bool) {
 	path := raw
 	if b != nil {
 		path = string(b)
-		if !utf8.ValidString(path) {
+		if !utf8.ValidString(path) || normalisesToSeparator(path) {
 			return "", false
 		}
 	}
@@ -140,6 +144,22 @@ func checkPath(raw string) (string, bool) {
 	return path, true
 }
 
+// normalisesToSeparator reports whether a character of s outside ASCII has a compatibility
+// form (NFKC) holding '.', '/', '\' or '%' (U+FF0E, U+2024 "․", U+2025 "‥", U+FF0F, U+FF3C,
+// U+FF05, …). Composition never makes ASCII punctuation, so each character is checked alone.
+func normalisesToSeparator(s string) bool {
+	for i, r := range s {
+		if r < utf8.RuneSelf {
+			continue
+		}
+		_, size := utf8.DecodeRuneInString(s[i:])
+		if strings.ContainsAny(norm.NFKC.String(s[i:i+size]), "./\\%") {
+			return true
+		}
+	}
+	return false
+}
+
 func unhex(c byte) (byte, bool) {
 	switch {
 	case '0' <= c && c <= '9':
@@ -152,20 +172,56 @@ func unhex(c byte) (byte, bool) {
 	return 0, false
 }
 
-// sameHost reports whether the Host header names the proxy's own host (want, from the issuer URL),
-// ignoring case and the scheme's default port.
+// sameHost reports whether a Host header names the server at want (its host[:port]), read
+// strictly: a name or a bracketed IPv6 address, then at most one ":" and a port of digits (an
+// empty or absent port is the scheme's default). "want:80:" or "want:" with another port after
+// it is refused, not trimmed until it matches.
 func sameHost(host, want, scheme string) bool {
-	norm := func(h string) string {
-		h = strings.ToLower(h)
-		switch {
-		case scheme == "http" && strings.HasSuffix(h, ":80"):
-			h = h[:len(h)-3]
-		case scheme == "https" && strings.HasSuffix(h, ":443"):
-			h = h[:len(h)-4]
+	h, hp, ok1 := splitHostPort(host, scheme)
+	w, wp, ok2 := splitHostPort(want, scheme)
+	return ok1 && ok2 && h == w && hp == wp
+}
+
+// splitHostPort splits a Host header into its host in lowercase and its port (the scheme's
+// default when absent or empty, leading zeros dropped).
+func splitHostPort(s, scheme string) (host, port string, ok bool) {
+	rest := ""
+	if strings.HasPrefix(s, "[") {
+		i := strings.IndexByte(s, ']')
+		if i < 0 {
+			return "", "", false
 		}
-		return strings.TrimSuffix(h, ":")
+		host, rest = s[:i+1], s[i+1:]
+	} else if i := strings.IndexByte(s, ':'); i >= 0 {
+		host, rest = s[:i], s[i:]
+	} else {
+		host = s
 	}
-	return host != "" && norm(host) == norm(want)
+	if host == "" || strings.ContainsAny(host, "/\\?#@ %") {
+		return "", "", false
+	}
+	if rest != "" {
+		if rest[0] != ':' {
+			return "", "", false
+		}
+		port = rest[1:]
+		for _, c := range port {
+			if c < '0' || c > '9' {
+				return "", "", false
+			}
+		}
+		port = strings.TrimLeft(port, "0")
+		if port == "" && len(rest) > 1 || len(port) > 5 {
+			return "", "", false // port 0, or beyond 65535's digits
+		}
+	}
+	if port == "" {
+		port = "80"
+		if scheme == "https" {
+			port = "443"
+		}
+	}
+	return strings.ToLower(host), port, true
 }
 
 // Guard sends every request under /proxy/ to the proxy before next (a ServeMux) sees it:

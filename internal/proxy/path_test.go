@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -36,6 +37,14 @@ func TestParseTarget(t *testing.T) {
 		{"/proxy/api/x%5cy", reasonBadPath, "", ""},
 		{"/proxy/api/x%255cy", reasonBadPath, "", ""},
 		{"/proxy/api/x%00", reasonBadPath, "", ""},
+		{"/proxy/api/items/%ef%bc%8e%ef%bc%8e/admin", reasonBadPath, "", ""}, // U+FF0E full-width dots: ".." after NFKC
+		{"/proxy/api/items/%e2%80%a5/admin", reasonBadPath, "", ""},          // U+2025 "‥"
+		{"/proxy/api/items/%e2%80%a4%e2%80%a4", reasonBadPath, "", ""},       // U+2024 "․"
+		{"/proxy/api/a%ef%bc%8fb", reasonBadPath, "", ""},                    // U+FF0F full-width solidus
+		{"/proxy/api/a%ef%bc%bcb", reasonBadPath, "", ""},                    // U+FF3C full-width backslash
+		{"/proxy/api/a%ef%bc%85%32%65", reasonBadPath, "", ""},               // U+FF05 full-width percent
+		{"/proxy/api/a%e2%80%a6", reasonBadPath, "", ""},                     // U+2026 "…"
+		{"/proxy/api/%e2%91%a0%ef%bd%81", "", "api", "/①ａ"},                  // letters and digits normalise to letters and digits
 		{"/proxy/api/x%0d%0aHost:%20evil", reasonBadPath, "", ""},
 		{"/proxy/api/x%7f", reasonBadPath, "", ""},
 		{"/proxy/api/%c0%ae%c0%ae/x", reasonBadPath, "", ""},
@@ -77,10 +86,44 @@ func TestSameHost(t *testing.T) {
 		{"evil.example", "mandate.example", "https", false},
 		{"", "mandate.example", "https", false},
 		{"127.0.0.1:9", "127.0.0.1:9", "http", true},
+		{"127.0.0.1:19410:80", "127.0.0.1:19410", "http", false},
+		{"127.0.0.1:19410:", "127.0.0.1:19410", "http", false},
+		{"127.0.0.1:19410::", "127.0.0.1:19410", "http", false},
+		{"127.0.0.1:019410", "127.0.0.1:19410", "http", true},
+		{"127.0.0.1:19410 ", "127.0.0.1:19410", "http", false},
+		{"127.0.0.1:+19410", "127.0.0.1:19410", "http", false},
+		{"127.0.0.1:19410x", "127.0.0.1:19410", "http", false},
+		{"127.0.0.1@127.0.0.1:19410", "127.0.0.1:19410", "http", false},
+		{"mandate.example:", "mandate.example", "https", true},
+		{"mandate.example:443:443", "mandate.example", "https", false},
+		{"mandate.example:0", "mandate.example", "https", false},
+		{"[::1]:8080", "[::1]:8080", "http", true},
+		{"[::1]:8080:80", "[::1]:8080", "http", false},
+		{"[::1]x", "[::1]", "http", false},
+		{"[::1", "[::1]", "http", false},
+		{":443", "mandate.example", "https", false},
 	}
 	for _, tt := range tests {
 		if got := sameHost(tt.host, tt.want, tt.scheme); got != tt.ok {
 			t.Errorf("sameHost(%q, %q) = %v", tt.host, tt.want, got)
 		}
 	}
+}
+
+// FuzzSameHost: a Host header is accepted only when it spells the server's host and port,
+// up to case, leading zeros of the port and the scheme's default port.
+func FuzzSameHost(f *testing.F) {
+	for _, s := range []string{"127.0.0.1:19410", "127.0.0.1:19410:80", "127.0.0.1:19410:", "MANDATE.example:443", "mandate.example:", "[::1]:8080"} {
+		f.Add(s)
+	}
+	ip := regexp.MustCompile(`^127\.0\.0\.1:0*19410$`)
+	name := regexp.MustCompile(`(?i)^mandate\.example(:0*443|:)?$`)
+	f.Fuzz(func(t *testing.T, h string) {
+		if sameHost(h, "127.0.0.1:19410", "http") != ip.MatchString(h) {
+			t.Errorf("sameHost(%q, 127.0.0.1:19410) = %v", h, !ip.MatchString(h))
+		}
+		if sameHost(h, "mandate.example", "https") != name.MatchString(h) {
+			t.Errorf("sameHost(%q, mandate.example) = %v", h, !name.MatchString(h))
+		}
+	})
 }

@@ -520,20 +520,37 @@ func isNotFound(err error) bool {
 
 // failure is a refusal caused by the server, not the caller: logged with its cause.
 func (p *Proxy) failure(ctx context.Context, status int, code, reason, desc string, cause error) *refusal {
-	p.log.WarnContext(ctx, "proxy call failed", slog.String("reason", reason), slog.String("error", safeError(cause)))
+	p.log.WarnContext(ctx, "proxy call failed", slog.String("reason", reason), slog.String("error", safeError(cause, nil)))
 	e := refuse(status, code, reason, desc)
 	e.outcome = audit.OutcomeFailure
 	return e
 }
 
-// safeError is err's text without any URL (which may carry an injected query credential).
-func safeError(err error) string {
+// safeError is err's text for a log line or an audit detail: without any URL (which may carry
+// an injected query credential), and with every form of the injected credential masked when m
+// is the call's masker (the transport quotes an upstream's malformed answer in its errors:
+// `malformed HTTP response "sk_live_…"`). Every error of a call that injected a credential is
+// logged through it.
+func safeError(err error, m *masker) string {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return ue.Op + ": " + safeError(ue.Err)
+		return ue.Op + ": " + safeError(ue.Err, m)
 	}
 	if err == nil {
 		return ""
 	}
+	if m != nil {
+		return m.maskString(err.Error())
+	}
 	return err.Error()
 }
+
+// maskedError is an error read from an upstream's body (a malformed chunk or trailer line is
+// quoted in it), whose text has the credential masked: ReverseProxy logs it.
+type maskedError struct {
+	err error
+	m   *masker
+}
+
+func (e *maskedError) Error() string { return safeError(e.err, e.m) }
+func (e *maskedError) Unwrap() error { return e.err }

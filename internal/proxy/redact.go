@@ -63,10 +63,10 @@ type span struct{ from, to int }
 // value and shared by concurrent calls (read only).
 type masker struct {
 	values []string // the injected values it was built for
-	forms  [][]byte // sorted by first byte
-	first  [257]uint16
+	names  *masker  // the forms in lowercase, for header names
+	forms  [][]byte
 	step   int // the shortest form's length - 1
-	keep   int // the longest form's length - 1: the most a streaming body holds back
+	keep   int // the longest form's length - 1: what a streaming body holds back
 	filter [1 << 16 / 64]uint64
 	grams  map[uint16][]gramRef
 }
@@ -74,7 +74,6 @@ type masker struct {
 type gramRef struct{ form, off int32 }
 
 func newMasker(values []string) *masker {
-	m := &masker{values: values, grams: map[uint16][]gramRef{}}
 	var forms []string
 	for _, v := range values {
 		for _, f := range echoForms(v) {
@@ -83,6 +82,22 @@ func newMasker(values []string) *masker {
 			}
 		}
 	}
+	m := maskerOf(forms)
+	m.values = values
+	// Header names arrive in canonical case (Sk_live_…): they are compared in lowercase.
+	var lower []string
+	for _, f := range forms {
+		if l := strings.ToLower(f); !slices.Contains(lower, l) {
+			lower = append(lower, l)
+		}
+	}
+	m.names = maskerOf(lower)
+	return m
+}
+
+// maskerOf is a masker of the given forms (not empty).
+func maskerOf(forms []string) *masker {
+	m := &masker{grams: map[uint16][]gramRef{}}
 	slices.Sort(forms)
 	short := len(forms[0])
 	for _, f := range forms {
@@ -96,15 +111,6 @@ func newMasker(values []string) *masker {
 			g := uint16(f[off])<<8 | uint16(f[off+1])
 			m.filter[g>>6] |= 1 << (g & 63)
 			m.grams[g] = append(m.grams[g], gramRef{int32(i), int32(off)})
-		}
-	}
-	for c := range 257 { // first[c] is the index of the first form starting at or after byte c
-		m.first[c] = uint16(len(m.forms))
-		for i, f := range m.forms {
-			if int(f[0]) >= c {
-				m.first[c] = uint16(i)
-				break
-			}
 		}
 	}
 	return m
@@ -135,20 +141,6 @@ func (m *masker) find(dst []span, b []byte, newStart int, one bool) ([]span, boo
 	return dst, len(dst) > 0
 }
 
-// hold is the length of the longest tail of b that is the start of a form: bytes still to
-// come may complete it.
-func (m *masker) hold(b []byte) int {
-	for i := max(len(b)-m.keep, 0); i < len(b); i++ {
-		c := b[i]
-		for _, f := range m.forms[m.first[c]:m.first[int(c)+1]] {
-			if len(f) > len(b)-i && bytes.HasPrefix(f, b[i:]) {
-				return len(b) - i
-			}
-		}
-	}
-	return 0
-}
-
 // maskString returns s with every occurrence of a form masked; s itself when there is none.
 func (m *masker) maskString(s string) string {
 	// Read only: the search never writes through this view of the string.
@@ -164,15 +156,37 @@ func (m *masker) maskString(s string) string {
 	return string(out)
 }
 
-// maskHeader masks every value of h in place; a header whose name holds a form is dropped.
+// maskHeader masks every value of h in place. A header whose name holds a form, in any case,
+// is dropped. A value that holds a form once its spaces and tabs are removed is masked whole:
+// a client joins a folded line (obs-fold) with a space, which would split the form.
 func (m *masker) maskHeader(h http.Header) {
+	var name [64]byte
+	var buf []byte
 	for k, vs := range h {
-		if m.maskString(k) != k {
+		lower := append(name[:0], k...)
+		for j, c := range lower {
+			if 'A' <= c && c <= 'Z' {
+				lower[j] = c + 'a' - 'A'
+			}
+		}
+		if _, found := m.names.find(nil, lower, 0, true); found {
 			delete(h, k)
 			continue
 		}
 		for i, v := range vs {
 			vs[i] = m.maskString(v)
+			if !strings.ContainsAny(v, " \t") {
+				continue
+			}
+			buf = buf[:0]
+			for j := 0; j < len(v); j++ {
+				if v[j] != ' ' && v[j] != '\t' {
+					buf = append(buf, v[j])
+				}
+			}
+			if _, found := m.find(nil, buf, 0, true); found {
+				vs[i] = strings.Repeat(string(maskByte), len(v))
+			}
 		}
 	}
 }
@@ -186,8 +200,12 @@ func fill(b []byte, c byte) {
 
 // maskingReader streams a response body with every occurrence of a form masked. It searches
 // the bytes as the upstream sent them and masks on the way out, so overlapping forms are all
-// found; it holds back the longest tail that could be the start of a form, so a form split
-// across reads is still found.
+// found. It always holds back the last keep bytes read (the longest form's length - 1), whatever
+// they are, so a form split across reads is still found: the held tail goes out when more bytes
+// arrive or at the end. The length held back never depends on the content: holding back only a
+// tail that starts a form would tell an agent who makes the upstream echo its guess, and pause,
+// whether the guess is a prefix of the credential (a prefix oracle). No timer releases the tail
+// early: a pause of the upstream's inside a credential would release its first part.
 type maskingReader struct {
 	src     io.ReadCloser
 	m       *masker
@@ -237,12 +255,12 @@ func (r *maskingReader) Read(p []byte) (int, error) {
 		case err == io.EOF:
 			r.eof = true
 		case err != nil:
-			return 0, err
+			return 0, &maskedError{err, r.m}
 		}
 		r.spans, _ = r.m.find(r.spans, r.buf[:r.end], from, false)
 		r.ready = r.end
 		if !r.eof {
-			r.ready -= r.m.hold(r.buf[:r.end])
+			r.ready = max(r.end-r.m.keep, 0)
 		}
 	}
 	n := copy(p, r.buf[r.start:r.ready])
