@@ -185,7 +185,12 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+	err := dec.Decode(v)
+	var ne *delegation.NarrowError // a budget's own refusal says what was wrong and what to write
+	if errors.As(err, &ne) {
+		return apperr.Wrap(err, apperr.Invalid, ne.Limit, "%s", ne.Msg)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
 		return apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a JSON object of the documented fields (at most 64 KiB): %v", err)
 	}
 	return nil

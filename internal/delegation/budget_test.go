@@ -140,7 +140,7 @@ func TestBudgetsHoldProperty(t *testing.T) {
 				parent = tasks[p].Budget
 				t0.ParentID = tasks[p].ID
 			}
-			b, err := NarrowBudget(want, parent)
+			b, err := NarrowBudget(want, parent, "the parent")
 			if err != nil {
 				continue // refused at the token endpoint: no task
 			}
