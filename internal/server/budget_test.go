@@ -427,6 +427,17 @@ func TestBudgetInputAtEveryEntryPoint(t *testing.T) {
 			t.Errorf("POST /v1/grants %s: %d %v", key, resp.StatusCode, out)
 		}
 	}
+	// A budget member given twice in the body: encoding/json would keep the second.
+	twice := json.RawMessage(`{"agent":"` + a.ID + `","scopes":["items:read"],"resources":["` + ts.URL + `/proxy/items"],"budget":{"calls":3},"budget":{"calls":1000}}`)
+	if resp, out := ts.adminJSON(t, "POST", "/v1/grants", twice); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `gives "budget" twice`) {
+		t.Errorf("POST /v1/grants with budget twice: %d %v", resp.StatusCode, out)
+	}
+	if resp, out := ts.agentCall(t, a, "POST", "/v1/agent/grant-requests", twice); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `gives "budget" twice`) {
+		t.Errorf("grant request with budget twice: %d %v", resp.StatusCode, out)
+	}
+	if resp, out := ts.adminJSON(t, "POST", "/v1/grant-requests/"+newRequest()+"/approve", json.RawMessage(`{"budget":{"calls":3},"budget":{"calls":1000}}`)); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `gives "budget" twice`) {
+		t.Errorf("approval with budget twice: %d %v", resp.StatusCode, out)
+	}
 	resp, out := ts.adminJSON(t, "POST", "/v1/grant-requests/"+newRequest()+"/approve", approveBody(`{"calls":11}`))
 	if resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `budget "calls" of 11 exceeds the request's budget (10)`) {
 		t.Errorf("approval over the request: %d %v", resp.StatusCode, out)
