@@ -194,7 +194,7 @@ func (s *Service) checkBudgetUpstreams(ctx context.Context, budget, parent map[s
 			slices.Sort(known)
 		}
 		if !slices.Contains(known, upstream) {
-			names := "none yet (see mandate upstreams list)"
+			names := "none yet (see mandate upstream list)"
 			if len(known) > 0 {
 				names = clip(strings.Join(known, ", "))
 			}
