@@ -4,6 +4,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -180,15 +181,64 @@ func invalidToken(err error) error {
 	return err
 }
 
-// decodeJSON reads a small JSON body, refusing unknown fields so typos are not ignored.
+// decodeJSON reads a small JSON body, refusing unknown fields so typos are not ignored, and a
+// member given twice in any object: encoding/json would keep the last, so {"budget": {"calls":
+// 3}, "budget": {"calls": 1000}} would mean other than a reader of its start sees.
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
-	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err != nil {
 		return apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a JSON object of the documented fields (at most 64 KiB): %v", err)
 	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	err = dec.Decode(v)
+	var ne *delegation.NarrowError // a budget's own refusal says what was wrong and what to write
+	if errors.As(err, &ne) {
+		return apperr.Wrap(err, apperr.Invalid, ne.Limit, "%s", ne.Msg)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return apperr.Wrap(err, apperr.Invalid, "malformed", "the body must be a JSON object of the documented fields (at most 64 KiB): %v", err)
+	}
+	if k, dup := duplicateMember(raw); dup {
+		return apperr.New(apperr.Invalid, "malformed", "the body gives %q twice in one object: give each member once", apperr.Clip(k, 80))
+	}
 	return nil
+}
+
+// duplicateMember returns the first member name given twice in one object of the JSON text raw
+// (names compared as decoded, so "\u0063alls" is "calls"). Text that is not JSON has none:
+// the decoder reports it.
+func duplicateMember(raw []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()             // a number too large for a float64 would stop the walk
+	var stack []map[string]bool // the names seen in each open object; nil for an array
+	name := false               // the next token is a member name
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack, name = append(stack, map[string]bool{}), true
+			continue
+		case json.Delim('['):
+			stack, name = append(stack, nil), false
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+		default:
+			if k, ok := tok.(string); ok && name {
+				if stack[len(stack)-1][k] {
+					return k, true
+				}
+				stack[len(stack)-1][k], name = true, false
+				continue
+			}
+		}
+		// A value ended: in an object, a member name comes next.
+		name = len(stack) > 0 && stack[len(stack)-1] != nil
+	}
 }
 
 func readBody(w http.ResponseWriter, r *http.Request, limit int64) (string, error) {

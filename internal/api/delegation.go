@@ -16,11 +16,27 @@ import (
 
 // LimitsJSON are a grant's limits; durations in seconds.
 type LimitsJSON struct {
-	MaxTaskTTL         int64            `json:"max_task_ttl,omitempty"`
-	MaxTokenTTL        int64            `json:"max_token_ttl,omitempty"`
-	MaxDepth           int              `json:"max_depth,omitempty"`
-	AllowSubdelegation bool             `json:"allow_subdelegation"`
-	Budget             map[string]int64 `json:"budget,omitempty"`
+	MaxTaskTTL         int64      `json:"max_task_ttl,omitempty"`
+	MaxTokenTTL        int64      `json:"max_token_ttl,omitempty"`
+	MaxDepth           int        `json:"max_depth,omitempty"`
+	AllowSubdelegation bool       `json:"allow_subdelegation"`
+	Budget             BudgetJSON `json:"budget,omitempty"`
+}
+
+// BudgetJSON is a budget in a request body, read by delegation.ParseBudgetJSON: a key given
+// twice, a null or a value not written as a plain whole number is refused, the same as at the
+// token endpoint and in the CLI, rather than read some other way (the last duplicate, 0).
+type BudgetJSON map[string]int64
+
+// UnmarshalJSON reads a budget object; "budget": null is no budget, as for any map.
+func (b *BudgetJSON) UnmarshalJSON(raw []byte) error {
+	if string(raw) == "null" {
+		*b = nil
+		return nil
+	}
+	m, err := delegation.ParseBudgetJSON(raw)
+	*b = m
+	return err
 }
 
 func limitsJSON(l delegation.Limits) LimitsJSON {

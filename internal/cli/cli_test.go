@@ -504,6 +504,19 @@ func TestDelegationEndToEnd(t *testing.T) {
 		fails(t, "", []string{"grant", "create", "--server", "http://127.0.0.1:1", "--agent", "@orchestrator", "--scope", "repo:read",
 			"--resource", "https://api.example.com/", "--budget", "requests=500"},
 			`--budget: budget "requests" is not a budget mandate knows: use calls, calls:UPSTREAM, task_calls, task_calls:UPSTREAM, max_request_bytes`)
+		// A value is plain digits, as in the API's and the token endpoint's JSON; refused before any call.
+		for _, tc := range []struct{ budget, want string }{
+			{"calls=+3", `--budget: budget "calls" is +3: want a whole number >= 0 in plain digits (no sign, leading zero, fraction or exponent)`},
+			{"calls=03", `budget "calls" is 03`},
+			{"calls=2.0", `budget "calls" is 2.0`},
+			{"calls = 3", `--budget "calls = 3": want key=N without spaces`},
+		} {
+			fails(t, "", []string{"grant", "create", "--server", "http://127.0.0.1:1", "--agent", "@orchestrator", "--scope", "repo:read",
+				"--resource", "https://api.example.com/", "--budget", tc.budget}, tc.want)
+		}
+		// The server knows the upstreams: a typo is refused, not left unlimited behind a shown limit.
+		fails(t, "", []string{"grant", "create", "--agent", "@orchestrator", "--scope", "repo:read", "--resource", "https://api.example.com/",
+			"--budget", "calls:ubaer=3"}, `budget "calls:ubaer" names upstream "ubaer", which does not exist: known upstreams are none yet`)
 		decodeJSON(t, ok(t, "grant", "create", "--agent", "@orchestrator", "--scope", "repo:read repo:write", "--scope", "issues:read",
 			"--resource", "https://api.example.com/", "--resource", "https://other.example/", "--details", detailsFile,
 			"--max-task-ttl", "1h", "--max-token-ttl", "5m", "--max-depth", "2", "--allow-subdelegation", "--budget", "calls=100,task_calls=10",

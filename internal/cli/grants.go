@@ -61,10 +61,12 @@ func parseBudget(items []string, of delegation.BudgetOf) (map[string]int64, erro
 				continue
 			}
 			name, val, ok := strings.Cut(pair, "=")
-			name = strings.TrimSpace(name)
-			n, err := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
-			if !ok || name == "" || err != nil || n < 0 {
-				return nil, fmt.Errorf("--budget %q: want key=N with N a whole number >= 0, e.g. calls=100 (keys: %s)", pair, delegation.KnownBudgetKeys(of))
+			if !ok || name == "" || strings.TrimSpace(name) != name {
+				return nil, fmt.Errorf("--budget %q: want key=N without spaces, e.g. calls=100 (keys: %s)", pair, delegation.KnownBudgetKeys(of))
+			}
+			n, err := delegation.ParseBudgetValue(name, val)
+			if err != nil {
+				return nil, fmt.Errorf("--budget: %w", err)
 			}
 			if _, dup := out[name]; dup {
 				return nil, fmt.Errorf("--budget %s is given twice", name)

@@ -8,9 +8,15 @@ package delegation
 // task and of the tasks it handed on. Every key is an upper limit; a key left out is no limit.
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/mandate-dev/mandate/internal/vault"
@@ -81,6 +87,121 @@ func checkBudgetKey(k string, of BudgetOf) error {
 			clip(k), strings.Replace(k, BudgetTaskCalls, BudgetCalls, 1), KnownBudgetKeys(of))
 	}
 	return narrowErr(LimitBudget, "budget %q is not a budget mandate knows: use %s", clip(k), KnownBudgetKeys(of))
+}
+
+// ParseBudgetValue reads the value of budget key as written: a whole number in plain decimal
+// digits, without sign, leading zero (0 itself is fine), fraction, exponent or spaces. Every
+// entry point (the CLI's key=N, the API's and the token endpoint's JSON) reads values by this
+// one rule, so a budget written anywhere means the same, and 2.0, 1e2, +3 or 03 are refused
+// everywhere instead of read differently somewhere.
+func ParseBudgetValue(key, s string) (int64, error) {
+	plain := s != "" && (s == "0" || s[0] != '0')
+	for i := 0; plain && i < len(s); i++ {
+		plain = '0' <= s[i] && s[i] <= '9'
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if !plain || err != nil {
+		return 0, narrowErr(LimitBudget, "budget %q is %s: want a whole number >= 0 in plain digits (no sign, leading zero, fraction or exponent), e.g. 100",
+			clip(key), clip(s))
+	}
+	return n, nil
+}
+
+// ParseBudgetJSON reads a budget written as a JSON object of keys to values. It refuses what
+// json.Unmarshal would quietly read another way: a key given twice (the last would win), a null
+// (it would be 0, which blocks every call) and a value written other than by ParseBudgetValue's
+// rule. Which keys are known is CheckBudget's concern.
+func ParseBudgetJSON(raw []byte) (map[string]int64, error) {
+	notObject := narrowErr(LimitBudget, `budget must be a JSON object of budget keys to whole numbers, e.g. {"calls": 100}`)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, notObject
+	}
+	out := map[string]int64{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, notObject
+		}
+		key, _ := tok.(string) // Token gives only strings as object keys
+		if _, dup := out[key]; dup {
+			return nil, narrowErr(LimitBudget, "budget %q is given twice: give each key once", clip(key))
+		}
+		if tok, err = dec.Token(); err != nil {
+			return nil, notObject
+		}
+		num, ok := tok.(json.Number)
+		if !ok {
+			return nil, narrowErr(LimitBudget, "budget %q is %s: want a whole number >= 0, e.g. {%q: 100}", clip(key), jsonKind(tok), clip(key))
+		}
+		if out[key], err = ParseBudgetValue(key, string(num)); err != nil {
+			return nil, err
+		}
+	}
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('}') {
+		return nil, notObject
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, notObject
+	}
+	return out, nil
+}
+
+// jsonKind names what a JSON token is, for an error message.
+func jsonKind(tok json.Token) string {
+	switch tok := tok.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return strconv.FormatBool(tok)
+	case string:
+		return "a string"
+	case json.Delim:
+		if tok == '[' {
+			return "an array"
+		}
+		return "an object"
+	}
+	return "not a number"
+}
+
+// Upstreams lists the vault's upstreams, for budget keys that name one.
+type Upstreams interface {
+	ListUpstreams(ctx context.Context) ([]vault.Upstream, error)
+}
+
+// checkBudgetUpstreams refuses a calls:<upstream> or task_calls:<upstream> key of budget whose
+// upstream does not exist, naming those that do: a typo would otherwise leave the upstream meant
+// unlimited while the grant shows a limit. A key parent has is inherited, not named anew, so it
+// passes even if its upstream was removed since.
+func (s *Service) checkBudgetUpstreams(ctx context.Context, budget, parent map[string]int64) error {
+	var known []string
+	for _, k := range sortedKeys(budget) {
+		_, upstream, perUpstream := strings.Cut(k, ":")
+		if _, inherited := parent[k]; !perUpstream || inherited || s.cfg.Upstreams == nil {
+			continue
+		}
+		if known == nil {
+			list, err := s.cfg.Upstreams.ListUpstreams(ctx)
+			if err != nil {
+				return fmt.Errorf("list upstreams for budget %q: %w", clip(k), err)
+			}
+			known = []string{}
+			for _, u := range list {
+				known = append(known, u.Name)
+			}
+			slices.Sort(known)
+		}
+		if !slices.Contains(known, upstream) {
+			names := "none yet (see mandate upstream list)"
+			if len(known) > 0 {
+				names = clip(strings.Join(known, ", "))
+			}
+			return narrowErr(LimitBudget, "budget %q names upstream %q, which does not exist: known upstreams are %s", clip(k), clip(upstream), names)
+		}
+	}
+	return nil
 }
 
 // TaskBudget is the most a task started from a grant with budget may carry: the grant's calls

@@ -1,13 +1,16 @@
 package delegation
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func TestCheckBudget(t *testing.T) {
@@ -140,7 +143,7 @@ func TestBudgetsHoldProperty(t *testing.T) {
 				parent = tasks[p].Budget
 				t0.ParentID = tasks[p].ID
 			}
-			b, err := NarrowBudget(want, parent)
+			b, err := NarrowBudget(want, parent, "the parent")
 			if err != nil {
 				continue // refused at the token endpoint: no task
 			}
@@ -263,4 +266,73 @@ func nameOK(s string) bool {
 		}
 	}
 	return true
+}
+
+// budgetRefusal fails t unless err is a budget NarrowError.
+func budgetRefusal(t *testing.T, err error) {
+	t.Helper()
+	var ne *NarrowError
+	if !errors.As(err, &ne) || ne.Limit != LimitBudget {
+		t.Fatalf("error %T %v, want a budget NarrowError", err, err)
+	}
+}
+
+// FuzzParseBudgetValue: a value means the same written for the CLI (key=N) or in JSON (the API,
+// the token endpoint): accepted by one, accepted by the other with the same number; and it is
+// accepted only written exactly as grant show displays it, so nothing accepted means other
+// than what is shown.
+func FuzzParseBudgetValue(f *testing.F) {
+	for _, s := range []string{"0", "3", "100", "9223372036854775807", "9223372036854775808", "+3", "03", "-0", "-1", "2.0", "1e2",
+		" 3", "3 ", "null", `"3"`, "true", "{}", "0x10", "３", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		n, err := ParseBudgetValue("calls", s)
+		m, jerr := ParseBudgetJSON([]byte(`{"calls":` + s + `}`))
+		if err != nil {
+			budgetRefusal(t, err)
+		} else if strconv.FormatInt(n, 10) != s {
+			t.Fatalf("%q accepted as %d, which is shown otherwise", s, n)
+		} else if jerr != nil || len(m) != 1 || m["calls"] != n {
+			t.Fatalf("%q: the CLI reads %d, JSON reads %v, %v", s, n, m, jerr)
+		}
+		if jerr != nil {
+			budgetRefusal(t, jerr)
+			return
+		}
+		// JSON accepted one key: s was one number between JSON spaces, which the CLI reads alike.
+		if v, err := ParseBudgetValue("calls", strings.Trim(s, " \t\r\n")); len(m) == 1 && (err != nil || v != m["calls"]) {
+			t.Fatalf("%q: JSON reads %v, the CLI %d, %v", s, m, v, err)
+		}
+	})
+}
+
+// FuzzParseBudgetJSON: any text is refused with a budget NarrowError or read as encoding/json
+// reads it (so no duplicate or null was read some other way), every value written as the CLI
+// and grant show write it, and the budget read writes back as itself.
+func FuzzParseBudgetJSON(f *testing.F) {
+	for _, s := range []string{`{"calls":3}`, `{"calls":null}`, `{"calls":3,"calls":1000}`, `{"calls":3,"\u0063alls":1}`, `{"calls":2.0}`,
+		`{"calls":1e2}`, `{"calls:items":0, "task_calls":5}`, `{}`, `null`, `[]`, `{"calls":3} {}`, `{"calls":{"a":1}}`, `{"calls":-0}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		m, err := ParseBudgetJSON([]byte(raw))
+		if err != nil {
+			budgetRefusal(t, err)
+			return
+		}
+		var std map[string]int64
+		if err := json.Unmarshal([]byte(raw), &std); err != nil || !cmp.Equal(m, std, cmpopts.EquateEmpty()) {
+			t.Fatalf("%q read as %v; encoding/json reads %v, %v", raw, m, std, err)
+		}
+		for k, v := range m {
+			if n, err := ParseBudgetValue(k, strconv.FormatInt(v, 10)); err != nil || n != v {
+				t.Fatalf("%q: %s=%d does not read back as written: %d, %v", raw, k, v, n, err)
+			}
+		}
+		b, _ := json.Marshal(m)
+		if again, err := ParseBudgetJSON(b); err != nil || !cmp.Equal(m, again, cmpopts.EquateEmpty()) {
+			t.Fatalf("%q read as %v, written as %s, read back as %v, %v", raw, m, b, again, err)
+		}
+	})
 }

@@ -52,6 +52,7 @@ type Config struct {
 	Audit       audit.Store
 	Issuer      string
 	MaxTokenTTL time.Duration // the server's access token lifetime: no grant's tokens live longer
+	Upstreams   Upstreams     // the vault's upstreams, which per-upstream budget keys must name
 	Now         func() time.Time
 }
 
@@ -77,7 +78,7 @@ type Spec struct {
 }
 
 // normalize validates a spec and fills in defaults.
-func (s *Service) normalize(sp Spec) (Spec, error) {
+func (s *Service) normalize(ctx context.Context, sp Spec) (Spec, error) {
 	if len(sp.Scopes) == 0 {
 		return sp, apperr.New(apperr.Invalid, "scope", "a grant needs at least one scope")
 	}
@@ -134,6 +135,9 @@ func (s *Service) normalize(sp Spec) (Spec, error) {
 	if err := CheckBudget(l.Budget, BudgetOfGrant); err != nil {
 		return sp, narrowed(err)
 	}
+	if err := s.checkBudgetUpstreams(ctx, l.Budget, nil); err != nil {
+		return sp, narrowed(err)
+	}
 	return sp, nil
 }
 
@@ -162,7 +166,7 @@ func (s *Service) CreateGrant(ctx context.Context, requestID string, by principa
 }
 
 func (s *Service) grant(ctx context.Context, requestID string, by principal.User, a registry.Agent, sp Spec, fromRequest string) (Grant, error) {
-	sp, err := s.normalize(sp)
+	sp, err := s.normalize(ctx, sp)
 	if err != nil {
 		return Grant{}, err
 	}

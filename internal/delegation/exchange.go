@@ -201,8 +201,9 @@ func (s *Service) planStart(ctx context.Context, req ExchangeRequest, ev *audit.
 			bind, instance = req.Actor.JKT, req.Actor.JKT
 		}
 	}
-	t, err := s.narrowTask(req, g, now, taskParent{Scopes: g.Scopes, Resources: g.Resources,
-		Details: g.AuthorizationDetails, Budget: TaskBudget(g.Limits.Budget), ExpiresAt: g.ExpiresAt, what: "the grant"})
+	t, err := s.narrowTask(ctx, req, g, now, taskParent{Scopes: g.Scopes, Resources: g.Resources,
+		Details: g.AuthorizationDetails, Budget: TaskBudget(g.Limits.Budget), ExpiresAt: g.ExpiresAt,
+		what: "the grant", budgetOf: "what the grant allows a task (its calls and task_calls)"})
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +267,7 @@ func (s *Service) planFromTask(ctx context.Context, req ExchangeRequest, ev *aud
 		}
 	}
 	if registered && next.ID != holder.ID {
-		return s.planDelegate(req, ev, g, parent, next, now)
+		return s.planDelegate(ctx, req, ev, g, parent, next, now)
 	}
 
 	// A fresh token for the same task: within the task's sets, bound to the caller's key or to
@@ -298,7 +299,7 @@ func (s *Service) planFromTask(ctx context.Context, req ExchangeRequest, ev *aud
 }
 
 // planDelegate hands a narrower child task to another agent.
-func (s *Service) planDelegate(req ExchangeRequest, ev *audit.Event, g Grant, parent Task, next registry.Agent, now time.Time) (*Plan, error) {
+func (s *Service) planDelegate(ctx context.Context, req ExchangeRequest, ev *audit.Event, g Grant, parent Task, next registry.Agent, now time.Time) (*Plan, error) {
 	ev.AgentID = next.ID
 	if !g.Limits.AllowSubdelegation {
 		return nil, grantRefusal("subdelegation", "grant %s does not allow sub-delegation", g.ID)
@@ -306,8 +307,9 @@ func (s *Service) planDelegate(req ExchangeRequest, ev *audit.Event, g Grant, pa
 	if parent.Depth+1 > g.Limits.MaxDepth {
 		return nil, grantRefusal("depth", "the chain would be %d agents deep; grant %s allows %d", parent.Depth+1, g.ID, g.Limits.MaxDepth)
 	}
-	t, err := s.narrowTask(req, g, now, taskParent{Scopes: parent.Scopes, Resources: parent.Resources,
-		Details: parent.AuthorizationDetails, Budget: parent.Budget, ExpiresAt: parent.ExpiresAt, what: "task " + parent.ID})
+	t, err := s.narrowTask(ctx, req, g, now, taskParent{Scopes: parent.Scopes, Resources: parent.Resources,
+		Details: parent.AuthorizationDetails, Budget: parent.Budget, ExpiresAt: parent.ExpiresAt,
+		what: "task " + parent.ID, budgetOf: "task " + parent.ID + "'s budget"})
 	if err != nil {
 		return nil, err
 	}
@@ -326,11 +328,12 @@ type taskParent struct {
 	Budget            map[string]int64
 	ExpiresAt         time.Time
 	what              string
+	budgetOf          string // names Budget in an error
 }
 
 // narrowTask builds a new task within p: sets narrowed, lifetime within the grant's max task
 // TTL and p's remaining life.
-func (s *Service) narrowTask(req ExchangeRequest, g Grant, now time.Time, p taskParent) (Task, error) {
+func (s *Service) narrowTask(ctx context.Context, req ExchangeRequest, g Grant, now time.Time, p taskParent) (Task, error) {
 	t := Task{ID: ids.New("tsk"), Purpose: req.Purpose, Status: TaskActive, CreatedAt: now.UTC()}
 	if len(req.Purpose) > 500 {
 		return Task{}, requestRefusal("purpose", "purpose is limited to 500 bytes")
@@ -341,7 +344,10 @@ func (s *Service) narrowTask(req ExchangeRequest, g Grant, now time.Time, p task
 	if err := CheckBudget(req.Budget, BudgetOfTask); err != nil {
 		return Task{}, narrowed(err)
 	}
-	budget, err := NarrowBudget(req.Budget, p.Budget)
+	if err := s.checkBudgetUpstreams(ctx, req.Budget, p.Budget); err != nil {
+		return Task{}, narrowed(err)
+	}
+	budget, err := NarrowBudget(req.Budget, p.Budget, p.budgetOf)
 	if err != nil {
 		return Task{}, narrowed(err)
 	}

@@ -193,7 +193,8 @@ func NarrowResources(requested, parent []string) ([]string, error) {
 // exceed the parent's value; a key the parent lacks (no limit there) may take any value; keys
 // left out inherit the parent's value, so a child never drops a limit; an empty requested gives
 // a copy of parent. Negative values are refused. Which keys are known is CheckBudget's concern.
-func NarrowBudget(requested, parent map[string]int64) (map[string]int64, error) {
+// parentName names the parent's budget in an error: "the request's budget", "task tsk_…'s budget".
+func NarrowBudget(requested, parent map[string]int64, parentName string) (map[string]int64, error) {
 	out := make(map[string]int64, len(parent))
 	for k, v := range parent {
 		if v < 0 {
@@ -208,7 +209,7 @@ func NarrowBudget(requested, parent map[string]int64) (map[string]int64, error) 
 		case v < 0:
 			return nil, narrowErr(LimitBudget, "budget %q is negative (%d)", clip(k), v)
 		case ok && v > pv:
-			return nil, narrowErr(LimitBudget, "budget %q of %d exceeds the parent's %d", clip(k), v, pv)
+			return nil, narrowErr(LimitBudget, "budget %q of %d exceeds %s (%d)", clip(k), v, parentName, pv)
 		}
 		out[k] = v
 	}

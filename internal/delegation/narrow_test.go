@@ -486,14 +486,14 @@ func TestNarrowBudget(t *testing.T) {
 		"equal":                  {requested: map[string]int64{"requests": 100, "tokens": 5000}, parent: parent, want: parent},
 		"zero allowed":           {requested: map[string]int64{"tokens": 0}, parent: parent, want: map[string]int64{"requests": 100, "tokens": 0}},
 		"nil parent":             {want: map[string]int64{}},
-		"over":                   {requested: map[string]int64{"requests": 101}, parent: parent, limit: LimitBudget, msg: `budget "requests" of 101 exceeds the parent's 100`},
+		"over":                   {requested: map[string]int64{"requests": 101}, parent: parent, limit: LimitBudget, msg: `budget "requests" of 101 exceeds the parent (100)`},
 		"limit the parent lacks": {requested: map[string]int64{"dollars": 1}, parent: parent, want: map[string]int64{"requests": 100, "tokens": 5000, "dollars": 1}},
 		"negative":               {requested: map[string]int64{"requests": -1}, parent: parent, limit: LimitBudget, msg: `budget "requests" is negative`},
 		"first error, by name":   {requested: map[string]int64{"b": 2, "a": 2}, parent: map[string]int64{"a": 1, "b": 1}, limit: LimitBudget, msg: `budget "a"`},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
-			got, err := NarrowBudget(tt.requested, tt.parent)
+			got, err := NarrowBudget(tt.requested, tt.parent, "the parent")
 			checkNarrowErr(t, err, tt.limit, tt.msg)
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("NarrowBudget() (-want +got):\n%s", diff)
@@ -502,7 +502,7 @@ func TestNarrowBudget(t *testing.T) {
 	}
 	t.Run("result is a copy", func(t *testing.T) {
 		p := map[string]int64{"requests": 1}
-		got, _ := NarrowBudget(nil, p)
+		got, _ := NarrowBudget(nil, p, "the parent")
 		got["requests"] = 99
 		if p["requests"] != 1 {
 			t.Fatal("NarrowBudget returned the parent's map")

@@ -26,7 +26,7 @@ func (s *Service) RequestGrant(ctx context.Context, requestID, agentID string, s
 	if sp.Limits.MaxTokenTTL == 0 {
 		sp.Limits.MaxTokenTTL = s.cfg.MaxTokenTTL
 	}
-	if sp, err = s.normalize(sp); err != nil {
+	if sp, err = s.normalize(ctx, sp); err != nil {
 		return GrantRequest{}, err
 	}
 	if len(reason) > 1000 {
@@ -88,7 +88,7 @@ func (s *Service) ApproveRequest(ctx context.Context, requestID string, by princ
 			return Grant{}, apperr.Wrap(err, apperr.Invalid, "authorization_details", "approval may only narrow the request: %v", err)
 		}
 		sp.Limits = narrowLimits(narrow.Limits, r.Limits)
-		if sp.Limits.Budget, err = NarrowBudget(narrow.Limits.Budget, r.Limits.Budget); err != nil {
+		if sp.Limits.Budget, err = NarrowBudget(narrow.Limits.Budget, r.Limits.Budget, "the request's budget"); err != nil {
 			return Grant{}, apperr.Wrap(err, apperr.Invalid, "budget", "approval may only narrow the request: %v", err)
 		}
 		sp.ExpiresIn = narrow.ExpiresIn

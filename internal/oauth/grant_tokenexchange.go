@@ -60,8 +60,8 @@ func (g *tokenExchange) Issue(ctx context.Context, req *tokenRequest) (*tokenRes
 		}
 	}
 	if raw := f.Get("budget"); raw != "" {
-		if err := json.Unmarshal([]byte(raw), &x.Budget); err != nil {
-			return nil, badRequest(CodeInvalidRequest, "budget", `budget must be a JSON object of budget keys to whole numbers, e.g. {"calls": 100}`)
+		if x.Budget, err = delegation.ParseBudgetJSON([]byte(raw)); err != nil {
+			return nil, badRequest(CodeInvalidRequest, "budget", err.Error())
 		}
 	}
 	if raw := f.Get("task_ttl"); raw != "" {

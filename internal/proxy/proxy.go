@@ -410,15 +410,16 @@ func (p *Proxy) useBudget(ctx context.Context, task delegation.Task, upstream st
 	var spent *delegation.BudgetExhaustedError
 	switch {
 	case errors.As(err, &spent):
-		return refuse(http.StatusTooManyRequests, "budget_exhausted", reasonBudget, budgetSpent(spent.Counter, task.ID, upstream))
+		return refuse(http.StatusTooManyRequests, "budget_exhausted", reasonBudget, budgetSpent(spent.Counter, g.Limits.Budget, task.ID, upstream))
 	case err != nil:
 		return p.failure(ctx, http.StatusServiceUnavailable, "temporarily_unavailable", reasonInternal, "the task's budget cannot be counted right now; try again later", err)
 	}
 	return nil
 }
 
-// budgetSpent tells the caller which budget is used up, and what to do.
-func budgetSpent(c delegation.BudgetCounter, taskID, upstream string) string {
+// budgetSpent tells the caller which budget is used up, and what to do. A task's own budget may
+// be bounded by the grant's task_calls: then a new task gets no more than that.
+func budgetSpent(c delegation.BudgetCounter, grant map[string]int64, taskID, upstream string) string {
 	what := "calls through the proxy"
 	if c.Key != delegation.BudgetCalls {
 		what = "calls to " + upstream
@@ -427,6 +428,14 @@ func budgetSpent(c delegation.BudgetCounter, taskID, upstream string) string {
 	case c.Grant != "":
 		return fmt.Sprintf("grant %s's budget of %d %s, shared by all its tasks, is used up: ask the grant's owner for a new grant", c.Grant, c.Max, what)
 	case c.Task == taskID:
+		perTask := delegation.BudgetTaskCalls + strings.TrimPrefix(c.Key, delegation.BudgetCalls)
+		bound, bounded := grant[perTask]
+		switch {
+		case bounded && bound <= c.Max:
+			return fmt.Sprintf("the task's budget of %d %s is used up, the most the grant's %s (%d) allows a task: ask the grant's owner for a new grant", c.Max, what, perTask, bound)
+		case bounded:
+			return fmt.Sprintf("the task's budget of %d %s is used up: start a new task with a larger budget, within the grant's %s (%d)", c.Max, what, perTask, bound)
+		}
 		return fmt.Sprintf("the task's budget of %d %s is used up: start a new task with a larger budget", c.Max, what)
 	}
 	return fmt.Sprintf("task %s's budget of %d %s, which counts the calls of the tasks it handed on, is used up", c.Task, c.Max, what)

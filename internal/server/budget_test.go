@@ -117,7 +117,7 @@ func TestProxyTaskCallsAndGrantTotal(t *testing.T) {
 	gt := ts.grantToken(t, a, g)
 
 	if s, _, out := startBudgetTask(t, ts, a, gt, map[string]int64{"calls": 2}); s != 400 || out["error"] != "invalid_request" ||
-		!strings.Contains(fmt.Sprint(out["error_description"]), `budget "calls" of 2 exceeds the parent's 1`) {
+		!strings.Contains(fmt.Sprint(out["error_description"]), `budget "calls" of 2 exceeds what the grant allows a task (its calls and task_calls) (1)`) {
 		t.Errorf("a task asking for more than task_calls: %d %v", s, out)
 	}
 	_, first, _ := startBudgetTask(t, ts, a, gt, nil)
@@ -125,7 +125,7 @@ func TestProxyTaskCallsAndGrantTotal(t *testing.T) {
 		t.Fatalf("first call: %d %s", s, b)
 	}
 	for range 3 {
-		if s, b := callBody(t, ts, up, a, first); s != 429 || !strings.Contains(b, "the task's budget of 1 calls through the proxy is used up") {
+		if s, b := callBody(t, ts, up, a, first); s != 429 || !strings.Contains(b, "the task's budget of 1 calls through the proxy is used up, the most the grant's task_calls (1) allows a task: ask the grant's owner for a new grant") {
 			t.Fatalf("the task's second call: %d %s", s, b)
 		}
 	}
@@ -159,7 +159,7 @@ func TestBudgetKeysRefusedWhereTheyEnter(t *testing.T) {
 	}{
 		{map[string]int64{"requests": 500}, `budget "requests" is not a budget mandate knows: use ` + grantKeys},
 		{map[string]int64{"calls:Items": 5}, `"Items" is not an upstream name`},
-		{map[string]int64{"calls": -1}, `budget "calls" is negative`},
+		{map[string]int64{"calls": -1}, `budget "calls" is -1: want a whole number >= 0 in plain digits`},
 	} {
 		resp, out := ts.adminJSON(t, "POST", "/v1/grants", spec(tc.budget))
 		if resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), tc.want) {
@@ -187,7 +187,7 @@ func TestBudgetKeysRefusedWhereTheyEnter(t *testing.T) {
 		{map[string]int64{"requests": 5}, `budget "requests" is not a budget mandate knows: use calls, calls:UPSTREAM, max_request_bytes`},
 		{map[string]int64{"task_calls": 1}, `budget "task_calls" is set on a grant, not a task: a task's own limit is calls`},
 		{map[string]int64{"calls:": 1}, "is not an upstream name"},
-		{map[string]int64{"calls": 6}, `budget "calls" of 6 exceeds the parent's 5`},
+		{map[string]int64{"calls": 6}, `budget "calls" of 6 exceeds what the grant allows a task (its calls and task_calls) (5)`},
 	} {
 		s, _, out := startBudgetTask(t, ts, a, gt, tc.budget)
 		if s != 400 || out["error"] != "invalid_request" || !strings.Contains(fmt.Sprint(out["error_description"]), tc.want) {
@@ -367,5 +367,94 @@ func TestProxyGrantBudgetAcrossReplicas(t *testing.T) {
 	wg.Wait()
 	if ok.Load() != 10 || refused.Load() != 30 || up.calls.Load() != 10 {
 		t.Fatalf("ok %d refused %d upstream saw %d; want 10, 30, 10", ok.Load(), refused.Load(), up.calls.Load())
+	}
+}
+
+// TestBudgetInputAtEveryEntryPoint: a budget is read by one rule wherever it enters (grant
+// create, grant request, approval, token exchange): a null or non-integer value, a key given
+// twice and a key naming an upstream that does not exist are refused, naming the key; what is
+// accepted is stored as written, as grant show displays it.
+func TestBudgetInputAtEveryEntryPoint(t *testing.T) {
+	ts := newTestServer(t)
+	addItemsUpstream(t, ts)
+	a := ts.newAgent(t, "budget-input", true)
+	spec := func(budget string) json.RawMessage {
+		return json.RawMessage(`{"agent":"` + a.ID + `","scopes":["items:read"],"resources":["` + ts.URL + `/proxy/items"],"budget":` + budget + `}`)
+	}
+	approveBody := func(budget string) json.RawMessage { return json.RawMessage(`{"budget":` + budget + `}`) }
+	newRequest := func() string {
+		resp, out := ts.agentCall(t, a, "POST", "/v1/agent/grant-requests", spec(`{"calls":10,"calls:items":10}`))
+		if resp.StatusCode != 201 {
+			t.Fatalf("grant request: %d %v", resp.StatusCode, out)
+		}
+		return out["request_id"].(string)
+	}
+	gt := ts.grantToken(t, a, itemsGrant(t, ts, a, map[string]int64{"calls": 10, "calls:items": 10}))
+	exchange := func(budget string) (int, map[string]any) {
+		resp, out := ts.exchange(t, a.Key, url.Values{"subject_token": {gt}, "subject_token_type": {tokenTypeJWT}, "budget": {budget}})
+		return resp.StatusCode, out
+	}
+	for _, tc := range []struct{ budget, want string }{
+		{`{"calls":null}`, `budget "calls" is null: want a whole number >= 0`},
+		{`{"calls":"3"}`, `budget "calls" is a string`},
+		{`{"calls":true}`, `budget "calls" is true`},
+		{`{"calls":{}}`, `budget "calls" is an object`},
+		{`{"calls":2.0}`, `budget "calls" is 2.0: want a whole number >= 0 in plain digits`},
+		{`{"calls":1e2}`, `budget "calls" is 1e2`},
+		{`{"calls":-0}`, `budget "calls" is -0`},
+		{`{"calls":9223372036854775808}`, `budget "calls" is 9223372036854775808`},
+		{`{"calls":3,"calls":1000}`, `budget "calls" is given twice`},
+		{`{"calls":3,"\u0063alls":1000}`, `budget "calls" is given twice`},
+		{`{"calls:nosuch":3}`, `budget "calls:nosuch" names upstream "nosuch", which does not exist: known upstreams are items`},
+		{`[1]`, `budget must be a JSON object`},
+	} {
+		if resp, out := ts.adminJSON(t, "POST", "/v1/grants", spec(tc.budget)); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), tc.want) {
+			t.Errorf("POST /v1/grants budget %s: %d %v; want 400 with %q", tc.budget, resp.StatusCode, out, tc.want)
+		}
+		if resp, out := ts.agentCall(t, a, "POST", "/v1/agent/grant-requests", spec(tc.budget)); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), tc.want) {
+			t.Errorf("grant request budget %s: %d %v; want 400 with %q", tc.budget, resp.StatusCode, out, tc.want)
+		}
+		if resp, out := ts.adminJSON(t, "POST", "/v1/grant-requests/"+newRequest()+"/approve", approveBody(tc.budget)); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), tc.want) {
+			t.Errorf("approval budget %s: %d %v; want 400 with %q", tc.budget, resp.StatusCode, out, tc.want)
+		}
+		if s, out := exchange(tc.budget); s != 400 || out["error"] != "invalid_request" || !strings.Contains(fmt.Sprint(out["error_description"]), tc.want) {
+			t.Errorf("token exchange budget %s: %d %v; want invalid_request with %q", tc.budget, s, out, tc.want)
+		}
+	}
+	for _, key := range []string{"task_calls:ubaer"} { // a grant key, refused at the API only
+		resp, out := ts.adminJSON(t, "POST", "/v1/grants", spec(`{"`+key+`":1}`))
+		if resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `names upstream "ubaer", which does not exist`) {
+			t.Errorf("POST /v1/grants %s: %d %v", key, resp.StatusCode, out)
+		}
+	}
+	// A budget member given twice in the body: encoding/json would keep the second.
+	twice := json.RawMessage(`{"agent":"` + a.ID + `","scopes":["items:read"],"resources":["` + ts.URL + `/proxy/items"],"budget":{"calls":3},"budget":{"calls":1000}}`)
+	if resp, out := ts.adminJSON(t, "POST", "/v1/grants", twice); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `gives "budget" twice`) {
+		t.Errorf("POST /v1/grants with budget twice: %d %v", resp.StatusCode, out)
+	}
+	if resp, out := ts.agentCall(t, a, "POST", "/v1/agent/grant-requests", twice); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `gives "budget" twice`) {
+		t.Errorf("grant request with budget twice: %d %v", resp.StatusCode, out)
+	}
+	if resp, out := ts.adminJSON(t, "POST", "/v1/grant-requests/"+newRequest()+"/approve", json.RawMessage(`{"budget":{"calls":3},"budget":{"calls":1000}}`)); resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `gives "budget" twice`) {
+		t.Errorf("approval with budget twice: %d %v", resp.StatusCode, out)
+	}
+	resp, out := ts.adminJSON(t, "POST", "/v1/grant-requests/"+newRequest()+"/approve", approveBody(`{"calls":11}`))
+	if resp.StatusCode != 400 || !strings.Contains(fmt.Sprint(out), `budget "calls" of 11 exceeds the request's budget (10)`) {
+		t.Errorf("approval over the request: %d %v", resp.StatusCode, out)
+	}
+
+	// Accepted: the same text means the same at every entry point, and is what grant show says.
+	const ok = `{"calls":0,"calls:items":7}`
+	want := "map[calls:0 calls:items:7]"
+	resp, out = ts.adminJSON(t, "POST", "/v1/grants", spec(ok))
+	if resp.StatusCode != 201 || fmt.Sprint(out["budget"]) != want {
+		t.Errorf("POST /v1/grants %s: %d %v; want budget %s", ok, resp.StatusCode, out, want)
+	}
+	resp, out = ts.adminJSON(t, "POST", "/v1/grant-requests/"+newRequest()+"/approve", approveBody(ok))
+	if resp.StatusCode != 201 || fmt.Sprint(out["budget"]) != want {
+		t.Errorf("approval %s: %d %v; want budget %s", ok, resp.StatusCode, out, want)
+	}
+	if s, out := exchange(ok); s != 200 {
+		t.Errorf("token exchange %s: %d %v", ok, s, out)
 	}
 }

@@ -172,7 +172,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, UnclaimedGrace: cfg.UnclaimedGrace, Now: now})
 	s.agents = registrySvc
 	deleg := delegation.New(delegation.Config{Store: s.store, Agents: s.store, Keys: s.keys, Tokens: s.store, Audit: s.store,
-		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Now: now})
+		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Upstreams: s.store, Now: now})
 	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
 	tokenDPoP := dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now})
 	oauthSrv := oauth.New(oauth.Config{
