@@ -260,11 +260,13 @@ func TestKeysWithMasterKeyring(t *testing.T) {
 	}
 	defer st.Close()
 	a, b := newMasterKey(t), newMasterKey(t)
-	// A key written by an earlier version: sealed with a, no header.
+	// A key written by an earlier version: sealed with a, no header. Its first byte is fixed: a
+	// random nonce starts with the current form's version byte once in 256 runs, and SealedBy
+	// would then read a key id out of it.
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
 	der, _ := x509.MarshalPKCS8PrivateKey(priv)
 	now := time.Now()
-	old := token.SigningKey{KID: "old-kid", Alg: token.AlgEdDSA, PublicJWK: []byte(`{}`), Private: legacySeal(t, a, der, "old-kid", -1),
+	old := token.SigningKey{KID: "old-kid", Alg: token.AlgEdDSA, PublicJWK: []byte(`{}`), Private: legacySeal(t, a, der, "old-kid", 0),
 		CreatedAt: now.Add(-time.Hour), ActiveAt: now.Add(-time.Hour)}
 	if err := st.AddSigningKey(ctx, old, time.Time{}, audit.New(now, "", audit.ActionKeyRotate)); err != nil {
 		t.Fatal(err)
