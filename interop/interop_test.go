@@ -20,9 +20,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/mandate-dev/mandate/internal/syncbuf"
 
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
@@ -136,29 +137,11 @@ func TestNodeInterop(t *testing.T) {
 }
 
 // startServer runs an in-process mandate on a loopback port until the test ends.
-func startServer(t *testing.T) (*server.Server, string, string, *syncBuffer) {
+func startServer(t *testing.T) (*server.Server, string, string, *syncbuf.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	s := servertest.Start(t, servertest.Options{Log: logs})
 	return s.Srv, s.URL, s.AdminToken, logs
-}
-
-// syncBuffer collects the server log; handlers write it from many goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // needNode returns the node binary, skipping the test (failing it in CI) when node or the pinned
@@ -185,7 +168,7 @@ func needNode(t *testing.T) string {
 // runScript runs node script with env, decodes its JSON result line into out, and returns the
 // run's error (an *exec.ExitError when the script reported failures). On a failed test the
 // script's stderr and the server log are logged.
-func runScript(t *testing.T, node, script string, logs *syncBuffer, out any, env ...string) error {
+func runScript(t *testing.T, node, script string, logs *syncbuf.Buffer, out any, env ...string) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

@@ -45,6 +45,7 @@ var forbidden = map[string][]string{
 		"internal/proxy", "internal/vault", "internal/delegation", "internal/registry", "internal/token", "internal/audit",
 		"internal/federation", "internal/config", "internal/principal"},
 	"internal/ratelimit": {"internal/"},
+	"internal/syncbuf":   {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mandate-dev/mandate/internal/syncbuf"
+
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/servertest"
@@ -183,9 +185,9 @@ var authURLRE = regexp.MustCompile(`http://127\.0\.0\.1:\d+/authorize\?\S+`)
 
 // startConnect runs mandate upstream connect in the background and returns the authorization
 // URL it printed.
-func startConnect(t *testing.T, ctx context.Context, args ...string) (string, *syncBuffer, <-chan error) {
+func startConnect(t *testing.T, ctx context.Context, args ...string) (string, *syncbuf.Buffer, <-chan error) {
 	t.Helper()
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	root := NewRoot(out, out)
 	root.SetArgs(append([]string{"upstream", "connect"}, args...))
 	root.SetIn(strings.NewReader(""))

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mandate-dev/mandate/internal/syncbuf"
+
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
@@ -86,7 +88,7 @@ func TestExecAfterIdlePause(t *testing.T) {
 	}
 	pause := (tokenTTL + 3*time.Second).String()
 	// Both at once: one task lives an hour, the other ends (its TTL) during the tool's pause.
-	var out, outEnded syncBuffer
+	var out, outEnded syncbuf.Buffer
 	done := run(&out, "1h", pause)
 	doneEnded := run(&outEnded, (tokenTTL + time.Second).String(), pause, "ignore-failure")
 

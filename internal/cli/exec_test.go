@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mandate-dev/mandate/internal/syncbuf"
+
 	"github.com/mandate-dev/mandate/client"
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/audit"
@@ -99,25 +101,8 @@ func TestParseExecFlags(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers, which can wait for a string.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) waitFor(t *testing.T, want string) {
+// waitFor waits for want to appear in s.
+func waitFor(t *testing.T, s *syncbuf.Buffer, want string) {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if strings.Contains(s.String(), want) {
@@ -228,12 +213,12 @@ func TestExecChildLifecycle(t *testing.T) {
 	})
 
 	t.Run("signals are passed on", func(t *testing.T) {
-		var out syncBuffer
+		var out syncbuf.Buffer
 		done := make(chan error, 1)
 		go func() {
 			done <- runMandate(&out, append(base, "--", "sh", "-c", `trap 'echo got-hup; exit 42' HUP; echo ready; while :; do sleep 0.05; done`)...)
 		}()
-		out.waitFor(t, "ready")
+		waitFor(t, &out, "ready")
 		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
@@ -287,13 +272,13 @@ func TestAgentProxyCommand(t *testing.T) {
 	fails(t, "", []string{"agent", "proxy", "--key-file", kf, "--listen", "127.0.0.1:0", "--grant", grant, "--task-file", "x"}, "not both")
 
 	// --grant: the sidecar starts the task, and ends it when it stops.
-	var out syncBuffer
+	var out syncbuf.Buffer
 	root := NewRoot(&out, &out)
 	root.SetArgs([]string{"agent", "proxy", "--key-file", kf, "--listen", "127.0.0.1:0", "--grant", grant, "--purpose", "sidecar", "--upstream", "svc", "--json"})
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx) }()
-	out.waitFor(t, `"task_id"`)
+	waitFor(t, &out, `"task_id"`)
 	var res struct {
 		URL    string `json:"url"`
 		TaskID string `json:"task_id"`
@@ -327,13 +312,13 @@ func TestAgentProxyCommand(t *testing.T) {
 	// --task-file: a task started earlier, with its instance key in the file.
 	taskFilePath := filepath.Join(t.TempDir(), "task.json")
 	ok(t, "task", "start", "--key-file", kf, "--grant", grant, "--purpose", "from a file", "--instance-key", "--out", taskFilePath)
-	var out2 syncBuffer
+	var out2 syncbuf.Buffer
 	root = NewRoot(&out2, &out2)
 	root.SetArgs([]string{"agent", "proxy", "--listen", "127.0.0.1:0", "--task-file", taskFilePath, "--quiet"})
 	ctx2, stop2 := context.WithCancel(context.Background())
 	done = make(chan error, 1)
 	go func() { done <- root.ExecuteContext(ctx2) }()
-	out2.waitFor(t, "for task tsk_")
+	waitFor(t, &out2, "for task tsk_")
 	stop2()
 	if err := <-done; err != nil {
 		t.Fatalf("agent proxy --task-file: %v\n%s", err, out2.String())
@@ -413,7 +398,7 @@ func TestExecExamples(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("runs env")
 	}
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	s := servertest.Start(t, servertest.Options{Log: &logs})
 	confDir := filepath.Join(t.TempDir(), "conf")
 	t.Setenv(envConfigDir, confDir)

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"log/slog"
 	"net"
@@ -11,26 +10,10 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/mandate-dev/mandate/internal/syncbuf"
+
 	"github.com/mandate-dev/mandate/internal/vault"
 )
-
-// lockedBuffer is a log destination written by concurrent handlers.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // rawUpstream answers every connection on 127.0.0.1 with answer(), whatever was asked.
 func rawUpstream(t *testing.T, answer func() string) string {
@@ -78,7 +61,7 @@ func rawEnv(t *testing.T, opts ...envOpts) (e *env, tok string, set func(string)
 // quote it in an error; no form of the credential reaches the log, at any level, or the
 // audit trail.
 func TestErrorLogsMaskSecret(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	e, tok, setAnswer := rawEnv(t, envOpts{cfg: func(c *Config) {
 		c.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}})

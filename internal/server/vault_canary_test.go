@@ -16,33 +16,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/mandate-dev/mandate/internal/syncbuf"
 
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/pgtest"
 	"github.com/mandate-dev/mandate/internal/servertest"
 )
-
-// syncBuffer is a log sink safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
-}
 
 func newCanary(t *testing.T) string {
 	t.Helper()
@@ -141,7 +124,7 @@ func testVaultCanary(t *testing.T, database string) {
 	}))
 	defer tokenSrv.Close()
 
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	s := servertest.Start(t, servertest.Options{Log: logs, Config: func(c *config.Config) { c.Database = database }})
 	ts := &testServer{URL: s.URL, Admin: s.AdminToken, Srv: s.Srv, Clock: &clock{}, HC: &http.Client{Timeout: 10 * time.Second}}
 

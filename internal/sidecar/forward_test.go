@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -16,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mandate-dev/mandate/internal/syncbuf"
 
 	"github.com/mandate-dev/mandate/client"
 	"github.com/mandate-dev/mandate/dpop"
@@ -328,7 +329,7 @@ func TestSidecarNonceAndExpired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var notices syncBuffer
+	var notices syncbuf.Buffer
 	rs2 := startSidecarFor(t, srv.URL, ended, &notices)
 	resp, err = http.Get(rs2.URL() + "/resend/emails")
 	if err != nil {
@@ -429,22 +430,4 @@ func TestSidecarStreams(t *testing.T) {
 	if resp.StatusCode != http.StatusNoContent || got.Load() != size {
 		t.Errorf("upload: %d, server got %d bytes, want %d", resp.StatusCode, got.Load(), size)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mandate-dev/mandate/internal/syncbuf"
+
 	"github.com/mandate-dev/mandate/client"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/servertest"
@@ -137,7 +139,7 @@ func TestRequestAfterIdlePause(t *testing.T) {
 		{"one token's life", tokenTTL},
 		{"three tokens' lives", 3 * tokenTTL},
 	} {
-		var notices syncBuffer
+		var notices syncbuf.Buffer
 		task := w.startTask(t, time.Hour)
 		first := task.Current()
 		sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
@@ -198,7 +200,7 @@ func TestRenewalStopsWhenTaskEnds(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, nil)
 	task := w.startTask(t, time.Hour)
-	var notices syncBuffer
+	var notices syncbuf.Buffer
 	sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
 	if status, body := call(t, sc, "/svc/v1/data"); status != http.StatusOK {
 		t.Fatalf("first call: %d %s", status, body)
@@ -235,7 +237,7 @@ func TestRenewalStopsAtTaskTTL(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, nil)
 	task := w.startTask(t, tokenTTL+2*time.Second)
-	var notices syncBuffer
+	var notices syncbuf.Buffer
 	sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
 	waitUntil(t, 3*tokenTTL, func() bool { return sc.Err() != nil })
 	status, body := call(t, sc, "/svc/v1/data")
@@ -258,7 +260,7 @@ func TestTokenLostAfterSleep(t *testing.T) {
 	var clock offsetClock
 	w := newWorld(t, clock.Now)
 	task := w.startTask(t, time.Hour)
-	var notices syncBuffer
+	var notices syncbuf.Buffer
 	sc, err := New(Config{Issuer: w.srv.URL, Task: task, Listen: "127.0.0.1:0", Notices: &notices, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -292,7 +294,7 @@ func TestRenewalRetriesTransientFailures(t *testing.T) {
 	failing := w.failTokenRequests()
 	task := w.startTask(t, time.Hour)
 	failing.Store(2)
-	var notices syncBuffer
+	var notices syncbuf.Buffer
 	sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
 	time.Sleep(tokenTTL + tokenTTL/2)
 	if status, body := call(t, sc, "/svc/v1/data"); status != http.StatusOK {
@@ -312,7 +314,7 @@ func TestRenewalGivesUpAtExpiry(t *testing.T) {
 	failing := w.failTokenRequests()
 	task := w.startTask(t, time.Hour)
 	failing.Store(1 << 30)
-	var notices syncBuffer
+	var notices syncbuf.Buffer
 	sc := startSidecarFor(t, w.srv.URL, task, &notices, "svc")
 	waitUntil(t, 3*tokenTTL, func() bool { return sc.Err() != nil })
 	status, body := call(t, sc, "/svc/v1/data")
