@@ -510,7 +510,7 @@ func emailDomain(s string) (string, bool) {
 		return "", false
 	}
 	i := strings.LastIndexByte(a.Address, '@')
-	d := strings.ToLower(strings.TrimSuffix(a.Address[i+1:], "."))
+	d := strings.ToLower(a.Address[i+1:]) // mail.ParseAddress refuses a trailing dot
 	if !isHostname(d) {
 		return "", false
 	}
