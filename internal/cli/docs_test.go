@@ -2,6 +2,9 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mandate-dev/mandate/internal/server"
 )
 
 // The shell walkthroughs of README.md and examples/README.md run as pasted: the test takes their
@@ -215,5 +220,32 @@ func TestExamplesWalkthrough(t *testing.T) {
 		if n := strings.Count(out, secret); n != 0 {
 			t.Errorf("the walkthrough's output shows %s %d times", secret, n)
 		}
+	}
+}
+
+// docs/api.md's curl of POST /v1/login, as pasted, from a directory holding the server's
+// mandate-data: the bootstrap token becomes the named admin token, and its file goes.
+func TestAPILoginCurl(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Skip("no curl")
+	}
+	ts := newTestServer(t)
+	dir := t.TempDir()
+	if err := os.Symlink(ts.DataDir, filepath.Join(dir, "mandate-data")); err != nil {
+		t.Fatal(err)
+	}
+	script := docBlocks(t, "../../docs/api.md", "### `POST /v1/login`", true)
+	env := append(os.Environ(), "MANDATE="+ts.URL)
+	out := runScript(t, dir, script, env)
+	var res struct {
+		User  struct{ Name string }
+		Token struct{ Name, Token string }
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.User.Name != "admin" || res.Token.Name != "login laptop" ||
+		!strings.HasPrefix(res.Token.Token, "mnd_") {
+		t.Fatalf("the curl printed %q (%v): want the admin and a new token named \"login laptop\"", out, err)
+	}
+	if _, err := os.Stat(filepath.Join(ts.DataDir, server.BootstrapFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the bootstrap token file is still there after the login (%v)", err)
 	}
 }
