@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -50,9 +51,26 @@ func echoForms(v string) []string {
 			add(raw.EncodeToString(b[:len(b)/3*3]))
 		}
 	}
-	for style := range jsonAll + 1 {
-		add(jsonEscape(v, style))
+	// JSON writers differ in which characters they write as \uXXXX (Go: < > &; Gson: < > & = ';
+	// .NET: + and more; PHP's JSON_HEX_*: < > & ' "): every subset of the value's punctuation
+	// that such a writer may escape, in each style, and every character escaped.
+	cands := jsonEscapable(v)
+	for set := range 1 << len(cands) {
+		escaped := func(r rune) bool {
+			for i, c := range cands {
+				if c == r {
+					return set&(1<<i) != 0
+				}
+			}
+			return false
+		}
+		for style := range jsonAll + 1 {
+			add(jsonEscape(v, style, escaped))
+		}
 	}
+	every := func(rune) bool { return true }
+	add(jsonEscape(v, 0, every))
+	add(jsonEscape(v, jsonUpper, every))
 	return forms
 }
 
@@ -131,14 +149,44 @@ func lowerHex(c byte) byte {
 // JSON escaping styles, combined as bits.
 const (
 	jsonSlash = 1 << iota // "/" as "\/" (PHP, some Java encoders)
-	jsonHTML              // < > & U+2028 U+2029 as \u003c… (Go, JavaScript's safe serialisers)
 	jsonASCII             // every non-ASCII rune as \uXXXX, surrogate pairs above U+FFFF (Python's default)
 	jsonUpper             // \u00XX with uppercase hex digits
-	jsonAll   = jsonSlash | jsonHTML | jsonASCII | jsonUpper
+	jsonAll   = jsonSlash | jsonASCII | jsonUpper
 )
 
-// jsonEscape is s as the inside of a JSON string, escaped in the given style.
-func jsonEscape(s string, style int) string {
+// jsonEscapeFirst are the characters JSON writers escape as \uXXXX by choice, most common first;
+// maxJSONEscapable bounds how many of a value's are combined (2^n subsets each).
+const (
+	jsonEscapeFirst  = "=+<>&'\"/\\\u2028\u2029"
+	maxJSONEscapable = 6
+)
+
+// jsonEscapable returns the distinct characters of v that a JSON writer may write as \uXXXX
+// although it need not: ASCII punctuation (" and \ are escaped anyway, as \" and \\ or as
+// \u0022 and \u005c), U+2028 and U+2029. Past maxJSONEscapable, the most commonly escaped ones.
+func jsonEscapable(v string) []rune {
+	var out []rune
+	for _, r := range v {
+		if (r > ' ' && r < utf8.RuneSelf && !unicode.IsLetter(r) && !unicode.IsDigit(r) ||
+			r == '\u2028' || r == '\u2029') && !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	if len(out) > maxJSONEscapable {
+		var first []rune
+		for _, r := range jsonEscapeFirst {
+			if slices.Contains(out, r) && len(first) < maxJSONEscapable {
+				first = append(first, r)
+			}
+		}
+		out = first
+	}
+	return out
+}
+
+// jsonEscape is s as the inside of a JSON string, escaped in the given style, with the characters
+// escaped reports written as \uXXXX.
+func jsonEscape(s string, style int, escaped func(rune) bool) string {
 	digits := "0123456789abcdef"
 	if style&jsonUpper != 0 {
 		digits = "0123456789ABCDEF"
@@ -152,6 +200,8 @@ func jsonEscape(s string, style int) string {
 	}
 	for _, r := range s {
 		switch {
+		case escaped(r) && r <= 0xffff:
+			u(r)
 		case r == '"' || r == '\\':
 			b.WriteByte('\\')
 			b.WriteRune(r)
@@ -165,8 +215,6 @@ func jsonEscape(s string, style int) string {
 			u(r)
 		case r == '/' && style&jsonSlash != 0:
 			b.WriteString(`\/`)
-		case (r == '<' || r == '>' || r == '&' || r == '\u2028' || r == '\u2029') && style&jsonHTML != 0:
-			u(r)
 		case r >= utf8.RuneSelf && style&jsonASCII != 0:
 			if r > 0xffff {
 				r -= 0x10000

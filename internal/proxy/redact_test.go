@@ -118,9 +118,15 @@ func TestEncodedForms(t *testing.T) {
 		"base64url in a blob, +1":   b64(base64.RawURLEncoding, "a"),
 		"base64url in a blob, +2":   b64(base64.RawURLEncoding, "ab"),
 		"JSON (Go, HTML-safe)":      string(goJSON),
-		"JSON with \\/":             jsonEscape(secret, jsonSlash),
-		"JSON ASCII-only":           jsonEscape(secret, jsonASCII),
-		"JSON ASCII-only uppercase": jsonEscape(secret, jsonASCII|jsonUpper|jsonHTML),
+		"JSON with \\/":             `sk_live\/Ab+c=d&e<f>\"é~9 x`,
+		"JSON ASCII-only":           `sk_live/Ab+c=d&e<f>\"\u00e9~9 x`,
+		"JSON ASCII-only uppercase": `sk_live/Ab+c=d\u0026e\u003Cf\u003E\"\u00E9~9 x`,
+		// Writers that escape other sets (the outside attack's find): Gson's default (< > & = '),
+		// .NET's System.Text.Json (+ < > & ' " and non-ASCII), only "=", every character.
+		"JSON, Gson":      `sk_live/Ab+c\u003dd\u0026e\u003cf\u003e\"é~9 x`,
+		".NET":            `sk_live/Ab\u002Bc=d\u0026e\u003Cf\u003E\u0022\u00E9~9 x`,
+		"JSON, only =":    `sk_live/Ab+c\u003dd&e<f>\"é~9 x`,
+		"JSON, every one": `\u0073\u006b\u005f\u006c\u0069\u0076\u0065\u002f\u0041\u0062\u002b\u0063\u003d\u0064\u0026\u0065\u003c\u0066\u003e\u0022\u00e9\u007e\u0039\u0020\u0078`,
 	}
 	m := newMasker([]string{secret})
 	for name, form := range tests {
@@ -175,5 +181,13 @@ func TestInjectedValues(t *testing.T) {
 				t.Errorf("got %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// BenchmarkNewMasker: building the masker of a credential with many punctuation characters (the
+// most JSON escape subsets), once per credential and upstream.
+func BenchmarkNewMasker(b *testing.B) {
+	for b.Loop() {
+		newMasker([]string{`sk_live/Ab+c=d&e<f>"é~9 x'Z-0123456789abcdef`})
 	}
 }
