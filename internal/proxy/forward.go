@@ -382,6 +382,11 @@ func (m *nameMatcher) put(c byte) int {
 		return nameUndecided
 	case c == 0:
 		return m.decide(overrideParams[string(m.name[:m.n])])
+	case (c == '[' || c == ' ' || c == '\t') && overrideParams[string(m.name[:m.n])]:
+		// An override name followed by an array part (_method[], _method[x], as qs-style parsers
+		// read them) or by padding a trimming parser drops. A "." after it is not one: it is
+		// PHP's "_", and a multipart filename's extension (_method.txt).
+		return m.decide(true)
 	case c == '.' || c == ' ':
 		c = '_'
 	case 'A' <= c && c <= 'Z':
