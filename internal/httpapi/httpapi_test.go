@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/audit"
 )
 
 func TestErrorsAndRequestIDs(t *testing.T) {
@@ -20,6 +21,7 @@ func TestErrorsAndRequestIDs(t *testing.T) {
 	log := slog.New(LogHandler{slog.NewJSONHandler(&logs, nil)})
 	mux := http.NewServeMux()
 	mux.Handle("GET /refused", Handle(log, func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Client-Id-Seen", audit.OriginFrom(r.Context()).ClientRequestID)
 		return apperr.New(apperr.Conflict, "handle_taken", "handle %q is taken", "x")
 	}))
 	mux.Handle("GET /broken", Handle(log, func(w http.ResponseWriter, r *http.Request) error {
@@ -61,8 +63,12 @@ func TestErrorsAndRequestIDs(t *testing.T) {
 			if body["request_id"] != id || id == "" {
 				t.Errorf("request_id %q, header %q", body["request_id"], id)
 			}
-			if tt.keepID != (id == tt.reqID) {
+			// The server always issues its own id; a plain caller's id is kept beside it.
+			if !strings.HasPrefix(id, "req_") || id == tt.reqID {
 				t.Errorf("request id %q for caller's %q", id, tt.reqID)
+			}
+			if seen := rec.Header().Get("Client-Id-Seen"); tt.keepID != (seen == tt.reqID && seen != "") {
+				t.Errorf("client request id %q kept for caller's %q", seen, tt.reqID)
 			}
 			if strings.Contains(rec.Body.String(), "hunter2") {
 				t.Error("the cause leaked to the client")

@@ -8,11 +8,15 @@ import (
 	"regexp"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/ids"
+	"github.com/mandate-dev/mandate/internal/ratelimit"
 )
 
 type ctxKey int
@@ -25,6 +29,24 @@ const RequestIDHeader = "X-Request-Id"
 // A caller-supplied request id is kept only when it is short and plain, so it cannot forge log
 // lines or carry a payload.
 var validRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
+
+// maxUserAgent bounds what one request can put in the audit trail.
+const maxUserAgent = 256
+
+// userAgent is the request's User-Agent, printable and at most maxUserAgent bytes.
+func userAgent(r *http.Request) string {
+	ua := r.Header.Get("User-Agent")
+	ua = strings.Map(func(c rune) rune {
+		if c < ' ' || c == 0x7f || c == utf8.RuneError {
+			return -1
+		}
+		return c
+	}, ua)
+	if len(ua) > maxUserAgent {
+		ua = strings.ToValidUTF8(ua[:maxUserAgent], "")
+	}
+	return ua
+}
 
 // RequestID returns the request id in ctx, or "".
 func RequestID(ctx context.Context) string {
@@ -134,11 +156,14 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		id := r.Header.Get(RequestIDHeader)
-		if !validRequestID.MatchString(id) {
-			id = ids.New("req")
+		// The request id is always the server's own, so it names exactly one request in the
+		// audit trail; a client's id is kept beside it (client_request_id) to join its own logs.
+		id := ids.New("req")
+		origin := audit.Origin{RequestID: id, Addr: ratelimit.ClientIPFrom(r.Context()), UserAgent: userAgent(r)}
+		if cid := r.Header.Get(RequestIDHeader); validRequestID.MatchString(cid) {
+			origin.ClientRequestID = cid
 		}
-		ctx := WithRequestID(r.Context(), id)
+		ctx := audit.WithOrigin(WithRequestID(r.Context(), id), origin)
 		r = r.WithContext(ctx)
 		w.Header().Set(RequestIDHeader, id)
 		sw := &statusWriter{ResponseWriter: w}

@@ -17,9 +17,19 @@ import (
 // client cannot choose its own address. A remote address that does not parse (not a TCP
 // connection) is "unknown": all such requests share one bucket.
 func ClientAddr(r *http.Request, trusted []netip.Prefix) string {
+	addr, ok := ClientIP(r, trusted)
+	if !ok {
+		return "unknown"
+	}
+	return group(addr)
+}
+
+// ClientIP is the client's own address, ungrouped, found as ClientAddr finds it; false when the
+// remote address does not parse.
+func ClientIP(r *http.Request, trusted []netip.Prefix) (netip.Addr, bool) {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		return "unknown"
+		return netip.Addr{}, false
 	}
 	addr := ap.Addr().Unmap()
 	if isTrusted(addr, trusted) {
@@ -35,7 +45,7 @@ func ClientAddr(r *http.Request, trusted []netip.Prefix) string {
 			}
 		}
 	}
-	return group(addr)
+	return addr, true
 }
 
 func isTrusted(addr netip.Addr, trusted []netip.Prefix) bool {
@@ -79,6 +89,14 @@ func ParsePrefixes(list []string) ([]netip.Prefix, error) {
 
 type clientKey struct{}
 
+type clientIPKey struct{}
+
+// ClientIPFrom is the client's own address ctx carries (see ClientIP), or "".
+func ClientIPFrom(ctx context.Context) string {
+	s, _ := ctx.Value(clientIPKey{}).(string)
+	return s
+}
+
 // WithClient returns ctx carrying the request's client address.
 func WithClient(ctx context.Context, addr string) context.Context {
 	return context.WithValue(ctx, clientKey{}, addr)
@@ -90,9 +108,15 @@ func Client(ctx context.Context) string {
 	return s
 }
 
-// Middleware puts each request's ClientAddr into its context.
+// Middleware puts each request's ClientAddr, and its ClientIP, into its context.
 func Middleware(trusted []netip.Prefix, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next.ServeHTTP(w, r.WithContext(WithClient(r.Context(), ClientAddr(r, trusted))))
+		ctx := r.Context()
+		if ip, ok := ClientIP(r, trusted); ok {
+			ctx = WithClient(context.WithValue(ctx, clientIPKey{}, ip.String()), group(ip))
+		} else {
+			ctx = WithClient(ctx, "unknown")
+		}
+		next.ServeHTTP(w, r.WithContext(ctx))
 	})
 }
