@@ -1,9 +1,9 @@
 package verify
 
 import (
-	"encoding/json"
 	"net/http"
-	"strings"
+
+	"github.com/mandate-dev/mandate/oautherr"
 )
 
 // Error codes carried by Error.Code. The DPoP codes come from the dpop package.
@@ -49,6 +49,9 @@ type Error struct {
 	Reason      string // short word, see the Reason constants
 	Description string // one sentence for the client; never contains the token or the proof
 	Nonce       string // a fresh DPoP nonce; set for use_dpop_nonce
+	// RequestID is the resource server's id of the refused request (see Config.RequestID), sent
+	// in the body so the caller can quote it; "" when there is none.
+	RequestID string
 
 	scope string // for insufficient_scope: the scopes this resource needs
 }
@@ -57,74 +60,29 @@ func (e *Error) Error() string {
 	return "verify: " + e.Code + " (" + e.Reason + "): " + e.Description
 }
 
-// WriteHTTP writes e as an HTTP response: the status, a WWW-Authenticate challenge for the DPoP
-// scheme (RFC 9449 §7.1, RFC 6750 §3), DPoP-Nonce for use_dpop_nonce, and a JSON body.
+// WriteHTTP writes e as an HTTP response through oautherr: the status, a WWW-Authenticate
+// challenge for the DPoP scheme (RFC 9449 §7.1, RFC 6750 §3), DPoP-Nonce for use_dpop_nonce,
+// Cache-Control: no-store, and the JSON body {"error","error_description","request_id"}.
 func (e *Error) WriteHTTP(w http.ResponseWriter) {
-	h := w.Header()
-	h.Set("WWW-Authenticate", e.challenge())
-	if e.Code == CodeUseDPoPNonce && e.Nonce != "" {
-		h.Set("DPoP-Nonce", e.Nonce)
+	f := oautherr.Refusal{Status: e.Status, Code: e.Code, Description: e.Description, RequestID: e.RequestID,
+		Challenge: e.challenge()}
+	if e.Code == CodeUseDPoPNonce {
+		f.Nonce = e.Nonce
 	}
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	w.WriteHeader(e.Status)
-	body, _ := json.Marshal(struct {
-		Error       string `json:"error"`
-		Description string `json:"error_description,omitempty"`
-	}{e.Code, e.Description})
-	_, _ = w.Write(append(body, '\n'))
+	oautherr.Write(w, f)
 }
 
-// challenge is the WWW-Authenticate value. A request without any credentials gets no error code
-// (RFC 6750 §3.1).
-func (e *Error) challenge() string {
-	var b strings.Builder
-	b.WriteString("DPoP ")
+// proofAlgs are the DPoP proof algorithms a challenge names (algs, RFC 9449 §7.1).
+var proofAlgs = []string{AlgEdDSA, AlgEd25519, AlgES256}
+
+// challenge is the WWW-Authenticate challenge. A request without any credentials gets no error
+// code (RFC 6750 §3.1).
+func (e *Error) challenge() *oautherr.Challenge {
+	c := &oautherr.Challenge{Scheme: "DPoP", Algs: proofAlgs}
 	if e.Code != CodeInvalidToken || e.Reason != ReasonMissing {
-		b.WriteString(`error="`)
-		b.WriteString(quotable(e.Code))
-		b.WriteString(`", error_description="`)
-		b.WriteString(quotable(e.Description))
-		b.WriteString(`", `)
-		if e.scope != "" {
-			b.WriteString(`scope="`)
-			b.WriteString(quotable(e.scope))
-			b.WriteString(`", `)
-		}
+		c.Error, c.Description, c.Scope = e.Code, e.Description, e.scope
 	}
-	b.WriteString(`algs="EdDSA Ed25519 ES256"`)
-	return b.String()
-}
-
-// quotable keeps only the characters RFC 6750 §3 allows inside error_description
-// (%x20-21 / %x23-5B / %x5D-7E): no quotes, no backslashes, no control or non-ASCII bytes, so the
-// value can never break out of its quoted-string.
-func quotable(s string) string {
-	clean := true
-	for i := 0; i < len(s); i++ {
-		if !allowed(s[i]) {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
-	b := []byte(s)
-	for i, c := range b {
-		switch {
-		case allowed(c):
-		case c == '"':
-			b[i] = '\''
-		default:
-			b[i] = ' '
-		}
-	}
-	return string(b)
-}
-
-func allowed(c byte) bool {
-	return c >= 0x20 && c <= 0x7e && c != '"' && c != '\\'
+	return c
 }
 
 func refuse(status int, code, reason, desc string) *Error {

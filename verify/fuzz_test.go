@@ -168,7 +168,7 @@ func FuzzVerifyToken(f *testing.F) {
 		if e.Code == "" || e.Reason == "" || e.Description == "" || e.Status < 400 {
 			t.Fatalf("incomplete refusal %+v", e)
 		}
-		ch := e.challenge()
+		ch := e.challenge().String()
 		if strings.Count(ch, `"`)%2 != 0 || strings.ContainsAny(ch, "\r\n\\") {
 			t.Fatalf("challenge %q is not safely quoted", ch)
 		}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/oautherr"
 )
 
 // Signature algorithms accepted for access tokens. "Ed25519" is the fully-specified name of
@@ -56,6 +57,12 @@ type Config struct {
 	Now            func() time.Time // nil = time.Now
 	// OnDeny is called by Verify (and so by Middleware) once for every refusal, before it returns.
 	OnDeny func(r *http.Request, err *Error)
+	// RequestID returns the resource server's id of a request, which a refusal carries in its
+	// body (Error.RequestID) so the caller can quote it and the server find it in its logs. nil =
+	// the X-Request-Id response header the server's own middleware set before Middleware ran, or
+	// else the request's X-Request-Id header (as a proxy in front sets it) when it is 1 to 128
+	// characters of A-Z a-z 0-9 . _ : -; with neither, refusals carry no request id.
+	RequestID func(r *http.Request) string
 	// TokenCache is how many verified access tokens to remember, so a token used for many
 	// requests has its signature and claims checked once; the DPoP proof and the revocation
 	// status are still checked on every request. 0 = 4096; negative = no cache.
@@ -76,6 +83,7 @@ type Verifier struct {
 	required []string
 	now      func() time.Time
 	onDeny   func(*http.Request, *Error)
+	reqID    func(*http.Request) string
 	cache    *tokenCache
 }
 
@@ -151,6 +159,7 @@ func New(cfg Config) (*Verifier, error) {
 		required: append([]string(nil), cfg.RequiredScopes...),
 		now:      now,
 		onDeny:   cfg.OnDeny,
+		reqID:    cfg.RequestID,
 		cache:    newTokenCache(cfg.TokenCache),
 	}, nil
 }
@@ -227,17 +236,14 @@ func WithCaller(ctx context.Context, c *Caller) context.Context {
 }
 
 // Middleware verifies every request before next runs. A refusal is written with its status, a
-// WWW-Authenticate: DPoP challenge, DPoP-Nonce when a nonce is required, and a JSON body
-// {"error","error_description"}; next does not run. On success next runs with the Caller in the
-// request context (CallerFrom), and the response carries a fresh DPoP-Nonce when nonces are on.
+// WWW-Authenticate: DPoP challenge, DPoP-Nonce when a nonce is required, Cache-Control: no-store
+// and a JSON body {"error","error_description","request_id"} (see Config.RequestID); next does
+// not run. On success next runs with the Caller in the request context (CallerFrom), and the
+// response carries a fresh DPoP-Nonce when nonces are on.
 func (v *Verifier) Middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := v.Verify(r.Context(), r)
-		if err != nil {
-			var e *Error
-			if !errors.As(err, &e) {
-				e = refuse(http.StatusInternalServerError, "server_error", "internal", "the request could not be verified")
-			}
+		c, e := v.check(r.Context(), r, w.Header())
+		if e != nil {
 			e.WriteHTTP(w)
 			return
 		}
@@ -253,17 +259,57 @@ var (
 	headerDPoP          = http.CanonicalHeaderKey(dpop.HeaderName)
 )
 
-// Verify checks the request's access token, DPoP proof and status. Errors are *Error; OnDeny has
-// been called with them.
+// Verify checks the request's access token, DPoP proof and status. Errors are *Error, with the
+// request id of Config.RequestID; OnDeny has been called with them.
 func (v *Verifier) Verify(ctx context.Context, r *http.Request) (*Caller, error) {
+	c, e := v.check(ctx, r, nil)
+	if e != nil {
+		return nil, e
+	}
+	return c, nil
+}
+
+// check is Verify; resp is the response's headers, where Middleware has them.
+func (v *Verifier) check(ctx context.Context, r *http.Request, resp http.Header) (*Caller, *Error) {
 	c, e := v.verify(ctx, r)
 	if e != nil {
+		e.RequestID = v.requestID(r, resp)
 		if v.onDeny != nil {
 			v.onDeny(r, e)
 		}
 		return nil, e
 	}
 	return c, nil
+}
+
+// requestID is the id a refusal of r carries: Config.RequestID's, else the X-Request-Id the
+// server's middleware set on the response, else a plain X-Request-Id on the request.
+func (v *Verifier) requestID(r *http.Request, resp http.Header) string {
+	if v.reqID != nil {
+		return v.reqID(r)
+	}
+	if id := resp.Get(oautherr.RequestIDHeader); id != "" {
+		return id
+	}
+	if id := r.Header.Get(oautherr.RequestIDHeader); plainID(id) {
+		return id
+	}
+	return ""
+}
+
+// plainID reports whether id is 1 to 128 characters of A-Z a-z 0-9 . _ : -, the request ids a
+// refusal repeats from a request: nothing that could forge a log line or carry a payload.
+func plainID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == ':' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error) {

@@ -771,15 +771,6 @@ func TestRevocationFeedStaleness(t *testing.T) {
 	}
 }
 
-func TestQuotable(t *testing.T) {
-	got := quotable("bad \"quote\" \\ back\nslash \x00 é")
-	for _, c := range []byte(got) {
-		if !allowed(c) {
-			t.Fatalf("quotable left %q in %q", c, got)
-		}
-	}
-}
-
 func TestErrorBodyIsJSON(t *testing.T) {
 	w := httptest.NewRecorder()
 	(&Error{Status: 401, Code: "invalid_token", Reason: "expired", Description: `say "hi"`}).WriteHTTP(w)
@@ -790,5 +781,76 @@ func TestErrorBodyIsJSON(t *testing.T) {
 	}
 	if got := w.Header().Get("WWW-Authenticate"); strings.Count(got, `"`) != 6 {
 		t.Fatalf("WWW-Authenticate %q has unbalanced quotes", got)
+	}
+}
+
+// TestRefusalRequestID: a refusal carries the resource server's request id in its body and in
+// X-Request-Id, and OnDeny sees it, wherever the id comes from: Config.RequestID, the server's
+// own middleware (a response header set before Middleware runs), or a proxy in front (a plain
+// request header). An id unfit to repeat is not repeated.
+func TestRefusalRequestID(t *testing.T) {
+	is := newTestIssuer(t)
+	type ctxKey struct{}
+	tests := map[string]struct {
+		fromConfig bool   // Config.RequestID reads the id from the context
+		middleware string // the server's middleware sets this response X-Request-Id first
+		header     string // the request's X-Request-Id
+		want       string
+	}{
+		"Config.RequestID":                 {fromConfig: true, middleware: "mw-1", header: "hdr-1", want: "ctx-1"},
+		"the server's middleware":          {middleware: "mw-2", header: "hdr-2", want: "mw-2"},
+		"the request's header":             {header: "3f2b1c9e-7a4d-4e8f-9b1a-2c3d4e5f6a7b", want: "3f2b1c9e-7a4d-4e8f-9b1a-2c3d4e5f6a7b"},
+		"a request header unfit to repeat": {header: "a b<script>", want: ""},
+		"an overlong request header":       {header: strings.Repeat("a", 129), want: ""},
+		"no id anywhere":                   {want: ""},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			var denied *Error
+			cfg := Config{Issuer: is.url, Audience: testAudience, OnDeny: func(r *http.Request, e *Error) { denied = e }}
+			if tt.fromConfig {
+				cfg.RequestID = func(r *http.Request) string { s, _ := r.Context().Value(ctxKey{}).(string); return s }
+			}
+			v, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tt.middleware != "" {
+					w.Header().Set("X-Request-Id", tt.middleware)
+				}
+				r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, "ctx-1"))
+				v.Middleware(http.NotFoundHandler()).ServeHTTP(w, r)
+			}))
+			defer srv.Close()
+			req, _ := http.NewRequest("GET", srv.URL+"/data", nil)
+			req.Header.Set("Authorization", "Bearer x")
+			if tt.header != "" {
+				req.Header.Set("X-Request-Id", tt.header)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body map[string]string
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != 401 || body["error"] != CodeInvalidToken {
+				t.Fatalf("got %d %v, want a 401 invalid_token", resp.StatusCode, body)
+			}
+			if body["request_id"] != tt.want || denied == nil || denied.RequestID != tt.want {
+				t.Errorf("request id: body %q, OnDeny %+v; want %q", body["request_id"], denied, tt.want)
+			}
+			// The header names what the body names (the server's middleware set it so already).
+			wantHeader := tt.want
+			if tt.middleware != "" {
+				wantHeader = tt.middleware
+			}
+			if got := resp.Header.Get("X-Request-Id"); got != wantHeader {
+				t.Errorf("X-Request-Id = %q, want %q", got, wantHeader)
+			}
+		})
 	}
 }

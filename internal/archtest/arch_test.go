@@ -19,6 +19,8 @@ var forbidden = map[string][]string{
 	"dpop":   {"internal/"},
 	"verify": {"internal/"},
 	"client": {"internal/"},
+	// The one renderer of refusals, shared by the verify SDK and the server.
+	"oautherr": {"internal/"},
 
 	"internal/registry":  {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli"},
 	"internal/principal": {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli", "internal/registry"},

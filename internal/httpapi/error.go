@@ -10,6 +10,7 @@ import (
 	"net/http"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/oautherr"
 )
 
 // Error is an OAuth-style error response: RFC 6749 §5.2 for the token endpoint, the same shape
@@ -78,14 +79,9 @@ func ReasonOf(err error) string {
 	return e.Code
 }
 
-type errorBody struct {
-	Error       string `json:"error"`
-	Description string `json:"error_description,omitempty"`
-	RequestID   string `json:"request_id,omitempty"`
-}
-
-// WriteError writes err as JSON with Cache-Control: no-store. It is the one place errors are
-// written; the cause goes to the log, never to the client.
+// WriteError writes err through oautherr, the one renderer of refusals: the body
+// {error, error_description, request_id} with Cache-Control: no-store, and the error's headers.
+// The cause goes to the log, never to the client.
 func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err error) {
 	e := AsError(err)
 	level := slog.LevelInfo
@@ -97,13 +93,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		attrs = append(attrs, slog.String("cause", e.Cause.Error()))
 	}
 	log.Log(r.Context(), level, "request refused", attrs...)
-	// The error's headers replace any set earlier (a handler may have set DPoP-Nonce already):
-	// a header that is not a list must be sent once (RFC 9110 §5.3).
-	for k, vs := range e.Header {
-		w.Header()[http.CanonicalHeaderKey(k)] = vs
-	}
-	w.Header().Set("Cache-Control", "no-store")
-	WriteJSON(w, e.Status, errorBody{Error: e.Code, Description: e.Description, RequestID: RequestID(r.Context())})
+	// The error's headers replace any set earlier (a handler may have set DPoP-Nonce already).
+	oautherr.Write(w, oautherr.Refusal{Status: e.Status, Code: e.Code, Description: e.Description,
+		RequestID: RequestID(r.Context()), Header: e.Header})
 }
 
 // WriteJSON writes v as the JSON response body with status.

@@ -17,6 +17,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/ratelimit"
+	"github.com/mandate-dev/mandate/oautherr"
 )
 
 type ctxKey int
@@ -24,7 +25,7 @@ type ctxKey int
 const requestIDKey ctxKey = iota
 
 // RequestIDHeader carries the request id in both directions.
-const RequestIDHeader = "X-Request-Id"
+const RequestIDHeader = oautherr.RequestIDHeader
 
 // A caller-supplied request id is kept only when it is short and plain, so it cannot forge log
 // lines or carry a payload.

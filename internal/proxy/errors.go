@@ -1,13 +1,14 @@
 package proxy
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
 
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/oautherr"
+	"github.com/mandate-dev/mandate/verify"
 )
 
 // Reasons recorded in audit events and logs: one stable word per refusal or failure. Refusals
@@ -74,58 +75,31 @@ func routeRefusal(d *routeDenial, upstream, method string) *refusal {
 	return e
 }
 
-// writeRefusal writes e: the status, a DPoP challenge naming the upstream's metadata where it
-// applies, and a JSON body with the request id. Nothing is written when the response has begun.
+// writeRefusal writes e through oautherr: the status, a DPoP challenge naming the upstream's
+// metadata where it applies, and the JSON body with the request id. Nothing is written when the
+// response has begun.
 func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, c *call, e *refusal) {
 	if c.w.status != 0 {
 		return
 	}
-	h := w.Header()
+	f := oautherr.Refusal{Status: e.status, Code: e.code, Description: e.desc,
+		RequestID: httpapi.RequestID(r.Context()), Nonce: e.nonce}
 	if e.challenge {
-		h.Set("WWW-Authenticate", p.challenge(c, e))
+		f.Challenge = p.challenge(c, e)
 	}
-	if e.nonce != "" {
-		h.Set("DPoP-Nonce", e.nonce)
-	}
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Del("Content-Length")
-	w.WriteHeader(e.status)
-	body, _ := json.Marshal(struct {
-		Error       string `json:"error"`
-		Description string `json:"error_description,omitempty"`
-		RequestID   string `json:"request_id,omitempty"`
-	}{e.code, e.desc, httpapi.RequestID(r.Context())})
-	_, _ = w.Write(append(body, '\n'))
+	oautherr.Write(w, f)
 }
 
-// challenge is the WWW-Authenticate value (RFC 9449 §7.1) with the upstream's RFC 9728 metadata
-// URL (resource_metadata, RFC 9728 §5.1).
-func (p *Proxy) challenge(c *call, e *refusal) string {
-	var b strings.Builder
-	b.WriteString("DPoP ")
-	if e.reason != "token_missing" {
-		b.WriteString(`error="` + quotable(e.code) + `", error_description="` + quotable(e.desc) + `", `)
-		if e.scope != "" {
-			b.WriteString(`scope="` + quotable(e.scope) + `", `)
-		}
+// challenge is the WWW-Authenticate challenge (RFC 9449 §7.1) with the upstream's RFC 9728
+// metadata URL (resource_metadata, RFC 9728 §5.1). A request without a token gets no error code
+// (RFC 6750 §3.1).
+func (p *Proxy) challenge(c *call, e *refusal) *oautherr.Challenge {
+	ch := &oautherr.Challenge{Scheme: "DPoP", Algs: []string{verify.AlgEdDSA, verify.AlgEd25519, verify.AlgES256}}
+	if e.reason != "token_"+verify.ReasonMissing {
+		ch.Error, ch.Description, ch.Scope = e.code, e.desc, e.scope
 	}
 	if c.name != "" {
-		b.WriteString(`resource_metadata="` + quotable(p.metadataURL(c.name)) + `", `)
+		ch.ResourceMetadata = p.metadataURL(c.name)
 	}
-	b.WriteString(`algs="EdDSA Ed25519 ES256"`)
-	return b.String()
-}
-
-// quotable keeps only the characters RFC 6750 §3 allows inside a quoted error_description.
-func quotable(s string) string {
-	return strings.Map(func(r rune) rune {
-		switch {
-		case r == '"':
-			return '\''
-		case r < 0x20 || r > 0x7e || r == '\\':
-			return ' '
-		}
-		return r
-	}, s)
+	return ch
 }

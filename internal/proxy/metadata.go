@@ -1,9 +1,11 @@
 package proxy
 
 import (
-	"encoding/json"
 	"net/http"
 	"strings"
+
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/oautherr"
 )
 
 // MetadataPrefix is where the RFC 9728 metadata of each upstream lives, followed by its name.
@@ -28,16 +30,9 @@ func (p *Proxy) Metadata(w http.ResponseWriter, r *http.Request) {
 	if name == "" {
 		name = strings.TrimPrefix(r.URL.Path, MetadataPrefix)
 	}
-	write := func(status int, v any) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(v)
-	}
 	notFound := func() {
-		w.Header().Set("Cache-Control", "no-store")
-		write(http.StatusNotFound, map[string]string{"error": "not_found", "error_description": "no such upstream"})
+		oautherr.Write(w, oautherr.Refusal{Status: http.StatusNotFound, Code: "not_found", Description: "no such upstream",
+			RequestID: httpapi.RequestID(r.Context())})
 	}
 	if !validName(name) {
 		notFound()
@@ -50,8 +45,8 @@ func (p *Proxy) Metadata(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		p.log.WarnContext(r.Context(), "proxy metadata", "error", safeError(err, nil))
-		w.Header().Set("Cache-Control", "no-store")
-		write(http.StatusServiceUnavailable, map[string]string{"error": "temporarily_unavailable", "error_description": "try again later"})
+		oautherr.Write(w, oautherr.Refusal{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable",
+			Description: "try again later", RequestID: httpapi.RequestID(r.Context())})
 		return
 	}
 	scopes := routeScopes(&u)
@@ -59,7 +54,7 @@ func (p *Proxy) Metadata(w http.ResponseWriter, r *http.Request) {
 		scopes = []string{}
 	}
 	w.Header().Set("Cache-Control", "public, max-age=60")
-	write(http.StatusOK, ProtectedResourceMetadata{
+	httpapi.WriteJSON(w, http.StatusOK, ProtectedResourceMetadata{
 		Resource:                      p.Resource(u.Name),
 		AuthorizationServers:          []string{p.cfg.Issuer},
 		ScopesSupported:               scopes,

@@ -186,7 +186,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,
 		Keys: localKeys{s.keys}, Status: localStatus{deleg},
 		DPoP: dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
-		Now:  now, OnDeny: s.auditResourceDenial(now),
+		Now:  now, OnDeny: s.auditResourceDenial(now), RequestID: requestID,
 	})
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
@@ -209,7 +209,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 				Issuer: cfg.Issuer, Audience: audience, BaseURL: cfg.Issuer,
 				Keys: localKeys{s.keys}, Status: localStatus{deleg},
 				DPoP: dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
-				Now:  now,
+				Now:  now, RequestID: requestID,
 			})
 		},
 		Metrics: reg, Log: s.log, Now: now,
@@ -257,6 +257,10 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	s.handler = ratelimit.Middleware(trusted, httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux)))
 	return nil
 }
+
+// requestID is the server's own id of r (httpapi.Middleware issues it), for the refusals of the
+// verify SDK's middleware on our own resources.
+func requestID(r *http.Request) string { return httpapi.RequestID(r.Context()) }
 
 // buildInfo is mandate_build_info: 1, with the version mandate --version shows.
 func buildInfo() prometheus.Collector {

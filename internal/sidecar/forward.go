@@ -3,7 +3,6 @@ package sidecar
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/mandate-dev/mandate/client"
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/loopback"
+	"github.com/mandate-dev/mandate/oautherr"
 )
 
 // droppedRequestHeaders are the tool's headers the sidecar never forwards: its credentials
@@ -209,11 +209,10 @@ func netCause(err error) error {
 	return err
 }
 
+// sidecarError answers a request the sidecar refuses itself, in the server's error shape. It
+// carries no request id: the request never reached the server.
 func sidecarError(w http.ResponseWriter, status int, code, desc string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": desc})
+	oautherr.Write(w, oautherr.Refusal{Status: status, Code: code, Description: desc})
 }
 
 // statusRecorder remembers the status written, for the request log. It passes Flush on (via
