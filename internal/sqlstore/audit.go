@@ -79,7 +79,7 @@ func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, 
 		args = append(args, v)
 		conds = append(conds, strings.ReplaceAll(cond, "?", "$"+strconv.Itoa(len(args))))
 	}
-	for col, v := range map[string]string{"action": f.Action, "agent_id": f.AgentID, "principal_id": f.PrincipalID,
+	for col, v := range map[string]string{"id": f.ID, "target": f.Target, "action": f.Action, "agent_id": f.AgentID, "principal_id": f.PrincipalID,
 		"request_id": f.RequestID, "client_request_id": f.ClientRequestID, "task_id": f.TaskID, "grant_id": f.GrantID,
 		"upstream": f.Upstream, "outcome": string(f.Outcome)} {
 		if v != "" {
