@@ -3,6 +3,7 @@ package audit
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 )
@@ -38,6 +39,8 @@ type TaskReport struct {
 	Purpose     string          `json:"purpose,omitempty"`
 	First       time.Time       `json:"first"`
 	Last        time.Time       `json:"last"`
+	Events      int             `json:"events"`            // every event of the task (or outside any) in the window
+	Actions     []string        `json:"actions,omitempty"` // their actions, each once, in the order first met
 	Calls       []UpstreamCalls `json:"calls,omitempty"`
 	Refusals    []Refusal       `json:"refusals,omitempty"`
 	Revocations []Revocation    `json:"revocations,omitempty"`
@@ -131,7 +134,16 @@ func Summarize(ctx context.Context, r Reader, principalID string, since, until t
 		if e.Purpose != "" && e.Action == "task.start" {
 			t.Purpose = e.Purpose
 		}
-		t.Last = e.Time
+		if e.Time.Before(t.First) {
+			t.First = e.Time
+		}
+		if e.Time.After(t.Last) {
+			t.Last = e.Time
+		}
+		t.Events++
+		if !slices.Contains(t.Actions, e.Action) {
+			t.Actions = append(t.Actions, e.Action)
+		}
 		return t
 	}
 	for _, e := range evs {

@@ -41,8 +41,8 @@ func outputFormat(cmd *cobra.Command, known ...string) (string, error) {
 func newAuditCmd() *cobra.Command {
 	var f struct {
 		task, grant, agent, principal, upstream, action, outcome, requestID, clientRequestID, since, until, cursor string
-		limit                                                                                                     int
-		all                                                                                                       bool
+		limit                                                                                                      int
+		all                                                                                                        bool
 	}
 	cmd := &cobra.Command{
 		Use:   "audit [--task T] [--grant G] [--agent @handle] [--upstream U] [--action A] [--outcome O] [--since 2h] [--all] [--format table|json|jsonl|csv]",
@@ -343,7 +343,7 @@ func printExplanation(w io.Writer, x *audit.Explanation) error {
 		}
 		if x.Completion != nil {
 			p.field("result", fmt.Sprintf("status %d, %d bytes in, %d bytes out, %s", c.Status, c.BytesIn, c.BytesOut,
-				(time.Duration(c.DurationUS) * time.Microsecond).String()))
+				(time.Duration(c.DurationUS)*time.Microsecond).String()))
 		}
 	}
 	if e.Addr != "" || e.UserAgent != "" {
@@ -371,12 +371,7 @@ func printExplanation(w io.Writer, x *audit.Explanation) error {
 			}
 		}
 		p.field("grant", s)
-		for _, t := range g.Terms.Fields {
-			p.sub(t.Key, t.Value)
-		}
-		if !g.Terms.Expires.IsZero() {
-			p.sub("expires", g.Terms.Expires.Format(time.RFC3339))
-		}
+		p.field("terms", termsText(g.Terms))
 	} else {
 		p.field("grant", "-")
 	}
@@ -404,12 +399,7 @@ func printExplanation(w io.Writer, x *audit.Explanation) error {
 			}
 			p.sub("task", s)
 			p.sub("purpose", orDash(h.Purpose))
-			for _, t := range h.Terms.Fields {
-				p.sub("  "+t.Key, t.Value)
-			}
-			if !h.Terms.Expires.IsZero() {
-				p.sub("  expires", h.Terms.Expires.Format(time.RFC3339))
-			}
+			p.sub("limits", termsText(h.Terms))
 		}
 	}
 	if e.KeyJKT != "" {
@@ -442,6 +432,19 @@ func printExplanation(w io.Writer, x *audit.Explanation) error {
 		}
 	}
 	return p.err
+}
+
+// termsText is terms on one line, with the expiry they imply when no member states it.
+func termsText(v audit.TermsView) string {
+	s := v.String()
+	if s == "" {
+		return "- (none recorded)"
+	}
+	stated := slices.ContainsFunc(v.Fields, func(f audit.TermsField) bool { return f.Key == "exp" || f.Key == "expires_at" })
+	if !v.Expires.IsZero() && !stated {
+		s += "; expires " + v.Expires.Format(time.RFC3339)
+	}
+	return s
 }
 
 func requestName(e audit.Event) string {
@@ -541,14 +544,15 @@ func printReport(w io.Writer, rep *audit.Report) error {
 			p.line("  %s %s %s by %s%s", r.Time.Local().Format(timeLayout), r.Action, orDash(r.Target), orDash(r.ActorID), causeText(r.Cause))
 		}
 		for _, t := range a.Tasks {
-			title := "outside any task"
-			if t.TaskID != "" {
-				title = "task " + t.TaskID
+			if t.TaskID == "" {
+				p.line("  outside any task: %s (%s)", plural(t.Events, "event"), strings.Join(t.Actions, ", "))
+			} else {
+				title := "task " + t.TaskID
 				if t.Purpose != "" {
 					title += fmt.Sprintf(" %q", t.Purpose)
 				}
+				p.line("  %s (%s to %s, %s)", title, t.First.Local().Format(timeLayout), t.Last.Local().Format(timeLayout), plural(t.Events, "event"))
 			}
-			p.line("  %s (%s to %s)", title, t.First.Local().Format(timeLayout), t.Last.Local().Format(timeLayout))
 			for _, c := range t.Calls {
 				parts := []string{fmt.Sprintf("%d ok", c.Success)}
 				if c.Failure > 0 {

@@ -66,7 +66,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
 	walk(root, func(c *cobra.Command) {
 		bindClientEnv(c)
-		if c.HasSubCommands() {
+		if c.HasSubCommands() && c.RunE == nil && c.Run == nil { // a group that does nothing alone (audit searches)
 			c.Args, c.RunE = cobra.ArbitraryArgs, runGroup
 		}
 	})

@@ -32,12 +32,12 @@ type Incident struct {
 	Upstream  string
 	Events    []audit.Event // in the order to append them
 
-	Calls      []string // request ids of the completed calls, oldest first
-	Refused    string   // request id of the refused call (route not allowed)
-	Lost       string   // request id of the call with no completion
-	Revoke     string   // request id of the revocation
+	Calls       []string // request ids of the completed calls, oldest first
+	Refused     string   // request id of the refused call (route not allowed)
+	Lost        string   // request id of the call with no completion
+	Revoke      string   // request id of the revocation
 	AfterRevoke string   // request id of the call refused after the revocation
-	Exchanges  [3]string
+	Exchanges   [3]string
 }
 
 // Options name the incident's principal and agents (real ones, when the test registers them);
