@@ -7,7 +7,8 @@ import (
 )
 
 // Actions is every action name the server records, sorted. The constants live beside the code
-// that records them (here, and in internal/delegation, federation, vault, proxy);
+// that records them (here, and in internal/delegation, federation, vault, proxy, and the CLI's
+// offline master key commands);
 // TestActionsListsEveryActionConstant reads the source so this list cannot drift from them.
 // Queries refuse an action not in it, so a typo is an error rather than an empty answer.
 var Actions = []string{
@@ -29,6 +30,9 @@ var Actions = []string{
 	"grant.deny",
 	"grant.request",
 	"grant.revoke",
+	"master_key.prune",
+	"master_key.rewrap",
+	"master_key.rotate",
 	"proxy.call",
 	"resource.deny",
 	"service_account.create",

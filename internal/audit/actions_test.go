@@ -6,6 +6,7 @@ import (
 	"go/token"
 	"io/fs"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,8 +15,11 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 )
 
+// actionConst is the name of a constant that names an audit action: ActionX or actionX.
+var actionConst = regexp.MustCompile(`^[Aa]ction[A-Z]`)
+
 // TestActionsListsEveryActionConstant reads every non-test Go file of the module for constants
-// named Action… with a string value, and checks that audit.Actions is exactly their values,
+// named Action… (or action…) with a string value, and checks that audit.Actions is exactly their values,
 // sorted: an action added anywhere without its place in the list (or a name left in the list
 // after its constant went) fails here.
 func TestActionsListsEveryActionConstant(t *testing.T) {
@@ -46,7 +50,7 @@ func TestActionsListsEveryActionConstant(t *testing.T) {
 			for _, spec := range gd.Specs {
 				vs := spec.(*ast.ValueSpec)
 				for i, name := range vs.Names {
-					if !strings.HasPrefix(name.Name, "Action") || i >= len(vs.Values) {
+					if !actionConst.MatchString(name.Name) || i >= len(vs.Values) {
 						continue
 					}
 					lit, ok := vs.Values[i].(*ast.BasicLit)
