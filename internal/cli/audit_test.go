@@ -5,7 +5,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -245,4 +247,67 @@ func get(t *testing.T, url, token string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// docs/audit.md runs as pasted: every sh block, from the event schema to the incident
+// investigation, against a real server whose trail holds the incident the page tells (its
+// request, task and grant ids are audittest's), as an admin.
+func TestAuditDocRunsAsPasted(t *testing.T) {
+	s := newIncidentServer(t, "req_4kq7bz2xwd5mn3yh6tcp0rjlfe")
+	dir := t.TempDir()
+	env := docEnv(t, dir, "./cmd/mandate")
+	env = append(env, envServer+"="+s.URL, envToken+"="+s.AdminToken)
+	script := docBlocks(t, "../../docs/audit.md", "## The event", false)
+	out := runScript(t, dir, script, env)
+	x := s.x
+	hasAll(t, out,
+		// explain req_4kq7…: both questions, with purposes and the instance key.
+		"proxy.call request req_4kq7bz2xwd5mn3yh6tcp0rjlfe", "granted by alice", x.Purposes[0], x.Purposes[1], x.Purposes[2],
+		"instance key   "+x.Instance, "valid: no link",
+		// audit --task: the task's calls, the refusal and the revocation.
+		"denied (route_not_allowed)", "success (parent_revoked)", "ahrefs GET /v3/site-explorer/backlinks",
+		// explain of the call refused after the revocation.
+		"INVALID", "task "+x.Tasks[1]+" revoked by alice",
+		// audit mine as the admin: no agent acted for them.
+		"No agent acted for you")
+	for file, want := range map[string]int{
+		"calls.csv":       1 + s.count(func(e audit.Event) bool { return e.Upstream() == "ahrefs" }),
+		"exchanges.jsonl": s.count(func(e audit.Event) bool { return e.Action == "token.exchange" }),
+		"incident.csv":    1 + s.count(func(e audit.Event) bool { return e.GrantID == x.Grant }),
+	} {
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatalf("the walkthrough wrote no %s: %v", file, err)
+		}
+		if got := len(strings.Split(strings.TrimSpace(string(b)), "\n")); got != want {
+			t.Errorf("%s has %d lines, want %d", file, got, want)
+		}
+	}
+}
+
+// The JSON examples of docs/audit.md's event section are events: each decodes into audit.Event
+// with no member left over, so the page cannot show a field the schema does not have.
+func TestAuditDocExamplesAreEvents(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/audit.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw)
+	text = text[strings.Index(text, "\n## The event\n"):strings.Index(text, "\n## Querying\n")]
+	blocks := regexp.MustCompile("(?s)```json\n(.*?)```").FindAllStringSubmatch(text, -1)
+	if len(blocks) < 4 {
+		t.Fatalf("only %d JSON examples in the event section", len(blocks))
+	}
+	for i, b := range blocks {
+		dec := json.NewDecoder(strings.NewReader(b[1]))
+		dec.DisallowUnknownFields()
+		var e audit.Event
+		if err := dec.Decode(&e); err != nil {
+			t.Errorf("example %d is not an event: %v", i+1, err)
+			continue
+		}
+		if err := audit.CheckAction(e.Action); err != nil || audit.CheckOutcome(string(e.Outcome)) != nil || e.Seq == 0 || e.Hash == "" {
+			t.Errorf("example %d: action %q outcome %q seq %d hash %q", i+1, e.Action, e.Outcome, e.Seq, e.Hash)
+		}
+	}
 }

@@ -86,7 +86,7 @@ func NewIncident(o Options) *Incident {
 	ev := func(req, action string, outcome audit.Outcome) audit.Event {
 		e := audit.New(tick(), req, action)
 		e.Outcome = outcome
-		e.Addr, e.UserAgent = "10.0.0.7", "seo-agent/1.2"
+		e.Addr, e.UserAgent = "10.0.0.7", "mandate-cli/1.0" // a person at the CLI; acting() sets the agent's
 		return e
 	}
 	add := func(e audit.Event) audit.Event { x.Events = append(x.Events, e); return e }
@@ -114,9 +114,10 @@ func NewIncident(o Options) *Incident {
 			e.InstanceKey = x.Instance
 		}
 		e.Scopes, e.Resources = []string{"seo:read"}, []string{"https://api.ahrefs.com/"}
+		e.Addr, e.UserAgent = "10.0.0.7", "seo-agent/1.2"
 	}
 
-	g := ev("req_grant0000000000000000000a", "grant.create", audit.OutcomeSuccess)
+	g := ev("req_9fzq2mw5kc7xbt3dn6yh4rplea", "grant.create", audit.OutcomeSuccess)
 	g.ActorType, g.ActorID, g.ActorHandle = audit.ActorUser, x.Principal, "alice"
 	g.PrincipalID, g.AgentID, g.Target, g.GrantID = x.Principal, x.Agents[0].ID, x.Grant, x.Grant
 	g.Terms = mustJSON(map[string]any{"principal": x.Principal, "agent": x.Agents[0].ID, "scopes": []string{"seo:read"},
@@ -126,7 +127,7 @@ func NewIncident(o Options) *Incident {
 	add(g)
 
 	for i := range 3 {
-		req := fmt.Sprintf("req_exchange%d00000000000000000a", i)
+		req := []string{"req_3mxk7qz2wb5dc9tn4vy6hrplfa", "req_7wqd2kz5mx3bc8tn6vy4hrplfe", "req_b2nk6qz3wx7dm5tc9vy4hrplfa"}[i]
 		x.Exchanges[i] = req
 		s := ev(req, "task.start", audit.OutcomeSuccess)
 		acting(&s, i)
@@ -137,7 +138,7 @@ func NewIncident(o Options) *Incident {
 		add(s)
 		e := ev(req, "token.exchange", audit.OutcomeSuccess)
 		acting(&e, i)
-		e.Target, e.TokenID = x.Tasks[i], ids.New("jti")
+		e.Target, e.TokenID = x.Tasks[i], ids.New("at")
 		e.Detail = fmt.Sprintf("@%s got a token for task %s", x.Agents[i].Handle, x.Tasks[i])
 		add(e)
 	}
@@ -163,7 +164,7 @@ func NewIncident(o Options) *Incident {
 	}
 	reqs := o.RequestIDs
 	for i := range 5 {
-		req := fmt.Sprintf("req_call%d0000000000000000000a", i)
+		req := fmt.Sprintf("req_c%dll7qz2wb5dc9tn4vy6hrplfa", i)
 		if i < len(reqs) {
 			req = reqs[i]
 		}
@@ -171,21 +172,21 @@ func NewIncident(o Options) *Incident {
 		call(req, "GET", "/v3/site-explorer/domain-rating", 200)
 	}
 
-	x.Refused = "req_refused00000000000000000a"
+	x.Refused = "req_2ncw7xq4kd9mzb5vt3hy6lpfoa"
 	r := ev(x.Refused, "proxy.call", audit.OutcomeDenied)
 	acting(&r, 2)
 	r.Call = &audit.Call{Upstream: x.Upstream, Method: "POST", Path: "/v3/management/projects"}
 	r.Reason, r.Detail = "route_not_allowed", "POST /v3/management/projects matches no route the token's scopes allow"
 	add(r)
 
-	x.Lost = "req_lost0000000000000000000a"
+	x.Lost = "req_8tzv3kq5mx2wdc7bn4yh6rplfe"
 	l := ev(x.Lost, "proxy.call", audit.OutcomePending)
 	acting(&l, 2)
 	l.Call = &audit.Call{Upstream: x.Upstream, Method: "GET", Path: "/v3/site-explorer/backlinks", Route: "/v3/site-explorer/*"}
 	l.Detail = "recorded before forwarding"
 	add(l)
 
-	x.Revoke = "req_revoke00000000000000000a"
+	x.Revoke = "req_5hbq2wz7mk3xdt9cn6vy4rlpfa"
 	rv := ev(x.Revoke, "task.revoke", audit.OutcomeSuccess)
 	rv.ActorType, rv.ActorID, rv.ActorHandle = audit.ActorUser, x.Principal, "alice"
 	rv.PrincipalID, rv.AgentID, rv.Target, rv.TaskID, rv.GrantID = x.Principal, x.Agents[1].ID, x.Tasks[1], x.Tasks[1], x.Grant
@@ -197,7 +198,7 @@ func NewIncident(o Options) *Incident {
 	cs.Cause, cs.Reason, cs.Detail = x.Tasks[1], "parent_revoked", "task "+x.Tasks[2]+" revoked with its parent "+x.Tasks[1]
 	add(cs)
 
-	x.AfterRevoke = "req_afterrevoke000000000000a"
+	x.AfterRevoke = "req_6yvd3mq8kx2wzb7tc5nh4rplfe"
 	d := ev(x.AfterRevoke, "proxy.call", audit.OutcomeDenied)
 	acting(&d, 2)
 	d.Call = &audit.Call{Upstream: x.Upstream, Method: "GET", Path: "/v3/site-explorer/domain-rating"}
