@@ -290,27 +290,32 @@ events on their behalf.`,
 		Example: "  mandate audit explain req_...\n  mandate audit explain evt_... --format json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			format, err := outputFormat(cmd, "table", "json")
-			if err != nil {
-				return err
-			}
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			var x audit.Explanation
-			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/audit/explain/"+url.PathEscape(args[0]), nil, &x)
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			return printExplanation(cmd.OutOrStdout(), &x)
+			return getPage(cmd, "/v1/audit/explain/"+url.PathEscape(args[0]), &x, func(w io.Writer) error { return printExplanation(w, &x) })
 		},
 	}
 	cmd.Flags().String(formatFlag, "table", "table or json")
 	return cmd
+}
+
+// getPage reads path into out and prints it: the server's JSON with --format json, else render.
+func getPage(cmd *cobra.Command, path string, out any, render func(io.Writer) error) error {
+	format, err := outputFormat(cmd, "table", "json")
+	if err != nil {
+		return err
+	}
+	c, err := managementClient(cmd)
+	if err != nil {
+		return err
+	}
+	raw, err := c.do(cmd.Context(), http.MethodGet, path, nil, out)
+	if err != nil {
+		return err
+	}
+	if format == "json" {
+		return printJSON(cmd.OutOrStdout(), raw)
+	}
+	return render(cmd.OutOrStdout())
 }
 
 // printExplanation writes x as one page for a person.
@@ -491,14 +496,6 @@ refused and why, and what was revoked or ended. An admin may pass --principal to
 		Example: "  mandate audit mine\n  mandate audit mine --since 30d --format json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			format, err := outputFormat(cmd, "table", "json")
-			if err != nil {
-				return err
-			}
-			c, err := managementClient(cmd)
-			if err != nil {
-				return err
-			}
 			q := url.Values{}
 			for k, v := range map[string]string{"since": since, "until": until, "principal": principal} {
 				if v != "" {
@@ -506,14 +503,7 @@ refused and why, and what was revoked or ended. An admin may pass --principal to
 				}
 			}
 			var rep audit.Report
-			raw, err := c.do(cmd.Context(), http.MethodGet, "/v1/audit/mine?"+q.Encode(), nil, &rep)
-			if err != nil {
-				return err
-			}
-			if format == "json" {
-				return printJSON(cmd.OutOrStdout(), raw)
-			}
-			return printReport(cmd.OutOrStdout(), &rep)
+			return getPage(cmd, "/v1/audit/mine?"+q.Encode(), &rep, func(w io.Writer) error { return printReport(w, &rep) })
 		},
 	}
 	cmd.Flags().StringVar(&since, "since", "7d", "from: RFC 3339, a date, or a duration ago (15m, 2h, 7d)")
