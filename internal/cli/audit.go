@@ -61,7 +61,6 @@ The formats: table (for people), json (one object, {"events": […]}), jsonl (on
 and csv. Every event is the schema of docs/audit.md.`,
 		Example: "  mandate audit --task tsk_... --since 2h\n  mandate audit --agent @release-bot --outcome denied\n" +
 			"  mandate audit --upstream ahrefs --since 2026-12-01 --all --format csv > calls.csv\n  mandate audit --request-id req_...",
-		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			format, err := outputFormat(cmd, "table", "json", "jsonl", "csv")
 			if err != nil {
@@ -69,6 +68,11 @@ and csv. Every event is the schema of docs/audit.md.`,
 			}
 			if f.limit < 0 {
 				return fmt.Errorf("--limit %d: want a positive number (or --all)", f.limit)
+			}
+			if f.agent != "" {
+				if err := checkAgentRef(f.agent); err != nil {
+					return fmt.Errorf("--agent: %w", err)
+				}
 			}
 			if f.action != "" {
 				if err := audit.CheckAction(f.action); err != nil {
