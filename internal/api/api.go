@@ -122,6 +122,8 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /v1/federation/rules/{id}/enable", u(a.setRuleDisabled(false)))
 	mux.Handle("POST /v1/federation/rules/{id}/test", u(a.testRule))
 	mux.Handle("GET /v1/audit", u(a.listAudit))
+	mux.Handle("GET /v1/audit/explain/{id}", u(a.explainAudit))
+	mux.Handle("GET /v1/audit/mine", u(a.mineAudit))
 }
 
 // limited refuses a request past its client address's rate (429 with Retry-After in whole

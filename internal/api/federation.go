@@ -3,12 +3,10 @@ package api
 import (
 	"encoding/json"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
-	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/principal"
@@ -237,63 +235,5 @@ func (a *API) testRule(w http.ResponseWriter, r *http.Request, u principal.User)
 		checks = append(checks, check{c.Name, c.OK, c.Detail})
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"rule": ruleJSON(rep.Rule), "ok": rep.OK, "checks": checks, "claims": rep.Claims})
-	return nil
-}
-
-// EventJSON is an audit event as the API shows it.
-type EventJSON struct {
-	ID          string    `json:"id"`
-	Seq         int64     `json:"seq"`
-	Time        time.Time `json:"time"`
-	RequestID   string    `json:"request_id"`
-	Action      string    `json:"action"`
-	Outcome     string    `json:"outcome"`
-	Reason      string    `json:"reason,omitempty"`
-	Detail      string    `json:"detail,omitempty"`
-	ActorType   string    `json:"actor_type"`
-	ActorID     string    `json:"actor_id,omitempty"`
-	PrincipalID string    `json:"principal_id,omitempty"`
-	AgentID     string    `json:"agent_id,omitempty"`
-	Target      string    `json:"target,omitempty"`
-	TokenID     string    `json:"token_id,omitempty"`
-	// An anonymous denial's client address; an aggregated one stands for count identical
-	// denials made from first to last.
-	Source string     `json:"source,omitempty"`
-	Count  int64      `json:"count,omitempty"`
-	First  *time.Time `json:"first,omitempty"`
-	Last   *time.Time `json:"last,omitempty"`
-}
-
-// listAudit searches the audit trail: an admin all of it, anyone else the events on their own
-// behalf.
-func (a *API) listAudit(w http.ResponseWriter, r *http.Request, u principal.User) error {
-	q := r.URL.Query()
-	f := audit.Filter{RequestID: q.Get("request_id"), Action: q.Get("action"), AgentID: q.Get("agent"),
-		PrincipalID: q.Get("principal"), Outcome: audit.Outcome(q.Get("outcome"))}
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 || n > 1000 {
-			return apperr.New(apperr.Invalid, "limit", "limit must be a number from 1 to 1000")
-		}
-		f.Limit = n
-	}
-	if !u.Admin {
-		if f.PrincipalID != "" && f.PrincipalID != u.ID {
-			return apperr.New(apperr.Forbidden, "forbidden", "only an admin can read the audit trail of another principal")
-		}
-		f.PrincipalID = u.ID
-	}
-	evs, err := a.cfg.Audit.ListEvents(r.Context(), f)
-	if err != nil {
-		return err
-	}
-	out := make([]EventJSON, 0, len(evs))
-	for _, e := range evs {
-		out = append(out, EventJSON{ID: e.ID, Seq: e.Seq, Time: e.Time.UTC(), RequestID: e.RequestID, Action: e.Action,
-			Outcome: string(e.Outcome), Reason: e.Reason, Detail: e.Detail, ActorType: e.ActorType, ActorID: e.ActorID,
-			PrincipalID: e.PrincipalID, AgentID: e.AgentID, Target: e.Target, TokenID: e.TokenID,
-			Source: e.Source, Count: e.Count, First: timePtr(e.First), Last: timePtr(e.Last)})
-	}
-	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"events": out})
 	return nil
 }

@@ -142,6 +142,7 @@ type QueryParam struct {
 
 // Filter selects events for List. Empty fields select everything.
 type Filter struct {
+	ID              string // one event (evt_…)
 	Action          string
 	AgentID         string
 	PrincipalID     string
@@ -150,6 +151,7 @@ type Filter struct {
 	TaskID          string
 	GrantID         string
 	Upstream        string
+	Target          string // the object acted on (a revocation's task, grant, agent or key)
 	Outcome         Outcome
 	Since, Until    time.Time // Since ≤ Time < Until
 	// Paging by sequence number: Before (newest first, the default order) or After (oldest

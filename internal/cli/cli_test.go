@@ -24,10 +24,11 @@ import (
 // testServer is a real mandate on a real 127.0.0.1 listener, with the CLI's config directory
 // pointed at a temporary directory.
 type testServer struct {
-	URL       string
-	DataDir   string
-	ConfigDir string
-	Srv       *server.Server
+	URL        string
+	DataDir    string
+	ConfigDir  string
+	AdminToken string // an API token of the bootstrap admin
+	Srv        *server.Server
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -42,7 +43,7 @@ func newTestServerWith(t *testing.T, opts servertest.Options) *testServer {
 	t.Setenv(envConfigDir, confDir)
 	t.Setenv(envToken, "")
 	t.Setenv(envAgentKey, "")
-	return &testServer{URL: s.URL, DataDir: s.DataDir, ConfigDir: confDir, Srv: s.Srv}
+	return &testServer{URL: s.URL, DataDir: s.DataDir, ConfigDir: confDir, AdminToken: s.AdminToken, Srv: s.Srv}
 }
 
 // mandate runs the command tree with args and stdin, returning what it printed.

@@ -39,6 +39,9 @@ func TestDocCommandsParse(t *testing.T) {
 			t.Errorf("mandate %s parsed", strings.Join(bad, " "))
 		}
 	}
+	if got := mandateCalls(`mandate a --b c > out.csv`); len(got) != 1 || strings.Join(got[0], ",") != "a,--b,c" {
+		t.Errorf("mandateCalls with a redirection = %q", got)
+	}
 	if got := mandateCalls(`MANDATE_X=1 mandate a --b "c d" | ./mandate e $(mandate f) # mandate g`); len(got) != 2 ||
 		strings.Join(got[0], ",") != "a,--b,c d" || strings.Join(got[1], ",") != "e,SUBST" {
 		t.Errorf("mandateCalls = %q", got)
@@ -78,10 +81,28 @@ func mandateCalls(line string) [][]string {
 			words = words[1:]
 		}
 		if len(words) > 0 && (words[0] == "mandate" || words[0] == "./mandate") {
-			calls = append(calls, words[1:])
+			calls = append(calls, withoutRedirections(words[1:]))
 		}
 	}
 	return calls
+}
+
+// redirection is a shell redirection word: "> file" (two words) or ">file" (one).
+var redirection = regexp.MustCompile(`^[0-9]*(>>?|<)(.*)$`)
+
+// withoutRedirections drops the redirections (> calls.csv, >>log, <in) from a command's words.
+func withoutRedirections(words []string) []string {
+	var out []string
+	for i := 0; i < len(words); i++ {
+		if m := redirection.FindStringSubmatch(words[i]); m != nil {
+			if m[2] == "" {
+				i++ // the file is the next word
+			}
+			continue
+		}
+		out = append(out, words[i])
+	}
+	return out
 }
 
 // shellSegments splits a line into the words of each simple command, the way bash would for the

@@ -66,7 +66,20 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
 	walk(root, func(c *cobra.Command) {
 		bindClientEnv(c)
-		if c.HasSubCommands() {
+		switch {
+		case c.HasSubCommands() && c.RunE != nil:
+			// A group that does something alone (audit searches): a word after it is a
+			// misspelt command.
+			run := c.RunE
+			c.Args = cobra.ArbitraryArgs
+			c.RunE = func(cmd *cobra.Command, args []string) error {
+				if len(args) > 0 {
+					return runGroup(cmd, args)
+				}
+				return run(cmd, args)
+			}
+			c.Annotations = map[string]string{runsAlone: "true"}
+		case c.HasSubCommands():
 			c.Args, c.RunE = cobra.ArbitraryArgs, runGroup
 		}
 	})
@@ -96,6 +109,9 @@ func walk(c *cobra.Command, f func(*cobra.Command)) {
 		walk(sub, f)
 	}
 }
+
+// runsAlone annotates a group that runs alone rather than showing its help.
+const runsAlone = "runs-alone"
 
 // runGroup runs a command group: alone it shows the group's help; with a word that names none
 // of its commands it fails, with the commands that word was probably meant to be.

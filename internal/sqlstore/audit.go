@@ -71,6 +71,9 @@ func appendEvent(ctx context.Context, tx *sql.Tx, ev *audit.Event) error {
 	return nil
 }
 
+// partialIndexed are the columns whose audit index is partial (migration 0008).
+var partialIndexed = map[string]bool{"task_id": true, "grant_id": true, "principal_id": true}
+
 // ListEvents returns the events f selects, newest first (oldest first with f.Ascending).
 func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, error) {
 	var conds []string
@@ -79,11 +82,16 @@ func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, 
 		args = append(args, v)
 		conds = append(conds, strings.ReplaceAll(cond, "?", "$"+strconv.Itoa(len(args))))
 	}
-	for col, v := range map[string]string{"action": f.Action, "agent_id": f.AgentID, "principal_id": f.PrincipalID,
+	for col, v := range map[string]string{"id": f.ID, "target": f.Target, "action": f.Action, "agent_id": f.AgentID, "principal_id": f.PrincipalID,
 		"request_id": f.RequestID, "client_request_id": f.ClientRequestID, "task_id": f.TaskID, "grant_id": f.GrantID,
 		"upstream": f.Upstream, "outcome": string(f.Outcome)} {
 		if v != "" {
 			add(col+" = ?", v)
+			if partialIndexed[col] {
+				// The index covers only non-empty values (WHERE col <> ''); SQLite uses a partial
+				// index only when the query states its condition, so state it.
+				conds = append(conds, col+" <> ''")
+			}
 		}
 	}
 	if !f.Since.IsZero() {
