@@ -49,6 +49,10 @@ type Error struct {
 	Reason      string // short word, see the Reason constants
 	Description string // one sentence for the client; never contains the token or the proof
 	Nonce       string // a fresh DPoP nonce; set for use_dpop_nonce
+	// Caller is the token's caller when its signature and claims verified and a later check
+	// refused the request (the proof, the token's status, a scope), so that OnDeny can say whose
+	// token was refused; nil otherwise. It is never written to the response. Do not modify.
+	Caller *Caller
 
 	scope string // for insufficient_scope: the scopes this resource needs
 }
