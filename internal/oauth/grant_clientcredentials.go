@@ -96,14 +96,16 @@ func (s *Server) mintTTL(ctx context.Context, req *tokenRequest, c token.AccessC
 	if err != nil {
 		return nil, fmt.Errorf("sign access token: %w", err)
 	}
-	req.Event.TokenID = c.JTI
-	if req.Event.Detail == "" {
-		req.Event.Detail = "scope=" + c.Scope + " aud=" + strings.Join(c.Audience, ",")
-	}
+	c.Describe(req.Event)
 	tokenType := "DPoP"
 	if c.Cnf.JKT == "" {
 		tokenType = "Bearer"
 	}
-	req.Event.Detail += " jkt=" + c.Cnf.JKT
+	if req.Event.Detail == "" {
+		req.Event.Detail = fmt.Sprintf("a %s token for %s, until %s", tokenType, c.Subject, exp.UTC().Format(time.RFC3339))
+		if c.Handle != "" {
+			req.Event.Detail = fmt.Sprintf("@%s got a %s token for itself, until %s", c.Handle, tokenType, exp.UTC().Format(time.RFC3339))
+		}
+	}
 	return &tokenResponse{AccessToken: raw, TokenType: tokenType, ExpiresIn: c.Expiry - now.Unix(), Scope: c.Scope}, nil
 }

@@ -47,6 +47,8 @@ func (g *tokenExchange) Issue(ctx context.Context, req *tokenRequest) (*tokenRes
 	if err != nil {
 		return nil, err
 	}
+	// From here a refusal names the subject token's agent, principal, grant and task.
+	subject.Describe(req.Event)
 	x := delegation.ExchangeRequest{Subject: subject, ProofJKT: req.Proof.JKT, Scopes: strings.Fields(f.Get("scope")),
 		Resources: f["resource"], Purpose: f.Get("purpose")}
 	if raw := f.Get("actor_token"); raw != "" {
@@ -87,7 +89,7 @@ func (g *tokenExchange) Issue(ctx context.Context, req *tokenRequest) (*tokenRes
 		t := *plan.NewTask
 		uses := req.Uses
 		req.Commit = func(ctx context.Context, ev audit.Event) error {
-			err := g.s.cfg.Tasks.CreateTask(ctx, t, uses, ev)
+			err := g.s.cfg.Tasks.CreateTask(ctx, t, uses, delegation.StartEvent(ev, t), ev)
 			if errors.Is(err, delegation.ErrNotActive) {
 				// Checked again inside the transaction: a revocation that raced this exchange wins.
 				e := badRequest(CodeInvalidGrant, "revoked_meanwhile", "the grant or parent task was revoked or ended while this exchange ran")

@@ -156,6 +156,10 @@ func (s *Server) Revoke(w http.ResponseWriter, r *http.Request) (err error) {
 	} else {
 		ev.ActorType, ev.ActorID, ev.PrincipalID = audit.ActorUser, who.userID, who.userID
 	}
+	// The revoked (or refused) token's agent, principal, task and chain: the event is in the
+	// principal's report.
+	c.Describe(&ev)
+	ev.Detail = "revocation of an access token (RFC 7009)"
 	allowed, err := s.mayAct(ctx, who, c.ClientID)
 	if err != nil {
 		return err

@@ -199,6 +199,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 			return nil, err
 		}
 		req.Proof = proof
+		ev.KeyJKT = proof.JKT
 		// The proof's jti is also used up in the database with the issue, so a proof captured at
 		// one replica cannot be replayed at another (each replica's replay cache is its own).
 		req.Uses = append(req.Uses, token.SingleUse{ID: "dpop:" + proof.JKT + ":" + proof.JTI, ExpiresAt: proof.IssuedAt.Add(proofMemory)})
@@ -207,6 +208,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 		agent, use, err := s.authenticateClient(ctx, form)
 		if agent.ID != "" {
 			ev.AgentID, ev.ActorType, ev.ActorID, ev.PrincipalID = agent.ID, audit.ActorAgent, agent.ID, agent.OwnerID
+			ev.ActorHandle = agent.Handle
 		}
 		if err != nil {
 			return nil, err
