@@ -520,3 +520,20 @@ func keyEnded(a registry.Agent, jkt string, now time.Time) bool {
 	}
 	return false
 }
+
+// CommitExchange commits an exchange planned by PlanExchange once its token is minted: the new
+// task (when the hop starts one) with its task.start event and ev (the token.exchange record),
+// or, for a token of an existing task, ev alone; with the single-use ids, in one transaction.
+// A grant or parent task revoked or ended since the plan is refused here (revoked_meanwhile):
+// a revocation racing an exchange always wins. A used-up id gives dpop.ErrReplay, wrapped.
+func (s *Service) CommitExchange(ctx context.Context, plan *Plan, uses []token.SingleUse, ev audit.Event) error {
+	if plan.NewTask == nil {
+		return s.cfg.Tokens.RecordIssue(ctx, uses, ev)
+	}
+	t := *plan.NewTask
+	err := s.cfg.Store.CreateTask(ctx, t, uses, StartEvent(ev, t), ev)
+	if errors.Is(err, ErrNotActive) {
+		return apperr.Wrap(err, apperr.Forbidden, "revoked_meanwhile", "the grant or parent task was revoked or ended while this exchange ran")
+	}
+	return err
+}

@@ -175,12 +175,13 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Upstreams: s.store, Now: now})
 	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
 	tokenDPoP := dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now})
+	issuance := token.NewIssuance(token.IssuanceConfig{Keys: s.keys, Store: s.store, Issuer: cfg.Issuer, TTL: cfg.TokenTTL, Now: now})
 	oauthSrv := oauth.New(oauth.Config{
-		Issuer: cfg.Issuer, Keys: s.keys, Tokens: s.store, Registry: registrySvc, Agents: s.store,
-		Principals: principals, Audit: s.denials, JTIs: s.store, Delegation: deleg, Tasks: s.store, Federation: fed,
-		DPoP:     tokenDPoP,
-		Nonces:   nonces,
-		TokenTTL: cfg.TokenTTL, Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
+		Issuer: cfg.Issuer, Keys: s.keys, Issuance: issuance, Registry: registrySvc,
+		Principals: principals, Audit: s.denials, JTIs: s.store, Delegation: deleg, Federation: fed,
+		DPoP:    tokenDPoP,
+		Nonces:  nonces,
+		Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
 	})
 	verifier, err := verify.New(verify.Config{
 		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,
