@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -37,17 +36,7 @@ func newPrincipal(t *testing.T, ts *testServer, name string) *principalFixture {
 
 func (p *principalFixture) call(t testing.TB, method, path string, body any) (*http.Response, map[string]any) {
 	t.Helper()
-	var r *strings.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		r = strings.NewReader(string(b))
-	} else {
-		r = strings.NewReader("")
-	}
-	req, _ := http.NewRequest(method, p.ts.URL+path, r)
-	req.Header.Set("Authorization", "Bearer "+p.apiToken)
-	req.Header.Set("Content-Type", "application/json")
-	return p.ts.do(t, req)
+	return p.ts.bearerJSON(t, p.apiToken, method, path, body)
 }
 
 // agent registers an agent the principal claims.
@@ -171,17 +160,6 @@ func TestRevokedTaskRefusalsInPrincipalReport(t *testing.T) {
 	if want := map[string]int{"resource.deny revoked": 2, "token.deny task_ended": 1}; !cmp.Equal(want, refusals) {
 		t.Errorf("refusals in the principal's trail %v, want %v", refusals, want)
 	}
-}
-
-// jtiOf reads the jti claim of a token.
-func jtiOf(t *testing.T, tok string) string {
-	_, payload := splitJWS(t, tok)
-	var c struct {
-		JTI string `json:"jti"`
-	}
-	b, _ := base64.RawURLEncoding.DecodeString(payload)
-	json.Unmarshal(b, &c)
-	return c.JTI
 }
 
 // TestCascadeEventsThreeLevels: a chain three agents deep (@a starts a task, hands it to @b, who
