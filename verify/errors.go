@@ -52,6 +52,10 @@ type Error struct {
 	// RequestID is the resource server's id of the refused request (see Config.RequestID), sent
 	// in the body so the caller can quote it; "" when there is none.
 	RequestID string
+	// Caller is the token's caller when its signature and claims verified and a later check
+	// refused the request (the proof, the token's status, a scope), so that OnDeny can say whose
+	// token was refused; nil otherwise. It is never written to the response. Do not modify.
+	Caller *Caller
 
 	scope string // for insufficient_scope: the scopes this resource needs
 }

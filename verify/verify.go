@@ -356,9 +356,15 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 		AccessToken: tok,
 		JKT:         c.JKT,
 	}); err != nil {
-		return nil, v.proofError(err, tok, proofs[0])
+		e := v.proofError(err, tok, proofs[0])
+		e.Caller = c
+		return nil, e
 	}
-	return v.afterProof(ctx, c)
+	c2, e := v.afterProof(ctx, c)
+	if e != nil {
+		e.Caller = c
+	}
+	return c2, e
 }
 
 // token returns the Caller of an access token, from the cache when this verifier has already

@@ -422,7 +422,31 @@ func TestVerifyRefusals(t *testing.T) {
 				t.Errorf("refusal mismatch (-want +got):\n%s\ndescription: %s", diff, d.Description)
 			}
 			checkChallenge(t, resp, d, req.auth)
+			checkDeniedCaller(t, d, a.id)
 		})
+	}
+}
+
+// tokenRefusals are the reasons given before the token's signature and claims have verified:
+// such a refusal names no Caller. Every other refusal (the proof, the status, a scope) does.
+var tokenRefusals = map[string]bool{
+	ReasonMissing: true, ReasonBearer: true, ReasonScheme: true, ReasonMalformed: true, ReasonMissingProof: true,
+	ReasonMultipleProofs: true, ReasonAlg: true, ReasonTyp: true, ReasonUnknownKID: true, ReasonSignature: true,
+	ReasonIssuer: true, ReasonAudience: true, ReasonExpired: true, ReasonNotYetValid: true, ReasonClaims: true,
+	ReasonUnbound: true, ReasonKeysUnavailable: true,
+}
+
+// checkDeniedCaller: OnDeny learns whose token was refused exactly when its signature and claims
+// verified, so the refusal can be attributed; a forged or malformed token names nobody.
+func checkDeniedCaller(t *testing.T, d *Error, agentID string) {
+	t.Helper()
+	switch {
+	case tokenRefusals[d.Reason] && d.Caller != nil:
+		t.Errorf("refusal %q before the token verified names a caller %+v", d.Reason, d.Caller)
+	case !tokenRefusals[d.Reason] && d.Caller == nil:
+		t.Errorf("refusal %q of a verified token names no caller", d.Reason)
+	case d.Caller != nil && d.Caller.AgentID != agentID:
+		t.Errorf("refusal %q names agent %s, want %s", d.Reason, d.Caller.AgentID, agentID)
 	}
 }
 

@@ -157,13 +157,6 @@ func (a *API) revokeAgentKey(w http.ResponseWriter, r *http.Request, u principal
 	if err != nil {
 		return err
 	}
-	for _, k := range ag.Keys {
-		if k.DID == req.DID {
-			if _, err := a.cfg.Delegation.EndTasksOfKey(r.Context(), requestID(r.Context()), u, ag.ID, k.JKT); err != nil {
-				return err
-			}
-		}
-	}
 	httpapi.WriteJSON(w, http.StatusOK, agentJSON(ag))
 	return nil
 }

@@ -179,7 +179,12 @@ func (s *Service) grant(ctx context.Context, requestID string, by principal.User
 		CreatedAt: now, ExpiresAt: now.Add(sp.ExpiresIn), RequestID: fromRequest}
 	ev := audit.New(now, requestID, ActionGrantCreate)
 	ev.ActorType, ev.ActorID, ev.PrincipalID, ev.AgentID, ev.Target = audit.ActorUser, by.ID, by.ID, a.ID, g.ID
-	ev.Detail = "scope=" + strings.Join(g.Scopes, " ") + " resource=" + strings.Join(g.Resources, " ")
+	ev.ActorHandle, ev.GrantID, ev.Scopes, ev.Resources = by.Name, g.ID, g.Scopes, g.Resources
+	ev.Terms = canonicalTerms(g.Terms(by.ID))
+	ev.Detail = fmt.Sprintf("%s let @%s act for them until %s", by.ID, a.Handle, g.ExpiresAt.Format(time.RFC3339))
+	if fromRequest != "" {
+		ev.Detail += ", approving request " + fromRequest
+	}
 	err = s.cfg.Store.CreateGrant(ctx, g, ev)
 	if errors.Is(err, ErrNotActive) {
 		return Grant{}, apperr.Wrap(err, apperr.Conflict, "request_decided", "the grant request was already answered")
@@ -254,6 +259,7 @@ func (s *Service) RevokeGrant(ctx context.Context, requestID string, by principa
 	}
 	ev := audit.New(s.cfg.Now(), requestID, ActionGrantRevoke)
 	ev.ActorType, ev.ActorID, ev.PrincipalID, ev.AgentID, ev.Target = audit.ActorUser, by.ID, g.PrincipalID, g.AgentID, g.ID
+	ev.ActorHandle, ev.GrantID = by.Name, g.ID
 	g, err = s.cfg.Store.RevokeGrant(ctx, g.ID, s.cfg.Now().UTC(), ev)
 	if errors.Is(err, ErrNotActive) {
 		return s.cfg.Store.GetGrant(ctx, id) // revoking twice is not an error

@@ -22,6 +22,17 @@ type Subject struct {
 	Access *token.AccessClaims
 }
 
+// Describe fills ev with what the subject token says (its agent, principal, grant, task, chain,
+// key and id), so that a refusal of a token whose signature verified names whose it was.
+func (s Subject) Describe(ev *audit.Event) {
+	switch {
+	case s.Grant != nil:
+		s.Grant.Describe(ev)
+	case s.Access != nil:
+		s.Access.Describe(ev)
+	}
+}
+
 // ActorKey is the key a verified actor token names as the next holder.
 type ActorKey struct {
 	DID string
@@ -86,6 +97,7 @@ func narrowed(err error) error {
 // depth, and it grows at all only where the grant allows sub-delegation. ev is filled in with who
 // and what as far as known, so a refusal is audited with it.
 func (s *Service) PlanExchange(ctx context.Context, req ExchangeRequest, ev *audit.Event) (*Plan, error) {
+	req.Subject.Describe(ev)
 	if req.Subject.Grant != nil {
 		return s.planStart(ctx, req, ev)
 	}
@@ -300,7 +312,7 @@ func (s *Service) planFromTask(ctx context.Context, req ExchangeRequest, ev *aud
 
 // planDelegate hands a narrower child task to another agent.
 func (s *Service) planDelegate(ctx context.Context, req ExchangeRequest, ev *audit.Event, g Grant, parent Task, next registry.Agent, now time.Time) (*Plan, error) {
-	ev.AgentID = next.ID
+	ev.AgentID, ev.AgentDID = next.ID, req.Actor.DID
 	if !g.Limits.AllowSubdelegation {
 		return nil, grantRefusal("subdelegation", "grant %s does not allow sub-delegation", g.ID)
 	}
@@ -397,8 +409,15 @@ func (s *Service) plan(req ExchangeRequest, ev *audit.Event, g Grant, newTask *T
 		p.Uses = append(p.Uses, req.Actor.Use)
 	}
 	ev.PrincipalID, ev.AgentID, ev.Target = g.PrincipalID, holder.ID, act.Txn
-	ev.Detail = "hop=" + hop + " grant=" + g.ID + " task=" + act.Txn + " depth=" + fmt.Sprint(act.Depth()) +
-		" scope=" + p.Claims.Scope + " aud=" + strings.Join(view.Resources, ",")
+	p.Claims.Describe(ev)
+	switch hop {
+	case hopStart:
+		ev.Detail = fmt.Sprintf("@%s started task %s under grant %s", holder.Handle, act.Txn, g.ID)
+	case hopDelegate:
+		ev.Detail = fmt.Sprintf("@%s handed task %s to @%s, %d agents deep", ev.ActorHandle, act.Txn, holder.Handle, act.Depth())
+	default:
+		ev.Detail = fmt.Sprintf("@%s got a fresh token for task %s", holder.Handle, act.Txn)
+	}
 	return p, nil
 }
 
@@ -500,4 +519,21 @@ func keyEnded(a registry.Agent, jkt string, now time.Time) bool {
 		}
 	}
 	return false
+}
+
+// CommitExchange commits an exchange planned by PlanExchange once its token is minted: the new
+// task (when the hop starts one) with its task.start event and ev (the token.exchange record),
+// or, for a token of an existing task, ev alone; with the single-use ids, in one transaction.
+// A grant or parent task revoked or ended since the plan is refused here (revoked_meanwhile):
+// a revocation racing an exchange always wins. A used-up id gives dpop.ErrReplay, wrapped.
+func (s *Service) CommitExchange(ctx context.Context, plan *Plan, uses []token.SingleUse, ev audit.Event) error {
+	if plan.NewTask == nil {
+		return s.cfg.Tokens.RecordIssue(ctx, uses, ev)
+	}
+	t := *plan.NewTask
+	err := s.cfg.Store.CreateTask(ctx, t, uses, StartEvent(ev, t), ev)
+	if errors.Is(err, ErrNotActive) {
+		return apperr.Wrap(err, apperr.Forbidden, "revoked_meanwhile", "the grant or parent task was revoked or ended while this exchange ran")
+	}
+	return err
 }

@@ -127,7 +127,8 @@ type Store interface {
 	// ListGrants filters by principal and agent ("" = any).
 	ListGrants(ctx context.Context, principalID, agentID string) ([]Grant, error)
 	// RevokeGrant marks the grant revoked, revokes every active task under it, appends a
-	// revocation log entry for the grant and each task (with their expiry), and ev.
+	// revocation log entry for the grant and each task (with their expiry), ev, and for each
+	// task revoked its own event (CascadeEvent: Cause the grant, Reason cascade_grant).
 	RevokeGrant(ctx context.Context, id string, at time.Time, ev audit.Event) (Grant, error)
 
 	CreateGrantRequest(ctx context.Context, r GrantRequest, ev audit.Event) error
@@ -140,16 +141,18 @@ type Store interface {
 	TouchGrantRequest(ctx context.Context, id string, at time.Time) (GrantRequest, error)
 
 	// CreateTask stores t, uses up the single-use ids (dpop.ErrReplay, wrapped, if one was used
-	// before; then nothing is written) and appends ev as a success, in one transaction. It
+	// before; then nothing is written) and appends evs as successes, in order, in one
+	// transaction (a token exchange passes the task.start event, then token.exchange). It
 	// returns ErrNotActive when the grant is revoked or the parent task has ended by then, so a
 	// revocation racing an exchange always wins.
-	CreateTask(ctx context.Context, t Task, uses []token.SingleUse, ev audit.Event) error
+	CreateTask(ctx context.Context, t Task, uses []token.SingleUse, evs ...audit.Event) error
 	GetTask(ctx context.Context, id string) (Task, error)
 	// ListTasks filters by principal, agent and grant ("" = any), newest first.
 	ListTasks(ctx context.Context, principalID, agentID, grantID string) ([]Task, error)
 	// EndTask sets the task and every active descendant (ParentID chain) to status (completed or
-	// revoked) at at, appends a revocation log entry per task, and ev. ErrNotActive if the task
-	// is not active.
+	// revoked) at at, appends a revocation log entry per task, ev, and for each descendant its
+	// own event (CascadeEvent: Cause the task and Reason cascade_task, or ev.Cause and ev.Reason
+	// when ev has a cause). ErrNotActive if the task is not active.
 	EndTask(ctx context.Context, id string, status TaskStatus, at time.Time, ev audit.Event) (Task, error)
 	// UseBudgets counts one unit against every counter, all or nothing, in one transaction:
 	// when one is at its Max it returns a *BudgetExhaustedError naming it and counts nothing.

@@ -49,7 +49,7 @@ func (s *Service) EndTask(ctx context.Context, requestID string, by principal.Us
 		return Task{}, err
 	}
 	ev := audit.New(s.cfg.Now(), requestID, ActionTaskEnd)
-	ev.ActorType, ev.ActorID = audit.ActorUser, by.ID
+	ev.ActorType, ev.ActorID, ev.ActorHandle = audit.ActorUser, by.ID, by.Name
 	return s.endTask(ctx, t, revoke, ev)
 }
 
@@ -73,6 +73,7 @@ func (s *Service) endTask(ctx context.Context, t Task, revoke bool, ev audit.Eve
 		status, ev.Action = TaskRevoked, ActionTaskRevoke
 	}
 	ev.PrincipalID, ev.AgentID, ev.Target = t.PrincipalID, t.AgentID, t.ID
+	ev.TaskID, ev.ParentTaskID, ev.GrantID, ev.KeyJKT, ev.InstanceKey = t.ID, t.ParentID, t.GrantID, t.KeyJKT, t.InstanceJKT
 	ended, err := s.cfg.Store.EndTask(ctx, t.ID, status, s.cfg.Now().UTC(), ev)
 	if errors.Is(err, ErrNotActive) {
 		return t, nil // ending twice is not an error
@@ -81,27 +82,4 @@ func (s *Service) endTask(ctx context.Context, t Task, revoke bool, ev audit.Eve
 		return Task{}, fmt.Errorf("end task %s: %w", t.ID, err)
 	}
 	return ended, nil
-}
-
-// EndTasksOfKey revokes every active task of the agent that was given to the key jkt (and the
-// tasks under them): tokens moved onto instance keys before the key was revoked stop too, at
-// every verifier following the revocation feed.
-func (s *Service) EndTasksOfKey(ctx context.Context, requestID string, by principal.User, agentID, jkt string) (int, error) {
-	tasks, err := s.cfg.Store.ListTasks(ctx, "", agentID, "")
-	if err != nil {
-		return 0, fmt.Errorf("list tasks of %s: %w", agentID, err)
-	}
-	n := 0
-	for _, t := range tasks {
-		if t.KeyJKT != jkt || t.Status != TaskActive {
-			continue
-		}
-		ev := audit.New(s.cfg.Now(), requestID, ActionTaskRevoke)
-		ev.ActorType, ev.ActorID, ev.Reason = audit.ActorUser, by.ID, "key_revoked"
-		if _, err := s.endTask(ctx, t, true, ev); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, nil
 }

@@ -2,6 +2,7 @@ package oauth
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -9,7 +10,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4/jwt"
 
-	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
 )
@@ -67,43 +67,37 @@ func (s *Server) audiences(resources []string) (jwt.Audience, error) {
 	return jwt.Audience(resources), nil
 }
 
-// mint fills in the claims every access token has (issuer, times, id, key binding) and signs:
-// this is where access tokens are made. The token expires after the configured lifetime, or at
-// notAfter when that is earlier; it is bound to the request's proof key unless c names another.
+// mint has the issuance service make the token (token.Issuance.Mint): it expires after the
+// configured lifetime, or at notAfter when that is earlier, and is bound to the request's proof
+// key unless c names another. The response and the audit event's sentence are made here.
 func (s *Server) mint(ctx context.Context, req *tokenRequest, c token.AccessClaims, notAfter time.Time) (*tokenResponse, error) {
-	return s.mintTTL(ctx, req, c, s.cfg.TokenTTL, notAfter)
+	return s.mintTTL(ctx, req, c, 0, notAfter)
 }
 
-// mintTTL is mint with a lifetime other than the configured one. Without a proof (a
-// proofOptional grant) the token is unbound: a Bearer token.
+// mintTTL is mint with a lifetime other than the configured one (0 = the configured one).
+// Without a proof (a proofOptional grant) the token is unbound: a Bearer token.
 func (s *Server) mintTTL(ctx context.Context, req *tokenRequest, c token.AccessClaims, ttl time.Duration, notAfter time.Time) (*tokenResponse, error) {
-	now := s.cfg.Now()
-	exp := now.Add(ttl)
-	if !notAfter.IsZero() && notAfter.Before(exp) {
-		exp = notAfter
+	bind := ""
+	if req.Proof != nil {
+		bind = req.Proof.JKT
 	}
-	if !exp.After(now) {
+	m, err := s.cfg.Issuance.Mint(ctx, c, ttl, notAfter, bind, req.Event)
+	if errors.Is(err, token.ErrAuthorityExpired) {
 		return nil, badRequest(CodeInvalidGrant, "expired", "the authority this token rests on has expired")
 	}
-	c.Issuer = s.cfg.Issuer
-	c.IssuedAt, c.NotBefore = now.Unix(), now.Unix()
-	c.Expiry = exp.Unix()
-	c.JTI = ids.New("at")
-	if c.Cnf.JKT == "" && req.Proof != nil {
-		c.Cnf = token.Confirmation{JKT: req.Proof.JKT}
-	}
-	raw, err := s.cfg.Keys.Sign(ctx, token.TypeAccessToken, c)
 	if err != nil {
-		return nil, fmt.Errorf("sign access token: %w", err)
+		return nil, err
 	}
-	req.Event.TokenID = c.JTI
-	if req.Event.Detail == "" {
-		req.Event.Detail = "scope=" + c.Scope + " aud=" + strings.Join(c.Audience, ",")
-	}
+	c, exp := m.Claims, time.Unix(m.Claims.Expiry, 0)
 	tokenType := "DPoP"
 	if c.Cnf.JKT == "" {
 		tokenType = "Bearer"
 	}
-	req.Event.Detail += " jkt=" + c.Cnf.JKT
-	return &tokenResponse{AccessToken: raw, TokenType: tokenType, ExpiresIn: c.Expiry - now.Unix(), Scope: c.Scope}, nil
+	if req.Event.Detail == "" {
+		req.Event.Detail = fmt.Sprintf("a %s token for %s, until %s", tokenType, c.Subject, exp.UTC().Format(time.RFC3339))
+		if c.Handle != "" {
+			req.Event.Detail = fmt.Sprintf("@%s got a %s token for itself, until %s", c.Handle, tokenType, exp.UTC().Format(time.RFC3339))
+		}
+	}
+	return &tokenResponse{AccessToken: m.Raw, TokenType: tokenType, ExpiresIn: c.Expiry - c.IssuedAt, Scope: c.Scope}, nil
 }

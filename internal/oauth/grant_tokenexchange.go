@@ -3,7 +3,6 @@ package oauth
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -47,6 +46,8 @@ func (g *tokenExchange) Issue(ctx context.Context, req *tokenRequest) (*tokenRes
 	if err != nil {
 		return nil, err
 	}
+	// From here a refusal names the subject token's agent, principal, grant and task.
+	subject.Describe(req.Event)
 	x := delegation.ExchangeRequest{Subject: subject, ProofJKT: req.Proof.JKT, Scopes: strings.Fields(f.Get("scope")),
 		Resources: f["resource"], Purpose: f.Get("purpose")}
 	if raw := f.Get("actor_token"); raw != "" {
@@ -83,19 +84,10 @@ func (g *tokenExchange) Issue(ctx context.Context, req *tokenRequest) (*tokenRes
 	resp.TaskID, resp.TaskExpiresAt = plan.Claims.Txn, plan.TaskExpiry.Unix()
 	req.IssueAction = delegation.ActionTokenExchange
 	req.Uses = append(req.Uses, plan.Uses...)
-	if plan.NewTask != nil {
-		t := *plan.NewTask
-		uses := req.Uses
-		req.Commit = func(ctx context.Context, ev audit.Event) error {
-			err := g.s.cfg.Tasks.CreateTask(ctx, t, uses, ev)
-			if errors.Is(err, delegation.ErrNotActive) {
-				// Checked again inside the transaction: a revocation that raced this exchange wins.
-				e := badRequest(CodeInvalidGrant, "revoked_meanwhile", "the grant or parent task was revoked or ended while this exchange ran")
-				e.Cause = err
-				return e
-			}
-			return err
-		}
+	uses := req.Uses
+	req.Commit = func(ctx context.Context, ev audit.Event) error {
+		// A revocation that raced this exchange wins: refused as invalid_grant.
+		return exchangeError(g.s.cfg.Delegation.CommitExchange(ctx, plan, uses, ev))
 	}
 	return resp, nil
 }

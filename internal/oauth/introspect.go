@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
 )
@@ -52,14 +54,15 @@ func (s *Server) mayAct(ctx context.Context, who caller, agentID string) (bool, 
 	if who.userID == "" {
 		return false, nil
 	}
-	a, err := s.cfg.Agents.GetAgent(ctx, agentID)
-	if errors.Is(err, registry.ErrNotFound) {
+	// The registry answers not_found for an agent that is not this person's (or none at all).
+	_, err := s.cfg.Registry.Get(ctx, principal.User{ID: who.userID}, agentID)
+	if _, refused := apperr.As(err); refused {
 		return false, nil
 	}
 	if err != nil {
 		return false, fmt.Errorf("agent %s: %w", agentID, err)
 	}
-	return a.OwnerID == who.userID, nil
+	return true, nil
 }
 
 // active verifies a token of ours and returns its claims when it is usable now: signature,
@@ -156,6 +159,10 @@ func (s *Server) Revoke(w http.ResponseWriter, r *http.Request) (err error) {
 	} else {
 		ev.ActorType, ev.ActorID, ev.PrincipalID = audit.ActorUser, who.userID, who.userID
 	}
+	// The revoked (or refused) token's agent, principal, task and chain: the event is in the
+	// principal's report.
+	c.Describe(&ev)
+	ev.Detail = "revocation of an access token (RFC 7009)"
 	allowed, err := s.mayAct(ctx, who, c.ClientID)
 	if err != nil {
 		return err
@@ -167,9 +174,8 @@ func (s *Server) Revoke(w http.ResponseWriter, r *http.Request) (err error) {
 		}
 		return badRequest(CodeUnauthorizedClient, "forbidden", "only the token's agent, the agent's owner or an admin may revoke it (RFC 7009 §2.1)")
 	}
-	err = s.cfg.Tokens.RevokeToken(ctx, token.RevokedToken{JTI: c.JTI, AgentID: c.ClientID, ExpiresAt: c.ExpiresAt(), RevokedAt: s.cfg.Now().UTC()}, ev)
-	if err != nil {
-		return fmt.Errorf("revoke token %s: %w", c.JTI, err)
+	if err := s.cfg.Issuance.Revoke(ctx, c, ev); err != nil {
+		return err
 	}
 	w.WriteHeader(http.StatusOK)
 	return nil

@@ -33,22 +33,20 @@ const (
 	PathMetadata   = "/.well-known/oauth-authorization-server"
 )
 
-// Config wires the OAuth endpoints.
+// Config wires the OAuth endpoints. The edge holds services only: issuing, exchanging and
+// revoking tokens each commit their change and its audit record in the domain.
 type Config struct {
 	Issuer     string
-	Keys       *token.Keys
-	Tokens     token.Store // revoked tokens
+	Keys       *token.Keys     // verifying our tokens, the JWKS
+	Issuance   *token.Issuance // minting, recording and revoking access tokens
 	Registry   *registry.Service
-	Agents     registry.Store // agent status for introspection
 	Principals *principal.Service
-	Audit      audit.Store
+	Audit      audit.Store // refusals, which change nothing else
 	Delegation *delegation.Service
-	Tasks      delegation.Store
 	Federation *federation.Service // jwt-bearer assertions from trusted issuers
 	JTIs       dpop.ReplayStore    // single-use client assertion ids, shared by replicas
 	DPoP       *dpop.Checker       // proofs at the token endpoint (nonces required when configured)
 	Nonces     *dpop.Nonces        // nil when nonces are off
-	TokenTTL   time.Duration
 	ClockSkew  time.Duration
 	Metrics    *Metrics
 	Log        *slog.Logger
@@ -121,8 +119,8 @@ type tokenRequest struct {
 	Client registry.Agent    // the authenticated agent, for grants with ClientAuth
 	Uses   []token.SingleUse // single-use ids committed with the token's audit event
 	Event  *audit.Event      // the grant fills in who and what; the endpoint writes it
-	// Commit, when a grant sets it, stores what the token rests on (a new task) with the
-	// token's audit event in one transaction, instead of RecordIssue.
+	// Commit, when a grant sets it, commits the token through the domain service that owns what
+	// it rests on (delegation, for an exchange), instead of Issuance.Record.
 	Commit func(ctx context.Context, ev audit.Event) error
 	// IssueAction names the success in the audit trail; empty = token.issue.
 	IssueAction string
@@ -199,6 +197,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 			return nil, err
 		}
 		req.Proof = proof
+		ev.KeyJKT = proof.JKT
 		// The proof's jti is also used up in the database with the issue, so a proof captured at
 		// one replica cannot be replayed at another (each replica's replay cache is its own).
 		req.Uses = append(req.Uses, token.SingleUse{ID: "dpop:" + proof.JKT + ":" + proof.JTI, ExpiresAt: proof.IssuedAt.Add(proofMemory)})
@@ -207,6 +206,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 		agent, use, err := s.authenticateClient(ctx, form)
 		if agent.ID != "" {
 			ev.AgentID, ev.ActorType, ev.ActorID, ev.PrincipalID = agent.ID, audit.ActorAgent, agent.ID, agent.OwnerID
+			ev.ActorHandle = agent.Handle
 		}
 		if err != nil {
 			return nil, err
@@ -225,7 +225,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 	if req.IssueAction != "" {
 		issued.Action = req.IssueAction
 	}
-	commit := func(ctx context.Context, ev audit.Event) error { return s.cfg.Tokens.RecordIssue(ctx, req.Uses, ev) }
+	commit := func(ctx context.Context, ev audit.Event) error { return s.cfg.Issuance.Record(ctx, req.Uses, ev) }
 	if req.Commit != nil {
 		commit = req.Commit
 	}

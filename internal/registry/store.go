@@ -78,14 +78,18 @@ type Store interface {
 	ClaimAgent(ctx context.Context, codeHash, ownerID string, now time.Time, ev audit.Event) (Agent, error)
 	// UpdateAgent reads the agent, applies fn and writes the result with ev in one
 	// transaction. Only Status, OwnerID, ClaimedAt, RevokedAt, Name and Description are
-	// written; keys change through RotateKey.
+	// written; keys change through RotateKey. Becoming REVOKED ends, in the same transaction,
+	// every active task of the agent and every task under them, each with its own event
+	// (task.revoke, Cause: the agent id, Reason cascade_agent).
 	UpdateAgent(ctx context.Context, id string, fn func(*Agent) error, ev audit.Event) (Agent, error)
 	// RotateKey adds newKey as the agent's current key and sets ExpiresAt on every other key
 	// that has none (or a later one) to oldExpires, with ev, in one transaction.
 	RotateKey(ctx context.Context, agentID string, newKey Key, oldExpires time.Time, ev audit.Event) (Agent, error)
 	// RevokeKey ends the agent's key with did at at (ExpiresAt = at) and appends a revocation
-	// log entry for its thumbprint, with ev, in one transaction. ErrNotFound when the agent has
-	// no such key.
+	// log entry for its thumbprint, with ev, in one transaction; the agent's active tasks given
+	// to that key, and every task under them, end in the same transaction, each with its own
+	// event (task.revoke, Cause: did, Reason cascade_key). ErrNotFound when the agent has no
+	// such key.
 	RevokeKey(ctx context.Context, agentID, did string, at time.Time, ev audit.Event) (Agent, error)
 	// RenewClaimCode replaces the claim code of an UNCLAIMED agent with code (the old one never
 	// works again) and appends ev, in one transaction. ErrNotFound when there is no such agent,

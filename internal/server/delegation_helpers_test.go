@@ -24,6 +24,12 @@ const (
 // adminJSON sends a management API request as the bootstrap admin.
 func (ts *testServer) adminJSON(t testing.TB, method, path string, body any) (*http.Response, map[string]any) {
 	t.Helper()
+	return ts.bearerJSON(t, ts.Admin, method, path, body)
+}
+
+// bearerJSON sends a management API request with an API token.
+func (ts *testServer) bearerJSON(t testing.TB, apiToken, method, path string, body any) (*http.Response, map[string]any) {
+	t.Helper()
 	var r *strings.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -32,7 +38,7 @@ func (ts *testServer) adminJSON(t testing.TB, method, path string, body any) (*h
 		r = strings.NewReader("")
 	}
 	req, _ := http.NewRequest(method, ts.URL+path, r)
-	req.Header.Set("Authorization", "Bearer "+ts.Admin)
+	req.Header.Set("Authorization", "Bearer "+apiToken)
 	req.Header.Set("Content-Type", "application/json")
 	return ts.do(t, req)
 }

@@ -100,13 +100,14 @@ func TestDelegationChain(t *testing.T) {
 	if who["Grant"] != c.grantID {
 		t.Errorf("grant %v, want %s", who["Grant"], c.grantID)
 	}
-	// Each hop is in the audit trail as a token.exchange naming its kind, task and depth.
+	// Each hop is in the audit trail as a token.exchange naming its grant and task (in the
+	// structured fields; TestExchangeEventsCarryTheAnswer checks every one).
 	evs, err := ts.Srv.Store().ListEvents(t.Context(), audit.Filter{Action: "token.exchange"})
 	if err != nil || len(evs) != 2 {
 		t.Fatalf("token.exchange events: %d, %v", len(evs), err)
 	}
 	for _, ev := range evs {
-		if ev.Outcome != audit.OutcomeSuccess || ev.PrincipalID != admin || ev.TokenID == "" || !strings.Contains(ev.Detail, "hop=") || !strings.Contains(ev.Detail, "task=tsk_") {
+		if ev.Outcome != audit.OutcomeSuccess || ev.PrincipalID != admin || ev.TokenID == "" || ev.GrantID != c.grantID || !strings.HasPrefix(ev.TaskID, "tsk_") || ev.Detail == "" {
 			t.Errorf("exchange event %+v", ev)
 		}
 	}

@@ -2,8 +2,6 @@ package server_test
 
 import (
 	"crypto"
-	"encoding/base64"
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -191,15 +189,10 @@ func (ts *testServer) startTask(t testing.TB, a *testAgent, grantTok string) str
 }
 
 // taskOf reads the txn claim of a token.
-func taskOf(t testing.TB, tok string) string {
-	_, payload := splitJWS(t.(*testing.T), tok)
-	var c struct {
-		Txn string `json:"txn"`
-	}
-	b, _ := base64.RawURLEncoding.DecodeString(payload)
-	json.Unmarshal(b, &c)
-	return c.Txn
-}
+func taskOf(t testing.TB, tok string) string { s, _ := claimOf(t, tok, "txn").(string); return s }
+
+// jtiOf reads the jti claim of a token.
+func jtiOf(t testing.TB, tok string) string { s, _ := claimOf(t, tok, "jti").(string); return s }
 
 // TestProofReplayAcrossReplicas: two replicas on one database. A token-endpoint proof used at
 // one is refused at the other, though each has its own in-memory replay cache: its jti is used up

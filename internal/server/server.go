@@ -175,12 +175,13 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Upstreams: s.store, Now: now})
 	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
 	tokenDPoP := dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now})
+	issuance := token.NewIssuance(token.IssuanceConfig{Keys: s.keys, Store: s.store, Issuer: cfg.Issuer, TTL: cfg.TokenTTL, Now: now})
 	oauthSrv := oauth.New(oauth.Config{
-		Issuer: cfg.Issuer, Keys: s.keys, Tokens: s.store, Registry: registrySvc, Agents: s.store,
-		Principals: principals, Audit: s.denials, JTIs: s.store, Delegation: deleg, Tasks: s.store, Federation: fed,
-		DPoP:     tokenDPoP,
-		Nonces:   nonces,
-		TokenTTL: cfg.TokenTTL, Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
+		Issuer: cfg.Issuer, Keys: s.keys, Issuance: issuance, Registry: registrySvc,
+		Principals: principals, Audit: s.denials, JTIs: s.store, Delegation: deleg, Federation: fed,
+		DPoP:    tokenDPoP,
+		Nonces:  nonces,
+		Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
 	})
 	verifier, err := verify.New(verify.Config{
 		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,
@@ -355,8 +356,37 @@ func (s *Server) auditResourceDenial(now func() time.Time) func(*http.Request, *
 	return func(r *http.Request, e *verify.Error) {
 		ev := audit.New(now(), httpapi.RequestID(r.Context()), audit.ActionResourceDeny)
 		ev.ActorType, ev.Reason, ev.Detail, ev.Target = audit.ActorAnonymous, e.Reason, e.Description, r.URL.Path
+		if e.Caller != nil {
+			// The token verified: the refusal is its agent's, on its principal's behalf, so it
+			// is in the principal's report (the reason says why it was refused).
+			s.describeCaller(r.Context(), &ev, e.Caller)
+		}
 		if err := s.denials.AppendEvent(context.WithoutCancel(r.Context()), ev); err != nil {
 			s.log.ErrorContext(r.Context(), "record resource denial", slog.String("error", err.Error()))
+		}
+	}
+}
+
+// describeCaller fills ev with whose token c is: its agent, principal (the agent's owner for a
+// self token), task, grant, chain, key, scopes, resources and id.
+func (s *Server) describeCaller(ctx context.Context, ev *audit.Event, c *verify.Caller) {
+	ev.ActorType, ev.ActorID, ev.ActorHandle = audit.ActorAgent, c.AgentID, c.Handle
+	ev.AgentID, ev.AgentDID, ev.KeyJKT, ev.TokenID = c.AgentID, c.DID, c.JKT, c.JTI
+	ev.PrincipalID, ev.TaskID, ev.GrantID = c.Principal, c.Task, c.Grant
+	ev.Scopes, ev.Resources = c.Scopes, c.Audience
+	ev.Chain = make([]audit.Link, len(c.Chain))
+	for i, a := range c.Chain {
+		ev.Chain[i] = audit.Link{AgentID: a.AgentID, Handle: a.Handle, DID: a.DID, InstanceKey: a.InstanceJKT, TaskID: a.Task}
+	}
+	if n := len(c.Chain); n > 0 {
+		ev.InstanceKey = c.Chain[n-1].InstanceJKT
+		if n > 1 {
+			ev.ParentTaskID = c.Chain[n-2].Task
+		}
+	}
+	if ev.PrincipalID == "" {
+		if a, err := s.store.GetAgent(ctx, c.AgentID); err == nil {
+			ev.PrincipalID = a.OwnerID
 		}
 	}
 }

@@ -127,8 +127,9 @@ func (s *Store) ListGrants(ctx context.Context, principalID, agentID string) ([]
 
 // RevokeGrant marks an active grant revoked at at and revokes every active task under it (its
 // tasks and, through ParentID, their descendants), appends a revocation log entry for the grant
-// and for each task it revoked (with their ExpiresAt), and ev (Target defaults to id,
-// PrincipalID and AgentID to the grant's), in one transaction. delegation.ErrNotActive if the
+// and for each task it revoked (with their ExpiresAt), ev (Target defaults to id, PrincipalID
+// and AgentID to the grant's), and a task.revoke event per task (Cause: the grant), in one
+// transaction. delegation.ErrNotActive if the
 // grant is already revoked, delegation.ErrNotFound if there is none.
 func (s *Store) RevokeGrant(ctx context.Context, id string, at time.Time, ev audit.Event) (delegation.Grant, error) {
 	var g delegation.Grant
@@ -146,11 +147,11 @@ func (s *Store) RevokeGrant(ctx context.Context, id string, at time.Time, ev aud
 		if err := appendRevocation(ctx, tx, token.KindGrant, g.ID, g.ExpiresAt, at); err != nil {
 			return err
 		}
-		if err := endTasks(ctx, tx, `grant_id = $1`, id, delegation.TaskRevoked, at); err != nil {
+		defaultDelegationEvent(&ev, g.ID, g.PrincipalID, g.AgentID)
+		if err := appendSuccess(ctx, tx, &ev); err != nil {
 			return err
 		}
-		defaultDelegationEvent(&ev, g.ID, g.PrincipalID, g.AgentID)
-		return appendSuccess(ctx, tx, &ev)
+		return endTasks(ctx, tx, delegation.TaskRevoked, at, ev, g.ID, delegation.ReasonCascadeGrant, `grant_id = $4`, id)
 	})
 	if err != nil {
 		return delegation.Grant{}, fmt.Errorf("revoke grant %s: %w", id, err)
@@ -158,46 +159,38 @@ func (s *Store) RevokeGrant(ctx context.Context, id string, at time.Time, ev aud
 	return g, nil
 }
 
-// endTasks sets every active task in the trees rooted at the tasks that seed selects (a
-// condition on $1 = arg) to status at at, and appends a revocation log entry for each, in the
-// order of their depth and creation. The walk goes through tasks that have already ended, so no
-// active descendant is missed.
-func endTasks(ctx context.Context, tx *sql.Tx, seed, arg string, status delegation.TaskStatus, at time.Time) error {
+// endTasks ends, with status at at, every active task in the trees rooted at the tasks that seed
+// selects (a condition on $4, $5, … = args), and appends for each, in the order of their depth
+// and creation, a revocation log entry and the event of its end by cascade from cause
+// (delegation.CascadeEvent of by, the change's own event, already appended). The walk goes
+// through tasks that have already ended, so no active descendant is missed.
+func endTasks(ctx context.Context, tx *sql.Tx, status delegation.TaskStatus, at time.Time, by audit.Event,
+	cause, reason, seed string, args ...any) error {
 	rows, err := tx.QueryContext(ctx, `WITH RECURSIVE tree (id) AS (
 			SELECT id FROM tasks WHERE `+seed+`
 			UNION
 			SELECT t.id FROM tasks t JOIN tree ON t.parent_id = tree.id
 		)
-		UPDATE tasks SET status = $2, ended_at = $3
-		WHERE id IN (SELECT id FROM tree) AND status = $4
-		RETURNING id, depth, created_at, expires_at`,
-		arg, string(status), nanos(at), string(delegation.TaskActive))
+		UPDATE tasks SET status = $1, ended_at = $2
+		WHERE id IN (SELECT id FROM tree) AND status = $3
+		RETURNING `+taskCols,
+		append([]any{string(status), nanos(at), string(delegation.TaskActive)}, args...)...)
 	if err != nil {
 		return fmt.Errorf("end tasks: %w", err)
 	}
-	type ended struct {
-		id               string
-		depth            int
-		created, expires int64
-	}
-	var all []ended
-	for rows.Next() {
-		var e ended
-		if err := rows.Scan(&e.id, &e.depth, &e.created, &e.expires); err != nil {
-			rows.Close()
-			return fmt.Errorf("end tasks: %w", err)
-		}
-		all = append(all, e)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
+	all, err := scanAll(rows, scanTask)
+	if err != nil {
 		return fmt.Errorf("end tasks: %w", err)
 	}
-	slices.SortFunc(all, func(a, b ended) int {
-		return cmp.Or(cmp.Compare(a.depth, b.depth), cmp.Compare(a.created, b.created), strings.Compare(a.id, b.id))
+	slices.SortFunc(all, func(a, b delegation.Task) int {
+		return cmp.Or(cmp.Compare(a.Depth, b.Depth), a.CreatedAt.Compare(b.CreatedAt), strings.Compare(a.ID, b.ID))
 	})
-	for _, e := range all {
-		if err := appendRevocation(ctx, tx, token.KindTask, e.id, fromNanos(e.expires), at); err != nil {
+	for _, t := range all {
+		if err := appendRevocation(ctx, tx, token.KindTask, t.ID, t.ExpiresAt, at); err != nil {
+			return err
+		}
+		ev := delegation.CascadeEvent(by, t, status, cause, reason)
+		if err := appendSuccess(ctx, tx, &ev); err != nil {
 			return err
 		}
 	}
@@ -312,12 +305,12 @@ func (s *Store) TouchGrantRequest(ctx context.Context, id string, at time.Time) 
 }
 
 // CreateTask stores t, uses up the single-use ids (dpop.ErrReplay, wrapped, if one was used
-// before) and appends ev (Target defaults to t.ID, PrincipalID and AgentID to t's), in one
-// transaction; on any error nothing is written. delegation.ErrNotFound if the grant, the parent
+// before) and appends evs in order (Target defaults to t.ID, PrincipalID and AgentID to t's),
+// in one transaction; on any error nothing is written. delegation.ErrNotFound if the grant, the parent
 // task (when ParentID is set), the principal or the agent does not exist; delegation.ErrNotActive
 // if the grant is revoked or the parent has ended: checked here, under the write lock, so that a
 // task cannot start under a grant or parent whose revocation cascade has already run.
-func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.SingleUse, ev audit.Event) error {
+func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.SingleUse, evs ...audit.Event) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		if err := requireActive(ctx, tx, "grants", "grant", t.GrantID, string(delegation.GrantActive)); err != nil {
 			return err
@@ -347,8 +340,13 @@ func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.
 		if err != nil {
 			return err
 		}
-		defaultDelegationEvent(&ev, t.ID, t.PrincipalID, t.AgentID)
-		return appendSuccess(ctx, tx, &ev)
+		for _, ev := range evs {
+			defaultDelegationEvent(&ev, t.ID, t.PrincipalID, t.AgentID)
+			if err := appendSuccess(ctx, tx, &ev); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("create task %s: %w", t.ID, err)
@@ -402,7 +400,8 @@ func (s *Store) ListTasks(ctx context.Context, principalID, agentID, grantID str
 
 // EndTask sets an active task and every active descendant (through ParentID) to status
 // (completed or revoked) at at, appends a revocation log entry for each (the task first, then by
-// depth) and ev (Target defaults to id, PrincipalID and AgentID to the task's), in one
+// depth), ev (Target defaults to id, PrincipalID and AgentID to the task's), and an event per
+// descendant (Cause: the task, or ev.Cause when ev has one, with ev.Reason), in one
 // transaction. It returns the task as ended. delegation.ErrNotActive if the task is not active,
 // delegation.ErrNotFound if there is none.
 func (s *Store) EndTask(ctx context.Context, id string, status delegation.TaskStatus, at time.Time, ev audit.Event) (delegation.Task, error) {
@@ -425,11 +424,17 @@ func (s *Store) EndTask(ctx context.Context, id string, status delegation.TaskSt
 		if err := appendRevocation(ctx, tx, token.KindTask, t.ID, t.ExpiresAt, at); err != nil {
 			return err
 		}
-		if err := endTasks(ctx, tx, `parent_id = $1`, id, status, at); err != nil {
+		defaultDelegationEvent(&ev, t.ID, t.PrincipalID, t.AgentID)
+		if err := appendSuccess(ctx, tx, &ev); err != nil {
 			return err
 		}
-		defaultDelegationEvent(&ev, t.ID, t.PrincipalID, t.AgentID)
-		return appendSuccess(ctx, tx, &ev)
+		// The tasks under it end with it; the cause of a task that itself ended by a cascade
+		// (its key's revocation) is that cascade's.
+		cause, reason := t.ID, delegation.ReasonCascadeTask
+		if ev.Cause != "" {
+			cause, reason = ev.Cause, ev.Reason
+		}
+		return endTasks(ctx, tx, status, at, ev, cause, reason, `parent_id = $4`, id)
 	})
 	if err != nil {
 		return delegation.Task{}, fmt.Errorf("end task %s: %w", id, err)

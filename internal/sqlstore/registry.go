@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
@@ -260,7 +261,8 @@ func (s *Store) ClaimAgent(ctx context.Context, codeHash, ownerID string, now ti
 // Name and Description with ev (AgentID and Target default to id), in one transaction. An error
 // from fn is returned as it is and writes nothing. Leaving UNCLAIMED clears the claim code.
 // Becoming REVOKED appends a revocation log entry (kind agent, never expiring, at RevokedAt, or
-// now if fn left it zero). fn must not call the store: the write transaction is open while it
+// now if fn left it zero) and revokes the agent's active tasks and every task under them, each
+// with a revocation log entry and a task.revoke event (Cause: the agent). fn must not call the store: the write transaction is open while it
 // runs.
 func (s *Store) UpdateAgent(ctx context.Context, id string, fn func(*registry.Agent) error, ev audit.Event) (registry.Agent, error) {
 	var a registry.Agent
@@ -290,17 +292,22 @@ func (s *Store) UpdateAgent(ctx context.Context, id string, fn func(*registry.Ag
 		if a, err = getAgent(ctx, tx, id); err != nil {
 			return err
 		}
-		if a.Status == registry.StatusRevoked && !wasRevoked {
-			revoked := a.RevokedAt
-			if revoked.IsZero() {
-				revoked = s.now()
-			}
-			if err := appendRevocation(ctx, tx, token.KindAgent, id, time.Time{}, revoked); err != nil {
-				return err
-			}
-		}
 		defaultAgentEvent(&ev, id)
-		return appendSuccess(ctx, tx, &ev)
+		if a.Status != registry.StatusRevoked || wasRevoked {
+			return appendSuccess(ctx, tx, &ev)
+		}
+		revoked := a.RevokedAt
+		if revoked.IsZero() {
+			revoked = s.now()
+		}
+		if err := appendRevocation(ctx, tx, token.KindAgent, id, time.Time{}, revoked); err != nil {
+			return err
+		}
+		if err := appendSuccess(ctx, tx, &ev); err != nil {
+			return err
+		}
+		// Its tasks, and every task under them (other agents' too: the chain holds this one).
+		return endTasks(ctx, tx, delegation.TaskRevoked, revoked, ev, id, delegation.ReasonCascadeAgent, `agent_id = $4`, id)
 	})
 	if fnErr != nil {
 		return registry.Agent{}, fnErr
@@ -345,7 +352,9 @@ func (s *Store) RotateKey(ctx context.Context, agentID string, newKey registry.K
 	return a, nil
 }
 
-// RevokeKey ends one key of an agent now and logs its thumbprint for verifiers.
+// RevokeKey ends one key of an agent now and logs its thumbprint for verifiers, and revokes the
+// agent's active tasks given to that key and every task under them, each with a revocation log
+// entry and a task.revoke event (Cause: the key's did:key), in one transaction.
 func (s *Store) RevokeKey(ctx context.Context, agentID, did string, at time.Time, ev audit.Event) (registry.Agent, error) {
 	var a registry.Agent
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
@@ -368,7 +377,13 @@ func (s *Store) RevokeKey(ctx context.Context, agentID, did string, at time.Time
 			return err
 		}
 		defaultAgentEvent(&ev, agentID)
-		return appendSuccess(ctx, tx, &ev)
+		if err := appendSuccess(ctx, tx, &ev); err != nil {
+			return err
+		}
+		// The tasks given to the key end with it (and the tasks under them): tokens moved onto
+		// instance keys before the key was revoked stop too.
+		return endTasks(ctx, tx, delegation.TaskRevoked, at, ev, did, delegation.ReasonCascadeKey,
+			`agent_id = $4 AND key_jkt = $5`, agentID, jkt)
 	})
 	if err != nil {
 		return registry.Agent{}, fmt.Errorf("revoke key %s of agent %s: %w", did, agentID, err)

@@ -702,7 +702,8 @@ func testEndTaskCascade(t *testing.T, s Store) {
 	gc2 := mustCreateTask(t, s, newTask(g, &c2, at(7*time.Minute)))
 	r3 := mustCreateTask(t, s, newTask(g, nil, at(8*time.Minute)))
 
-	// Ending a whole chain from its root.
+	// Ending a whole chain from its root: the task's event, then one per task the cascade ended.
+	before := eventCount(t, s)
 	ev := newEvent(actionTaskEnd)
 	got, err := s.EndTask(ctx, r2.ID, delegation.TaskCompleted, at(10*time.Minute), ev)
 	if err != nil {
@@ -715,13 +716,18 @@ func testEndTaskCascade(t *testing.T, s Store) {
 	}
 	wantEv := success(ev)
 	wantEv.Target, wantEv.PrincipalID, wantEv.AgentID = r2.ID, alice.ID, a.ID
-	wantLastEvent(t, s, wantEv)
+	wantNewEvents(t, s, before, wantEv,
+		cascaded(wantEv, c2, delegation.TaskCompleted, r2.ID, delegation.ReasonCascadeTask),
+		cascaded(wantEv, gc2, delegation.TaskCompleted, r2.ID, delegation.ReasonCascadeTask))
 	wantTasks(t, s, r1, c1, c1b, gc1, r2, c2, gc2, r3)
 	seq := wantRevocations(t, s, 0, taskRevocation(r2, at(10*time.Minute)), taskRevocation(c2, at(10*time.Minute)),
 		taskRevocation(gc2, at(10*time.Minute)))
 
-	// Revoking a middle task ends its subtree only.
+	// Revoking a middle task ends its subtree only. A task ended by a cascade of its own (its
+	// key's revocation) passes that cause on.
+	before = eventCount(t, s)
 	ev = newEvent(actionTaskEnd)
+	ev.Cause, ev.Reason = "did:key:zcause", delegation.ReasonCascadeKey
 	got, err = s.EndTask(ctx, c1.ID, delegation.TaskRevoked, at(11*time.Minute), ev)
 	if err != nil {
 		t.Fatalf("EndTask: %v", err)
@@ -732,7 +738,7 @@ func testEndTaskCascade(t *testing.T, s Store) {
 	}
 	wantEv = success(ev)
 	wantEv.Target, wantEv.PrincipalID, wantEv.AgentID = c1.ID, alice.ID, b.ID
-	wantLastEvent(t, s, wantEv)
+	wantNewEvents(t, s, before, wantEv, cascaded(wantEv, gc1, delegation.TaskRevoked, "did:key:zcause", delegation.ReasonCascadeKey))
 	wantTasks(t, s, r1, c1, c1b, gc1, r2, c2, gc2, r3)
 	seq = wantRevocations(t, s, seq, taskRevocation(c1, at(11*time.Minute)), taskRevocation(gc1, at(11*time.Minute)))
 
@@ -744,7 +750,7 @@ func testEndTaskCascade(t *testing.T, s Store) {
 	wantTasks(t, s, r1, c1, c1b, gc1, r2, c2, gc2, r3)
 	seq = wantRevocations(t, s, seq, taskRevocation(r1, at(12*time.Minute)), taskRevocation(c1b, at(12*time.Minute)))
 
-	before := eventCount(t, s)
+	before = eventCount(t, s)
 	for _, tc := range []struct {
 		name   string
 		id     string
@@ -807,8 +813,8 @@ func testEndTaskConcurrent(t *testing.T, s Store) {
 	}
 	endedAt := at(time.Duration(winner) * time.Second)
 	wantTasks(t, s, ended(root, status, endedAt), ended(child, status, endedAt))
-	if n := eventCount(t, s); n != before+1 {
-		t.Errorf("%d audit events written, want 1", n-before)
+	if n := eventCount(t, s); n != before+2 {
+		t.Errorf("%d audit events written, want 2 (the end and its cascade to the child)", n-before)
 	}
 	wantRevocations(t, s, 0, taskRevocation(root, endedAt), taskRevocation(child, endedAt))
 }
@@ -836,6 +842,7 @@ func testRevokeGrantCascade(t *testing.T, s Store) {
 	done = ended(done, delegation.TaskCompleted, at(7*time.Minute))
 	seq := lastSeq(t, s)
 
+	before := eventCount(t, s)
 	ev := newEvent(actionGrantRevoke)
 	got, err := s.RevokeGrant(ctx, g.ID, at(time.Hour), ev)
 	if err != nil {
@@ -847,16 +854,20 @@ func testRevokeGrantCascade(t *testing.T, s Store) {
 	}
 	wantEv := success(ev)
 	wantEv.Target, wantEv.PrincipalID, wantEv.AgentID = g.ID, alice.ID, a.ID
-	wantLastEvent(t, s, wantEv)
 	t1, t3, t4, t5 = ended(t1, delegation.TaskRevoked, at(time.Hour)), ended(t3, delegation.TaskRevoked, at(time.Hour)),
 		ended(t4, delegation.TaskRevoked, at(time.Hour)), ended(t5, delegation.TaskRevoked, at(time.Hour))
+	var want []audit.Event
+	for _, tk := range []delegation.Task{t1, t5, t3, t4} { // by depth, then creation
+		want = append(want, cascaded(wantEv, tk, delegation.TaskRevoked, g.ID, delegation.ReasonCascadeGrant))
+	}
+	wantNewEvents(t, s, before, append([]audit.Event{wantEv}, want...)...)
 	wantTasks(t, s, t1, done, t3, t4, t5, u)
 	seq = wantRevocations(t, s, seq,
 		token.Revocation{Kind: token.KindGrant, ID: g.ID, ExpiresAt: g.ExpiresAt, RevokedAt: at(time.Hour)},
 		taskRevocation(t1, at(time.Hour)), taskRevocation(t5, at(time.Hour)), // depth 1, by creation
 		taskRevocation(t3, at(time.Hour)), taskRevocation(t4, at(time.Hour)))
 
-	before := eventCount(t, s)
+	before = eventCount(t, s)
 	_, err = s.RevokeGrant(ctx, g.ID, at(2*time.Hour), newEvent(actionGrantRevoke))
 	wantErr(t, "RevokeGrant again", err, delegation.ErrNotActive)
 	err = s.CreateTask(ctx, newTask(g, nil, at(2*time.Hour)), nil, newEvent(actionTaskCreate))
@@ -865,6 +876,70 @@ func testRevokeGrantCascade(t *testing.T, s Store) {
 	wantRevocations(t, s, seq)
 	if diff := cmp.Diff(other, mustGetGrant(t, s, other.ID)); diff != "" {
 		t.Errorf("another grant changed (-want +got):\n%s", diff)
+	}
+}
+
+// testAgentAndKeyCascade: revoking an agent key revokes the tasks given to that key, and revoking
+// an agent revokes its tasks, each with every task under it (other agents' too), each with its
+// own event naming the key or the agent as its cause, in the transaction of the revocation.
+func testAgentAndKeyCascade(t *testing.T, s Store) {
+	ctx := t.Context()
+	alice := mustCreateUser(t, s, "alice")
+	a := mustClaimedAgent(t, s, "a", alice)
+	b := mustClaimedAgent(t, s, "b", alice)
+	c := mustClaimedAgent(t, s, "c", alice)
+	g := mustCreateGrant(t, s, newGrant(alice.ID, a.ID, base))
+	onKey := func(tk delegation.Task, ag registry.Agent) delegation.Task {
+		tk.AgentID, tk.KeyJKT = ag.ID, ag.Keys[0].JKT
+		return tk
+	}
+	// t1 (a, on a's key) ── t2 (b) ── t3 (c)      u1 (a, on another key) ── u2 (b)
+	t1 := mustCreateTask(t, s, onKey(newTask(g, nil, at(1*time.Minute)), a))
+	t2 := mustCreateTask(t, s, onKey(newTask(g, &t1, at(2*time.Minute)), b))
+	t3 := mustCreateTask(t, s, onKey(newTask(g, &t2, at(3*time.Minute)), c))
+	u1 := newTask(g, nil, at(4*time.Minute))
+	u1.KeyJKT = ids.New("jkt")
+	mustCreateTask(t, s, u1)
+	u2 := mustCreateTask(t, s, onKey(newTask(g, &u1, at(5*time.Minute)), b))
+
+	before := eventCount(t, s)
+	ev := newEvent(audit.ActionAgentRevokeKey)
+	if _, err := s.RevokeKey(ctx, a.ID, a.Keys[0].DID, at(time.Hour), ev); err != nil {
+		t.Fatalf("RevokeKey: %v", err)
+	}
+	wantEv := success(ev)
+	wantEv.AgentID, wantEv.Target = a.ID, a.ID
+	t1, t2, t3 = ended(t1, delegation.TaskRevoked, at(time.Hour)), ended(t2, delegation.TaskRevoked, at(time.Hour)),
+		ended(t3, delegation.TaskRevoked, at(time.Hour))
+	wantNewEvents(t, s, before, wantEv,
+		cascaded(wantEv, t1, delegation.TaskRevoked, a.Keys[0].DID, delegation.ReasonCascadeKey),
+		cascaded(wantEv, t2, delegation.TaskRevoked, a.Keys[0].DID, delegation.ReasonCascadeKey),
+		cascaded(wantEv, t3, delegation.TaskRevoked, a.Keys[0].DID, delegation.ReasonCascadeKey))
+	wantTasks(t, s, t1, t2, t3, u1, u2)
+
+	before = eventCount(t, s)
+	ev = newEvent(audit.ActionAgentRevoke)
+	if _, err := s.UpdateAgent(ctx, a.ID, func(ag *registry.Agent) error {
+		ag.Status, ag.RevokedAt = registry.StatusRevoked, at(2*time.Hour)
+		return nil
+	}, ev); err != nil {
+		t.Fatalf("UpdateAgent: %v", err)
+	}
+	wantEv = success(ev)
+	wantEv.AgentID, wantEv.Target = a.ID, a.ID
+	u1, u2 = ended(u1, delegation.TaskRevoked, at(2*time.Hour)), ended(u2, delegation.TaskRevoked, at(2*time.Hour))
+	wantNewEvents(t, s, before, wantEv,
+		cascaded(wantEv, u1, delegation.TaskRevoked, a.ID, delegation.ReasonCascadeAgent),
+		cascaded(wantEv, u2, delegation.TaskRevoked, a.ID, delegation.ReasonCascadeAgent))
+	wantTasks(t, s, t1, t2, t3, u1, u2)
+
+	// Changing a revoked agent again cascades nothing.
+	before = eventCount(t, s)
+	if _, err := s.UpdateAgent(ctx, a.ID, func(ag *registry.Agent) error { return nil }, newEvent(audit.ActionAgentRevoke)); err != nil {
+		t.Fatalf("UpdateAgent: %v", err)
+	}
+	if n := eventCount(t, s) - before; n != 1 {
+		t.Errorf("%d events for an update of a revoked agent, want 1", n)
 	}
 }
 

@@ -88,6 +88,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"EndTaskCascade", testEndTaskCascade},
 		{"EndTaskConcurrent", testEndTaskConcurrent},
 		{"RevokeGrantCascade", testRevokeGrantCascade},
+		{"AgentAndKeyCascade", testAgentAndKeyCascade},
 		{"RevocationLog", testRevocationLog},
 		{"RevocationLogPurge", testRevocationLogPurge},
 		{"RevocationLogConcurrent", testRevocationLogConcurrent},
@@ -214,6 +215,22 @@ func wantLastEvent(t *testing.T, s Store, want audit.Event) {
 	if diff := cmp.Diff(want, evs[0], chainFields); diff != "" {
 		t.Errorf("newest audit event (-want +got):\n%s", diff)
 	}
+}
+
+// wantNewEvents checks that the events appended since there were before are want, oldest first
+// (event ids and chain fields aside).
+func wantNewEvents(t *testing.T, s Store, before int, want ...audit.Event) {
+	t.Helper()
+	got := allEvents(t, s)[before:]
+	if diff := cmp.Diff(want, got, chainFields, cmpopts.IgnoreFields(audit.Event{}, "ID"), cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("new audit events (-want +got):\n%s", diff)
+	}
+}
+
+// cascaded is the event a store appends for task tk ended by the cascade of the change by
+// records.
+func cascaded(by audit.Event, tk delegation.Task, status delegation.TaskStatus, cause, reason string) audit.Event {
+	return success(delegation.CascadeEvent(by, tk, status, cause, reason))
 }
 
 // wantNoNewEvents checks that a failed mutation wrote no event.

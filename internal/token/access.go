@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/mandate-dev/mandate/internal/audit"
 )
 
 // TypeAccessToken is the JOSE typ of access tokens (RFC 9068).
@@ -125,4 +129,49 @@ func TypeOf(raw string) string {
 	}
 	typ, _ := jws.Signatures[0].Protected.ExtraHeaders[jose.HeaderType].(string)
 	return typ
+}
+
+// Describe fills ev with what c says about who acts for whom: the token's id, the key it is
+// bound to, its scopes and resources, its task, grant and delegation chain (oldest agent first),
+// the acting agent and, for a delegated token or a service account's, the principal. A self
+// token's chain is its agent alone. The actor
+// fields are set to the acting agent only when ev names no actor yet (or an anonymous one): an
+// event whose actor is someone else (a person revoking the token) keeps it.
+func (c *AccessClaims) Describe(ev *audit.Event) {
+	if c.JTI != "" {
+		ev.TokenID = c.JTI
+	}
+	ev.KeyJKT = c.Cnf.JKT
+	ev.Scopes = strings.Fields(c.Scope)
+	ev.Resources = append([]string(nil), c.Audience...)
+	ev.TaskID, ev.GrantID = c.Txn, c.Grant
+	ev.Chain, ev.InstanceKey, ev.ParentTaskID = nil, "", ""
+	if c.Act != nil {
+		for a := c.Act; a != nil; a = a.Act {
+			ev.Chain = append(ev.Chain, audit.Link{AgentID: a.Sub, Handle: a.Handle, DID: a.DID, InstanceKey: a.JKT, TaskID: a.Txn})
+		}
+		slices.Reverse(ev.Chain)
+		ev.InstanceKey = c.Act.JKT
+		if c.Act.Act != nil {
+			ev.ParentTaskID = c.Act.Act.Txn
+		}
+	}
+	agent := c.Act != nil || strings.HasPrefix(c.ClientID, "agt_")
+	if c.Act != nil || !strings.HasPrefix(c.Subject, "agt_") {
+		ev.PrincipalID = c.Subject
+	}
+	if !agent {
+		return
+	}
+	ev.AgentID, ev.AgentDID = c.ClientID, c.DID
+	if c.Act == nil {
+		// A self token: the agent is the whole chain, as verify.Caller reads it.
+		ev.Chain = []audit.Link{{AgentID: c.ClientID, Handle: c.Handle, DID: c.DID, TaskID: c.Txn}}
+	}
+	if ev.ActorType == "" || ev.ActorType == audit.ActorAnonymous {
+		ev.ActorType, ev.ActorID = audit.ActorAgent, c.ClientID
+	}
+	if ev.ActorID == c.ClientID {
+		ev.ActorHandle = c.Handle
+	}
 }

@@ -3,8 +3,11 @@ package token
 import (
 	"context"
 	"encoding/json"
+	"strings"
 
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/mandate-dev/mandate/internal/audit"
 )
 
 // TypeGrantToken is the JOSE typ of grant tokens: not an access token, so no resource accepts
@@ -47,4 +50,25 @@ func (k *Keys) ParseGrant(ctx context.Context, raw, issuer string) (*GrantClaims
 		return nil, err
 	}
 	return &c, nil
+}
+
+// Describe fills ev with what the grant token c says: the grant (its id is the token's jti),
+// the principal, the agent and the key it is bound to, the grant's scopes and resources. The
+// actor is set to the agent only when ev names no actor yet (or an anonymous one).
+func (c *GrantClaims) Describe(ev *audit.Event) {
+	ev.TokenID, ev.GrantID, ev.PrincipalID, ev.KeyJKT = c.JTI, c.JTI, c.Subject, c.Cnf.JKT
+	ev.Scopes, ev.Resources = strings.Fields(c.Scope), append([]string(nil), c.Resources...)
+	ev.TaskID, ev.ParentTaskID, ev.InstanceKey = "", "", ""
+	ev.AgentID, ev.AgentDID, ev.Chain = c.ClientID, "", nil
+	handle := ""
+	if c.Act != nil {
+		ev.AgentDID, handle = c.Act.DID, c.Act.Handle
+		ev.Chain = []audit.Link{{AgentID: c.ClientID, Handle: handle, DID: c.Act.DID}}
+	}
+	if ev.ActorType == "" || ev.ActorType == audit.ActorAnonymous {
+		ev.ActorType, ev.ActorID = audit.ActorAgent, c.ClientID
+	}
+	if ev.ActorID == c.ClientID {
+		ev.ActorHandle = handle
+	}
 }
