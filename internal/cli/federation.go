@@ -479,5 +479,6 @@ them (OUTCOME "denied xN", with the last request id).`,
 	cmd.Flags().StringVar(&f.principal, "principal", "", "one principal's events (admin)")
 	cmd.Flags().StringVar(&f.outcome, "outcome", "", "success, denied or failure")
 	cmd.Flags().IntVar(&f.limit, "limit", 0, "at most this many events (default 100, max 1000)")
+	cmd.AddCommand(newAuditVerifyCmd(), newAuditCheckpointsCmd())
 	return cmd
 }
