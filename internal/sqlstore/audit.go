@@ -151,6 +151,10 @@ func scanEvent(rows *sql.Rows) (audit.Event, error) {
 	ev.Outcome = audit.Outcome(outcome)
 	if err := audit.DecodeExt(&ev, []byte(ext)); err != nil {
 		ev.Detail += " [" + err.Error() + "]"
+	} else if string(audit.Ext(&ev)) != ext {
+		// JSON decoding forgives (a key's case, escapes): the stored ext must be exactly the
+		// canonical form of what it decodes to, so that any change to it shows.
+		ev.Detail += " [the stored ext is not in canonical form]"
 	}
 	if upstream != ev.Upstream() {
 		ev.Detail += " [the upstream column is not the call's upstream]"
