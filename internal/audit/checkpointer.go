@@ -95,6 +95,14 @@ func (c *Checkpointer) Checkpoint(ctx context.Context) (Checkpoint, bool, error)
 	return c.checkpointLocked(ctx, true)
 }
 
+// CheckpointIfDue signs and stores a checkpoint of the head when it moved and Events events were
+// appended since the last checkpoint or Interval has passed, as Run does every second.
+func (c *Checkpointer) CheckpointIfDue(ctx context.Context) (Checkpoint, bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.checkpointLocked(ctx, false)
+}
+
 // checkpointLocked signs the head when it moved and, unless always, when enough events or time
 // have passed since the last checkpoint.
 func (c *Checkpointer) checkpointLocked(ctx context.Context, always bool) (Checkpoint, bool, error) {
@@ -142,9 +150,7 @@ func (c *Checkpointer) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		c.mu.Lock()
-		cp, ok, err := c.checkpointLocked(ctx, false)
-		c.mu.Unlock()
+		cp, ok, err := c.CheckpointIfDue(ctx)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			c.cfg.Log.Error("sign audit checkpoint", slog.String("error", err.Error()))
