@@ -125,6 +125,7 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/audit", u(a.listAudit))
 	mux.Handle("GET /v1/audit/checkpoint-keys", h(a.checkpointKeys))
 	mux.Handle("GET /v1/audit/checkpoints", u(a.listCheckpoints))
+	mux.Handle("POST /v1/audit/checkpoints", u(a.signCheckpoint))
 	mux.Handle("POST /v1/audit/verify", u(a.verifyAudit))
 }
 

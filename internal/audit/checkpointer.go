@@ -280,3 +280,12 @@ func (c *Checkpointer) ListCheckpoints(ctx context.Context, after int64, limit i
 	}
 	return cps, nil
 }
+
+// LastCheckpoint is the stored checkpoint of the highest seq; ok is false when there is none.
+func (c *Checkpointer) LastCheckpoint(ctx context.Context) (Checkpoint, bool, error) {
+	cp, ok, err := c.cfg.Store.LastCheckpoint(ctx)
+	if err != nil {
+		return Checkpoint{}, false, fmt.Errorf("last audit checkpoint: %w", err)
+	}
+	return cp, ok, nil
+}

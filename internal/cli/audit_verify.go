@@ -235,8 +235,9 @@ func newAuditCheckpointsCmd() *cobra.Command {
 		Short: "Save the audit chain's signed checkpoints (and their keys) outside the database",
 		Long: `Save the audit chain's signed checkpoints, oldest first, as JSON lines: to standard output, or
 appended to --out, which keeps every line it has and gains only the checkpoints after its last
-(run it from cron: a copy the database cannot rewrite). --keys-out writes the JWKS they verify
-with, for mandate audit verify --keys. Needs an admin.`,
+(run it from cron: a copy the database cannot rewrite). The server first signs a checkpoint of
+the head, if it moved, so the copy covers every event so far. --keys-out writes the JWKS they
+verify with, for mandate audit verify --keys. Needs an admin.`,
 		Example: "  mandate audit checkpoints --out audit-checkpoints.jsonl --keys-out audit-keys.json",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -256,6 +257,10 @@ with, for mandate audit verify --keys. Needs an admin.`,
 				}
 				defer f.Close()
 				w = f
+			}
+			// Sign the head first, so the copy covers every event so far.
+			if _, err := callAPIQuiet(cmd, http.MethodPost, "/v1/audit/checkpoints", nil); err != nil {
+				return err
 			}
 			n := 0
 			for {
