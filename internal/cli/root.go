@@ -66,8 +66,13 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
 	walk(root, func(c *cobra.Command) {
 		bindClientEnv(c)
-		if c.HasSubCommands() {
+		switch {
+		case c.HasSubCommands() && c.RunE == nil && c.Run == nil:
 			c.Args, c.RunE = cobra.ArbitraryArgs, runGroup
+		case c.HasSubCommands():
+			// A command that runs on its own (mandate audit) and has commands under it: a word
+			// that names none of them fails as in a group.
+			c.Args = commandOrNoArgs
 		}
 	})
 	return root
@@ -103,6 +108,19 @@ func runGroup(cmd *cobra.Command, args []string) error {
 	if len(args) == 0 {
 		return cmd.Help()
 	}
+	return unknownCommand(cmd, args)
+}
+
+// commandOrNoArgs is the Args of a command that runs alone and has commands under it.
+func commandOrNoArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	return unknownCommand(cmd, args)
+}
+
+// unknownCommand refuses args[0], which names none of cmd's commands.
+func unknownCommand(cmd *cobra.Command, args []string) error {
 	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
 	cmd.SuggestionsMinimumDistance = 2 // cobra's own default, which it sets only on the root's path
 	if near := cmd.SuggestionsFor(args[0]); len(near) > 0 {

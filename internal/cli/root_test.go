@@ -10,6 +10,9 @@ import (
 	"github.com/mandate-dev/mandate/internal/buildinfo"
 )
 
+// runsAlone are the commands with commands under them that do something of their own.
+var runsAlone = map[string]bool{"mandate audit": true}
+
 // Every command group, the root included, refuses a word that names none of its commands (it
 // used to print its help and exit 0), and suggests the command meant.
 func TestUnknownSubcommand(t *testing.T) {
@@ -34,8 +37,10 @@ func TestUnknownSubcommand(t *testing.T) {
 		t.Run(c.CommandPath()+" "+typo, func(t *testing.T) {
 			fails(t, "", append(path, typo), `unknown command "`+typo+`" for "`+c.CommandPath()+`"`, "did you mean", first)
 			fails(t, "", append(path, "zzzzzzzz"), `unknown command "zzzzzzzz"`, c.CommandPath()+" --help")
-			// Alone, a group still shows its help.
-			hasAll(t, ok(t, path...), "Available Commands:")
+			// Alone, a group still shows its help (a command that runs alone, as mandate audit, runs).
+			if !runsAlone[c.CommandPath()] {
+				hasAll(t, ok(t, path...), "Available Commands:")
+			}
 		})
 	})
 	if groups < 12 {
