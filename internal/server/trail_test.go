@@ -1,12 +1,10 @@
 package server_test
 
 import (
-	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"log/slog"
-	"net"
+	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -16,39 +14,14 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/mandate-dev/mandate/internal/audit"
-	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/syncbuf"
 )
 
 // startOn runs a server on the data directory dir, logging to log, until stop.
-func startOn(t *testing.T, dir string, log *syncbuf.Buffer) (srv *server.Server, url string, stop func()) {
+func startOn(t *testing.T, dir string, log *syncbuf.Buffer) (*server.Server, string, func()) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Default()
-	cfg.DataDir, cfg.Listen = dir, ln.Addr().String()
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	srv, err = server.New(ctx, cfg, slog.New(slog.NewTextHandler(log, nil)), nil)
-	if err != nil {
-		cancel()
-		ln.Close()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln, nil) }()
-	return srv, cfg.Issuer, func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		srv.Close()
-	}
+	return (&dataDirServer{t: t, dir: dir, clock: &clock{}, log: log}).start()
 }
 
 func chainOK(t *testing.T, url string) string {
@@ -58,16 +31,11 @@ func chainOK(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var b strings.Builder
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		if err != nil {
-			break
-		}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, l := range strings.Split(b.String(), "\n") {
+	for _, l := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(l, "mandate_audit_chain_ok ") {
 			return strings.TrimPrefix(l, "mandate_audit_chain_ok ")
 		}
