@@ -90,3 +90,29 @@ func parseLine(t []byte, event func(*Event) error, checkpoint func(Checkpoint) e
 	}
 	return event(&ev)
 }
+
+// redeliveryWindow is how far back Redeliveries remembers: a sink resends at most a batch.
+const redeliveryWindow = 1 << 14
+
+// Redeliveries recognises an event a sink delivered again (delivery is at least once): one of a
+// seq already seen, with the hash seen there, which it matches. Anything else comes through,
+// for the verifier to judge. The zero value is ready.
+type Redeliveries struct {
+	seen    [redeliveryWindow]struct{ hash string }
+	last    int64
+	Dropped int64 // how many Again recognised
+}
+
+// Again reports whether ev is a redelivery to drop; else it remembers ev.
+func (d *Redeliveries) Again(ev *Event) bool {
+	slot := &d.seen[uint64(ev.Seq)%redeliveryWindow]
+	if ev.Seq <= d.last && ev.Seq > d.last-redeliveryWindow && slot.hash != "" && slot.hash == ev.Hash && ev.ComputeHash() == ev.Hash {
+		d.Dropped++
+		return true
+	}
+	if ev.Seq > d.last {
+		d.last = ev.Seq
+	}
+	slot.hash = ev.Hash
+	return false
+}

@@ -395,3 +395,36 @@ func FuzzReadLines(f *testing.F) {
 		}
 	})
 }
+
+// A sink delivers at least once: an event sent again (same seq, same hash, matching it) is
+// dropped; an event of a seen seq with other content is not, and the verifier names it.
+func TestRedeliveries(t *testing.T) {
+	k := testKeys(t, 1)
+	evs := newChain(10)
+	var d Redeliveries
+	var fed []Event
+	for _, i := range []int{0, 1, 2, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9} {
+		if ev := evs[i]; !d.Again(&ev) {
+			fed = append(fed, ev)
+		}
+	}
+	if d.Dropped != 4 || len(fed) != 10 {
+		t.Fatalf("dropped %d, passed %d; want 4 and 10", d.Dropped, len(fed))
+	}
+	if rep := verify(k, fed, []Checkpoint{sign(t, k, evs, 10)}); !rep.OK {
+		t.Errorf("after dropping redeliveries: %v", rep.Err())
+	}
+	forged := evs[2]
+	forged.Detail = "nothing happened"
+	forged.Hash = forged.ComputeHash()
+	d = Redeliveries{}
+	fed = nil
+	for _, ev := range []Event{evs[0], evs[1], evs[2], evs[3], forged} {
+		if !d.Again(&ev) {
+			fed = append(fed, ev)
+		}
+	}
+	if rep := verify(k, fed, nil); rep.OK || rep.Problem.Seq != 3 || rep.Problem.Reason != ReasonSeqRepeat {
+		t.Errorf("a different event of a seen seq: %+v, want seq_repeat at 3", rep.Problem)
+	}
+}
