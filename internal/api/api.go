@@ -41,6 +41,7 @@ type Config struct {
 	Delegation *delegation.Service
 	Vault      *vault.Service
 	Federation *federation.Service
+	Trail      *audit.Checkpointer             // the audit chain's signed checkpoints and verification
 	DPoP       *dpop.Checker                   // proofs of service accounts' DPoP-bound tokens
 	AgentAuth  func(http.Handler) http.Handler // verify middleware for agent-authenticated routes
 	// Per client address: registrations, and claims with new claim codes. nil = no limit.
@@ -124,6 +125,10 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("GET /v1/audit", u(a.listAudit))
 	mux.Handle("GET /v1/audit/explain/{id}", u(a.explainAudit))
 	mux.Handle("GET /v1/audit/mine", u(a.mineAudit))
+	mux.Handle("GET /v1/audit/checkpoint-keys", h(a.checkpointKeys))
+	mux.Handle("GET /v1/audit/checkpoints", u(a.listCheckpoints))
+	mux.Handle("POST /v1/audit/checkpoints", u(a.signCheckpoint))
+	mux.Handle("POST /v1/audit/verify", u(a.verifyAudit))
 }
 
 // limited refuses a request past its client address's rate (429 with Retry-After in whole

@@ -69,7 +69,7 @@ func TestOpenAPIAuditMatchesTheCode(t *testing.T) {
 		"AuditCall":        reflect.TypeFor[audit.Call](),
 		"AuditEventList":   reflect.TypeFor[AuditPage](),
 		"AuditExplanation": reflect.TypeFor[audit.Explanation](),
-		"AuditReport":      reflect.TypeFor[audit.Report](),
+		"AuditReport":      reflect.TypeFor[audit.Account](),
 		"AuditRevocation":  reflect.TypeFor[audit.Revocation](),
 		"AuditTermsView":   reflect.TypeFor[audit.TermsView](),
 	} {

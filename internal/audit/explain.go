@@ -37,7 +37,7 @@ type Explanation struct {
 	// key of the chain) had neither been revoked or ended before the event (in sequence order)
 	// nor expired at its time. Problems names each link that was not.
 	Valid    bool      `json:"valid"`
-	Problems []Problem `json:"problems,omitempty"`
+	Problems []InvalidLink `json:"problems,omitempty"`
 	// Missing says what the trail does not hold (no grant.create for the grant, no task.start
 	// for a task), so a reader knows what the answer could not check.
 	Missing []string `json:"missing,omitempty"`
@@ -65,8 +65,8 @@ type Hop struct {
 	Terms        TermsView `json:"terms"`
 }
 
-// Problem is one link of the authority that was not valid at the event.
-type Problem struct {
+// InvalidLink is one link of the authority that was not valid at the event.
+type InvalidLink struct {
 	Link    string    `json:"link"`               // "grant gr_…", "task tsk_…", "agent agt_…", "key did:key:…", "principal usr_…"
 	Reason  string    `json:"reason"`             // "revoked", "ended", "expired", "disabled"
 	EventID string    `json:"event_id,omitempty"` // the revocation's event
@@ -328,12 +328,12 @@ func (x *Explanation) revoked(firstOf firstOfFunc, action, link, id string, col 
 	return nil
 }
 
-func problem(link, reason string, e *Event) Problem {
+func problem(link, reason string, e *Event) InvalidLink {
 	d := fmt.Sprintf("%s %s by %s (%s, seq %d, %s) before this event", link, reason, actorName(e), e.Action, e.Seq, e.Time.UTC().Format(time.RFC3339))
 	if e.Cause != "" {
 		d += ", because of " + e.Cause
 	}
-	return Problem{Link: link, Reason: reason, EventID: e.ID, Seq: e.Seq, Time: e.Time, Detail: d}
+	return InvalidLink{Link: link, Reason: reason, EventID: e.ID, Seq: e.Seq, Time: e.Time, Detail: d}
 }
 
 // checkExpiry records link as expired when exp is set and the event came at or after it.
@@ -341,7 +341,7 @@ func (x *Explanation) checkExpiry(link string, exp time.Time) {
 	if exp.IsZero() || x.Event.Time.Before(exp) {
 		return
 	}
-	x.Problems = append(x.Problems, Problem{Link: link, Reason: "expired", Time: exp,
+	x.Problems = append(x.Problems, InvalidLink{Link: link, Reason: "expired", Time: exp,
 		Detail: fmt.Sprintf("%s expired at %s, before this event (%s)", link, exp.UTC().Format(time.RFC3339), x.Event.Time.UTC().Format(time.RFC3339))})
 }
 

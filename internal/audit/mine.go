@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-// Report is a principal's own account: what agents did on their behalf in a window, grouped by
+// Account is a principal's own account: what agents did on their behalf in a window, grouped by
 // agent and task.
-type Report struct {
+type Account struct {
 	PrincipalID string        `json:"principal_id"`
 	Since       time.Time     `json:"since"`
 	Until       time.Time     `json:"until"`
@@ -80,8 +80,8 @@ var revocationActions = map[string]bool{"agent.revoke": true, "agent.revoke_key"
 
 // Summarize reads the principal's events from since to until and groups them. Task purposes
 // come from each task's task.start event, read even when it is older than since.
-func Summarize(ctx context.Context, r Reader, principalID string, since, until time.Time) (*Report, error) {
-	rep := &Report{PrincipalID: principalID, Since: since.UTC(), Until: until.UTC(), Agents: []AgentReport{}}
+func Summarize(ctx context.Context, r Reader, principalID string, since, until time.Time) (*Account, error) {
+	rep := &Account{PrincipalID: principalID, Since: since.UTC(), Until: until.UTC(), Agents: []AgentReport{}}
 	var evs []Event
 	f := Filter{PrincipalID: principalID, Since: since, Until: until, Limit: MaxPage}
 	for {

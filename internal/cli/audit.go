@@ -156,7 +156,7 @@ and csv. Every event is the schema of docs/audit.md.`,
 	fl.BoolVar(&f.all, "all", false, "every matching event: follow the cursors to the end")
 	fl.StringVar(&f.cursor, "cursor", "", "start after this page: the next_cursor of an earlier answer")
 	fl.String(formatFlag, "table", "table, json, jsonl or csv")
-	cmd.AddCommand(newAuditExplainCmd(), newAuditMineCmd())
+	cmd.AddCommand(newAuditExplainCmd(), newAuditMineCmd(), newAuditVerifyCmd(), newAuditCheckpointsCmd())
 	return cmd
 }
 
@@ -506,8 +506,8 @@ refused and why, and what was revoked or ended. An admin may pass --principal to
 					q.Set(k, v)
 				}
 			}
-			var rep audit.Report
-			return getPage(cmd, "/v1/audit/mine?"+q.Encode(), &rep, func(w io.Writer) error { return printReport(w, &rep) })
+			var rep audit.Account
+			return getPage(cmd, "/v1/audit/mine?"+q.Encode(), &rep, func(w io.Writer) error { return printAccount(w, &rep) })
 		},
 	}
 	cmd.Flags().StringVar(&since, "since", "7d", "from: RFC 3339, a date, or a duration ago (15m, 2h, 7d)")
@@ -517,8 +517,8 @@ refused and why, and what was revoked or ended. An admin may pass --principal to
 	return cmd
 }
 
-// printReport writes rep for a person.
-func printReport(w io.Writer, rep *audit.Report) error {
+// printAccount writes rep for a person.
+func printAccount(w io.Writer, rep *audit.Account) error {
 	p := &pageWriter{w: w}
 	p.line("What agents did for %s from %s to %s (%d events)", rep.PrincipalID,
 		rep.Since.Local().Format(timeLayout), rep.Until.Local().Format(timeLayout), rep.Events)

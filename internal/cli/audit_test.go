@@ -224,7 +224,7 @@ func TestAuditMineThroughTheCLI(t *testing.T) {
 		"task "+x.Tasks[2]+` "`+x.Purposes[2]+`"`, "calls    ahrefs: 8 (5 ok, 2 refused, 1 outcome unknown)",
 		"refused  proxy.call route_not_allowed x1", "refused  proxy.call task_revoked x1",
 		"revoke", "because of "+x.Tasks[1], "@planner", x.Purposes[0])
-	var rep audit.Report
+	var rep audit.Account
 	decodeJSON(t, ok(t, "audit", "mine", "--format", "json"), &rep)
 	if rep.PrincipalID != x.Principal || len(rep.Agents) != 3 {
 		t.Errorf("--format json: %+v", rep)

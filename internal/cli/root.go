@@ -119,6 +119,11 @@ func runGroup(cmd *cobra.Command, args []string) error {
 	if len(args) == 0 {
 		return cmd.Help()
 	}
+	return unknownCommand(cmd, args)
+}
+
+// unknownCommand refuses args[0], which names none of cmd's commands.
+func unknownCommand(cmd *cobra.Command, args []string) error {
 	msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
 	cmd.SuggestionsMinimumDistance = 2 // cobra's own default, which it sets only on the root's path
 	if near := cmd.SuggestionsFor(args[0]); len(near) > 0 {

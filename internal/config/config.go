@@ -54,6 +54,12 @@ type Config struct {
 	DenialAuditWindow time.Duration // identical anonymous denials are counted into one event
 	TrustedProxies    []string      // whose X-Forwarded-For is believed; none by default
 	UnclaimedGrace    time.Duration // an UNCLAIMED agent is removed this long after its code lapsed
+
+	// The audit chain's signed checkpoints (internal/audit/checkpoint.go): one after this many
+	// events or this long, whichever first, when the head moved; and retention (0 = forever).
+	AuditCheckpointEvents   int
+	AuditCheckpointInterval time.Duration
+	AuditRetention          time.Duration
 }
 
 // Default returns the zero-configuration settings: SQLite in ./mandate-data on loopback.
@@ -81,6 +87,9 @@ func Default() Config {
 		DenialAuditBurst:  30,
 		DenialAuditWindow: time.Minute,
 		UnclaimedGrace:    24 * time.Hour,
+
+		AuditCheckpointEvents:   1000,
+		AuditCheckpointInterval: time.Minute,
 	}
 }
 
@@ -138,6 +147,9 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count")
 	own.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; comma-separated; none by default, so the header is ignored")
 	own.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove")
+	own.IntVar(&c.AuditCheckpointEvents, "audit-checkpoint-events", c.AuditCheckpointEvents, "sign a checkpoint of the audit chain's head after this many events (or --audit-checkpoint-interval, whichever comes first); keep copies outside the database with mandate audit checkpoints")
+	own.DurationVar(&c.AuditCheckpointInterval, "audit-checkpoint-interval", c.AuditCheckpointInterval, "sign a checkpoint of the audit chain's head at least this often while events are written")
+	own.DurationVar(&c.AuditRetention, "audit-retention", c.AuditRetention, "remove audit events older than this, only up to a signed checkpoint so the rest still verifies; 0 = keep every event")
 	own.VisitAll(func(f *pflag.Flag) { WithEnv(own, f.Name, EnvName(f.Name)) })
 	fs.AddFlagSet(own)
 }
@@ -475,6 +487,13 @@ func (c *Config) Validate() error {
 	between("shutdown-timeout", c.ShutdownTimeout, 0, 10*time.Minute)
 	between("denial-audit-window", c.DenialAuditWindow, time.Second, time.Hour)
 	between("unclaimed-agent-grace", c.UnclaimedGrace, 0, 365*24*time.Hour)
+	between("audit-checkpoint-interval", c.AuditCheckpointInterval, time.Second, 24*time.Hour)
+	if c.AuditCheckpointEvents < 1 || c.AuditCheckpointEvents > 1e9 {
+		bad("--audit-checkpoint-events %d: want 1 to 1000000000", c.AuditCheckpointEvents)
+	}
+	if c.AuditRetention != 0 {
+		between("audit-retention", c.AuditRetention, time.Hour, 100*365*24*time.Hour)
+	}
 	for _, r := range []struct {
 		name  string
 		rate  float64

@@ -25,6 +25,7 @@ type dataDirServer struct {
 	t     *testing.T
 	dir   string
 	clock *clock
+	log   io.Writer // where the servers log; nil = nowhere
 }
 
 // start runs a server on the data directory until stop is called.
@@ -41,7 +42,11 @@ func (d *dataDirServer) start() (srv *server.Server, url string, stop func()) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err = server.New(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), d.clock.Now)
+	log := d.log
+	if log == nil {
+		log = io.Discard
+	}
+	srv, err = server.New(ctx, cfg, slog.New(slog.NewTextHandler(log, nil)), d.clock.Now)
 	if err != nil {
 		cancel()
 		ln.Close()

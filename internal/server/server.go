@@ -69,6 +69,7 @@ type Server struct {
 	legacyBootstrapWarned atomic.Bool // the warning about a never-expiring bootstrap file, once
 	agents                *registry.Service
 	denials               *audit.Aggregator // anonymous denials, counted instead of written one by one
+	trail                 *audit.Checkpointer
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -168,6 +169,9 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	s.denials = audit.NewAggregator(audit.AggregatorConfig{Store: s.store, Window: cfg.DenialAuditWindow,
 		PerSource: ratelimit.New(cfg.DenialAuditRate, cfg.DenialAuditBurst, 0, now),
 		Source:    ratelimit.Client, Log: s.log, Now: now})
+	if err := s.buildTrail(ctx, masters, reg, now); err != nil {
+		return err
+	}
 	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.denials, JTIs: s.store, Issuer: cfg.Issuer,
 		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, UnclaimedGrace: cfg.UnclaimedGrace, Now: now})
 	s.agents = registrySvc
@@ -195,6 +199,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
 		Keys: s.keys, Tokens: s.store, Audit: s.denials, Delegation: deleg, Vault: s.vault, Federation: fed,
+		Trail:         s.trail,
 		DPoP:          dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now}),
 		AgentAuth:     verifier.Middleware,
 		RegisterLimit: ratelimit.New(cfg.RegisterRate, cfg.RegisterBurst, 0, now),
@@ -400,6 +405,9 @@ func (s *Server) Vault() *vault.Service { return s.vault }
 // Store is the open store (for tests and the CLI's offline commands).
 func (s *Server) Store() *sqlstore.Store { return s.store }
 
+// Checkpointer signs, stores and verifies the audit chain's checkpoints (for tests and the CLI).
+func (s *Server) Checkpointer() *audit.Checkpointer { return s.trail }
+
 // Close closes the store.
 func (s *Server) Close() error { return s.store.Close() }
 
@@ -420,6 +428,8 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	}
 	go s.purgeLoop(ctx)
 	go s.denials.Run(ctx)
+	trailDone := make(chan struct{})
+	go func() { s.trail.Run(ctx); close(trailDone) }()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from then on reloads, never kills
 	defer signal.Stop(hup)
@@ -442,6 +452,10 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 		}
 	}
 	s.FlushDenials(context.WithoutCancel(ctx)) // after the last request: no count is lost
+	<-trailDone
+	if _, _, cerr := s.trail.Checkpoint(context.WithoutCancel(ctx)); cerr != nil {
+		s.log.Error("sign the last audit checkpoint at shutdown", slog.String("error", cerr.Error()))
+	}
 	return err
 }
 

@@ -15,7 +15,7 @@ import (
 
 // ErrChainBroken is returned (wrapped, with the first bad sequence number) by VerifyChain when
 // the audit hash chain does not verify: a row was changed, removed or inserted outside the store.
-var ErrChainBroken = errors.New("audit hash chain broken")
+var ErrChainBroken = audit.ErrChainBroken
 
 const eventCols = `seq, id, time, request_id, action, outcome, reason, detail, actor_type, actor_id,
 	principal_id, agent_id, target, token_id, prev_hash, hash, source, repeat_count, first_time, last_time,
@@ -159,6 +159,10 @@ func scanEvent(rows *sql.Rows) (audit.Event, error) {
 	ev.Outcome = audit.Outcome(outcome)
 	if err := audit.DecodeExt(&ev, []byte(ext)); err != nil {
 		ev.Detail += " [" + err.Error() + "]"
+	} else if string(audit.Ext(&ev)) != ext {
+		// JSON decoding forgives (a key's case, escapes): the stored ext must be exactly the
+		// canonical form of what it decodes to, so that any change to it shows.
+		ev.Detail += " [the stored ext is not in canonical form]"
 	}
 	if upstream != ev.Upstream() {
 		ev.Detail += " [the upstream column is not the call's upstream]"
@@ -166,44 +170,28 @@ func scanEvent(rows *sql.Rows) (audit.Event, error) {
 	return ev, nil
 }
 
-// VerifyChain recomputes the audit hash chain from the first event to the last, in one
-// consistent snapshot, and returns an error wrapping ErrChainBroken at the first event whose
-// sequence number, link or hash does not match. It cannot notice events cut off the end of the
-// chain; anchoring the last hash elsewhere (signed checkpoints) will.
+// VerifyChain checks the audit hash chain in one consistent snapshot with audit.Verifier:
+// sequence continuity, links, every event's hash, and the hash at each stored checkpoint's seq
+// (taken as stored: the store holds no key to check their signatures; audit.Checkpointer.Verify
+// does). A chain that retention cut starts right after a checkpoint. It returns an error
+// wrapping ErrChainBroken that names the first bad sequence number.
 func (s *Store) VerifyChain(ctx context.Context) error {
-	var opts *sql.TxOptions
-	if s.dialect == DialectPostgres {
-		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
-	}
-	tx, err := s.rdb.BeginTx(ctx, opts)
+	cps, err := s.ListCheckpoints(ctx, 0, 0)
 	if err != nil {
 		return fmt.Errorf("verify audit chain: %w", err)
 	}
-	defer tx.Rollback()
-	rows, err := tx.QueryContext(ctx, `SELECT `+eventCols+` FROM audit_events ORDER BY seq`)
-	if err != nil {
+	v := audit.NewVerifier(nil, cps)
+	err = s.ScanEvents(ctx, 0, func(ev *audit.Event) error {
+		if !v.Add(ev) {
+			return errStopScan
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopScan) {
 		return fmt.Errorf("verify audit chain: %w", err)
 	}
-	defer rows.Close()
-	var seq int64
-	prev := ""
-	for rows.Next() {
-		ev, err := scanEvent(rows)
-		if err != nil {
-			return fmt.Errorf("verify audit chain: %w", err)
-		}
-		switch {
-		case ev.Seq != seq+1:
-			return fmt.Errorf("%w: event %s has seq %d after seq %d", ErrChainBroken, ev.ID, ev.Seq, seq)
-		case ev.PrevHash != prev:
-			return fmt.Errorf("%w at seq %d: event %s does not link to the event before it", ErrChainBroken, ev.Seq, ev.ID)
-		case ev.Hash != audit.ChainHash(prev, audit.Canonical(&ev)):
-			return fmt.Errorf("%w at seq %d: event %s does not match its hash", ErrChainBroken, ev.Seq, ev.ID)
-		}
-		seq, prev = ev.Seq, ev.Hash
-	}
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("verify audit chain: %w", err)
-	}
-	return nil
+	rep := v.Finish()
+	return rep.Err()
 }
+
+var errStopScan = errors.New("stop scan")

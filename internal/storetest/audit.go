@@ -198,7 +198,7 @@ func testAuditExplain(t *testing.T, s Store) {
 }
 
 func hasProblem(x *audit.Explanation, link, reason string) bool {
-	return slices.ContainsFunc(x.Problems, func(p audit.Problem) bool { return p.Link == link && p.Reason == reason })
+	return slices.ContainsFunc(x.Problems, func(p audit.InvalidLink) bool { return p.Link == link && p.Reason == reason })
 }
 
 func hasField(v audit.TermsView, key, value string) bool {

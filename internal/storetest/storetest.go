@@ -37,6 +37,7 @@ type Store interface {
 	vault.Store
 	Use(ctx context.Context, id string, exp time.Time) error
 	VerifyChain(ctx context.Context) error
+	audit.CheckpointStore
 }
 
 // Run runs the suite. newStore returns a new, empty store for one test, and closes it when that
@@ -79,6 +80,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"AuditQueries", testAuditQueries},
 		{"AuditExplain", testAuditExplain},
 		{"AuditSummarize", testAuditSummarize},
+		{"Checkpoints", testCheckpoints},
+		{"PruneEvents", testPruneEvents},
 		{"Grants", testGrants},
 		{"GrantErrors", testGrantErrors},
 		{"GrantRequests", testGrantRequests},
