@@ -21,6 +21,7 @@ var Actions = []string{
 	"agent.rotate_key",
 	"api_token.create",
 	"api_token.revoke",
+	"audit.prune",
 	"federation.issuer.add",
 	"federation.issuer.remove",
 	"federation.rule.add",

@@ -6,7 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // The hash chain: every event's Hash is ChainHash(PrevHash, Canonical(ev)), and its PrevHash is
@@ -92,9 +95,11 @@ func Ext(ev *Event) []byte {
 	x := eventExt{ActorHandle: ev.ActorHandle, Addr: ev.Addr, AgentDID: ev.AgentDID, Call: ev.Call, Cause: ev.Cause,
 		Chain: ev.Chain, InstanceKey: ev.InstanceKey, KeyJKT: ev.KeyJKT, ParentTaskID: ev.ParentTaskID,
 		Purpose: ev.Purpose, Resources: ev.Resources, Scopes: ev.Scopes, Terms: ev.Terms, UserAgent: ev.UserAgent}
-	if len(x.Terms) > 0 && !json.Valid(x.Terms) {
-		q, _ := json.Marshal(string(x.Terms))
-		x.Terms = q
+	if len(x.Terms) > 0 {
+		// Terms are hashed in their canonical form, so they verify however they were re-encoded
+		// on the way (an encoder that escapes HTML, another key order), and bytes that are not
+		// JSON are a JSON string of them: Ext never fails.
+		x.Terms = canonicalJSON(x.Terms)
 	}
 	b := marshalCanonical(x)
 	if string(b) == "{}" {
@@ -164,4 +169,54 @@ func marshalCanonical(v any) []byte {
 		panic("audit: canonical encoding failed: " + err.Error()) // cannot happen: see Ext
 	}
 	return bytes.TrimSuffix(b.Bytes(), []byte{'\n'})
+}
+
+// Normalize puts ev in the form its hash is taken of, so that the event verifies however it is
+// carried later: every string valid UTF-8 (encoding/json would write an invalid byte as \ufffd
+// and read it back as a different string), and Terms as compact JSON with sorted keys and no
+// HTML escaping (an export written by an encoder that escapes <, > and & must not break the
+// hash). Stores call it before they hash.
+func (ev *Event) Normalize() {
+	validUTF8(reflect.ValueOf(ev).Elem())
+	if len(ev.Terms) > 0 {
+		ev.Terms = canonicalJSON(ev.Terms)
+	}
+}
+
+// validUTF8 replaces invalid UTF-8 in every string v holds.
+func validUTF8(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.String:
+		if v.CanSet() && !utf8.ValidString(v.String()) {
+			v.SetString(strings.ToValidUTF8(v.String(), "\uFFFD"))
+		}
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			if v.Type().Field(i).IsExported() {
+				validUTF8(v.Field(i))
+			}
+		}
+	case reflect.Slice:
+		if v.Type().Elem().Kind() != reflect.Uint8 { // Terms is handled as JSON
+			for i := 0; i < v.Len(); i++ {
+				validUTF8(v.Index(i))
+			}
+		}
+	case reflect.Pointer:
+		if !v.IsNil() {
+			validUTF8(v.Elem())
+		}
+	}
+}
+
+// canonicalJSON re-encodes raw with sorted object keys, numbers as written, and no HTML
+// escaping; raw that is not JSON becomes a JSON string of its bytes (valid UTF-8).
+func canonicalJSON(raw []byte) json.RawMessage {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil || dec.More() {
+		return marshalCanonical(strings.ToValidUTF8(string(raw), "\uFFFD"))
+	}
+	return marshalCanonical(v)
 }

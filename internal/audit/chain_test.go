@@ -63,7 +63,7 @@ func TestCanonicalEvent(t *testing.T) {
 			`"path":"/v3/send","query":[{"name":"q","value_hash":"h"}],"status":200,"bytes_in":1,"bytes_out":2,"duration_us":3},` +
 			`"cause":"evt_0","chain":[{"agent_id":"agt_0","handle":"lead","task_id":"tsk_1"},{"agent_id":"agt_1","handle":"bot",` +
 			`"instance_key":"ik1","task_id":"tsk_2"}],"instance_key":"ik1","key_jkt":"jkt1","parent_task_id":"tsk_1",` +
-			`"purpose":"weekly report","resources":["https://api.example"],"scopes":["mail:send"],"terms":{"b":1,"a":[2]},` +
+			`"purpose":"weekly report","resources":["https://api.example"],"scopes":["mail:send"],"terms":{"a":[2],"b":1},` +
 			`"user_agent":"ua/1"},"grant_id":"gr_1","id":"evt_1","outcome":"success","principal_id":"usr_1","reason":"",` +
 			`"request_id":"req_1","target":"gr_1","task_id":"tsk_2","time":"2031-05-06T06:08:09.123456789Z","token_id":"jti_1",` +
 			`"upstream":"mail"}`},
@@ -130,5 +130,35 @@ func TestEveryFieldHashed(t *testing.T) {
 		if !bytes.Equal(audit.Ext(&back), audit.Ext(&ev)) {
 			t.Errorf("field %s does not survive Ext and DecodeExt", name)
 		}
+	}
+}
+
+// TestNormalizedEventVerifiesAnyWayCarried: a normalized event keeps its hash when written by
+// encoding/json's default encoder (which escapes <, > and &, and writes invalid UTF-8 as
+// \ufffd) and read back, as an export through an HTML-escaping API answer would carry it.
+func TestNormalizedEventVerifiesAnyWayCarried(t *testing.T) {
+	ev := audit.Event{ID: "evt_1", Time: time.Unix(5, 6).UTC(), Action: "task.start", Detail: "bad \xff byte <b>",
+		Purpose: "a & b \xfe", Terms: json.RawMessage(`{"z": "<script>", "a": [1.50, 2e3], "m": {"y": 1, "x": "&"}}`),
+		Chain: []audit.Link{{AgentID: "agt_1", Handle: "h\xc3"}}, Call: &audit.Call{Upstream: "u", Path: "/p\xff"}}
+	ev.Normalize()
+	ev.Hash = ev.ComputeHash()
+	raw, err := json.Marshal(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(raw, []byte(`\u003c`)) {
+		t.Fatalf("the test needs an HTML-escaped export: %s", raw)
+	}
+	var back audit.Event
+	if err := json.Unmarshal(raw, &back); err != nil {
+		t.Fatal(err)
+	}
+	if got := back.ComputeHash(); got != ev.Hash {
+		t.Errorf("read back from %s: hash %s, want %s", raw, got, ev.Hash)
+	}
+	again := back
+	again.Normalize()
+	if again.ComputeHash() != ev.Hash {
+		t.Error("Normalize is not idempotent")
 	}
 }

@@ -47,6 +47,7 @@ func appendEvent(ctx context.Context, tx *sql.Tx, ev *audit.Event) error {
 		ev.ID = ids.New("evt")
 	}
 	ev.Stamp(ctx)
+	ev.Normalize()
 	var lastSeq int64
 	var lastHash string
 	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&lastSeq, &lastHash)
