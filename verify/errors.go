@@ -49,6 +49,11 @@ type Error struct {
 	Reason      string // short word, see the Reason constants
 	Description string // one sentence for the client; never contains the token or the proof
 	Nonce       string // a fresh DPoP nonce; set for use_dpop_nonce
+	// Caller is who the token names when the refusal came after its signature and claims were
+	// checked (a revoked token, agent, task or grant; a replayed, wrong or unchecked proof; a
+	// missing scope), so the refusal can be attributed to that agent, principal and task; nil
+	// when the token itself was refused. Never written to the client.
+	Caller *Caller
 
 	scope string // for insufficient_scope: the scopes this resource needs
 }
