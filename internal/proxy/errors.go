@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/mandate-dev/mandate/internal/audit"
-	"github.com/mandate-dev/mandate/internal/httpapi"
 )
 
 // Reasons recorded in audit events and logs: one stable word per refusal or failure. Refusals
@@ -95,7 +94,7 @@ func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, c *call, e 
 		Error       string `json:"error"`
 		Description string `json:"error_description,omitempty"`
 		RequestID   string `json:"request_id,omitempty"`
-	}{e.code, e.desc, httpapi.RequestID(r.Context())})
+	}{e.code, e.desc, c.reqID})
 	_, _ = w.Write(append(body, '\n'))
 }
 
