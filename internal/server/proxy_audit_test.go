@@ -14,7 +14,6 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
-	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/proxy"
@@ -127,16 +126,9 @@ func TestIdentityAssertion(t *testing.T) {
 			tok := res["access_token"].(string)
 			task := taskOf(t, tok)
 
-			u := ts.URL + "/proxy/crm/v1/accounts?id=42"
-			req, _ := http.NewRequest("GET", u, nil)
-			p, err := dpop.NewProof(a.Key, "GET", u, dpop.ProofOptions{AccessToken: tok, Now: ts.Clock.Now()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			req.Header.Set("Authorization", "DPoP "+tok)
-			req.Header.Set("DPoP", p)
+			req := ts.dpopRequest(t, a.Key, tok, "GET", ts.URL+"/proxy/crm/v1/accounts?id=42", nil)
 			req.Header.Set("Txn-Token", "forged")
-			resp, err = ts.HC.Do(req)
+			resp, err := ts.HC.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}

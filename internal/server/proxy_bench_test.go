@@ -7,12 +7,9 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"slices"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/httpbench"
 )
 
 // BenchmarkProxySQLite is a proxied GET through the whole server — middleware, token and
@@ -49,7 +46,7 @@ func BenchmarkProxySQLite(b *testing.B) {
 			Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true},
 		})
 		b.Cleanup(srv.Close)
-		benchRequests(b, client, func(int) *http.Request {
+		httpbench.Run(b, client, func(int) *http.Request {
 			r, _ := http.NewRequest("GET", srv.URL+"/v1/items?limit=10", nil)
 			return r
 		})
@@ -70,74 +67,6 @@ func BenchmarkProxySQLite(b *testing.B) {
 			"max_task_ttl": 86400, "max_token_ttl": 3600})
 		tok := ts.startTask(b, a, ts.grantToken(b, a, g))
 		u := ts.URL + "/proxy/items/v1/items?limit=10"
-		benchRequests(b, client, func(int) *http.Request {
-			r, _ := http.NewRequest("GET", u, nil)
-			p, err := dpop.NewProof(a.Key, "GET", u, dpop.ProofOptions{AccessToken: tok, Now: ts.Clock.Now()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			r.Header.Set("Authorization", "DPoP "+tok)
-			r.Header.Set("DPoP", p)
-			return r
-		})
-	})
-}
-
-// benchRequests sends b.N requests made by mk(i) (before the timer), one at a time and then
-// 4×GOMAXPROCS at once, and reports req/s, p50 and p99.
-func benchRequests(b *testing.B, client *http.Client, mk func(i int) *http.Request) {
-	send := func(b *testing.B, r *http.Request) {
-		resp, err := client.Do(r)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b.Fatalf("status %d", resp.StatusCode)
-		}
-	}
-	report := func(b *testing.B, lat []time.Duration, total time.Duration) {
-		b.StopTimer()
-		slices.Sort(lat)
-		q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
-		b.ReportMetric(float64(len(lat))/total.Seconds(), "req/s")
-		b.ReportMetric(q(0.50), "p50-ms")
-		b.ReportMetric(q(0.99), "p99-ms")
-	}
-	b.Run("serial", func(b *testing.B) {
-		reqs := make([]*http.Request, b.N)
-		for i := range reqs {
-			reqs[i] = mk(i)
-		}
-		lat := make([]time.Duration, b.N)
-		b.ResetTimer()
-		start := time.Now()
-		for i := range b.N {
-			t0 := time.Now()
-			send(b, reqs[i])
-			lat[i] = time.Since(t0)
-		}
-		report(b, lat, time.Since(start))
-	})
-	b.Run("parallel", func(b *testing.B) {
-		reqs := make([]*http.Request, b.N)
-		for i := range reqs {
-			reqs[i] = mk(i)
-		}
-		lat := make([]time.Duration, b.N)
-		var next atomic.Int64
-		b.SetParallelism(4)
-		b.ResetTimer()
-		start := time.Now()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				i := next.Add(1) - 1
-				t0 := time.Now()
-				send(b, reqs[i])
-				lat[i] = time.Since(t0)
-			}
-		})
-		report(b, lat, time.Since(start))
+		httpbench.Run(b, client, func(int) *http.Request { return ts.dpopRequest(b, a.Key, tok, "GET", u, nil) })
 	})
 }

@@ -88,19 +88,27 @@ func newProxyFixture(t *testing.T, budget map[string]int64) *proxyFixture {
 // call sends one proxied GET with a fresh proof; it returns the response, body unread.
 func (f *proxyFixture) call(t *testing.T, path string) *http.Response {
 	t.Helper()
-	u := f.ts.URL + "/proxy/items" + path
-	req, _ := http.NewRequest("GET", u, nil)
-	p, err := dpop.NewProof(f.key, "GET", u, dpop.ProofOptions{AccessToken: f.tok, Now: f.ts.Clock.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "DPoP "+f.tok)
-	req.Header.Set("DPoP", p)
-	resp, err := f.ts.HC.Do(req)
+	resp, err := f.ts.HC.Do(f.ts.dpopRequest(t, f.key, f.tok, "GET", f.ts.URL+"/proxy/items"+path, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// dpopRequest is a request to u with the access token tok and a fresh DPoP proof by key.
+func (ts *testServer) dpopRequest(t testing.TB, key crypto.Signer, tok, method, u string, body io.Reader) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := dpop.NewProof(key, method, u, dpop.ProofOptions{AccessToken: tok, Now: ts.Clock.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "DPoP "+tok)
+	req.Header.Set("DPoP", p)
+	return req
 }
 
 func (f *proxyFixture) status(t *testing.T, path string) int {
