@@ -288,12 +288,10 @@ func TestEchoedSecretAudit(t *testing.T) {
 	// next waits for the event of the call just made (it is written after the answer).
 	next := func(t *testing.T, seen int) audit.Event {
 		t.Helper()
-		e.settle()
-		evs := audited.all()
-		if len(evs) <= seen {
+		if len(audited.all()) <= seen {
 			t.Fatal("no audit event")
 		}
-		return evs[len(evs)-1]
+		return audited.last(t)
 	}
 	for name, tc := range map[string]struct {
 		coding    upstreamCoding

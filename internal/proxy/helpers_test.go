@@ -171,6 +171,8 @@ func (f *fakeAudit) snapshot() []audit.Event {
 	return evs
 }
 
+// last returns the event of the latest call: the one made last (completions are written by
+// several writers, so the trail's order may put an earlier call's completion after it).
 func (f *fakeAudit) last(t testing.TB) audit.Event {
 	t.Helper()
 	// The event is written after the response: wait until the proxy has written it.
@@ -181,7 +183,13 @@ func (f *fakeAudit) last(t testing.TB) audit.Event {
 	for {
 		evs := f.all()
 		if len(evs) > 0 {
-			return evs[len(evs)-1]
+			latest := evs[0]
+			for _, ev := range evs[1:] {
+				if !ev.Time.Before(latest.Time) {
+					latest = ev
+				}
+			}
+			return latest
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("no audit event")

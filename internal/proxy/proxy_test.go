@@ -484,7 +484,7 @@ func TestPathRefused(t *testing.T) {
 			if len(evs) != n+1 {
 				t.Fatalf("%d audit events, want 1", len(evs)-n)
 			}
-			if ev := evs[len(evs)-1]; ev.Reason != tt.reason || ev.Outcome != audit.OutcomeDenied {
+			if ev := e.audit.last(t); ev.Reason != tt.reason || ev.Outcome != audit.OutcomeDenied {
 				t.Errorf("audit %s %q, want denied %q", ev.Outcome, ev.Reason, tt.reason)
 			}
 		})

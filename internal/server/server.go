@@ -380,7 +380,10 @@ func (s *Server) Store() *sqlstore.Store { return s.store }
 func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), max(s.cfg.ShutdownTimeout, 15*time.Second))
 	defer cancel()
-	perr := s.proxy.Close(ctx)
+	var perr error
+	if s.proxy != nil {
+		perr = s.proxy.Close(ctx)
+	}
 	return errors.Join(perr, s.store.Close())
 }
 
