@@ -1,7 +1,8 @@
 // Package interop checks mandate against independent clients: Node's oauth4webapi and jose run
 // agent.mjs (registration, private_key_jwt + DPoP, JWKS, the protected resource, introspection,
-// revocation), delegation.mjs (the three-level delegation chain by RFC 8693 token exchange) and
-// federation.mjs (a workload's assertion exchanged by RFC 7523 jwt-bearer) against an in-process
+// revocation), delegation.mjs (the three-level delegation chain by RFC 8693 token exchange),
+// federation.mjs (a workload's assertion exchanged by RFC 7523 jwt-bearer) and txntoken.mjs (the
+// proxy's Txn-Token identity assertion, verified as an upstream would) against an in-process
 // server, so the standards are honoured as others read them, not only as
 // our own Go client does. See the comment at the top of each script for what is proven.
 //
@@ -399,4 +400,52 @@ func TestNodeFederationInterop(t *testing.T) {
 			t.Errorf("no token.deny with reason %s in the audit trail: %+v", want, evs.Events)
 		}
 	}
+}
+
+// txnTokenResult is the JSON line txntoken.mjs prints.
+type txnTokenResult struct {
+	OK        bool            `json:"ok"`
+	RequestID string          `json:"request_id"`
+	TxnToken  json.RawMessage `json:"txn_token"`
+	Checks    []check         `json:"checks"`
+}
+
+// wantTxnTokenChecks are the checks txntoken.mjs must report.
+var wantTxnTokenChecks = []string{
+	"discovery", "principal", "register", "claim", "grant_created", "self_token", "grant_token", "task_token",
+	"proxied_call", "txn_token_jwt", "txn_token_subject", "txn_token_purpose", "txn_token_chain", "txn_token_request_id",
+}
+
+// TestNodeTxnTokenInterop: an upstream marked identity_assertion receives a Txn-Token on a call
+// an oauth4webapi agent makes through the proxy, and jose verifies it against the JWKS as an
+// independent upstream would (txntoken.mjs).
+func TestNodeTxnTokenInterop(t *testing.T) {
+	node := needNode(t)
+	logs := &syncbuf.Buffer{}
+	s := servertest.Start(t, servertest.Options{Log: logs})
+	key := "sk_live_interop_" + strings.Repeat("x", 16)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer "+key {
+			http.Error(w, "bad key", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]string{"txn_token": r.Header.Get("Txn-Token"), "request_id": r.Header.Get("Mandate-Request-Id")})
+	}))
+	t.Cleanup(up.Close)
+	status, body := s.Admin(t, http.MethodPost, "/v1/upstreams", map[string]any{
+		"name": "crm", "base_url": up.URL, "auth": "bearer", "allow_private": true, "identity_assertion": true,
+		"routes": []map[string]any{{"scope": "crm:read", "methods": []string{"GET"}, "paths": []string{"/v1/**"}}},
+	})
+	if status != http.StatusCreated {
+		t.Fatalf("POST /v1/upstreams: %d %s", status, body)
+	}
+	if status, body := s.Admin(t, http.MethodPut, "/v1/upstreams/crm/secrets/credential", map[string]string{"secret": key}); status/100 != 2 {
+		t.Fatalf("set secret: %d %s", status, body)
+	}
+
+	var res txnTokenResult
+	runErr := runScript(t, node, "txntoken.mjs", logs, &res,
+		"ISSUER="+s.URL, "ADMIN_TOKEN="+s.AdminToken, "UPSTREAM=crm", "UPSTREAM_URL="+up.URL)
+	requireChecks(t, "txntoken.mjs", res.Checks, wantTxnTokenChecks, runErr, res.OK)
 }

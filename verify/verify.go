@@ -426,11 +426,15 @@ func (v *Verifier) checkToken(ctx context.Context, tok string) (*Caller, *Error)
 func (v *Verifier) afterProof(ctx context.Context, c *Caller) (*Caller, *Error) {
 	// 7. Status: the token, its grant, its tasks and the agents of its chain are not revoked.
 	if err := v.status.Check(ctx, c); err != nil {
+		var e *Error
 		if errors.Is(err, ErrRevoked) {
 			desc := strings.TrimPrefix(err.Error(), ErrRevoked.Error()+": ")
-			return nil, invalidToken(ReasonRevoked, desc)
+			e = invalidToken(ReasonRevoked, desc)
+		} else {
+			e = refuse(http.StatusServiceUnavailable, CodeTemporarilyUnavail, ReasonStatusUnavailable, "the token's revocation status cannot be checked right now; try again later")
 		}
-		return nil, refuse(http.StatusServiceUnavailable, CodeTemporarilyUnavail, ReasonStatusUnavailable, "the token's revocation status cannot be checked right now; try again later")
+		e.Caller = c
+		return nil, e
 	}
 
 	// 8. Scopes this resource needs.
@@ -438,6 +442,7 @@ func (v *Verifier) afterProof(ctx context.Context, c *Caller) (*Caller, *Error) 
 		if !c.HasScope(s) {
 			e := refuse(http.StatusForbidden, CodeInsufficientScope, ReasonScope, "the token does not carry the scopes this resource needs: "+strings.Join(v.required, " "))
 			e.scope = strings.Join(v.required, " ")
+			e.Caller = c
 			return nil, e
 		}
 	}

@@ -23,12 +23,14 @@ type UpstreamJSON struct {
 	Param        string        `json:"param,omitempty"`
 	OAuth2       *vault.OAuth2 `json:"oauth2,omitempty"`
 	AllowPrivate bool          `json:"allow_private"`
-	Routes       []vault.Route `json:"routes"`
-	Resource     string        `json:"resource"`    // the RFC 8707 resource URI grants name: {issuer}/proxy/{name}
-	HasSecrets   []string      `json:"has_secrets"` // kinds of secret stored, never their values
-	SecretKinds  []string      `json:"secret_kinds"`
-	CreatedAt    time.Time     `json:"created_at"`
-	UpdatedAt    time.Time     `json:"updated_at"`
+	// IdentityAssertion: the proxy sends the upstream a signed Txn-Token on every call.
+	IdentityAssertion bool          `json:"identity_assertion"`
+	Routes            []vault.Route `json:"routes"`
+	Resource          string        `json:"resource"`    // the RFC 8707 resource URI grants name: {issuer}/proxy/{name}
+	HasSecrets        []string      `json:"has_secrets"` // kinds of secret stored, never their values
+	SecretKinds       []string      `json:"secret_kinds"`
+	CreatedAt         time.Time     `json:"created_at"`
+	UpdatedAt         time.Time     `json:"updated_at"`
 }
 
 func (a *API) upstreamJSON(u vault.Upstream) UpstreamJSON {
@@ -40,7 +42,7 @@ func (a *API) upstreamJSON(u vault.Upstream) UpstreamJSON {
 		has = []string{}
 	}
 	return UpstreamJSON{Name: u.Name, BaseURL: u.BaseURL, Auth: string(u.Auth), Param: u.Param, OAuth2: u.OAuth2,
-		AllowPrivate: u.AllowPrivate, Routes: routes, Resource: a.cfg.Issuer + "/proxy/" + u.Name, HasSecrets: has,
+		AllowPrivate: u.AllowPrivate, IdentityAssertion: u.IdentityAssertion, Routes: routes, Resource: a.cfg.Issuer + "/proxy/" + u.Name, HasSecrets: has,
 		SecretKinds: vault.SecretKinds(u.Auth), CreatedAt: u.CreatedAt.UTC(), UpdatedAt: u.UpdatedAt.UTC()}
 }
 
@@ -52,7 +54,9 @@ type UpstreamSpecJSON struct {
 	Param        string        `json:"param,omitempty"`
 	OAuth2       *vault.OAuth2 `json:"oauth2,omitempty"`
 	AllowPrivate bool          `json:"allow_private,omitempty"`
-	Routes       []vault.Route `json:"routes,omitempty"`
+	// IdentityAssertion asks the proxy to send a signed Txn-Token on every call (docs/proxy.md).
+	IdentityAssertion bool          `json:"identity_assertion,omitempty"`
+	Routes            []vault.Route `json:"routes,omitempty"`
 }
 
 // RoutesJSON is the body of PUT /v1/upstreams/{name}/routes.
@@ -66,7 +70,8 @@ func (a *API) createUpstream(w http.ResponseWriter, r *http.Request, u principal
 		return err
 	}
 	up, err := a.cfg.Vault.AddUpstream(r.Context(), requestID(r.Context()), u, vault.Upstream{Name: req.Name, BaseURL: req.BaseURL,
-		Auth: vault.AuthKind(req.Auth), Param: req.Param, OAuth2: req.OAuth2, AllowPrivate: req.AllowPrivate, Routes: req.Routes})
+		Auth: vault.AuthKind(req.Auth), Param: req.Param, OAuth2: req.OAuth2, AllowPrivate: req.AllowPrivate,
+		IdentityAssertion: req.IdentityAssertion, Routes: req.Routes})
 	if err != nil {
 		return err
 	}

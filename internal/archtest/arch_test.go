@@ -50,6 +50,7 @@ var forbidden = map[string][]string{
 		"internal/federation", "internal/config", "internal/principal"},
 	"internal/ratelimit": {"internal/"},
 	"internal/syncbuf":   {"internal/"},
+	"internal/httpbench": {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

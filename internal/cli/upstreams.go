@@ -287,6 +287,7 @@ secret (oauth2-client-credentials).`,
 	f.StringVar(&spec.Auth, "auth", "", "how the API takes its credential: bearer, header:NAME, query:NAME, basic, oauth2-refresh, oauth2-client-credentials")
 	f.StringVar(&spec.Param, "param", "", "the header or query parameter name (or write --auth header:NAME)")
 	f.BoolVar(&spec.AllowPrivate, "allow-private", false, "the upstream is on a loopback or private address on purpose (tests, on-prem); also allows plain http")
+	f.BoolVar(&spec.IdentityAssertion, "identity-assertion", false, "send the upstream a signed Txn-Token on every call: who acts for whom, in which task, verifiable with /oauth/jwks")
 	f.StringVar(&tokenURL, "token-url", "", "OAuth token endpoint")
 	f.StringVar(&clientID, "client-id", "", "OAuth client id")
 	f.StringVar(&authURL, "auth-url", "", "OAuth authorization endpoint (for connecting with a browser)")
@@ -369,6 +370,9 @@ func printUpstream(w io.Writer, u api.UpstreamJSON) {
 	}
 	if u.AllowPrivate {
 		fmt.Fprintln(w, "Private:   allowed (loopback or private address)")
+	}
+	if u.IdentityAssertion {
+		fmt.Fprintln(w, "Identity:  a signed Txn-Token on every call")
 	}
 	fmt.Fprintf(w, "Secrets:   %s\nCreated:   %s\nUpdated:   %s\n", secretsLabel(u), when(u.CreatedAt, now), when(u.UpdatedAt, now))
 	if len(u.Routes) == 0 {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -12,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mandate-dev/mandate/internal/audit"
-	"github.com/mandate-dev/mandate/internal/httpapi"
 )
 
 // metrics are the proxy's Prometheus collectors.
@@ -41,8 +39,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-// finish records the call: metrics and one audit event. rec is a panic in flight
-// (http.ErrAbortHandler when the stream broke after the response began).
+// finish records the call: metrics, and the event that ends it (the completion of its pending
+// record, or the one event of a refusal), written after the answer (recorder). rec is a panic
+// in flight (http.ErrAbortHandler when the stream broke after the response began).
 func (p *Proxy) finish(r *http.Request, c *call, rec any) {
 	elapsed := time.Since(c.start)
 	if c.reason == "" && c.form != nil {
@@ -77,23 +76,12 @@ func (p *Proxy) finish(r *http.Request, c *call, rec any) {
 	p.metrics.calls.WithLabelValues(label, string(c.outcome)).Inc()
 	p.metrics.latency.WithLabelValues(label, string(c.outcome)).Observe(elapsed.Seconds())
 
-	ev := audit.New(p.cfg.Now(), httpapi.RequestID(r.Context()), ActionCall)
-	ev.Outcome, ev.Reason = c.outcome, c.reason
-	ev.ActorType = audit.ActorAnonymous
-	if cl := c.caller; cl != nil {
-		ev.ActorType, ev.ActorID, ev.AgentID = audit.ActorAgent, cl.AgentID, cl.AgentID
-		ev.PrincipalID, ev.TokenID = cl.Principal, cl.JTI
-	}
-	ev.Target = c.name
-	ev.Detail = c.describe(elapsed)
-	if err := p.cfg.Audit.AppendEvent(context.WithoutCancel(r.Context()), ev); err != nil {
-		p.log.ErrorContext(r.Context(), "record proxy call", slog.String("error", err.Error()))
-	}
+	p.rec.record(r.Context(), p.completion(r.Context(), c, elapsed))
 }
 
-// describe is the audit event's detail: upstream, method, route pattern, status, bytes, latency,
-// task, grant and chain, and the refusal. Never a body, query, token or credential; the path
-// appears only as the route pattern it matched.
+// describe is the audit event's detail, one sentence: upstream, method, route pattern, status,
+// bytes, latency, and the refusal. Who, for whom and the call itself are the event's fields.
+// Never a body, query, token or credential; the path appears only as the route pattern.
 func (c *call) describe(elapsed time.Duration) string {
 	var b strings.Builder
 	b.Grow(256)
@@ -120,21 +108,6 @@ func (c *call) describe(elapsed time.Duration) string {
 	b.WriteString(" -> " + strconv.Itoa(status))
 	b.WriteString("; in " + strconv.FormatInt(in, 10) + " B, out " + strconv.FormatInt(out, 10) + " B")
 	b.WriteString("; " + strconv.FormatInt(elapsed.Microseconds(), 10) + " us")
-	if cl := c.caller; cl != nil {
-		if cl.Task != "" {
-			b.WriteString("; task " + cl.Task)
-		}
-		if cl.Grant != "" {
-			b.WriteString("; grant " + cl.Grant)
-		}
-		b.WriteString("; chain " + strconv.Itoa(len(cl.Chain)) + ":")
-		for i, a := range cl.Chain {
-			if i > 0 {
-				b.WriteString(" >")
-			}
-			b.WriteString(" " + a.AgentID)
-		}
-	}
 	if c.detail != "" && c.outcome != audit.OutcomeSuccess {
 		b.WriteString("; " + c.detail)
 	}

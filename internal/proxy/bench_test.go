@@ -12,7 +12,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"runtime"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/httpbench"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
@@ -63,65 +63,10 @@ func (d *discardAudit) ListEvents(context.Context, audit.Filter) ([]audit.Event,
 
 // runBench sends b.N requests made by mk(i) and reports req/s, p50 and p99.
 func runBench(b *testing.B, client *http.Client, mk func(i int) *http.Request) {
-	b.Run("serial", func(b *testing.B) {
-		reqs := make([]*http.Request, b.N)
-		for i := range reqs {
-			reqs[i] = mk(i)
-		}
-		lat := make([]time.Duration, b.N)
-		b.ReportAllocs()
-		b.ResetTimer()
-		start := time.Now()
-		for i := 0; i < b.N; i++ {
-			t0 := time.Now()
-			do(b, client, reqs[i])
-			lat[i] = time.Since(t0)
-		}
-		report(b, lat, time.Since(start))
-	})
-	b.Run("parallel", func(b *testing.B) {
-		reqs := make([]*http.Request, b.N)
-		for i := range reqs {
-			reqs[i] = mk(i)
-		}
-		lat := make([]time.Duration, b.N)
-		var next atomic.Int64
-		b.ReportAllocs()
-		b.SetParallelism(4)
-		b.ResetTimer()
-		start := time.Now()
-		b.RunParallel(func(pb *testing.PB) {
-			for pb.Next() {
-				i := next.Add(1) - 1
-				t0 := time.Now()
-				do(b, client, reqs[i])
-				lat[i] = time.Since(t0)
-			}
-		})
-		report(b, lat, time.Since(start))
-	})
+	httpbench.Run(b, client, mk)
 }
 
-func do(b *testing.B, c *http.Client, r *http.Request) {
-	resp, err := c.Do(r)
-	if err != nil {
-		b.Fatal(err)
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b.Fatalf("status %d", resp.StatusCode)
-	}
-}
-
-func report(b *testing.B, lat []time.Duration, total time.Duration) {
-	b.StopTimer()
-	slices.Sort(lat)
-	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))].Microseconds()) / 1000 }
-	b.ReportMetric(float64(len(lat))/total.Seconds(), "req/s")
-	b.ReportMetric(q(0.50), "p50-ms")
-	b.ReportMetric(q(0.99), "p99-ms")
-}
+func do(b *testing.B, c *http.Client, r *http.Request) { httpbench.Do(b, c, r) }
 
 // plainReverseProxy is httputil.ReverseProxy to a new bench upstream, with no checks.
 func plainReverseProxy(b *testing.B) *httputil.ReverseProxy {

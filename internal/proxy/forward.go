@@ -121,8 +121,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call, maxByte
 }
 
 // rewrite builds the outbound request: the upstream's scheme and host (never the client's), its
-// base path plus the checked path, the query without method overrides, and none of the agent's
-// credentials or forwarding headers.
+// base path plus the checked path, the query without method overrides, none of the agent's
+// credentials or forwarding headers, and the proxy's own: the request id, a trace context and,
+// where the upstream asks for one, the identity assertion.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	c := callFrom(pr.In.Context())
 	out := pr.Out
@@ -141,6 +142,17 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	// looks (Trailer: X-HTTP-Method-Override): the outbound request announces and sends none.
 	out.Trailer = nil
 	stripRequestHeaders(out.Header)
+	h := out.Header
+	tp, traceID, kept := traceparent(strings.Join(pr.In.Header.Values(HeaderTraceparent), ","), c.reqID)
+	c.traceID = traceID
+	if !kept {
+		delete(h, HeaderTracestate)
+	}
+	h[HeaderTraceparent] = []string{tp}
+	h[HeaderRequestID] = []string{c.reqID}
+	if c.assertion != "" {
+		h[HeaderTxnToken] = []string{c.assertion}
+	}
 }
 
 // stripRequestHeaders removes what must not reach an upstream: the agent's credentials
@@ -172,7 +184,7 @@ func stripRequestHeaders(h http.Header) {
 func strippedHeader(k string) bool {
 	var buf [48]byte
 	n := cgiName(buf[:], k[:min(len(k), len(buf))])
-	for _, p := range [...]string{"proxy-", "x-forwarded", "x-envoy-"} {
+	for _, p := range [...]string{"proxy-", "x-forwarded", "x-envoy-", "mandate-"} {
 		if len(n) >= len(p) && string(n[:len(p)]) == p {
 			return true
 		}
@@ -197,10 +209,12 @@ func cgiName(buf []byte, name string) []byte {
 }
 
 // strippedHeaders are names in cgiName form; the prefixes proxy-, x-forwarded (X-Forwarded,
-// X-Forwarded-For, …) and x-envoy- (Envoy's original path, original destination host, retry
-// and timeout controls) go too.
+// X-Forwarded-For, …), x-envoy- (Envoy's original path, original destination host, retry
+// and timeout controls) and mandate- (the proxy's own: Mandate-Request-Id) go too.
 var strippedHeaders = map[string]bool{
 	"authorization": true, "dpop": true, "cookie": true, "cookie2": true,
+	// What the proxy itself asserts to the upstream: an agent's own would be a forgery.
+	"txn-token": true, "traceparent": true,
 	"forwarded": true, "via": true, "max-forwards": true,
 	"connection": true, "keep-alive": true, "transfer-encoding": true, "upgrade": true, "trailer": true,
 	// The client's address, which upstreams use for allow-lists and rate limits.
@@ -478,6 +492,12 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if c.mask != nil {
 		ownRepresentation(req.Header)
 	}
+	// Fail closed: the call leaves only once its pending record is durable.
+	ev := rt.p.pendingEvent(c)
+	if err := rt.p.cfg.Audit.AppendEvent(req.Context(), ev); err != nil {
+		return nil, &auditError{err}
+	}
+	c.pending = &ev
 	return c.tr.t.RoundTrip(req)
 }
 
@@ -551,6 +571,7 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 		blocked *BlockedError
 		cred    *credentialError
 		answer  *answerError
+		audErr  *auditError
 		e       *refusal
 	)
 	switch {
@@ -561,6 +582,10 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 		e = c.form.refused.Load()
 	case errors.As(err, &blocked):
 		e = refuse(http.StatusBadGateway, "bad_gateway", reasonBlocked, "the upstream's address is not allowed (private, loopback or link-local): mark the upstream allow_private if that is intended")
+		e.outcome = audit.OutcomeFailure
+	case errors.As(err, &audErr):
+		e = refuse(http.StatusServiceUnavailable, "audit_unavailable", reasonAuditUnavailable,
+			"the call could not be recorded in the audit trail, so nothing was forwarded to the upstream; retry later")
 		e.outcome = audit.OutcomeFailure
 	case errors.As(err, &cred):
 		e = refuse(http.StatusBadGateway, "bad_gateway", reasonCredential, "the upstream's credential is not available; an administrator must set it")

@@ -141,6 +141,7 @@ func (f *fakeTasks) put(t delegation.Task) {
 type fakeAudit struct {
 	mu     sync.Mutex
 	events []audit.Event
+	settle func() // waits until the proxy has written every event of the calls it answered
 }
 
 func (f *fakeAudit) AppendEvent(_ context.Context, ev audit.Event) error {
@@ -156,19 +157,39 @@ func (f *fakeAudit) ListEvents(_ context.Context, _ audit.Filter) ([]audit.Event
 	return append([]audit.Event(nil), f.events...), nil
 }
 
+// all returns the events once the proxy has written those of every call it answered.
 func (f *fakeAudit) all() []audit.Event {
+	if f.settle != nil {
+		f.settle()
+	}
+	return f.snapshot()
+}
+
+// snapshot returns the events written so far (while a call is being served).
+func (f *fakeAudit) snapshot() []audit.Event {
 	evs, _ := f.ListEvents(context.Background(), audit.Filter{})
 	return evs
 }
 
+// last returns the event of the latest call: the one made last (completions are written by
+// several writers, so the trail's order may put an earlier call's completion after it).
 func (f *fakeAudit) last(t testing.TB) audit.Event {
 	t.Helper()
-	// The event is written after the response; give the handler a moment to return.
+	// The event is written after the response: wait until the proxy has written it.
+	if f.settle != nil {
+		f.settle()
+	}
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		evs := f.all()
 		if len(evs) > 0 {
-			return evs[len(evs)-1]
+			latest := evs[0]
+			for _, ev := range evs[1:] {
+				if !ev.Time.Before(latest.Time) {
+					latest = ev
+				}
+			}
+			return latest
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("no audit event")
@@ -283,6 +304,10 @@ func newEnv(t testing.TB, opts ...envOpts) *env {
 		t.Fatal(err)
 	}
 	e.proxy = p
+	t.Cleanup(func() { _ = p.Close(context.Background()) })
+	if fa, ok := cfg.Audit.(*fakeAudit); ok {
+		fa.settle = e.settle
+	}
 	mux := http.NewServeMux()
 	mux.Handle(Pattern, p)
 	mux.HandleFunc(MetadataPattern, p.Metadata)
@@ -434,6 +459,18 @@ func (e *env) raw(requestLine string, headers ...string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// settle waits until the proxy has written the last event of every call it has taken.
+func (e *env) settle() {
+	e.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for e.proxy.rec.busy.Load() != 0 {
+		if time.Now().After(deadline) {
+			e.t.Fatal("the proxy did not write its events")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 func (e *env) upstreamRequests() []*http.Request {

@@ -2,8 +2,9 @@
 // DPoP-bound task token; the proxy checks the token and its proof, the path, the route the
 // token's scopes allow, the body against the token's authorization_details, and the task's
 // budget, then replaces the agent's credentials with the upstream's real one and streams the call
-// to the upstream's base URL only, through a dialer that refuses private addresses. Every call
-// is one audit event. Agents never hold upstream secrets.
+// to the upstream's base URL only, through a dialer that refuses private addresses. A call is
+// forwarded only once its pending audit record is durable, and completed by a second event
+// (record.go); a refused call is one event. Agents never hold upstream secrets.
 //
 // The rules are described in docs/proxy.md.
 package proxy
@@ -11,6 +12,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -29,6 +31,8 @@ import (
 	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/vault"
 	"github.com/mandate-dev/mandate/verify"
 )
@@ -79,7 +83,20 @@ type Config struct {
 	// BaseURL = Issuer. The proxy builds one per upstream and keeps it. It should not set OnDeny:
 	// the proxy records every call, refused or not, itself.
 	Verifier func(audience string) (*verify.Verifier, error)
-	Audit    audit.Store
+	// Audit records every call. A call is forwarded only once its pending record is written
+	// (AppendEvent returned nil).
+	Audit audit.Store
+	// AuditKey keys the hashes of query values in audit events (HMAC-SHA256). The server derives
+	// it from the master key, so every replica hashes a value alike; nil = a random key for
+	// this process (hashes then compare only within it).
+	AuditKey []byte
+	// SignAssertion signs an identity assertion (a TxnToken, typ TypeTxnToken) with the server's
+	// token signing keys, for upstreams marked IdentityAssertion; nil = such upstreams' calls
+	// are refused.
+	SignAssertion func(ctx context.Context, typ string, claims any) (string, error)
+	// CompletionQueue is how many completion events may wait to be written (0 = 4096); past
+	// it a call writes its own before it returns.
+	CompletionQueue int
 
 	Resolver        Resolver    // nil = net.DefaultResolver
 	Dialer          Dialer      // dials the checked IP; nil = a net.Dialer
@@ -119,6 +136,9 @@ func (cfg *Config) Validate() error {
 	if cfg.MaxBodyRuleBytes < 0 {
 		problems = append(problems, errors.New("MaxBodyRuleBytes must not be negative"))
 	}
+	if cfg.CompletionQueue < 0 {
+		problems = append(problems, errors.New("CompletionQueue must not be negative"))
+	}
 	if len(problems) > 0 {
 		return fmt.Errorf("proxy: invalid config: %w", errors.Join(problems...))
 	}
@@ -134,6 +154,7 @@ type Proxy struct {
 	log     *slog.Logger
 	rp      *httputil.ReverseProxy
 	metrics *metrics
+	rec     *recorder
 
 	verifiers sync.Map // upstream name -> *verify.Verifier
 
@@ -172,6 +193,13 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.AuditKey == nil {
+		cfg.AuditKey = make([]byte, 32)
+		_, _ = rand.Read(cfg.AuditKey)
+	}
+	if cfg.CompletionQueue == 0 {
+		cfg.CompletionQueue = 4096
+	}
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {
 		return nil, err
@@ -185,6 +213,7 @@ func New(cfg Config) (*Proxy, error) {
 		log:        cfg.Log,
 		metrics:    m,
 		transports: map[string]*upstreamTransport{},
+		rec:        newRecorder(cfg.Audit, cfg.Log, cfg.CompletionQueue),
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
@@ -197,6 +226,26 @@ func New(cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
+// Close writes the completion events still queued and stops their writers; call it once the
+// server has stopped serving (calls after it write their own). It returns when every one is
+// written or ctx ends.
+func (p *Proxy) Close(ctx context.Context) error { return p.rec.close(ctx) }
+
+// Wait returns once every call taken so far has written its last event, or ctx ends: for
+// shutdown, and for tests that read the trail after a call.
+func (p *Proxy) Wait(ctx context.Context) error {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for p.rec.busy.Load() != 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("proxy: calls still being recorded: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
 // Resource is the resource URI (audience) of an upstream.
 func (p *Proxy) Resource(name string) string { return p.issuer + PathPrefix + name }
 
@@ -204,6 +253,7 @@ func (p *Proxy) Resource(name string) string { return p.issuer + PathPrefix + na
 // the outbound request's context (request-scoped).
 type call struct {
 	start    time.Time
+	reqID    string // the server's request id: events, the refusal body, Mandate-Request-Id
 	method   string
 	name     string // the upstream's name, once known to exist
 	upstream vault.Upstream
@@ -214,6 +264,11 @@ type call struct {
 	pattern  string
 	task     delegation.Task
 	mask     *masker // finds the credential injected, to keep it out of the response
+
+	rawQuery  string       // as the agent sent it: the trail keeps names and keyed hashes
+	pending   *audit.Event // written before the call left; nil when it never did
+	traceID   string       // of the traceparent sent
+	assertion string       // the Txn-Token sent, for an upstream that asks for one
 
 	outcome audit.Outcome
 	reason  string
@@ -238,7 +293,11 @@ func callFrom(ctx context.Context) *call {
 
 // ServeHTTP handles {issuer}/proxy/{upstream}/{path…}.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	c := &call{start: time.Now(), method: r.Method, outcome: audit.OutcomeDenied}
+	p.rec.busy.Add(1) // until the call's last event is written
+	c := &call{start: time.Now(), method: r.Method, outcome: audit.OutcomeDenied, reqID: httpapi.RequestID(r.Context())}
+	if c.reqID == "" {
+		c.reqID = ids.New("req") // served without the server's middleware (tests, embedding)
+	}
 	c.w = &countingWriter{ResponseWriter: w, c: c}
 	defer func() {
 		rec := recover()
@@ -277,6 +336,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 		return refuse(http.StatusBadRequest, "invalid_request", reasonHost, "the Host header must name this server")
 	}
 	c.target = t
+	c.rawQuery = r.URL.RawQuery
 
 	// 2. The upstream.
 	u, err := p.cfg.Upstreams.Upstream(ctx, t.name)
@@ -301,6 +361,9 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 		}
 		e := refuse(ve.Status, ve.Code, "token_"+ve.Reason, ve.Description)
 		e.challenge, e.nonce = true, ve.Nonce
+		// A token whose signature verified (revoked, replayed proof, …): the refusal is
+		// recorded as that agent's, for its principal and task.
+		c.caller = ve.Caller
 		if ve.Status >= 500 {
 			e.outcome = audit.OutcomeFailure
 		}
@@ -378,6 +441,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request, c *call) *refusal 
 		return p.failure(ctx, http.StatusBadGateway, "bad_gateway", reasonInternal, "the upstream's base URL is not usable", err)
 	}
 	c.base, c.tr = base, tr
+	if u.IdentityAssertion {
+		if c.assertion, err = p.assertion(ctx, c); err != nil {
+			return p.failure(ctx, http.StatusInternalServerError, "server_error", reasonInternal, "the identity assertion for this upstream could not be signed", err)
+		}
+	}
 	p.forward(w, r, c, maxBytes)
 	return nil
 }

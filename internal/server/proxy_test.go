@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/audit"
 )
 
 // upstreamAPI is a local third-party API that accepts only its real key.
@@ -86,19 +88,27 @@ func newProxyFixture(t *testing.T, budget map[string]int64) *proxyFixture {
 // call sends one proxied GET with a fresh proof; it returns the response, body unread.
 func (f *proxyFixture) call(t *testing.T, path string) *http.Response {
 	t.Helper()
-	u := f.ts.URL + "/proxy/items" + path
-	req, _ := http.NewRequest("GET", u, nil)
-	p, err := dpop.NewProof(f.key, "GET", u, dpop.ProofOptions{AccessToken: f.tok, Now: f.ts.Clock.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "DPoP "+f.tok)
-	req.Header.Set("DPoP", p)
-	resp, err := f.ts.HC.Do(req)
+	resp, err := f.ts.HC.Do(f.ts.dpopRequest(t, f.key, f.tok, "GET", f.ts.URL+"/proxy/items"+path, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// dpopRequest is a request to u with the access token tok and a fresh DPoP proof by key.
+func (ts *testServer) dpopRequest(t testing.TB, key crypto.Signer, tok, method, u string, body io.Reader) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := dpop.NewProof(key, method, u, dpop.ProofOptions{AccessToken: tok, Now: ts.Clock.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "DPoP "+tok)
+	req.Header.Set("DPoP", p)
+	return req
 }
 
 func (f *proxyFixture) status(t *testing.T, path string) int {
@@ -134,9 +144,15 @@ func TestProxyThroughServer(t *testing.T) {
 		if ok.Load() != 10 || refused.Load() != 40 || f.up.calls.Load() != 10 {
 			t.Fatalf("ok %d refused %d upstream saw %d, want 10/40/10", ok.Load(), refused.Load(), f.up.calls.Load())
 		}
+		f.ts.Srv.Proxy().Wait(t.Context())
 		evs, _ := f.ts.Srv.Store().ListEvents(t.Context(), auditFilter("proxy.call"))
-		if len(evs) != 50 {
-			t.Errorf("%d proxy.call audit events, want one per call (50)", len(evs))
+		outcomes := map[audit.Outcome]int{}
+		for _, ev := range evs {
+			outcomes[ev.Outcome]++
+		}
+		// One event per call, and a pending record before each of the 10 that were forwarded.
+		if want := map[audit.Outcome]int{audit.OutcomePending: 10, audit.OutcomeSuccess: 10, audit.OutcomeDenied: 40}; !maps.Equal(outcomes, want) {
+			t.Errorf("proxy.call audit events by outcome %v, want %v", outcomes, want)
 		}
 	})
 	t.Run("task ended while a response streams", func(t *testing.T) {
@@ -165,9 +181,13 @@ func TestProxyThroughServer(t *testing.T) {
 		if s := f.status(t, "/v1/items"); s != 401 {
 			t.Errorf("after the grant was revoked: %d, want 401", s)
 		}
+		f.ts.Srv.Proxy().Wait(t.Context())
 		evs, _ := f.ts.Srv.Store().ListEvents(t.Context(), auditFilter("proxy.call"))
-		if len(evs) != 2 || evs[0].Outcome == "success" {
-			t.Errorf("proxy.call events %+v: want the refusal recorded", evs)
+		// Newest first: the refusal, attributed to the agent, its principal, task and grant;
+		// then the call before it (its completion and pending record).
+		if len(evs) != 3 || evs[0].Outcome != audit.OutcomeDenied || evs[0].AgentID != f.agent.ID ||
+			evs[0].PrincipalID == "" || evs[0].TaskID != taskOf(t, f.tok) || evs[0].GrantID != f.grantID {
+			t.Errorf("proxy.call events %+v: want the refusal recorded as the agent's", evs)
 		}
 	})
 	t.Run("the key never leaves the server", func(t *testing.T) {

@@ -70,6 +70,7 @@ type Server struct {
 	agents                *registry.Service
 	denials               *audit.Aggregator // anonymous denials, counted instead of written one by one
 	trail                 *audit.Checkpointer
+	proxy                 *proxy.Proxy
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -156,6 +157,12 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	if err != nil {
 		return fmt.Errorf("derive nonce secret: %w", err)
 	}
+	// The key of the hashes of query values in proxied calls' audit events: from the master
+	// key too, so every replica hashes a value alike and an investigator's hash matches.
+	queryKey, err := hkdf.Key(sha256.New, masters[len(masters)-1], nil, "mandate audit query v1", 32)
+	if err != nil {
+		return fmt.Errorf("derive audit query key: %w", err)
+	}
 	var nonces *dpop.Nonces
 	if cfg.DPoPNonce {
 		nonces = dpop.NewNonces(nonceSecret, cfg.NonceRotation, now)
@@ -207,9 +214,11 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		Log:           s.log, Now: now})
 
 	// The egress proxy: one verifier per upstream (audience {issuer}/proxy/{name}) with our own
-	// keys and live status; the proxy audits every call itself, so no OnDeny.
+	// keys and live status; the proxy audits every call itself, so no OnDeny. It signs identity
+	// assertions with the token signing keys, so upstreams verify them with /oauth/jwks.
 	px, err := proxy.New(proxy.Config{
 		Issuer: cfg.Issuer, Upstreams: s.vault, Credentials: s.vault, Tasks: s.store, Audit: s.denials,
+		AuditKey: queryKey, SignAssertion: s.keys.Sign,
 		Verifier: func(audience string) (*verify.Verifier, error) {
 			return verify.New(verify.Config{
 				Issuer: cfg.Issuer, Audience: audience, BaseURL: cfg.Issuer,
@@ -223,6 +232,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	if err != nil {
 		return fmt.Errorf("proxy: %w", err)
 	}
+	s.proxy = px
 
 	mux := http.NewServeMux()
 	h := func(f httpapi.HandlerFunc) http.Handler { return httpapi.Handle(s.log, f) }
@@ -408,8 +418,16 @@ func (s *Server) Store() *sqlstore.Store { return s.store }
 // Checkpointer signs, stores and verifies the audit chain's checkpoints (for tests and the CLI).
 func (s *Server) Checkpointer() *audit.Checkpointer { return s.trail }
 
-// Close closes the store.
-func (s *Server) Close() error { return s.store.Close() }
+// Close writes the proxy's last completion events and closes the store.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), max(s.cfg.ShutdownTimeout, 15*time.Second))
+	defer cancel()
+	var perr error
+	if s.proxy != nil {
+		perr = s.proxy.Close(ctx)
+	}
+	return errors.Join(perr, s.store.Close())
+}
 
 // Serve answers on ln until ctx ends, then shuts down gracefully within the configured timeout.
 // metricsLn is where /metrics is served when the settings name a --metrics-listen address (it
@@ -451,7 +469,12 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 			err = fmt.Errorf("shutdown: %w", serr)
 		}
 	}
-	s.FlushDenials(context.WithoutCancel(ctx)) // after the last request: no count is lost
+	// After the last request: no proxied call's completion and no denial count is lost; then
+	// the last checkpoint covers them all.
+	if perr := s.proxy.Close(sctx); perr != nil {
+		s.log.Error("proxy completions", slog.String("error", perr.Error()))
+	}
+	s.FlushDenials(context.WithoutCancel(ctx))
 	<-trailDone
 	if _, _, cerr := s.trail.Checkpoint(context.WithoutCancel(ctx)); cerr != nil {
 		s.log.Error("sign the last audit checkpoint at shutdown", slog.String("error", cerr.Error()))
@@ -471,9 +494,20 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 	}
 }
 
-// FlushDenials writes the anonymous denials still being counted as their aggregated events, as
-// at shutdown, and returns how many events it wrote.
-func (s *Server) FlushDenials(ctx context.Context) int { return s.denials.Flush(ctx, true) }
+// FlushDenials waits for the proxy to record the calls it has answered, then writes the
+// anonymous denials still being counted as their aggregated events, as at shutdown, and returns
+// how many events it wrote.
+func (s *Server) FlushDenials(ctx context.Context) int {
+	wctx, cancel := context.WithTimeout(ctx, max(s.cfg.ShutdownTimeout, 15*time.Second))
+	defer cancel()
+	if err := s.proxy.Wait(wctx); err != nil {
+		s.log.Error("proxy completions", slog.String("error", err.Error()))
+	}
+	return s.denials.Flush(ctx, true)
+}
+
+// Proxy is the egress proxy (for tests: Wait for its events).
+func (s *Server) Proxy() *proxy.Proxy { return s.proxy }
 
 // masterKeyFile reloads the master key file into the keyrings that seal signing keys and
 // upstream secrets.

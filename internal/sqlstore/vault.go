@@ -13,7 +13,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
-const upstreamCols = `name, base_url, auth, param, oauth2, allow_private, routes, created_at, updated_at`
+const upstreamCols = `name, base_url, auth, param, oauth2, allow_private, routes, created_at, updated_at, identity_assertion`
 
 // CreateUpstream stores u (without secrets) with ev (Target defaults to u.Name).
 // vault.ErrExists if an upstream of that name exists.
@@ -37,8 +37,8 @@ func insertUpstream(ctx context.Context, tx *sql.Tx, u vault.Upstream) error {
 		return err
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO upstreams (`+upstreamCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-		u.Name, u.BaseURL, string(u.Auth), u.Param, oauth2, u.AllowPrivate, routes, nanos(u.CreatedAt), nanos(u.UpdatedAt))
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		u.Name, u.BaseURL, string(u.Auth), u.Param, oauth2, u.AllowPrivate, routes, nanos(u.CreatedAt), nanos(u.UpdatedAt), u.IdentityAssertion)
 	if uniqueViolation(err, "upstreams", "name") {
 		return vault.ErrExists
 	}
@@ -75,7 +75,7 @@ func scanUpstream(row rowScanner) (vault.Upstream, error) {
 	var auth, routes string
 	var oauth2 sql.NullString
 	var created, updated int64
-	if err := row.Scan(&u.Name, &u.BaseURL, &auth, &u.Param, &oauth2, &u.AllowPrivate, &routes, &created, &updated); err != nil {
+	if err := row.Scan(&u.Name, &u.BaseURL, &auth, &u.Param, &oauth2, &u.AllowPrivate, &routes, &created, &updated, &u.IdentityAssertion); err != nil {
 		return vault.Upstream{}, err
 	}
 	u.Auth, u.CreatedAt, u.UpdatedAt = vault.AuthKind(auth), fromNanos(created), fromNanos(updated)
@@ -184,8 +184,8 @@ func (s *Store) UpdateUpstream(ctx context.Context, name string, fn func(*vault.
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE upstreams SET base_url = $2, auth = $3, param = $4, oauth2 = $5,
-			allow_private = $6, routes = $7, updated_at = $8 WHERE name = $1`,
-			name, u.BaseURL, string(u.Auth), u.Param, oauth2, u.AllowPrivate, routes, nanos(u.UpdatedAt)); err != nil {
+			allow_private = $6, routes = $7, updated_at = $8, identity_assertion = $9 WHERE name = $1`,
+			name, u.BaseURL, string(u.Auth), u.Param, oauth2, u.AllowPrivate, routes, nanos(u.UpdatedAt), u.IdentityAssertion); err != nil {
 			return err
 		}
 		defaultTarget(&ev, name)

@@ -31,7 +31,8 @@ func newUpstream(name string, created time.Time) vault.Upstream {
 		Param:   "",
 		OAuth2: &vault.OAuth2{AuthURL: "https://auth.example/authorize", TokenURL: "https://auth.example/token",
 			ClientID: "client-<&\"'>", Scopes: []string{"read", "write"}},
-		AllowPrivate: true,
+		AllowPrivate:      true,
+		IdentityAssertion: true,
 		Routes: []vault.Route{
 			{Scope: name + ":read", Methods: []string{"GET", "HEAD"}, Paths: []string{"/site-explorer/*", "/keywords/**"}},
 			{Scope: name + ":send", Methods: []string{"POST"}, Paths: []string{"/emails"},
@@ -156,7 +157,7 @@ func testUpdateUpstream(t *testing.T, s Store) {
 		if x.Name != "ahrefs" || len(x.Routes) != 2 {
 			t.Errorf("UpdateUpstream passed %+v, want the stored upstream", x)
 		}
-		x.Routes, x.UpdatedAt = routes, at(time.Hour)
+		x.Routes, x.UpdatedAt, x.IdentityAssertion = routes, at(time.Hour), false
 		x.Name, x.CreatedAt = "renamed", at(time.Hour) // ignored
 		x.Secrets = []string{"made-up"}                // ignored
 		return nil
@@ -165,7 +166,7 @@ func testUpdateUpstream(t *testing.T, s Store) {
 		t.Fatalf("UpdateUpstream: %v", err)
 	}
 	want := u
-	want.Routes, want.UpdatedAt, want.Secrets = routes, at(time.Hour), []string{vault.SecretRefreshToken}
+	want.Routes, want.UpdatedAt, want.Secrets, want.IdentityAssertion = routes, at(time.Hour), []string{vault.SecretRefreshToken}, false
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("UpdateUpstream returned (-want +got):\n%s", diff)
 	}

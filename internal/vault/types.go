@@ -64,9 +64,12 @@ type Upstream struct {
 	Param        string // header or query parameter name for AuthHeader/AuthQuery
 	OAuth2       *OAuth2
 	AllowPrivate bool // the upstream is on a loopback/private address on purpose (tests, on-prem)
-	Routes       []Route
-	CreatedAt    time.Time
-	UpdatedAt    time.Time
+	// IdentityAssertion makes the proxy send the upstream a short-lived signed assertion of who
+	// acts for whom (a Txn-Token header; docs/proxy.md).
+	IdentityAssertion bool
+	Routes            []Route
+	CreatedAt         time.Time
+	UpdatedAt         time.Time
 	// Secrets are the kinds of secret stored for the upstream and not expired, sorted: set by
 	// the store on reads, ignored on writes. Never their values.
 	Secrets []string

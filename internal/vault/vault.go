@@ -130,6 +130,9 @@ func (s *Service) AddUpstream(ctx context.Context, requestID string, by principa
 	u.CreatedAt, u.UpdatedAt, u.Secrets = now, now, nil
 	ev := s.event(requestID, by, ActionUpstreamCreate, u.Name)
 	ev.Detail = fmt.Sprintf("base_url=%s auth=%s routes=%d", u.BaseURL, u.Auth, len(u.Routes))
+	if u.IdentityAssertion {
+		ev.Detail += " identity_assertion=true"
+	}
 	err = s.cfg.Store.CreateUpstream(ctx, u, ev)
 	if errors.Is(err, ErrExists) {
 		return Upstream{}, apperr.Wrap(err, apperr.Conflict, "exists", "upstream %q exists: change its routes with mandate upstream update, or remove it first", u.Name)
