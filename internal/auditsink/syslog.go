@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
@@ -18,8 +19,9 @@ import (
 // syslogSink writes each record as an RFC 5424 message, framed by octet counting (RFC 6587
 // §3.4.1, the framing RFC 5425 prescribes for TLS), over one TCP or TLS connection it keeps and
 // re-opens after a failure. Syslog has no acknowledgement: a batch counts as delivered once it
-// is written, and before each batch the sink checks that the receiver has not closed the
-// connection (a receiver that closed it would have dropped what follows).
+// is written. Before each batch the sink checks that the receiver has not closed the
+// connection; if it has, the batch written last on it may have been dropped unread, so it is
+// written again on the new connection, before the next one.
 type syslogSink struct {
 	name, addr string
 	tls        *tls.Config
@@ -27,6 +29,9 @@ type syslogSink struct {
 	procID     string
 	conn       net.Conn
 	timeout    time.Duration
+	// last is the batch last written on conn, as framed: written again if conn turns out
+	// closed by the receiver.
+	last []byte
 }
 
 func newSyslogSink(spec Spec, tc *tls.Config, _ Options) *syslogSink {
@@ -56,6 +61,7 @@ func (s *syslogSink) Deliver(ctx context.Context, batch []Record) error {
 		buf.WriteByte(' ')
 		buf.Write(msg)
 	}
+	out := buf.Bytes()
 	if s.conn != nil && !open(s.conn) {
 		s.Close()
 	}
@@ -63,6 +69,8 @@ func (s *syslogSink) Deliver(ctx context.Context, batch []Record) error {
 		if err := s.dial(ctx); err != nil {
 			return err
 		}
+		// The last batch may not have been read on the connection that broke.
+		out = append(slices.Clip(s.last), out...)
 	}
 	deadline := time.Now().Add(s.timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -71,12 +79,13 @@ func (s *syslogSink) Deliver(ctx context.Context, batch []Record) error {
 	c := s.conn
 	c.SetWriteDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Now()) })
-	_, err := c.Write(buf.Bytes())
+	_, err := c.Write(out)
 	stop()
 	if err != nil {
 		s.Close()
 		return fmt.Errorf("write to %s: %w", s.addr, err)
 	}
+	s.last = buf.Bytes()
 	return nil
 }
 
