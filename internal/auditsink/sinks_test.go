@@ -32,8 +32,9 @@ import (
 	"github.com/mandate-dev/mandate/internal/sqlstore"
 )
 
-// export runs an exporter of sink on store until until() holds, then drains it.
-func export(t *testing.T, store *sqlstore.Store, sink auditsink.Sink, cps auditsink.Checkpoints, until func() bool) {
+// export runs an exporter of sink on store until it has delivered n events and every checkpoint
+// of cps (its saved cursor says so), calling each() while it waits.
+func export(t *testing.T, store *sqlstore.Store, sink auditsink.Sink, cps *fakeCheckpoints, n int64, each func()) {
 	t.Helper()
 	e, err := auditsink.New(auditsink.Config{Store: store, Checkpoints: cps, Sinks: []auditsink.Sink{sink},
 		Batch: 7, Poll: 5 * time.Millisecond, MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond})
@@ -43,7 +44,11 @@ func export(t *testing.T, store *sqlstore.Store, sink auditsink.Sink, cps audits
 	ctx, cancel := context.WithCancel(t.Context())
 	stopped := make(chan struct{})
 	go func() { e.Run(ctx); close(stopped) }()
-	for !until() {
+	finished := caughtUp(t, store, sink.Name(), n, cps.all)
+	for !finished() {
+		if each != nil {
+			each()
+		}
 		time.Sleep(2 * time.Millisecond) // polls only
 	}
 	cancel()
@@ -118,7 +123,7 @@ func TestFileSink(t *testing.T) {
 		}
 		return rs
 	}
-	export(t, store, sink, cps, func() bool { return done(read(), n, len(cps.all)) })
+	export(t, store, sink, cps, n, nil)
 	checkStream(t, read(), n, cps.all)
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -224,7 +229,7 @@ func TestSyslogSink(t *testing.T) {
 			cps := everyThird(n)
 			var refused atomic.Int32
 			counting := &countingSink{Sink: sink, onErr: func(error) { refused.Add(1) }}
-			export(t, store, counting, cps, func() bool {
+			export(t, store, counting, cps, n, func() {
 				if refused.Load() >= 3 && ln != nil {
 					// Down for three attempts; now up, on the same address.
 					ln = nil
@@ -238,8 +243,9 @@ func TestSyslogSink(t *testing.T) {
 					t.Cleanup(func() { l.Close() })
 					go syslogReceiver(t, l, &got)
 				}
-				return done(got.all(), n, len(cps.all))
 			})
+			// Written is not yet read: wait for the receiver to read the last record.
+			eventually(t, func() bool { return done(got.all(), n, len(cps.all)) })
 			checkStream(t, got.all(), n, cps.all)
 		})
 	}
@@ -378,7 +384,7 @@ func TestWebhookSink(t *testing.T) {
 		t.Fatal(err)
 	}
 	cps := everyThird(n)
-	export(t, store, sink, cps, func() bool { return done(got.all(), n, len(cps.all)) })
+	export(t, store, sink, cps, n, nil)
 	checkStream(t, got.all(), n, cps.all)
 }
 
@@ -429,4 +435,16 @@ func FuzzVerifySignature(f *testing.F) {
 			t.Errorf("accepted %q without the body's signature", header)
 		}
 	})
+}
+
+// eventually polls cond until it holds, failing after a minute.
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	giveUp := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(giveUp) {
+			t.Fatal("gave up waiting")
+		}
+		time.Sleep(2 * time.Millisecond) // polls only
+	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/auditsink"
 	"github.com/mandate-dev/mandate/internal/buildinfo"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/delegation"
@@ -68,7 +69,10 @@ type Server struct {
 
 	legacyBootstrapWarned atomic.Bool // the warning about a never-expiring bootstrap file, once
 	agents                *registry.Service
-	denials               *audit.Aggregator // anonymous denials, counted instead of written one by one
+	denials               *audit.Aggregator   // anonymous denials, counted instead of written one by one
+	sinks                 *auditsink.Exporter // nil without --audit-sink
+	// checkpoints are the signed checkpoints the sinks carry beside the events; nil = none.
+	checkpoints auditsink.Checkpoints
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -165,6 +169,9 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
 	// Refusals of anonymous callers go through one aggregator, so a flood of them costs a bounded
 	// number of audit rows (see audit.Aggregator); every other event passes straight through.
+	if err := s.buildSinks(reg, now); err != nil {
+		return err
+	}
 	s.denials = audit.NewAggregator(audit.AggregatorConfig{Store: s.store, Window: cfg.DenialAuditWindow,
 		PerSource: ratelimit.New(cfg.DenialAuditRate, cfg.DenialAuditBurst, 0, now),
 		Source:    ratelimit.Client, Log: s.log, Now: now})
@@ -255,6 +262,39 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	// The client address goes into the context outermost: httpapi.Middleware reads the route
 	// the mux sets on the very request it passed on.
 	s.handler = ratelimit.Middleware(trusted, httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux)))
+	return nil
+}
+
+// buildSinks opens the --audit-sink sinks and their exporter, woken by every audited commit.
+// Nothing connects yet: Serve starts them.
+func (s *Server) buildSinks(reg prometheus.Registerer, now func() time.Time) error {
+	specs, err := s.cfg.AuditSinkSpecs()
+	if err != nil || len(specs) == 0 {
+		return err
+	}
+	opts := auditsink.Options{CAFile: s.cfg.AuditSinkCAFile, Log: s.log, Now: now}
+	if s.cfg.AuditWebhookSecretFile != "" {
+		if opts.WebhookSecret, err = auditsink.ReadSecretFile(s.cfg.AuditWebhookSecretFile); err != nil {
+			return fmt.Errorf("--audit-webhook-secret-file: %w", err)
+		}
+	}
+	var sinks []auditsink.Sink
+	for _, spec := range specs {
+		sink, err := auditsink.Open(spec, opts)
+		if err != nil {
+			return fmt.Errorf("--audit-sink %s: %w", spec.Name, err)
+		}
+		sinks = append(sinks, sink)
+	}
+	s.sinks, err = auditsink.New(auditsink.Config{Store: s.store, Checkpoints: s.checkpoints, Sinks: sinks,
+		Batch: s.cfg.AuditSinkBatch, Metrics: reg, Log: s.log, Now: now})
+	if err != nil {
+		return err
+	}
+	s.store.OnAppend(s.sinks.Notify)
+	for _, spec := range specs {
+		s.log.Info("shipping the audit trail", slog.String("sink", spec.Name))
+	}
 	return nil
 }
 
@@ -386,6 +426,12 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	}
 	go s.purgeLoop(ctx)
 	go s.denials.Run(ctx)
+	sinksDone := make(chan struct{})
+	if s.sinks != nil {
+		go func() { s.sinks.Run(ctx); close(sinksDone) }()
+	} else {
+		close(sinksDone)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from then on reloads, never kills
 	defer signal.Stop(hup)
@@ -408,7 +454,23 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 		}
 	}
 	s.FlushDenials(context.WithoutCancel(ctx)) // after the last request: no count is lost
+	<-sinksDone
+	s.drainSinks(sctx)
 	return err
+}
+
+// drainSinks delivers to each sink what it has not received yet, within the shutdown timeout;
+// what does not make it goes at the next start, from the sink's saved cursor.
+func (s *Server) drainSinks(ctx context.Context) {
+	if s.sinks == nil {
+		return
+	}
+	if err := s.sinks.Drain(ctx); err != nil {
+		s.log.Warn("audit sinks not up to date at shutdown; they resume from their cursors at the next start", slog.String("error", err.Error()))
+	}
+	if err := s.sinks.Close(); err != nil {
+		s.log.Warn("close audit sinks", slog.String("error", err.Error()))
+	}
 }
 
 func (s *Server) httpServer(h http.Handler) *http.Server {
