@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -21,6 +20,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/auditsink"
 	"github.com/mandate-dev/mandate/internal/cli"
+	"github.com/mandate-dev/mandate/internal/servertest"
 	"github.com/mandate-dev/mandate/internal/sqlstore"
 	"github.com/mandate-dev/mandate/internal/syncbuf"
 )
@@ -46,27 +46,13 @@ func TestServeShipsAcrossRestart(t *testing.T) {
 
 	var webhookUp atomic.Bool
 	var hook received
-	hookSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		if err := auditsink.VerifySignature(secret, r.Header.Get(auditsink.SignatureHeader), body, time.Now(), 5*time.Minute); err != nil {
-			t.Errorf("webhook signature: %v", err)
-			http.Error(w, "bad signature", http.StatusUnauthorized)
-			return
-		}
+	hookSrv := webhookReceiver(t, secret, &hook, func() int {
 		if !webhookUp.Load() {
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-			return
+			return http.StatusServiceUnavailable
 		}
-		var batch struct {
-			Records []auditsink.Record `json:"records"`
-		}
-		if err := json.Unmarshal(body, &batch); err != nil {
-			t.Errorf("webhook body: %v", err)
-		}
-		hook.add(batch.Records...)
-	}))
-	defer hookSrv.Close()
-	syslogAddr := freeAddr(t) // down: nothing listens there in the first run
+		return 0
+	})
+	syslogAddr := servertest.FreeAddr(t) // down: nothing listens there in the first run
 	var sys received
 
 	fileRecords := func() []auditsink.Record {
@@ -89,7 +75,7 @@ func TestServeShipsAcrossRestart(t *testing.T) {
 	// run serves, makes n refusals (each one audit event), waits for until, and stops.
 	run := func(n int, until func(base string) bool) {
 		t.Helper()
-		addr := freeAddr(t)
+		addr := servertest.FreeAddr(t)
 		var logs syncbuf.Buffer
 		root := cli.NewRoot(io.Discard, &logs)
 		root.SetArgs([]string{"serve", "--listen", addr, "--data-dir", dataDir, "--dpop-nonce=false", "--denial-audit-rate", "0",
@@ -170,17 +156,6 @@ func TestServeShipsAcrossRestart(t *testing.T) {
 	for name, got := range sinks {
 		t.Run(name, func(t *testing.T) { checkStream(t, got(), last, nil) })
 	}
-}
-
-// freeAddr is a 127.0.0.1 address nothing listens on.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // waitFor polls cond until it holds, failing if serve ends first or after a minute.

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/auditsink"
+	"github.com/mandate-dev/mandate/internal/servertest"
 	"github.com/mandate-dev/mandate/internal/sqlstore"
 )
 
@@ -203,13 +204,8 @@ func TestSyslogSink(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			const n = 60
 			store := openStore(t, n)
-			// Reserve a port, then leave it closed: the receiver is down.
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := ln.Addr().String()
-			ln.Close()
+			addr := servertest.FreeAddr(t) // the receiver is down
+			up := false
 			var opts auditsink.Options
 			var serverTLS *tls.Config
 			scheme := "syslog+tcp://"
@@ -230,9 +226,9 @@ func TestSyslogSink(t *testing.T) {
 			var refused atomic.Int32
 			counting := &countingSink{Sink: sink, onErr: func(error) { refused.Add(1) }}
 			export(t, store, counting, cps, n, func() {
-				if refused.Load() >= 3 && ln != nil {
+				if refused.Load() >= 3 && !up {
 					// Down for three attempts; now up, on the same address.
-					ln = nil
+					up = true
 					l, err := net.Listen("tcp", addr)
 					if err != nil {
 						t.Fatalf("listen again on %s: %v", addr, err)
@@ -337,41 +333,18 @@ func TestWebhookSink(t *testing.T) {
 	var got received
 	var mu sync.Mutex
 	requests := 0
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(r.Body)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		if ct := r.Header.Get("Content-Type"); ct != "application/json" {
-			t.Errorf("Content-Type %q", ct)
-		}
-		if err := auditsink.VerifySignature(secret, r.Header.Get(auditsink.SignatureHeader), body, time.Now(), 5*time.Minute); err != nil {
-			t.Errorf("signature: %v", err)
-			http.Error(w, "bad signature", http.StatusUnauthorized)
-			return
-		}
+	srv := webhookReceiver(t, secret, &got, func() int {
 		mu.Lock()
+		defer mu.Unlock()
 		requests++
-		k := requests
-		mu.Unlock()
 		switch {
-		case k <= 4:
-			http.Error(w, "down", http.StatusServiceUnavailable)
-			return
-		case k == 5:
-			http.Error(w, "confused", http.StatusBadRequest)
-			return
+		case requests <= 4:
+			return http.StatusServiceUnavailable
+		case requests == 5:
+			return http.StatusBadRequest // the receiver's mistake: retried too
 		}
-		var batch struct {
-			Records []auditsink.Record `json:"records"`
-		}
-		if err := json.Unmarshal(body, &batch); err != nil {
-			t.Errorf("body: %v", err)
-		}
-		got.add(batch.Records...)
-	}))
-	defer srv.Close()
+		return 0
+	})
 	spec, err := auditsink.ParseSpec(srv.URL + "/hook?token=x")
 	if err != nil {
 		t.Fatal(err)
@@ -447,4 +420,37 @@ func eventually(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(2 * time.Millisecond) // polls only
 	}
+}
+
+// webhookReceiver is a webhook on 127.0.0.1 that checks every request's signature and keeps the
+// records of each batch it accepts; refuse returns the status to answer instead (0 = accept).
+func webhookReceiver(t *testing.T, secret []byte, got *received, refuse func() int) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+			t.Errorf("Content-Type %q", ct)
+		}
+		if err := auditsink.VerifySignature(secret, r.Header.Get(auditsink.SignatureHeader), body, time.Now(), 5*time.Minute); err != nil {
+			t.Errorf("signature: %v", err)
+			http.Error(w, "bad signature", http.StatusUnauthorized)
+			return
+		}
+		if code := refuse(); code != 0 {
+			http.Error(w, http.StatusText(code), code)
+			return
+		}
+		var batch struct {
+			Records []auditsink.Record `json:"records"`
+		}
+		if err := json.Unmarshal(body, &batch); err != nil {
+			t.Errorf("body: %v", err)
+		}
+		got.add(batch.Records...)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
 }
