@@ -35,7 +35,9 @@ type Checkpoint struct {
 }
 
 // Checkpoints reads the checkpoints of the chain head made so far. It is optional: without one,
-// sinks carry events only.
+// sinks carry events only. The exporter keeps, per sink, the Seq of the last checkpoint it
+// delivered, so checkpoints must be made in Seq order (none covers an earlier event than one
+// made before it); of several made for one Seq, the sinks carry those returned together.
 type Checkpoints interface {
 	// CheckpointsAfter returns the checkpoints whose Seq is greater than seq, in Seq order.
 	CheckpointsAfter(ctx context.Context, seq int64) ([]Checkpoint, error)

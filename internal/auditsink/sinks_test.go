@@ -454,3 +454,19 @@ func webhookReceiver(t *testing.T, secret []byte, got *received, refuse func() i
 	t.Cleanup(srv.Close)
 	return srv
 }
+
+// A webhook's error names the sink, never the query of its URL (which may hold a token).
+func TestWebhookErrorHidesQuery(t *testing.T) {
+	spec, err := auditsink.ParseSpec("http://" + servertest.FreeAddr(t) + "/hook?token=s3cr3t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink, err := auditsink.Open(spec, auditsink.Options{WebhookSecret: []byte("0123456789abcdef")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = sink.Deliver(t.Context(), []auditsink.Record{{Checkpoint: &auditsink.Checkpoint{Seq: 1}}})
+	if err == nil || strings.Contains(err.Error(), "s3cr3t") || !strings.Contains(err.Error(), spec.Name) {
+		t.Errorf("Deliver to a webhook that is down: %v; want an error naming %s without the token", err, spec.Name)
+	}
+}

@@ -8,10 +8,12 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 )
@@ -64,7 +66,12 @@ func (s *webhookSink) Deliver(ctx context.Context, batch []Record) error {
 	req.Header.Set(SignatureHeader, Sign(s.secret, s.now(), body))
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return err // names the URL, never the secret
+		// The URL's query may hold the receiver's token: name the sink instead.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			ue.URL = s.name
+		}
+		return err
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
