@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/server"
+	"github.com/mandate-dev/mandate/internal/servertest"
 )
 
 // The shell walkthroughs of README.md and examples/README.md run as pasted: the test takes their
@@ -65,16 +65,6 @@ func substitute(t *testing.T, script string, subs [][2]string) string {
 		script = strings.ReplaceAll(script, s[0], s[1])
 	}
 	return script
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // docEnv builds the binaries into dir/bin, with mandate wrapped so that everything it prints is
@@ -159,7 +149,7 @@ const (
 func TestReadmeFirstAgent(t *testing.T) {
 	dir := t.TempDir()
 	env := docEnv(t, dir, "./cmd/mandate")
-	addr := freePort(t)
+	addr := servertest.FreeAddr(t)
 	env = append(env, "MANDATE_LISTEN="+addr)
 	script := docBlocks(t, "../../README.md", "## A first agent in five commands", true)
 	script = substitute(t, script, [][2]string{
@@ -175,7 +165,7 @@ func TestReadmeFirstAgent(t *testing.T) {
 func TestCLIGettingStarted(t *testing.T) {
 	dir := t.TempDir()
 	env := docEnv(t, dir, "./cmd/mandate")
-	addr := freePort(t)
+	addr := servertest.FreeAddr(t)
 	env = append(env, "MANDATE_LISTEN="+addr)
 	script := docBlocks(t, "../../docs/cli.md", "## Getting started", true)
 	script = substitute(t, script, [][2]string{
@@ -198,7 +188,7 @@ func TestExamplesWalkthrough(t *testing.T) {
 	}
 	dir := t.TempDir()
 	env := docEnv(t, dir, "./cmd/mandate", "./examples/resend", "./examples/fakeapi")
-	addr, ahrefs, resend, sidecar := freePort(t), freePort(t), freePort(t), freePort(t)
+	addr, ahrefs, resend, sidecar := servertest.FreeAddr(t), servertest.FreeAddr(t), servertest.FreeAddr(t), servertest.FreeAddr(t)
 	env = append(env, "MANDATE_LISTEN="+addr)
 	repo, _ := filepath.Abs("../..")
 	script := docBlocks(t, "../../examples/README.md", "## Walkthrough", false)

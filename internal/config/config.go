@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 	"gopkg.in/yaml.v3"
 
+	"github.com/mandate-dev/mandate/internal/auditsink"
 	"github.com/mandate-dev/mandate/internal/loopback"
 	"github.com/mandate-dev/mandate/internal/ratelimit"
 )
@@ -60,6 +61,11 @@ type Config struct {
 	AuditCheckpointEvents   int
 	AuditCheckpointInterval time.Duration
 	AuditRetention          time.Duration
+	// Audit sinks (internal/auditsink): where the trail is shipped, at least once, by cursor.
+	AuditSinks             []string // file:PATH, syslog+tcp://HOST:PORT, syslog+tls://HOST:PORT, https://HOST/PATH
+	AuditSinkCAFile        string   // PEM roots for syslog+tls and https sinks; "" = the system's
+	AuditWebhookSecretFile string   // the HMAC key of webhook signatures
+	AuditSinkBatch         int      // records read and delivered at once
 }
 
 // Default returns the zero-configuration settings: SQLite in ./mandate-data on loopback.
@@ -90,6 +96,7 @@ func Default() Config {
 
 		AuditCheckpointEvents:   1000,
 		AuditCheckpointInterval: time.Minute,
+		AuditSinkBatch:          100,
 	}
 }
 
@@ -150,6 +157,10 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.IntVar(&c.AuditCheckpointEvents, "audit-checkpoint-events", c.AuditCheckpointEvents, "sign a checkpoint of the audit chain's head after this many events (or --audit-checkpoint-interval, whichever comes first); keep copies outside the database with mandate audit checkpoints")
 	own.DurationVar(&c.AuditCheckpointInterval, "audit-checkpoint-interval", c.AuditCheckpointInterval, "sign a checkpoint of the audit chain's head at least this often while events are written")
 	own.DurationVar(&c.AuditRetention, "audit-retention", c.AuditRetention, "remove audit events older than this, only up to a signed checkpoint so the rest still verifies; 0 = keep every event")
+	own.StringSliceVar(&c.AuditSinks, "audit-sink", c.AuditSinks, "ship the audit trail, with its checkpoints, at least once and in order to file:PATH (JSON lines), syslog+tcp://HOST:PORT or syslog+tls://HOST:PORT (RFC 5424) or https://HOST/PATH (a signed webhook); repeat or comma-separate for several; each resumes from its cursor in the database, a new one from the first event (docs/audit-sinks.md)")
+	own.StringVar(&c.AuditSinkCAFile, "audit-sink-ca-file", c.AuditSinkCAFile, "PEM file of the CA certificates that syslog+tls and https audit sinks must chain to, instead of the system's")
+	own.StringVar(&c.AuditWebhookSecretFile, "audit-webhook-secret-file", c.AuditWebhookSecretFile, "file holding the secret (at least 16 bytes) that signs each webhook batch (HMAC-SHA256, header Mandate-Signature); required with an https:// --audit-sink")
+	own.IntVar(&c.AuditSinkBatch, "audit-sink-batch", c.AuditSinkBatch, "audit events read and delivered to a sink at once (1 to 10000)")
 	own.VisitAll(func(f *pflag.Flag) { WithEnv(own, f.Name, EnvName(f.Name)) })
 	fs.AddFlagSet(own)
 }
@@ -508,6 +519,40 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ratelimit.ParsePrefixes(c.TrustedProxies); err != nil {
 		bad("--trusted-proxies: %v", err)
+	}
+	errs = append(errs, c.validateSinks())
+	return errors.Join(errs...)
+}
+
+// AuditSinkSpecs parses --audit-sink.
+func (c *Config) AuditSinkSpecs() ([]auditsink.Spec, error) {
+	var specs []auditsink.Spec
+	var errs []error
+	names := map[string]bool{}
+	for _, v := range c.AuditSinks {
+		spec, err := auditsink.ParseSpec(strings.TrimSpace(v))
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--audit-sink %w", err))
+		case names[spec.Name]:
+			errs = append(errs, fmt.Errorf("--audit-sink %q: a second sink named %s; give each sink once", v, spec.Name))
+		default:
+			names[spec.Name] = true
+			specs = append(specs, spec)
+		}
+	}
+	return specs, errors.Join(errs...)
+}
+
+func (c *Config) validateSinks() error {
+	specs, err := c.AuditSinkSpecs()
+	errs := []error{err}
+	webhook := slices.ContainsFunc(specs, func(s auditsink.Spec) bool { return s.Kind == auditsink.KindWebhook })
+	if webhook && c.AuditWebhookSecretFile == "" {
+		errs = append(errs, errors.New("--audit-webhook-secret-file is required with a webhook --audit-sink: create one with openssl rand -hex 32"))
+	}
+	if c.AuditSinkBatch < 1 || c.AuditSinkBatch > 10000 {
+		errs = append(errs, fmt.Errorf("--audit-sink-batch %d: want 1 to 10000", c.AuditSinkBatch))
 	}
 	return errors.Join(errs...)
 }

@@ -29,6 +29,15 @@ func TestValidate(t *testing.T) {
 			c.TrustedProxies = []string{"proxy.example"}
 			c.UnclaimedGrace = -time.Hour
 		}, []string{"--register-rate", "--claim-burst", "--denial-audit-window", "--trusted-proxies", "proxy.example", "--unclaimed-agent-grace"}},
+		"audit sinks": {func(c *Config) {
+			c.AuditSinks = []string{"file:/var/log/a.jsonl", "syslog+tls://logs.example", "https://siem.example/hook"}
+			c.AuditWebhookSecretFile = "/etc/mandate/webhook.secret"
+		}, nil},
+		"audit sinks bad": {func(c *Config) {
+			c.AuditSinks = []string{"syslog+udp://logs.example", "https://siem.example/hook", "https://siem.example/hook?k=1", "/var/log/a"}
+			c.AuditSinkBatch = 0
+		}, []string{"syslog+udp", "--audit-webhook-secret-file is required", "a second sink named https://siem.example/hook",
+			`"/var/log/a": want file:PATH`, "--audit-sink-batch"}},
 		"many at once": {func(c *Config) {
 			c.LogLevel = "loud"
 			c.TokenTTL = 0

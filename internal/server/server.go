@@ -30,6 +30,7 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/auditsink"
 	"github.com/mandate-dev/mandate/internal/buildinfo"
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/delegation"
@@ -68,9 +69,10 @@ type Server struct {
 
 	legacyBootstrapWarned atomic.Bool // the warning about a never-expiring bootstrap file, once
 	agents                *registry.Service
-	denials               *audit.Aggregator // anonymous denials, counted instead of written one by one
-	trail                 *audit.Checkpointer
+	denials               *audit.Aggregator   // anonymous denials, counted instead of written one by one
+	trail                 *audit.Checkpointer // signs checkpoints, checks the tail, prunes past --audit-retention
 	proxy                 *proxy.Proxy
+	sinks                 *auditsink.Exporter // nil without --audit-sink
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -171,6 +173,10 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
+	// The sinks come first: retention (buildTrail) never prunes what they have not shipped.
+	if err := s.buildSinks(reg, now); err != nil {
+		return err
+	}
 	// Refusals of anonymous callers go through one aggregator, so a flood of them costs a bounded
 	// number of audit rows (see audit.Aggregator); every other event passes straight through.
 	s.denials = audit.NewAggregator(audit.AggregatorConfig{Store: s.store, Window: cfg.DenialAuditWindow,
@@ -277,6 +283,39 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 // requestID is the server's own id of r (httpapi.Middleware issues it), for the refusals of the
 // verify SDK's middleware on our own resources.
 func requestID(r *http.Request) string { return httpapi.RequestID(r.Context()) }
+
+// buildSinks opens the --audit-sink sinks and their exporter, woken by every audited commit.
+// Nothing connects yet: Serve starts them.
+func (s *Server) buildSinks(reg prometheus.Registerer, now func() time.Time) error {
+	specs, err := s.cfg.AuditSinkSpecs()
+	if err != nil || len(specs) == 0 {
+		return err
+	}
+	opts := auditsink.Options{CAFile: s.cfg.AuditSinkCAFile, Log: s.log, Now: now}
+	if s.cfg.AuditWebhookSecretFile != "" {
+		if opts.WebhookSecret, err = auditsink.ReadSecretFile(s.cfg.AuditWebhookSecretFile); err != nil {
+			return fmt.Errorf("--audit-webhook-secret-file: %w", err)
+		}
+	}
+	var sinks []auditsink.Sink
+	for _, spec := range specs {
+		sink, err := auditsink.Open(spec, opts)
+		if err != nil {
+			return fmt.Errorf("--audit-sink %s: %w", spec.Name, err)
+		}
+		sinks = append(sinks, sink)
+	}
+	s.sinks, err = auditsink.New(auditsink.Config{Store: s.store, Checkpoints: sinkCheckpoints{s.store}, Sinks: sinks,
+		Batch: s.cfg.AuditSinkBatch, Metrics: reg, Log: s.log, Now: now})
+	if err != nil {
+		return err
+	}
+	s.store.OnAppend(s.sinks.Notify)
+	for _, spec := range specs {
+		s.log.Info("shipping the audit trail", slog.String("sink", spec.Name))
+	}
+	return nil
+}
 
 // buildInfo is mandate_build_info: 1, with the version mandate --version shows.
 func buildInfo() prometheus.Collector {
@@ -448,6 +487,12 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	go s.denials.Run(ctx)
 	trailDone := make(chan struct{})
 	go func() { s.trail.Run(ctx); close(trailDone) }()
+	sinksDone := make(chan struct{})
+	if s.sinks != nil {
+		go func() { s.sinks.Run(ctx); close(sinksDone) }()
+	} else {
+		close(sinksDone)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from then on reloads, never kills
 	defer signal.Stop(hup)
@@ -470,7 +515,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 		}
 	}
 	// After the last request: no proxied call's completion and no denial count is lost; then
-	// the last checkpoint covers them all.
+	// the last checkpoint covers them all, and the sinks ship what is left, checkpoint included.
 	if perr := s.proxy.Close(sctx); perr != nil {
 		s.log.Error("proxy completions", slog.String("error", perr.Error()))
 	}
@@ -479,7 +524,23 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	if _, _, cerr := s.trail.Checkpoint(context.WithoutCancel(ctx)); cerr != nil {
 		s.log.Error("sign the last audit checkpoint at shutdown", slog.String("error", cerr.Error()))
 	}
+	<-sinksDone
+	s.drainSinks(sctx)
 	return err
+}
+
+// drainSinks delivers to each sink what it has not received yet, within the shutdown timeout;
+// what does not make it goes at the next start, from the sink's saved cursor.
+func (s *Server) drainSinks(ctx context.Context) {
+	if s.sinks == nil {
+		return
+	}
+	if err := s.sinks.Drain(ctx); err != nil {
+		s.log.Warn("audit sinks not up to date at shutdown; they resume from their cursors at the next start", slog.String("error", err.Error()))
+	}
+	if err := s.sinks.Close(); err != nil {
+		s.log.Warn("close audit sinks", slog.String("error", err.Error()))
+	}
 }
 
 func (s *Server) httpServer(h http.Handler) *http.Server {

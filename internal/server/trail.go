@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/auditsink"
+	"github.com/mandate-dev/mandate/internal/sqlstore"
 )
 
 // buildTrail builds the audit chain's checkpointer and checks the chain's tail against the last
@@ -27,9 +29,7 @@ func (s *Server) buildTrail(ctx context.Context, masters [][]byte, reg prometheu
 		Store: s.store, Keys: keys, Issuer: s.cfg.Issuer,
 		Events: int64(s.cfg.AuditCheckpointEvents), Interval: s.cfg.AuditCheckpointInterval,
 		Retention: s.cfg.AuditRetention,
-		// Floor: the sinks' lowest delivered seq, once sinks exist, so retention never removes
-		// an event a sink has not shipped.
-		Floor: nil,
+		Floor: s.retentionFloor(),
 		OnVerify: func(ok bool) {
 			if ok {
 				chainOK.Set(1)
@@ -40,6 +40,15 @@ func (s *Server) buildTrail(ctx context.Context, masters [][]byte, reg prometheu
 		Log: s.log, Now: now,
 	})
 	return s.checkTail(ctx)
+}
+
+// retentionFloor keeps retention from removing an event a sink has not shipped; nil without
+// sinks.
+func (s *Server) retentionFloor() audit.RetentionFloor {
+	if s.sinks == nil {
+		return nil
+	}
+	return s.sinks.Delivered
 }
 
 // checkTail verifies the chain from the last signed checkpoint on, and says loudly when it does
@@ -59,4 +68,20 @@ func (s *Server) checkTail(ctx context.Context) error {
 			slog.Int64("checkpoint_seq", rep.LastCheckpoint.Seq), slog.Int64("last_seq", rep.LastSeq))
 	}
 	return nil
+}
+
+// sinkCheckpoints hands the stored signed checkpoints to the audit sinks, so a copy of each lives
+// outside the database beside the events it covers.
+type sinkCheckpoints struct{ store *sqlstore.Store }
+
+func (c sinkCheckpoints) CheckpointsAfter(ctx context.Context, seq int64) ([]auditsink.Checkpoint, error) {
+	cps, err := c.store.ListCheckpoints(ctx, seq, 1000)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]auditsink.Checkpoint, len(cps))
+	for i, cp := range cps {
+		out[i] = auditsink.Checkpoint{Seq: cp.Seq, Hash: cp.Hash, Time: cp.Time, JWS: cp.JWS}
+	}
+	return out, nil
 }

@@ -163,3 +163,15 @@ func (s *Server) AddUpstream(t testing.TB, name, baseURL, scope, method, path, k
 		t.Errorf("setting the secret of %s answered with it: %s", name, body)
 	}
 }
+
+// FreeAddr is a 127.0.0.1 address that nothing listens on (a port the kernel just gave and took
+// back), for a server a test starts later, or a receiver that is down.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}

@@ -37,6 +37,7 @@ import (
 	"math"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
@@ -59,7 +60,14 @@ type Store struct {
 	// connections that WAL lets run concurrently with the writer; on PostgreSQL it is db.
 	rdb *sql.DB
 	now func() time.Time
+	// appended, when set, is called after every commit of a transaction that may have appended
+	// to the audit chain (see OnAppend).
+	appended atomic.Pointer[func()]
 }
+
+// OnAppend makes the store call fn after every commit that may have appended audit events, so
+// that the audit sinks read the chain at once instead of at their next poll. fn must not block.
+func (s *Store) OnAppend(fn func()) { s.appended.Store(&fn) }
 
 // Open opens and migrates the database. dsn is a postgres:// or postgresql:// URL for
 // PostgreSQL; anything else is a SQLite file path (whose directory must exist). Open refuses,
@@ -234,6 +242,9 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
+	}
+	if fn := s.appended.Load(); lockChain && fn != nil {
+		(*fn)()
 	}
 	return nil
 }

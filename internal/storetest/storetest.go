@@ -17,6 +17,7 @@ import (
 
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/auditsink"
 	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/ids"
@@ -35,6 +36,8 @@ type Store interface {
 	token.Store
 	delegation.Store
 	vault.Store
+	SinkCursor(ctx context.Context, sink string) (auditsink.Cursor, error)
+	SaveSinkCursor(ctx context.Context, sink string, c auditsink.Cursor) error
 	Use(ctx context.Context, id string, exp time.Time) error
 	VerifyChain(ctx context.Context) error
 	audit.CheckpointStore
@@ -82,6 +85,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"AuditSummarize", testAuditSummarize},
 		{"Checkpoints", testCheckpoints},
 		{"PruneEvents", testPruneEvents},
+		{"SinkCursors", testSinkCursors},
+		{"SinkCursorsConcurrent", testSinkCursorsConcurrent},
 		{"Grants", testGrants},
 		{"GrantErrors", testGrantErrors},
 		{"GrantRequests", testGrantRequests},
