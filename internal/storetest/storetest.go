@@ -76,6 +76,8 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"AuditEvents", testAuditEvents},
 		{"ListEventsFilter", testListEventsFilter},
 		{"AuditConcurrent", testAuditConcurrent},
+		{"AppendHeavy", testAppendHeavy},
+		{"AppendBadEvents", testAppendBadEvents},
 		{"Grants", testGrants},
 		{"GrantErrors", testGrantErrors},
 		{"GrantRequests", testGrantRequests},
