@@ -2,9 +2,11 @@ package server_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -235,5 +237,62 @@ func failOps(t *testing.T, ts *testServer) []failOp {
 		{name: "federation rule", state: []string{"/v1/federation/rules"},
 			do: admin("POST", "/v1/federation/rules", map[string]any{"issuer": is.URL, "audience": aud, "subject_prefix": "repo:other/", "service_account": svc, "scope": "deploy:write"})},
 		{name: "federation rule disable", state: []string{"/v1/federation/rules"}, do: admin("POST", "/v1/federation/rules/"+rule+"/disable", nil)},
+	}
+}
+
+// TestFailClosedProxy: with audit writes refused, a proxied call is refused and the upstream (a
+// real server on 127.0.0.1 counting every request it gets) receives nothing; once the fault is
+// lifted the same call goes through.
+func TestFailClosedProxy(t *testing.T) {
+	for _, pg := range []bool{false, true} {
+		name := map[bool]string{false: "sqlite", true: "postgres"}[pg]
+		t.Run(name, func(t *testing.T) {
+			fs := newFailClosedServer(t, pg)
+			ts := fs.testServer
+			var hits atomic.Int64
+			key := "sk_live_" + randomID()
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				if r.Header.Get("Authorization") != "Bearer "+key {
+					http.Error(w, "bad key", http.StatusUnauthorized)
+					return
+				}
+				w.Write([]byte(`{"ok":true}`))
+			}))
+			t.Cleanup(up.Close)
+			resp, out := ts.adminJSON(t, "POST", "/v1/upstreams", map[string]any{
+				"name": "items", "base_url": up.URL, "auth": "bearer", "allow_private": true,
+				"routes": []map[string]any{{"scope": "items:read", "methods": []string{"GET"}, "paths": []string{"/v1/**"}}},
+			})
+			if resp.StatusCode != 201 {
+				t.Fatalf("add upstream: %d %v", resp.StatusCode, out)
+			}
+			if resp, out := ts.adminJSON(t, "PUT", "/v1/upstreams/items/secrets/credential", map[string]string{"secret": key}); resp.StatusCode != 204 {
+				t.Fatalf("set secret: %d %v", resp.StatusCode, out)
+			}
+			a := ts.newAgent(t, "fc-caller", true)
+			g := ts.grant(t, map[string]any{"agent": a.ID, "scopes": []string{"items:read"}, "resources": []string{ts.URL + "/proxy/items"}})
+			tok := ts.startTask(t, a, ts.grantToken(t, a, g))
+			call := func() (*http.Response, map[string]any) {
+				u := ts.URL + "/proxy/items/v1/items"
+				req, _ := http.NewRequest("GET", u, nil)
+				req.Header.Set("Authorization", "DPoP "+tok)
+				req.Header.Set("DPoP", ts.proof(t, a.Key, "GET", u, tok))
+				return ts.do(t, req)
+			}
+
+			restore := storetest.FailAuditWrites(t, fs.dsn, 0)
+			resp, out = call()
+			restore()
+			if resp.StatusCode != http.StatusServiceUnavailable || out["error"] != "audit_unavailable" {
+				t.Errorf("proxied call with audit writes failing: %d %v; want 503 audit_unavailable", resp.StatusCode, out)
+			}
+			if n := hits.Load(); n != 0 {
+				t.Errorf("the upstream received %d requests while the audit trail could not record them, want 0", n)
+			}
+			if resp, out := call(); resp.StatusCode != 200 || hits.Load() != 1 {
+				t.Errorf("proxied call once the fault is lifted: %d %v, upstream hits %d; want 200 and 1", resp.StatusCode, out, hits.Load())
+			}
+		})
 	}
 }
