@@ -50,6 +50,7 @@ func BenchmarkAppendEvent(b *testing.B) {
 		b.Run(name+"/parallel", func(b *testing.B) {
 			s := open(b)
 			b.SetParallelism(8)
+			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					if err := s.AppendEvent(b.Context(), event()); err != nil {

@@ -258,11 +258,13 @@ func testGroupCommit(t *testing.T, newDSN func(t *testing.T) string) {
 
 	// Close commits what is queued, then refuses.
 	release = holdChain(t, s)
-	f, g := newEv("f"), newEv("g")
+	f, g, h := newEv("f"), newEv("g"), newEv("h")
 	fDone := make(chan error, 1)
 	go func() { fDone <- s.AppendEvent(ctx, f) }()
 	<-batches // F taken
 	gDone := appendAsync(ctx, g, 0)
+	hDone := make(chan error, 1)
+	s.AppendEventAsync(ctx, h, func(err error) { hDone <- err }) // returns before its commit
 	closed := make(chan error, 1)
 	go func() { closed <- s.Close() }()
 	waitFor(func() bool { s.gc.mu.RLock(); defer s.gc.mu.RUnlock(); return s.gc.closed })
@@ -270,7 +272,12 @@ func testGroupCommit(t *testing.T, newDSN func(t *testing.T) string) {
 		t.Errorf("AppendEvent after Close succeeded")
 	}
 	release()
-	for name, ch := range map[string]chan error{"F": fDone, "G": gDone, "Close": closed} {
+	lateDone := make(chan error, 1)
+	s.AppendEventAsync(ctx, newEv("late async"), func(err error) { lateDone <- err })
+	if err := <-lateDone; err == nil {
+		t.Errorf("AppendEventAsync after Close succeeded")
+	}
+	for name, ch := range map[string]chan error{"F": fDone, "G": gDone, "H (async)": hDone, "Close": closed} {
 		if err := <-ch; err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
@@ -285,7 +292,7 @@ func testGroupCommit(t *testing.T, newDSN func(t *testing.T) string) {
 	for _, ev := range evs {
 		got = append(got, ev.Detail)
 	}
-	if want := []string{"first", "a", "b", "c", "d", "f", "g"}; !slices.Equal(got, want) {
+	if want := []string{"first", "a", "b", "c", "d", "f", "g", "h"}; !slices.Equal(got, want) {
 		t.Errorf("events on record %q, want %q", got, want)
 	}
 	if err := s.VerifyChain(ctx); err != nil {

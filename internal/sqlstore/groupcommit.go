@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/ids"
 )
 
 // Group commit of standalone events.
@@ -41,7 +42,17 @@ const (
 type appendReq struct {
 	ev    audit.Event
 	state atomic.Int32
-	done  chan error // buffered: the writer never waits for the caller
+	done  chan error  // buffered: the writer never waits for the caller
+	cb    func(error) // AppendEventAsync's callback, instead of done
+}
+
+// release tells r's caller how its append ended.
+func (r *appendReq) release(err error) {
+	if r.cb != nil {
+		r.cb(err)
+		return
+	}
+	r.done <- err
 }
 
 // committer is the one writer goroutine of a Store and the queue in front of it.
@@ -92,6 +103,36 @@ func (s *Store) enqueue(ctx context.Context, ev audit.Event) error {
 		}
 		return fmt.Errorf("gave up waiting for the audit record's commit (it may be on record): %w", ctx.Err())
 	}
+}
+
+// AppendEventAsync queues ev like AppendEvent but does not wait for its commit: done, when not
+// nil, is called once with the outcome (nil: durable) from the writer goroutine, so it must not
+// block. For records whose caller has nothing left to decide (a proxied call's completion, after
+// the response went out). ctx gives the request fields (audit.Origin) only; it cannot cancel
+// the append. AppendEventAsync blocks only while the queue is full.
+func (s *Store) AppendEventAsync(ctx context.Context, ev audit.Event, done func(error)) {
+	if ev.ID == "" {
+		ev.ID = ids.New("evt")
+	}
+	ev.Stamp(ctx)
+	if done == nil {
+		done = func(error) {}
+	}
+	action, id := ev.Action, ev.ID
+	r := &appendReq{ev: ev, cb: func(err error) {
+		if err != nil {
+			err = fmt.Errorf("append audit event %s %s: %w", action, id, err)
+		}
+		done(err)
+	}}
+	gc := s.gc
+	gc.mu.RLock()
+	defer gc.mu.RUnlock()
+	if gc.closed {
+		r.release(errStoreClosed)
+		return
+	}
+	gc.reqs <- r
 }
 
 // runCommitter is the writer loop: one batch at a time until Close, then what is left queued.
@@ -150,17 +191,17 @@ func (s *Store) commitBatch(batch []*appendReq) {
 		})
 		if err == nil {
 			for _, r := range pending {
-				r.done <- nil
+				r.release(nil)
 			}
 			return
 		}
 		if bad < 0 {
 			for _, r := range pending {
-				r.done <- err
+				r.release(err)
 			}
 			return
 		}
-		pending[bad].done <- err
+		pending[bad].release(err)
 		pending = append(pending[:bad:bad], pending[bad+1:]...)
 	}
 }

@@ -16,14 +16,13 @@ import (
 	"github.com/mandate-dev/mandate/internal/token"
 )
 
-// testAppendHeavy appends from many goroutines at once, each a run of events one after the
+// testAuditConcurrent appends from many goroutines at once, each a run of events one after the
 // other, with audited mutations in between: every caller is released, every event is on record
 // once, the sequence has no gap, each goroutine's events are in the order it appended them
 // (a caller's next append starts after the last returned), and the chain verifies.
-func testAppendHeavy(t *testing.T, s Store) {
+func testAuditConcurrent(t *testing.T, s Store) {
 	ctx := t.Context()
 	const n, each = 64, 20
-	type key struct{ g, j int }
 	sent := make([][]string, n)
 	errs := runConcurrently(n, func(i int) error {
 		for j := range each {
