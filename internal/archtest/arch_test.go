@@ -35,9 +35,6 @@ var forbidden = map[string][]string{
 	// wires them.
 	"internal/auditsink": {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli",
 		"internal/registry", "internal/principal", "internal/token", "internal/delegation", "internal/proxy", "internal/vault"},
-	"internal/apperr": {"internal/"},
-	"internal/ids":    {"internal/"},
-	"internal/config": {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},
 
 	"internal/sqlstore":   {"internal/server", "internal/api", "internal/oauth", "internal/httpapi", "internal/cli"},
 	"internal/httpapi":    {"internal/sqlstore", "internal/server", "internal/api", "internal/oauth", "internal/cli"},

@@ -6,8 +6,16 @@ package audit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 )
+
+// ErrUnavailable is wrapped by every store error that means an audit record could not be made
+// durable (the insert or its commit failed: a full disk, a lost database, a refused write). The
+// operation it recorded did not happen: a store appends the record in the same transaction as
+// the change, and callers act (issue, forward, answer success) only after it returns nil. The
+// edge answers 503 audit_unavailable for it.
+var ErrUnavailable = errors.New("the audit trail could not record this")
 
 // Outcome is how a decision ended.
 type Outcome string

@@ -302,7 +302,7 @@ func startEvent(t *testing.T, ts *testServer, taskID string) *audit.Event {
 func TestAuditVerifyDocs(t *testing.T) {
 	dir := t.TempDir()
 	env := docEnv(t, dir, "./cmd/mandate")
-	addr := freePort(t)
+	addr := servertest.FreeAddr(t)
 	env = append(env, "MANDATE_LISTEN="+addr)
 	script := docBlocks(t, "../../docs/audit-verify.md", "## Keep a copy outside the database", true)
 	out := runScript(t, dir, substitute(t, script, [][2]string{{"127.0.0.1:8420", addr}}), env)

@@ -10,6 +10,7 @@ import (
 	"net/http"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
+	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/oautherr"
 )
 
@@ -54,9 +55,26 @@ var kindStatus = map[apperr.Kind]struct {
 	apperr.Conflict:        {http.StatusConflict, "conflict"},
 }
 
+// errAuditUnavailable is the answer to a request whose audit record could not be written: the
+// store wrote nothing else either, so the caller may retry.
+func errAuditUnavailable(err error) *Error {
+	return &Error{Status: http.StatusServiceUnavailable, Code: "audit_unavailable",
+		Description: "the audit trail could not record this request, so nothing was done; retry later, and quote the request id if it persists",
+		Reason:      "audit_unavailable", Header: http.Header{"Retry-After": {"5"}}, Cause: err}
+}
+
 // AsError turns any error into the response to send: an *Error as is, a domain refusal through
-// the kind table, anything else as a 500 whose description reveals nothing.
+// the kind table, a server failure that left the audit record unwritten (audit.ErrUnavailable)
+// as 503 audit_unavailable, anything else as a 500 whose description reveals nothing.
 func AsError(err error) *Error {
+	e := asError(err)
+	if e.Status >= 500 && e.Code != "audit_unavailable" && errors.Is(err, audit.ErrUnavailable) {
+		return errAuditUnavailable(err)
+	}
+	return e
+}
+
+func asError(err error) *Error {
 	var he *Error
 	if errors.As(err, &he) {
 		return he

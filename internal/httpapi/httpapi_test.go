@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -78,6 +79,40 @@ func TestErrorsAndRequestIDs(t *testing.T) {
 				if err := json.Unmarshal([]byte(line), &rec); err != nil || rec["request_id"] != id {
 					t.Errorf("log line without the request id: %s", line)
 				}
+			}
+		})
+	}
+}
+
+// TestAuditUnavailable: a server failure that left its audit record unwritten is a 503 that
+// says nothing was done, however it was wrapped; a refusal of the caller stays what it was.
+func TestAuditUnavailable(t *testing.T) {
+	store := fmt.Errorf("insert audit event: %w: %w", audit.ErrUnavailable, errors.New("disk full"))
+	for _, tc := range []struct {
+		name       string
+		err        error
+		wantStatus int
+		wantCode   string
+	}{
+		{"store error", fmt.Errorf("record token issue: %w", store), http.StatusServiceUnavailable, "audit_unavailable"},
+		{"internal apperr", apperr.Wrap(store, apperr.Internal, "internal", "failed"), http.StatusServiceUnavailable, "audit_unavailable"},
+		{"500 Error", &Error{Status: 500, Code: "server_error", Cause: store}, http.StatusServiceUnavailable, "audit_unavailable"},
+		{"refusal whose denial was not recorded", errors.Join(Errorf(http.StatusBadRequest, "invalid_grant", "no"), store), http.StatusBadRequest, "invalid_grant"},
+		{"other failure", errors.New("boom"), http.StatusInternalServerError, "server_error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := AsError(tc.err)
+			if e.Status != tc.wantStatus || e.Code != tc.wantCode {
+				t.Errorf("AsError = %d %s, want %d %s", e.Status, e.Code, tc.wantStatus, tc.wantCode)
+			}
+			rec := httptest.NewRecorder()
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			WriteError(rec, r, slog.New(slog.DiscardHandler), tc.err)
+			if rec.Code != tc.wantStatus {
+				t.Errorf("WriteError status %d, want %d", rec.Code, tc.wantStatus)
+			}
+			if tc.wantCode == "audit_unavailable" && rec.Header().Get("Retry-After") == "" {
+				t.Errorf("503 audit_unavailable without Retry-After")
 			}
 		})
 	}

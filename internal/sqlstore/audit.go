@@ -21,13 +21,16 @@ const eventCols = `seq, id, time, request_id, action, outcome, reason, detail, a
 	principal_id, agent_id, target, token_id, prev_hash, hash, source, repeat_count, first_time, last_time,
 	client_request_id, task_id, grant_id, upstream, ext`
 
-// AppendEvent appends a standalone event (a denial, which changes nothing else) as it is: its
-// Outcome is kept.
+// AppendEvent appends a standalone event (a denial, or a proxied call's pending record and its
+// completion) as it is: its Outcome is kept. It returns once the event is durable: appends from
+// concurrent callers are committed together (see groupcommit.go). An error that wraps
+// audit.ErrUnavailable means the event is not on record.
 func (s *Store) AppendEvent(ctx context.Context, ev audit.Event) error {
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		return appendEvent(ctx, tx, &ev)
-	})
-	if err != nil {
+	if ev.ID == "" {
+		ev.ID = ids.New("evt")
+	}
+	ev.Stamp(ctx)
+	if err := s.enqueue(ctx, ev); err != nil {
 		return fmt.Errorf("append audit event %s %s: %w", ev.Action, ev.ID, err)
 	}
 	return nil
@@ -47,19 +50,39 @@ func appendEvent(ctx context.Context, tx *sql.Tx, ev *audit.Event) error {
 		ev.ID = ids.New("evt")
 	}
 	ev.Stamp(ctx)
-	ev.Normalize()
-	var lastSeq int64
-	var lastHash string
-	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&lastSeq, &lastHash)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return fmt.Errorf("read end of audit chain: %w", err)
+	tail, err := readTail(ctx, tx)
+	if err != nil {
+		return err
 	}
+	return insertEvent(ctx, tx, &tail, ev)
+}
+
+// chainTail is the last event of the chain: its sequence number and hash (0 and "" when empty).
+type chainTail struct {
+	seq  int64
+	hash string
+}
+
+// readTail reads the end of the chain. The caller holds the write lock.
+func readTail(ctx context.Context, tx *sql.Tx) (chainTail, error) {
+	var t chainTail
+	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&t.seq, &t.hash)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return t, fmt.Errorf("read end of audit chain: %w: %w", audit.ErrUnavailable, err)
+	}
+	return t, nil
+}
+
+// insertEvent links ev after tail, inserts it and moves tail to it. Its errors wrap
+// audit.ErrUnavailable: the record could not be written, so neither may what it records.
+func insertEvent(ctx context.Context, tx *sql.Tx, tail *chainTail, ev *audit.Event) error {
+	ev.Normalize()
 	t := nanos(ev.Time)
 	ev.Time, ev.First, ev.Last = fromNanos(t), fromNanos(nanos(ev.First)), fromNanos(nanos(ev.Last))
-	ev.Seq = lastSeq + 1
-	ev.PrevHash = lastHash
+	ev.Seq = tail.seq + 1
+	ev.PrevHash = tail.hash
 	ev.Hash = ev.ComputeHash()
-	_, err = tx.ExecContext(ctx, `INSERT INTO audit_events (`+eventCols+`)
+	_, err := tx.ExecContext(ctx, `INSERT INTO audit_events (`+eventCols+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
 			$21, $22, $23, $24, $25)`,
 		ev.Seq, ev.ID, t, ev.RequestID, ev.Action, string(ev.Outcome), ev.Reason, ev.Detail,
@@ -67,8 +90,9 @@ func appendEvent(ctx context.Context, tx *sql.Tx, ev *audit.Event) error {
 		ev.Source, ev.Count, nanos(ev.First), nanos(ev.Last),
 		ev.ClientRequestID, ev.TaskID, ev.GrantID, ev.Upstream(), string(audit.Ext(ev)))
 	if err != nil {
-		return fmt.Errorf("insert audit event: %w", err)
+		return fmt.Errorf("insert audit event: %w: %w", audit.ErrUnavailable, err)
 	}
+	tail.seq, tail.hash = ev.Seq, ev.Hash
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -95,6 +96,7 @@ func runDialectTests(t *testing.T, dialect string, newDSN func(t *testing.T) str
 	})
 
 	t.Run("AnyByteChanged", func(t *testing.T) { anyByteChanged(t, mustOpen(t, newDSN(t))) })
+	t.Run("GroupCommit", func(t *testing.T) { testGroupCommit(t, newDSN) })
 
 	t.Run("TamperDetected", func(t *testing.T) {
 		for _, tc := range []struct{ name, sql string }{
@@ -230,4 +232,141 @@ func newestMigration(t *testing.T, dialect string) int64 {
 		t.Fatalf("no %s migrations", dialect)
 	}
 	return newest
+}
+
+// holdChain takes the write lock the committer needs (SQLite's one writer connection, the
+// PostgreSQL chain lock) so that appends queue up behind it; release lets them through.
+func holdChain(t *testing.T, s *Store) (release func()) {
+	t.Helper()
+	tx, err := s.db.BeginTx(t.Context(), nil)
+	if err != nil {
+		t.Fatalf("hold the chain: %v", err)
+	}
+	if s.dialect == DialectPostgres {
+		if _, err := tx.ExecContext(t.Context(), `SELECT pg_advisory_xact_lock($1)`, chainLockID); err != nil {
+			t.Fatalf("hold the chain: %v", err)
+		}
+	}
+	return func() { tx.Rollback() }
+}
+
+// waitFor waits until cond holds. It asserts nothing about time: the test fails only by timing
+// out if cond never holds.
+func waitFor(cond func() bool) {
+	for !cond() {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// testGroupCommit queues appends behind a held write lock, so the batches are known: a batch
+// commits its events in queue order, a reused id is refused alone, a caller that gives up while
+// queued is never written, one that gives up while its batch commits does not stop it, and
+// Close commits what is queued.
+func testGroupCommit(t *testing.T, newDSN func(t *testing.T) string) {
+	dsn := newDSN(t)
+	s := mustOpen(t, dsn)
+	batches := make(chan int, 16)
+	s.gc.batchStarted = func(n int) { batches <- n }
+	ctx := t.Context()
+	// appendAsync starts an append and waits until it is queued (queued more than before).
+	appendAsync := func(ctx context.Context, ev audit.Event, queuedBefore int) chan error {
+		done := make(chan error, 1)
+		go func() { done <- s.AppendEvent(ctx, ev) }()
+		waitFor(func() bool { return len(s.gc.reqs) > queuedBefore })
+		return done
+	}
+	newEv := func(detail string) audit.Event {
+		ev := audit.New(time.Now(), ids.New("req"), audit.ActionTokenDeny)
+		ev.ID, ev.Detail = ids.New("evt"), detail
+		return ev
+	}
+	first := newEv("first")
+	if err := s.AppendEvent(ctx, first); err != nil {
+		t.Fatalf("AppendEvent: %v", err)
+	}
+	if n := <-batches; n != 1 {
+		t.Fatalf("a lone append was committed in a batch of %d", n)
+	}
+
+	release := holdChain(t, s)
+	// A is taken by the writer, which then waits for the lock; its caller gives up.
+	actx, cancelA := context.WithCancel(ctx)
+	a := newEv("a")
+	aDone := make(chan error, 1)
+	go func() { aDone <- s.AppendEvent(actx, a) }()
+	if n := <-batches; n != 1 {
+		t.Fatalf("batch of %d, want A alone", n)
+	}
+	cancelA()
+	if err := <-aDone; !errors.Is(err, context.Canceled) {
+		t.Errorf("A, given up while its batch commits: %v, want context.Canceled", err)
+	}
+	// B, C, a reused id, D queue behind it, and E, which gives up while queued.
+	b, c, dup, d, e := newEv("b"), newEv("c"), newEv("dup"), newEv("d"), newEv("e")
+	dup.ID = first.ID
+	bDone := appendAsync(ctx, b, 0)
+	cDone := appendAsync(ctx, c, 1)
+	dupDone := appendAsync(ctx, dup, 2)
+	ectx, cancelE := context.WithCancel(ctx)
+	eDone := appendAsync(ectx, e, 3)
+	dDone := appendAsync(ctx, d, 4)
+	cancelE()
+	if err := <-eDone; !errors.Is(err, context.Canceled) {
+		t.Errorf("E, given up while queued: %v, want context.Canceled", err)
+	}
+	release()
+	if n := <-batches; n != 4 {
+		t.Errorf("second batch of %d, want B, C, the reused id and D (E gave up)", n)
+	}
+	for name, ch := range map[string]chan error{"B": bDone, "C": cDone, "D": dDone} {
+		if err := <-ch; err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if err := <-dupDone; !errors.Is(err, audit.ErrUnavailable) {
+		t.Errorf("the reused id: %v, want an error wrapping audit.ErrUnavailable", err)
+	}
+
+	// Close commits what is queued, then refuses.
+	release = holdChain(t, s)
+	f, g, h := newEv("f"), newEv("g"), newEv("h")
+	fDone := make(chan error, 1)
+	go func() { fDone <- s.AppendEvent(ctx, f) }()
+	<-batches // F taken
+	gDone := appendAsync(ctx, g, 0)
+	hDone := make(chan error, 1)
+	s.AppendEventAsync(ctx, h, func(err error) { hDone <- err }) // returns before its commit
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	waitFor(func() bool { s.gc.mu.RLock(); defer s.gc.mu.RUnlock(); return s.gc.closed })
+	if err := s.AppendEvent(ctx, newEv("late")); err == nil {
+		t.Errorf("AppendEvent after Close succeeded")
+	}
+	release()
+	lateDone := make(chan error, 1)
+	s.AppendEventAsync(ctx, newEv("late async"), func(err error) { lateDone <- err })
+	if err := <-lateDone; err == nil {
+		t.Errorf("AppendEventAsync after Close succeeded")
+	}
+	for name, ch := range map[string]chan error{"F": fDone, "G": gDone, "H (async)": hDone, "Close": closed} {
+		if err := <-ch; err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+
+	s = mustOpen(t, dsn)
+	evs, err := s.ListEvents(ctx, audit.Filter{Ascending: true, Limit: 100})
+	if err != nil {
+		t.Fatalf("ListEvents: %v", err)
+	}
+	var got []string
+	for _, ev := range evs {
+		got = append(got, ev.Detail)
+	}
+	if want := []string{"first", "a", "b", "c", "d", "f", "g", "h"}; !slices.Equal(got, want) {
+		t.Errorf("events on record %q, want %q", got, want)
+	}
+	if err := s.VerifyChain(ctx); err != nil {
+		t.Errorf("VerifyChain: %v", err)
+	}
 }

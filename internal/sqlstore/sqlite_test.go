@@ -17,6 +17,13 @@ func TestSQLite(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Store { return mustOpen(t, newSQLiteDSN(t)) })
 }
 
+func TestSQLiteAuditFaults(t *testing.T) {
+	storetest.RunAuditFaults(t, func(t *testing.T) (storetest.Store, string) {
+		dsn := newSQLiteDSN(t)
+		return mustOpen(t, dsn), dsn
+	})
+}
+
 func TestSQLiteDialect(t *testing.T) {
 	runDialectTests(t, DialectSQLite, newSQLiteDSN)
 }

@@ -26,7 +26,10 @@
 // transaction as its change, and marks it OutcomeSuccess; when the change fails nothing is
 // written. Appends are serialised so the chain never forks: SQLite has a single writer
 // connection with BEGIN IMMEDIATE transactions, and PostgreSQL takes a transaction-scoped
-// advisory lock at the start of every audited write transaction (see writeTx).
+// advisory lock at the start of every audited write transaction (see writeTx). Standalone
+// events (AppendEvent) are committed in batches by one writer goroutine, one commit for what
+// queued while the last one ran (see groupcommit.go). Every error that means an event is not on
+// record wraps audit.ErrUnavailable.
 package sqlstore
 
 import (
@@ -39,6 +42,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/mandate-dev/mandate/internal/audit"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
@@ -63,6 +68,8 @@ type Store struct {
 	// appended, when set, is called after every commit of a transaction that may have appended
 	// to the audit chain (see OnAppend).
 	appended atomic.Pointer[func()]
+	// gc commits standalone events in batches (see groupcommit.go).
+	gc *committer
 }
 
 // OnAppend makes the store call fn after every commit that may have appended audit events, so
@@ -139,7 +146,9 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 		r.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	return &Store{dialect: DialectSQLite, db: w, rdb: r, now: time.Now}, nil
+	s := &Store{dialect: DialectSQLite, db: w, rdb: r, now: time.Now}
+	s.startCommitter()
+	return s, nil
 }
 
 func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
@@ -164,11 +173,15 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 	if err := migrate(ctx, db, DialectPostgres); err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	return &Store{dialect: DialectPostgres, db: db, rdb: db, now: time.Now}, nil
+	s := &Store{dialect: DialectPostgres, db: db, rdb: db, now: time.Now}
+	s.startCommitter()
+	return s, nil
 }
 
-// Close closes the database.
+// Close commits the events already queued by AppendEvent, refuses new ones, and closes the
+// database.
 func (s *Store) Close() error {
+	s.gc.close()
 	err := s.db.Close()
 	if s.rdb != s.db {
 		err = errors.Join(err, s.rdb.Close())
@@ -241,6 +254,11 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 		return err
 	}
 	if err := tx.Commit(); err != nil {
+		if lockChain {
+			// What fn appended to the audit chain is not on record (a full disk, a lost
+			// connection): nor is anything else it did.
+			return fmt.Errorf("commit: %w: %w", audit.ErrUnavailable, err)
+		}
 		return fmt.Errorf("commit: %w", err)
 	}
 	if fn := s.appended.Load(); lockChain && fn != nil {

@@ -87,6 +87,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"PruneEvents", testPruneEvents},
 		{"SinkCursors", testSinkCursors},
 		{"SinkCursorsConcurrent", testSinkCursorsConcurrent},
+		{"AppendBadEvents", testAppendBadEvents},
 		{"Grants", testGrants},
 		{"GrantErrors", testGrantErrors},
 		{"GrantRequests", testGrantRequests},
@@ -1475,44 +1476,5 @@ func testListEventsFilter(t *testing.T, s Store) {
 				t.Errorf("ListEvents(%+v) (-want +got):\n%s", tc.f, diff)
 			}
 		})
-	}
-}
-
-// testAuditConcurrent appends from many goroutines, directly and through mutations: the chain
-// must not fork.
-func testAuditConcurrent(t *testing.T, s Store) {
-	ctx := t.Context()
-	const n, each = 10, 5
-	errs := runConcurrently(n, func(i int) error {
-		for j := range each {
-			var err error
-			if j%2 == 0 {
-				err = s.AppendEvent(ctx, newEvent(audit.ActionTokenDeny))
-			} else {
-				err = s.RevokeToken(ctx, token.RevokedToken{JTI: ids.New("jti"), ExpiresAt: at(time.Hour), RevokedAt: base},
-					newEvent(audit.ActionTokenRevoke))
-			}
-			if err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	for i, err := range errs {
-		if err != nil {
-			t.Errorf("goroutine %d: %v", i, err)
-		}
-	}
-	evs := allEvents(t, s)
-	if len(evs) != n*each {
-		t.Fatalf("%d events, want %d", len(evs), n*each)
-	}
-	for i, ev := range evs {
-		if ev.Seq != int64(i+1) {
-			t.Fatalf("event %d has Seq %d, want %d", i, ev.Seq, i+1)
-		}
-	}
-	if err := s.VerifyChain(ctx); err != nil {
-		t.Errorf("VerifyChain: %v", err)
 	}
 }
