@@ -122,6 +122,24 @@ func TestServeShipsAcrossRestart(t *testing.T) {
 		}
 		return evs[0].Seq
 	}
+	// The signed checkpoints the server stored: the sinks carry each beside its event.
+	checkpoints := func() []auditsink.Checkpoint {
+		t.Helper()
+		s, err := sqlstore.Open(t.Context(), filepath.Join(dataDir, "mandate.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		cps, err := s.ListCheckpoints(t.Context(), 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []auditsink.Checkpoint
+		for _, cp := range cps {
+			out = append(out, auditsink.Checkpoint{Seq: cp.Seq, Hash: cp.Hash, Time: cp.Time, JWS: cp.JWS})
+		}
+		return out
+	}
 
 	// First run: the syslog server and the webhook are down; the file gets what it can, and
 	// the metrics show the others failing and behind.
@@ -133,7 +151,7 @@ func TestServeShipsAcrossRestart(t *testing.T) {
 			!strings.Contains(m, `mandate_audit_sink_lag_events{sink="`+metricsName+`"} 0`)
 	})
 	first := head()
-	checkStream(t, fileRecords(), first, nil)
+	checkStream(t, fileRecords(), first, checkpointsUpTo(fileRecords()))
 	if got := len(hook.all()) + len(sys.all()); got != 0 {
 		t.Fatalf("the receivers that were down got %d records", got)
 	}
@@ -152,9 +170,15 @@ func TestServeShipsAcrossRestart(t *testing.T) {
 		return hasEvent(sys.all(), first+10) && hasEvent(hook.all(), first+10) && hasEvent(fileRecords(), first+10)
 	})
 	last := head()
-	eventually(t, func() bool { return hasEvent(sys.all(), last) }) // written is not yet read
+	cps := checkpoints()
+	if len(cps) == 0 || cps[len(cps)-1].Seq != last {
+		t.Fatalf("checkpoints %v: want the last one, signed at shutdown, at the head %d", cps, last)
+	}
+	for _, got := range sinks { // written is not yet read
+		eventually(t, func() bool { return hasEvent(got(), last) && hasCheckpoint(got(), last) })
+	}
 	for name, got := range sinks {
-		t.Run(name, func(t *testing.T) { checkStream(t, got(), last, nil) })
+		t.Run(name, func(t *testing.T) { checkStream(t, got(), last, cps) })
 	}
 }
 
@@ -171,6 +195,28 @@ func waitFor(t *testing.T, done <-chan error, logs *syncbuf.Buffer, cond func() 
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// hasCheckpoint reports whether rs holds the checkpoint of seq.
+func hasCheckpoint(rs []auditsink.Record, seq int64) bool {
+	for _, r := range rs {
+		if r.Checkpoint != nil && r.Checkpoint.Seq == seq {
+			return true
+		}
+	}
+	return false
+}
+
+// checkpointsUpTo is the checkpoints rs holds, de-duplicated: what a run that stopped early
+// shipped so far (the rest follow in the next run, which checks them all).
+func checkpointsUpTo(rs []auditsink.Record) []auditsink.Checkpoint {
+	var out []auditsink.Checkpoint
+	for _, r := range dedup(rs) {
+		if r.Checkpoint != nil {
+			out = append(out, *r.Checkpoint)
+		}
+	}
+	return out
 }
 
 func hasEvent(rs []auditsink.Record, seq int64) bool {

@@ -6,7 +6,6 @@ import (
 	"strings"
 
 	"github.com/mandate-dev/mandate/internal/audit"
-	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/oautherr"
 	"github.com/mandate-dev/mandate/verify"
 )
@@ -83,7 +82,7 @@ func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, c *call, e 
 		return
 	}
 	f := oautherr.Refusal{Status: e.status, Code: e.code, Description: e.desc,
-		RequestID: httpapi.RequestID(r.Context()), Nonce: e.nonce}
+		RequestID: c.reqID, Nonce: e.nonce}
 	if e.challenge {
 		f.Challenge = p.challenge(c, e)
 	}
