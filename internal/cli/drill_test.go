@@ -74,13 +74,13 @@ func TestIncidentDrill(t *testing.T) {
 		tm.grant = g.GrantID
 
 		// The lead starts an instance task (its own key for this run), and hands it down twice.
-		taskFile := filepath.Join(t.TempDir(), "task.json")
+		taskPath := filepath.Join(t.TempDir(), "task.json")
 		var started taskStarted
 		decodeJSON(t, ok(t, "task", "start", "--key-file", tm.lead, "--grant", tm.grant, "--purpose", fmt.Sprintf("weekly digest %d", i),
-			"--instance-key", "--out", taskFile, "--json"), &started)
+			"--instance-key", "--out", taskPath, "--json"), &started)
 		tm.leadTask, tm.instanceJKT = started.TaskID, started.JKT
 		var file taskFile
-		data, err := os.ReadFile(taskFile)
+		data, err := os.ReadFile(taskPath)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -158,6 +158,8 @@ func TestIncidentDrill(t *testing.T) {
 	if tp := logged[0].Get("Traceparent"); len(tp) != 55 {
 		t.Errorf("traceparent %q", tp)
 	}
+	// A call's completion record is written after the agent has its answer: wait for every one.
+	waitCompleted(t, []string{"--since", "1h"}, len(teams)*perSender)
 	var ev audit.Event
 	events := jsonLines[audit.Event](t, ok(t, "audit", "--request-id", rid, "--format", "jsonl"))
 	for _, e := range events {
@@ -181,13 +183,17 @@ func TestIncidentDrill(t *testing.T) {
 		}
 	}
 	out := ok(t, "audit", "explain", rid)
+	if os.Getenv("DRILL_SHOW") != "" {
+		t.Log(out)
+	}
 	hasAll(t, out,
 		rid, "mail", "POST", "/v1/send", "200",
 		"usr_", tm.grant,
 		"@lead-"+fmt.Sprint(idx), "@worker-"+fmt.Sprint(idx), "@sender-"+fmt.Sprint(idx),
 		tm.leadTask, tm.workerTask, tm.senderTask.TaskID,
 		fmt.Sprintf("weekly digest %d", idx), fmt.Sprintf("draft digest %d", idx), fmt.Sprintf("send digest %d", idx),
-		tm.instanceJKT[:8],
+		tm.instanceJKT,
+		"valid: no link",
 	)
 	if strings.Contains(out, "sk_live_drill_secret") {
 		t.Fatal("explain printed the upstream credential")
@@ -212,6 +218,21 @@ func TestIncidentDrill(t *testing.T) {
 	if none != 0 {
 		t.Errorf("audit --until before the calls: %d", none)
 	}
+}
+
+// waitCompleted waits until `mandate audit --action proxy.call` with filters counts want
+// completed calls.
+func waitCompleted(t *testing.T, filters []string, want int) {
+	t.Helper()
+	args := append([]string{"audit", "--action", "proxy.call", "--all", "--format", "jsonl"}, filters...)
+	got := 0
+	for range 200 {
+		if got = completed(jsonLines[audit.Event](t, ok(t, args...))); got >= want {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%d completed calls recorded, want %d", got, want)
 }
 
 // completed counts the completed proxied calls (not their pending records).
