@@ -309,7 +309,15 @@ func TestExchangeEventsCarryTheAnswer(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff(stored.Terms(), terms); diff != "" {
+		// The trail keeps terms in canonical JSON (sorted keys): compare the details' values.
+		asValue := cmp.Transformer("json", func(r json.RawMessage) any {
+			var v any
+			if err := json.Unmarshal(r, &v); err != nil {
+				return string(r)
+			}
+			return v
+		})
+		if diff := cmp.Diff(stored.Terms(), terms, asValue); diff != "" {
 			t.Errorf("task.start %d terms (-stored +trail):\n%s", i+1, diff)
 		}
 		if ev.TaskID != want.task || ev.Purpose != want.purpose || ev.RequestID != x[i].RequestID || ev.Seq+1 != x[i].Seq {

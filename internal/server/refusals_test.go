@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -189,6 +190,13 @@ func TestRefusalsShareOneShape(t *testing.T) {
 			evs, err := ts.Srv.Store().ListEvents(context.Background(), audit.Filter{RequestID: id})
 			if err != nil {
 				t.Fatal(err)
+			}
+			// The proxy records a refusal after it answered: wait for it.
+			for i := 0; tt.action != "" && len(evs) == 0 && i < 100; i++ {
+				time.Sleep(20 * time.Millisecond)
+				if evs, err = ts.Srv.Store().ListEvents(context.Background(), audit.Filter{RequestID: id}); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if tt.action == "" {
 				if len(evs) != 0 && !tt.thirdPart {

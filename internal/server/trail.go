@@ -29,7 +29,7 @@ func (s *Server) buildTrail(ctx context.Context, masters [][]byte, reg prometheu
 		Store: s.store, Keys: keys, Issuer: s.cfg.Issuer,
 		Events: int64(s.cfg.AuditCheckpointEvents), Interval: s.cfg.AuditCheckpointInterval,
 		Retention: s.cfg.AuditRetention,
-		Floor: s.retentionFloor(),
+		Floor:     s.retentionFloor(),
 		OnVerify: func(ok bool) {
 			if ok {
 				chainOK.Set(1)
