@@ -443,8 +443,15 @@ func printExplanation(w io.Writer, x *audit.Explanation) error {
 	return p.err
 }
 
+// shownElsewhere are the members of grant and task terms that the page already shows beside
+// them (who, which task, when): left out of the one-line terms, kept in --format json.
+var shownElsewhere = map[string]bool{"agent_id": true, "grant_id": true, "task_id": true, "principal_id": true,
+	"granted_by": true, "created_at": true, "root_task_id": true, "parent_task_id": true, "key_jkt": true,
+	"instance_key": true, "lifetime_seconds": true, "request_id": true}
+
 // termsText is terms on one line, with the expiry they imply when no member states it.
 func termsText(v audit.TermsView) string {
+	v.Fields = slices.DeleteFunc(slices.Clone(v.Fields), func(f audit.TermsField) bool { return shownElsewhere[f.Key] })
 	s := v.String()
 	if s == "" {
 		return "- (none recorded)"
