@@ -583,7 +583,7 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	case errors.As(err, &blocked):
 		e = refuse(http.StatusBadGateway, "bad_gateway", reasonBlocked, "the upstream's address is not allowed (private, loopback or link-local): mark the upstream allow_private if that is intended")
 		e.outcome = audit.OutcomeFailure
-	case errors.As(err, &audErr):
+	case errors.As(err, &audErr) || errors.Is(err, audit.ErrUnavailable): // the pending record, or an OAuth upstream's token refresh's
 		e = refuse(http.StatusServiceUnavailable, "audit_unavailable", reasonAuditUnavailable,
 			"the call could not be recorded in the audit trail, so nothing was forwarded to the upstream; retry later")
 		e.outcome = audit.OutcomeFailure

@@ -260,6 +260,12 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 		refreshVersion = csVersion
 	}
 
+	// Fail closed: the upstream's token endpoint is called only once a record of the call is
+	// durable; its outcome is recorded after, naming this record as its cause.
+	pending, err := s.recordRefreshPending(ctx, u, form.Get("grant_type"))
+	if err != nil {
+		return Secret{}, time.Time{}, err
+	}
 	// Not cancelled with the caller: once the upstream has rotated the refresh token, the
 	// answer must be stored, or the grant is lost.
 	resp, err := s.tokenRequest(context.WithoutCancel(ctx), u, form)
@@ -269,7 +275,7 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 		if _, _, v, gerr := s.cfg.Store.GetSecret(ctx, u.Name, checkKind); gerr == nil && v != refreshVersion {
 			return Secret{}, time.Time{}, ErrConflict
 		}
-		s.auditRefresh(ctx, u, audit.OutcomeFailure, "token_endpoint", err.Error())
+		s.auditRefresh(ctx, u, pending, audit.OutcomeFailure, "token_endpoint", err.Error())
 		return Secret{}, time.Time{}, apperr.Wrap(err, apperr.Internal, "upstream_token",
 			"the token endpoint of upstream %s did not give an access token", u.Name)
 	}
@@ -296,7 +302,7 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 		rotated = true
 	}
 	ev := audit.New(now, "", ActionTokenRefresh)
-	ev.ActorType, ev.Target = audit.ActorSystem, u.Name
+	ev.ActorType, ev.Target, ev.Cause = audit.ActorSystem, u.Name, pending
 	ev.Detail = fmt.Sprintf("grant=%s refresh_token_rotated=%t", form.Get("grant_type"), rotated)
 	err = s.cfg.Store.SwapSecrets(context.WithoutCancel(ctx), u.Name, checkKind, refreshVersion, secrets, ev)
 	if errors.Is(err, ErrConflict) {
@@ -383,12 +389,28 @@ func (s *Service) tokenRequest(ctx context.Context, u Upstream, form url.Values)
 	return &tr, nil
 }
 
-func (s *Service) auditRefresh(ctx context.Context, u Upstream, outcome audit.Outcome, reason, detail string) {
+// recordRefreshPending durably records that the token endpoint of u is about to be called, and
+// returns the record's id ("" without an audit store).
+func (s *Service) recordRefreshPending(ctx context.Context, u Upstream, grantType string) (string, error) {
+	if s.cfg.Audit == nil {
+		return "", nil
+	}
+	ev := audit.New(s.cfg.Now(), "", ActionTokenRefresh)
+	ev.ActorType, ev.Target, ev.Outcome = audit.ActorSystem, u.Name, audit.OutcomePending
+	ev.Detail = fmt.Sprintf("asking the token endpoint of %s for an access token (grant=%s)", u.Name, grantType)
+	if err := s.cfg.Audit.AppendEvent(context.WithoutCancel(ctx), ev); err != nil {
+		return "", fmt.Errorf("record the token refresh of upstream %s before calling its token endpoint: %w", u.Name, err)
+	}
+	return ev.ID, nil
+}
+
+func (s *Service) auditRefresh(ctx context.Context, u Upstream, cause string, outcome audit.Outcome, reason, detail string) {
 	if s.cfg.Audit == nil {
 		return
 	}
 	ev := audit.New(s.cfg.Now(), "", ActionTokenRefresh)
 	ev.ActorType, ev.Target, ev.Outcome, ev.Reason, ev.Detail = audit.ActorSystem, u.Name, outcome, reason, detail
+	ev.Cause = cause
 	if err := s.cfg.Audit.AppendEvent(context.WithoutCancel(ctx), ev); err != nil {
 		s.cfg.Log.ErrorContext(ctx, "record upstream token refresh", slog.String("error", err.Error()))
 	}

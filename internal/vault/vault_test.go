@@ -589,9 +589,11 @@ func TestRefreshErrorsHideSecrets(t *testing.T) {
 	if !strings.Contains(err.Error(), "invalid_grant") {
 		t.Errorf("the error does not name the OAuth error code: %v", err)
 	}
+	// A pending record before the token endpoint was called, and the failure naming it.
 	evs, _ := e.store.ListEvents(t.Context(), audit.Filter{Action: vault.ActionTokenRefresh})
-	if len(evs) != 1 || evs[0].Outcome != audit.OutcomeFailure || strings.Contains(evs[0].Detail, "canary") {
-		t.Errorf("refresh failure events = %+v, want one failure without the secret", evs)
+	if len(evs) != 2 || evs[0].Outcome != audit.OutcomeFailure || strings.Contains(evs[0].Detail, "canary") ||
+		evs[1].Outcome != audit.OutcomePending || evs[0].Cause != evs[1].ID {
+		t.Errorf("refresh events = %+v, want a pending record and one failure naming it, without the secret", evs)
 	}
 	// A wrong client secret is reported the same way.
 	u2 := addOAuth(t, svc, "cc", vault.AuthOAuth2ClientCredentials, ts.URL, map[string]string{vault.SecretClientSecret: "wrong-canary"})
@@ -685,5 +687,36 @@ func TestTokenStaleAcrossReplicas(t *testing.T) {
 	u2 := addOAuth(t, a, "shared", vault.AuthOAuth2ClientCredentials, ts.URL, map[string]string{vault.SecretClientSecret: "client-secret"})
 	if got := injected(t, a, u2); got == "at-2" {
 		t.Fatal("the re-created upstream inherited the old upstream's token")
+	}
+}
+
+// failingAudit refuses every standalone audit record, as a store whose audit writes fail does.
+type failingAudit struct{ audit.Store }
+
+func (failingAudit) AppendEvent(context.Context, audit.Event) error {
+	return fmt.Errorf("insert audit event: %w", audit.ErrUnavailable)
+}
+
+// TestRefreshFailsClosed: when the record of a token refresh cannot be written, the upstream's
+// token endpoint is never called (it is an upstream call like any other), and the error says
+// the audit trail is unavailable.
+func TestRefreshFailsClosed(t *testing.T) {
+	e := newEnv(t)
+	svc := vault.New(vault.Config{Store: e.store, Keyring: e.ring, Audit: failingAudit{e.store}, Now: e.clk.Now})
+	ts := newTokenServer(t, "rt-live")
+	for kind, secrets := range map[vault.AuthKind]map[string]string{
+		vault.AuthOAuth2Refresh:           {vault.SecretRefreshToken: "rt-live", vault.SecretClientSecret: "client-secret"},
+		vault.AuthOAuth2ClientCredentials: {vault.SecretClientSecret: "client-secret"},
+	} {
+		u := addOAuth(t, svc, "oa-"+string(kind), kind, ts.URL, secrets)
+		err := svc.Inject(t.Context(), u, httptest.NewRequest("GET", "https://api.example/x", nil))
+		if !errors.Is(err, audit.ErrUnavailable) {
+			t.Errorf("%s: Inject with the audit trail down = %v, want audit.ErrUnavailable", kind, err)
+		}
+	}
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.calls != 0 {
+		t.Errorf("the token endpoint was called %d times without a durable record", ts.calls)
 	}
 }
