@@ -188,7 +188,21 @@ func (c *Checkpointer) CheckTail(ctx context.Context) (rep Report, ok bool, err 
 		return Report{}, false, err
 	}
 	keys := c.JWKS()
-	rep, err = c.scan(ctx, last.Seq, NewVerifier(&keys, []Checkpoint{last}))
+	// The row's seq and hash are not signed: the JWS is. A row holding another checkpoint's
+	// JWS (or none that verifies) is itself the tampering.
+	signed, perr := ParseCheckpoint(last.JWS, keys)
+	if perr == nil && (signed.Seq != last.Seq || signed.Hash != last.Hash) {
+		perr = fmt.Errorf("it holds the signed checkpoint of seq %d", signed.Seq)
+	}
+	if perr != nil {
+		rep = Report{Problem: &Problem{Seq: last.Seq, Reason: ReasonBadCheckpoint,
+			Detail: fmt.Sprintf("the last stored checkpoint (seq %d) is not one the server signed: %v; the checkpoints table was edited", last.Seq, perr)}}
+		if c.cfg.OnVerify != nil {
+			c.cfg.OnVerify(false)
+		}
+		return rep, true, nil
+	}
+	rep, err = c.scan(ctx, last.Seq, NewTailVerifier(&keys, signed))
 	return rep, true, err
 }
 
@@ -237,9 +251,16 @@ func (c *Checkpointer) Prune(ctx context.Context) (int64, error) {
 	if err != nil || !ok {
 		return 0, err
 	}
-	if _, err := ParseCheckpoint(cut.JWS, c.JWKS()); err != nil {
+	signed, err := ParseCheckpoint(cut.JWS, c.JWKS())
+	if err != nil {
 		return 0, fmt.Errorf("audit retention: the checkpoint of seq %d does not verify; nothing removed: %w", cut.Seq, err)
 	}
+	// The stored time, seq and hash are not signed: only what the JWS says decides the cut.
+	if signed.Seq != cut.Seq || signed.Hash != cut.Hash || signed.Time.After(c.cfg.Now().Add(-c.cfg.Retention)) {
+		return 0, fmt.Errorf("audit retention: the checkpoint stored for seq %d does not say what its signature says (signed for seq %d at %s); the checkpoints table was edited; nothing removed",
+			cut.Seq, signed.Seq, signed.Time.Format(time.RFC3339))
+	}
+	cut = signed
 	first, err := c.cfg.Store.FirstSeq(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("audit retention: %w", err)
@@ -256,6 +277,11 @@ func (c *Checkpointer) Prune(ctx context.Context) (int64, error) {
 	ev.Detail = fmt.Sprintf("retention %v: removing events %d..%d, up to the checkpoint signed at %s", c.cfg.Retention, first, cut.Seq, cut.Time.Format(time.RFC3339))
 	if err := c.cfg.Store.AppendEvent(ctx, ev); err != nil {
 		return 0, fmt.Errorf("audit retention: record the cut: %w", err)
+	}
+	// A verifier accepts a chain that starts after seq 1 only with a signed record of the cut:
+	// sign the head, this record included, before anything goes.
+	if _, _, err := c.Checkpoint(ctx); err != nil {
+		return 0, fmt.Errorf("audit retention: sign the record of the cut: %w", err)
 	}
 	var n int64
 	for _, s := range steps {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -35,6 +36,7 @@ const (
 	ReasonTruncated          = "truncated"           // the chain ends before a checkpoint's seq
 	ReasonBadCheckpoint      = "bad_checkpoint"      // a checkpoint's signature does not verify
 	ReasonUnanchoredStart    = "unanchored_start"    // the chain starts after seq 1 and no checkpoint vouches for the cut
+	ReasonUnrecordedCut      = "unrecorded_cut"      // the chain starts after seq 1 and no signed audit.prune event records that cut
 )
 
 // Report is what a verification found. OK is true when the chain verifies.
@@ -54,10 +56,13 @@ type Report struct {
 	LastCheckpoint         *Checkpoint `json:"last_checkpoint,omitempty"`
 	// SignaturesChecked is false when the checkpoints were taken as given (the store's own
 	// check, which has no keys).
-	SignaturesChecked bool          `json:"signatures_checked"`
-	Problem           *Problem      `json:"problem,omitempty"`
-	Duration          time.Duration `json:"-"`
-	DurationMS        int64         `json:"duration_ms"`
+	SignaturesChecked bool     `json:"signatures_checked"`
+	Problem           *Problem `json:"problem,omitempty"`
+	// TornLines are the lines of a sink's file that were skipped as torn (not JSON): a sink
+	// writes such a record again on a line of its own.
+	TornLines  []int         `json:"torn_lines,omitempty"`
+	Duration   time.Duration `json:"-"`
+	DurationMS int64         `json:"duration_ms"`
 }
 
 // Err is nil when the chain verifies, else an error wrapping ErrChainBroken that names the
@@ -88,6 +93,21 @@ type Verifier struct {
 	prev    string // hash of the last event
 	good    int64  // seq of the last checkpoint that matched (or the start)
 	begin   time.Time
+	// A chain that starts after seq 1 must hold the audit.prune event that recorded the cut
+	// (retention writes it, then signs a checkpoint over it, before it removes anything):
+	// cutAt is the seq before the chain's first, pruneSeq the seq of the first prune event
+	// whose cut reaches it.
+	cutAt, pruneSeq int64
+	// tail: the chain is read from the event of one checkpoint on (CheckTail), not whole.
+	tail bool
+}
+
+// NewTailVerifier returns a verifier of the chain from the event that checkpoint signs to the
+// head: what the server checks at every start, cheaply.
+func NewTailVerifier(keys *jose.JSONWebKeySet, checkpoint Checkpoint) *Verifier {
+	v := NewVerifier(keys, []Checkpoint{checkpoint})
+	v.tail = true
+	return v
 }
 
 // NewVerifier returns a verifier for the given checkpoints (duplicates are fine). With keys,
@@ -178,18 +198,36 @@ func (v *Verifier) Add(ev *Event) bool {
 		v.rep.LastCheckpoint = &c
 		v.good = ev.Seq
 	}
+	if v.cutAt > 0 && v.pruneSeq == 0 && ev.Action == ActionAuditPrune && ev.Outcome == OutcomeSuccess {
+		if cut, err := strconv.ParseInt(ev.Target, 10, 64); err == nil && cut >= v.cutAt {
+			v.pruneSeq = ev.Seq
+		}
+	}
 	v.rep.Events++
 	v.rep.LastSeq, v.rep.HeadHash, v.prev = ev.Seq, ev.Hash, ev.Hash
 	return true
 }
 
 // start checks the first event: seq 1 with no link, or the event after a checkpoint whose hash
-// it links to, or the event a checkpoint signs (its hash is checked as it is added).
+// it links to (a retention cut, which Finish checks was recorded); for a tail verifier, the
+// event its checkpoint signs (its hash is checked as it is added).
 func (v *Verifier) start(ev *Event) bool {
 	if v.started {
 		return true
 	}
 	v.started = true
+	if v.tail {
+		v.rep.FirstSeq = ev.Seq
+		v.good = ev.Seq - 1
+		if len(v.cps) == 0 || v.cps[0].Seq != ev.Seq {
+			want := v.tailSeq()
+			return v.fail(Problem{Seq: want, Reason: ReasonTruncated,
+				Detail: fmt.Sprintf("the event of the last signed checkpoint (seq %d) is gone: the chain was cut there", want)})
+		}
+		c := v.cps[0]
+		v.rep.StartsAt = &c
+		return true
+	}
 	v.rep.FirstSeq = ev.Seq
 	v.good = ev.Seq - 1
 	for v.next < len(v.cps) && v.cps[v.next].Seq < ev.Seq-1 {
@@ -214,6 +252,7 @@ func (v *Verifier) start(ev *Event) bool {
 			v.rep.LastCheckpoint = &c
 			v.next += len(anchors)
 			v.prev = ev.PrevHash
+			v.cutAt = ev.Seq - 1
 			return true
 		}
 	}
@@ -221,13 +260,19 @@ func (v *Verifier) start(ev *Event) bool {
 		return v.fail(Problem{Seq: ev.Seq, EventID: ev.ID, Reason: ReasonPrevHash,
 			Detail: fmt.Sprintf("the chain starts at seq %d, linked to hash %s, but the checkpoint at seq %d signs %s", ev.Seq, short(ev.PrevHash), ev.Seq-1, short(anchors[0].Hash))})
 	}
-	if v.next < len(v.cps) && v.cps[v.next].Seq == ev.Seq {
-		c := v.cps[v.next]
-		v.rep.StartsAt = &c // checked against the event's hash as it is added
-		return true
-	}
 	return v.fail(Problem{Seq: ev.Seq, EventID: ev.ID, Reason: ReasonUnanchoredStart,
 		Detail: fmt.Sprintf("the chain starts at seq %d: the events before it are gone and no signed checkpoint at seq %d vouches for the cut", ev.Seq, ev.Seq-1)})
+}
+
+// tailSeq is the seq of a tail verifier's checkpoint (0 when it did not verify).
+func (v *Verifier) tailSeq() int64 {
+	if len(v.cps) == 0 {
+		if v.badCp != nil {
+			return v.badCp.Seq
+		}
+		return 0
+	}
+	return v.cps[0].Seq
 }
 
 // Finish checks what only the end shows (a tail cut before a checkpoint) and returns the
@@ -235,13 +280,26 @@ func (v *Verifier) start(ev *Event) bool {
 func (v *Verifier) Finish() Report {
 	if v.rep.Problem == nil && v.next < len(v.cps) {
 		c := v.cps[len(v.cps)-1] // the furthest: the whole missing tail
-		if v.rep.Events == 0 {
+		if v.tail && v.rep.Events == 0 {
+			v.fail(Problem{Seq: c.Seq, Reason: ReasonTruncated,
+				Detail: fmt.Sprintf("the event of the last signed checkpoint (seq %d) is gone: the chain was cut there", c.Seq)})
+		} else if v.rep.Events == 0 {
 			v.fail(Problem{Seq: 1, Reason: ReasonTruncated,
 				Detail: fmt.Sprintf("the chain is empty, but a checkpoint signed at %s covers seq %d", c.Time.Format(time.RFC3339), c.Seq)})
 		} else {
 			v.fail(Problem{Seq: v.rep.LastSeq + 1, Reason: ReasonTruncated,
 				Detail: fmt.Sprintf("the chain ends at seq %d, but a checkpoint signed at %s covers seq %d: events %d..%d were removed",
 					v.rep.LastSeq, c.Time.Format(time.RFC3339), c.Seq, v.rep.LastSeq+1, c.Seq)})
+		}
+	}
+	if v.rep.Problem == nil && v.cutAt > 0 {
+		switch {
+		case v.pruneSeq == 0:
+			v.fail(Problem{Seq: v.cutAt + 1, Reason: ReasonUnrecordedCut,
+				Detail: fmt.Sprintf("the chain starts at seq %d, but no audit.prune event in it records a retention cut through seq %d: events 1..%d were deleted outside mandate", v.cutAt+1, v.cutAt, v.cutAt)})
+		case v.pruneSeq > v.good:
+			v.fail(Problem{Seq: v.pruneSeq, Reason: ReasonUnrecordedCut,
+				Detail: fmt.Sprintf("the chain starts at seq %d, and the audit.prune event recording that cut (seq %d) is not covered by a signed checkpoint: it may have been written outside mandate", v.cutAt+1, v.pruneSeq)})
 		}
 	}
 	if v.badCp != nil && (v.rep.Problem == nil || v.badCp.Seq < v.rep.Problem.Seq) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -210,19 +211,34 @@ func TestVerifier(t *testing.T) {
 			return tc{evs: evs, cps: []Checkpoint{sign(t, testKeys(t, 9), evs, 8)}, wantSeq: 8, reason: ReasonBadCheckpoint}
 		},
 		"pruned, starts after a checkpoint": func() tc {
-			evs := newChain(10)
+			evs := prunedChain(10, 7, "5")
 			return tc{evs: evs[5:], cps: []Checkpoint{sign(t, k, evs, 2), sign(t, k, evs, 5), sign(t, k, evs, 10)}, startsAt: 5}
 		},
-		"resumed at a checkpoint": func() tc {
-			evs := newChain(10)
-			return tc{evs: evs[5:], cps: []Checkpoint{sign(t, k, evs, 6)}, startsAt: 6}
+		"pruned in steps, stopped half way": func() tc {
+			evs := prunedChain(12, 9, "6")
+			return tc{evs: evs[3:], cps: []Checkpoint{sign(t, k, evs, 3), sign(t, k, evs, 6), sign(t, k, evs, 9)}, startsAt: 3}
 		},
-		"resumed at a checkpoint it does not match": func() tc {
+		// Deleting the head up to a checkpoint is a cut nobody recorded (red team: it passed as
+		// retention, with retention off).
+		"head deleted up to a checkpoint, no record of the cut": func() tc {
 			evs := newChain(10)
-			cps := []Checkpoint{sign(t, k, evs, 6)}
-			evs[5].Detail = "x"
-			evs[5].Hash = evs[5].ComputeHash()
-			return tc{evs: evs[5:], cps: cps, wantSeq: 6, fromSeq: 6, reason: ReasonCheckpointMismatch}
+			return tc{evs: evs[5:], cps: []Checkpoint{sign(t, k, evs, 2), sign(t, k, evs, 5), sign(t, k, evs, 10)}, wantSeq: 6, reason: ReasonUnrecordedCut}
+		},
+		"head deleted past the recorded cut": func() tc {
+			evs := prunedChain(10, 8, "3")
+			return tc{evs: evs[5:], cps: []Checkpoint{sign(t, k, evs, 3), sign(t, k, evs, 5), sign(t, k, evs, 10)}, wantSeq: 6, reason: ReasonUnrecordedCut}
+		},
+		"record of the cut not covered by a signed checkpoint": func() tc {
+			evs := prunedChain(10, 9, "5")
+			return tc{evs: evs[5:], cps: []Checkpoint{sign(t, k, evs, 5), sign(t, k, evs, 8)}, wantSeq: 9, reason: ReasonUnrecordedCut}
+		},
+		"head deleted to just after a checkpoint's event": func() tc {
+			evs := prunedChain(10, 8, "6")
+			return tc{evs: evs[6:], cps: []Checkpoint{sign(t, k, evs, 6), sign(t, k, evs, 10)}, startsAt: 6}
+		},
+		"head deleted to a checkpoint's own event (off by one)": func() tc {
+			evs := prunedChain(10, 8, "6")
+			return tc{evs: evs[5:], cps: []Checkpoint{sign(t, k, evs, 6), sign(t, k, evs, 10)}, wantSeq: 6, reason: ReasonUnanchoredStart}
 		},
 		"head deleted, no checkpoint for the cut": func() tc {
 			evs := newChain(10)
@@ -268,6 +284,55 @@ func TestVerifier(t *testing.T) {
 				t.Errorf("Err() = %v, want ErrChainBroken naming seq %d", err, tt.wantSeq)
 			}
 		})
+	}
+}
+
+// prunedChain is newChain(n) whose event at seq pruneAt is retention's record of a cut through
+// seq cut.
+func prunedChain(n int, pruneAt int64, cut string) []Event {
+	evs := newChain(n)
+	ev := &evs[pruneAt-1]
+	ev.Action, ev.Outcome, ev.Target, ev.ActorType = ActionAuditPrune, OutcomeSuccess, cut, ActorSystem
+	return chain(evs, "")
+}
+
+// A tail verifier reads the chain from the event of the last checkpoint on, as the server does
+// at every start.
+func TestTailVerifier(t *testing.T) {
+	k := testKeys(t, 1)
+	keys := k.JWKS()
+	run := func(evs []Event, cp Checkpoint) Report {
+		v := NewTailVerifier(&keys, cp)
+		for i := range evs {
+			if !v.Add(&evs[i]) {
+				break
+			}
+		}
+		return v.Finish()
+	}
+	evs := newChain(10)
+	cp := sign(t, k, evs, 6)
+	if rep := run(evs[5:], cp); !rep.OK || rep.StartsAt == nil || rep.StartsAt.Seq != 6 {
+		t.Errorf("clean tail: %+v %v", rep, rep.Err())
+	}
+	for name, tc := range map[string]struct {
+		evs     []Event
+		wantSeq int64
+		reason  string
+	}{
+		"tail cut before the checkpoint": {evs[:4], 6, ReasonTruncated},
+		"tail cut at the checkpoint":     {nil, 6, ReasonTruncated},
+		"edited at the checkpoint": {func() []Event {
+			e := slices.Clone(evs)
+			e[5].Detail = "x"
+			e[5].Hash = e[5].ComputeHash()
+			return e[5:]
+		}(), 6, ReasonCheckpointMismatch},
+	} {
+		rep := run(tc.evs, cp)
+		if rep.OK || rep.Problem.Seq != tc.wantSeq || rep.Problem.Reason != tc.reason {
+			t.Errorf("%s: %+v, want seq %d %s", name, rep.Problem, tc.wantSeq, tc.reason)
+		}
 	}
 }
 
@@ -426,5 +491,53 @@ func TestRedeliveries(t *testing.T) {
 	}
 	if rep := verify(k, fed, nil); rep.OK || rep.Problem.Seq != 3 || rep.Problem.Reason != ReasonSeqRepeat {
 		t.Errorf("a different event of a seen seq: %+v, want seq_repeat at 3", rep.Problem)
+	}
+}
+
+// A file sink's export verifies as written: {"type":"event",…} and {"type":"checkpoint",…,"jws"}
+// records, a torn line skipped and named; an event line with a member the hash does not cover
+// (unknown, in another case, or twice) is refused, since a reader of the file would show it.
+func TestSinkFileLines(t *testing.T) {
+	k := testKeys(t, 1)
+	evs := newChain(6)
+	cp := sign(t, k, evs, 4)
+	var buf bytes.Buffer
+	for i := range evs {
+		line, err := json.Marshal(evs[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf.WriteString(`{"type":"event",` + string(line[1:]) + "\n")
+		if i == 3 {
+			fmt.Fprintf(&buf, `{"type":"checkpoint","seq":4,"hash":%q,"time":"2031-01-01T00:00:00Z","jws":%q}`+"\n", cp.Hash, cp.JWS)
+			buf.WriteString(`{"type":"event","id":"evt_torn","se` + "\n") // a crash mid-write
+		}
+	}
+	keys := k.JWKS()
+	var cps []Checkpoint
+	var got []Event
+	var torn []int
+	err := ReadSinkLines(bytes.NewReader(buf.Bytes()), func(ev *Event) error { got = append(got, *ev); return nil },
+		func(c Checkpoint) error { cps = append(cps, c); return nil }, func(n int) { torn = append(torn, n) })
+	if err != nil || len(got) != 6 || len(cps) != 1 || !slices.Equal(torn, []int{6}) {
+		t.Fatalf("read %d events, %d checkpoints, torn %v: %v", len(got), len(cps), torn, err)
+	}
+	v := NewVerifier(&keys, cps)
+	for i := range got {
+		v.Add(&got[i])
+	}
+	if rep := v.Finish(); !rep.OK || rep.Checkpoints != 1 {
+		t.Errorf("the sink's export: %+v %v", rep, rep.Err())
+	}
+	if err := ReadLines(bytes.NewReader(buf.Bytes()), func(*Event) error { return nil }, func(Checkpoint) error { return nil }); err == nil || !strings.Contains(err.Error(), "line 6") {
+		t.Errorf("a torn line read strictly: %v, want an error naming line 6", err)
+	}
+	line, _ := json.Marshal(evs[0])
+	for name, extra := range map[string]string{"unknown": `"approved_by":"ceo",`, "other case": `"PRINCIPAL_ID":"usr_forged",`, "twice": `"detail":"x",`} {
+		bad := "{" + extra + string(line[1:]) + "\n"
+		err := ReadLines(strings.NewReader(bad), func(*Event) error { return nil }, func(Checkpoint) error { return nil })
+		if err == nil {
+			t.Errorf("%s member: the line was read", name)
+		}
 	}
 }

@@ -121,6 +121,9 @@ func printReport(w io.Writer, res api.VerifyJSON, outside int) {
 	if c := r.LastCheckpoint; c != nil {
 		fmt.Fprintf(w, "last checkpoint: seq %d signed %s by key %s\n", c.Seq, c.Time.Format(time.RFC3339), c.KeyID)
 	}
+	if len(r.TornLines) > 0 {
+		fmt.Fprintf(w, "skipped %d torn lines (not JSON: a write cut by a crash; the sink sends such a record again), first at line %d\n", len(r.TornLines), r.TornLines[0])
+	}
 	if p := r.Problem; p != nil {
 		fmt.Fprintf(w, "FIRST BAD SEQ %d (%s): %s\n", p.Seq, p.Reason, p.Detail)
 	}
@@ -145,16 +148,19 @@ func verifyFile(path string, outside []audit.Checkpoint, keys jose.JSONWebKeySet
 	defer f.Close()
 	v := audit.NewVerifier(&keys, append(outside, inFile...))
 	var again audit.Redeliveries // a sink delivers at least once: the same event twice is no tampering
-	err = audit.ReadLines(f, func(ev *audit.Event) error {
+	var torn []int
+	err = audit.ReadSinkLines(f, func(ev *audit.Event) error {
 		if !again.Again(ev) {
 			v.Add(ev)
 		}
 		return nil
-	}, func(audit.Checkpoint) error { return nil })
+	}, func(audit.Checkpoint) error { return nil }, func(n int) { torn = append(torn, n) })
 	if err != nil {
 		return audit.Report{}, fmt.Errorf("--events %s: %w", path, err)
 	}
-	return v.Finish(), nil
+	rep := v.Finish()
+	rep.TornLines = torn
+	return rep, nil
 }
 
 func readCheckpointFiles(paths []string) ([]audit.Checkpoint, error) {
@@ -182,12 +188,16 @@ func readCheckpoints(path string, skipEvents bool) ([]audit.Checkpoint, error) {
 		r = checkpointLines(f)
 	}
 	var cps []audit.Checkpoint
-	err = audit.ReadLines(r, func(ev *audit.Event) error {
+	var torn func(int) // a checkpoints file given with --checkpoints is read strictly
+	if skipEvents {
+		torn = func(int) {} // the events pass counts them
+	}
+	err = audit.ReadSinkLines(r, func(ev *audit.Event) error {
 		return fmt.Errorf("an audit event (seq %d) in a checkpoints file: give the events with --events", ev.Seq)
 	}, func(c audit.Checkpoint) error {
 		cps = append(cps, c)
 		return nil
-	})
+	}, torn)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
@@ -195,7 +205,8 @@ func readCheckpoints(path string, skipEvents bool) ([]audit.Checkpoint, error) {
 }
 
 // checkpointLines passes on only the lines of r that may be checkpoints (they name the member
-// "checkpoint", or are not JSON objects), so a first pass over an export decodes no event.
+// "checkpoint", or are not JSON objects), so a first pass over an export decodes no event; every
+// other line becomes an empty one, so errors name the file's own line numbers.
 func checkpointLines(r io.Reader) io.Reader {
 	pr, pw := io.Pipe()
 	go func() {
@@ -203,8 +214,8 @@ func checkpointLines(r io.Reader) io.Reader {
 		sc.Buffer(make([]byte, 64<<10), 4<<20)
 		for sc.Scan() {
 			line := bytes.TrimSpace(sc.Bytes())
-			if len(line) == 0 || (line[0] == '{' && !bytes.Contains(line, []byte(`"checkpoint"`))) {
-				continue
+			if len(line) > 0 && line[0] == '{' && !bytes.Contains(line, []byte(`"checkpoint"`)) {
+				line = nil
 			}
 			if _, err := pw.Write(append(line, '\n')); err != nil {
 				return

@@ -86,6 +86,19 @@ func testPruneEvents(t *testing.T, s Store) {
 	if err := s.AddCheckpoint(ctx, audit.Checkpoint{Seq: 3, Hash: hash3, Time: base, JWS: "x"}); err != nil {
 		t.Fatal(err)
 	}
+	// As retention does: the cut recorded (seq 7), and a checkpoint over the record, first.
+	cut := newEvent(audit.ActionAuditPrune)
+	cut.ActorType, cut.Outcome, cut.Target = audit.ActorSystem, audit.OutcomeSuccess, "3"
+	if err := s.AppendEvent(ctx, cut); err != nil {
+		t.Fatal(err)
+	}
+	var hash7 string
+	if err := s.ScanEvents(ctx, 7, func(ev *audit.Event) error { hash7 = ev.Hash; return nil }); err != nil || hash7 == "" {
+		t.Fatalf("ScanEvents: %v", err)
+	}
+	if err := s.AddCheckpoint(ctx, audit.Checkpoint{Seq: 7, Hash: hash7, Time: base, JWS: "y"}); err != nil {
+		t.Fatal(err)
+	}
 	n, err := s.PruneEvents(ctx, 3)
 	if err != nil || n != 3 {
 		t.Fatalf("PruneEvents(3) = %d, %v; want 3", n, err)
@@ -100,8 +113,8 @@ func testPruneEvents(t *testing.T, s Store) {
 	if err := s.ScanEvents(ctx, 0, func(ev *audit.Event) error { seqs = append(seqs, ev.Seq); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if len(seqs) != 4 || seqs[0] != 4 || seqs[3] != 7 {
-		t.Errorf("seqs after pruning and appending = %v, want 4..7", seqs)
+	if len(seqs) != 5 || seqs[0] != 4 || seqs[4] != 8 {
+		t.Errorf("seqs after pruning and appending = %v, want 4..8", seqs)
 	}
 	// Run's VerifyChain then checks the chain from the checkpoint of seq 3.
 }
