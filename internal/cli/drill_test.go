@@ -55,11 +55,11 @@ func TestIncidentDrill(t *testing.T) {
 	// Three teams: a lead agent each, delegating to a worker, delegating to a sender.
 	type team struct {
 		lead, worker, sender string // key files
-		grant                    string
-		leadTask, workerTask     string
-		senderTask               *client.DelegatedToken
-		senderKey                ed25519.PrivateKey
-		instanceJKT              string
+		grant                string
+		leadTask, workerTask string
+		senderTask           *client.DelegatedToken
+		senderKey            ed25519.PrivateKey
+		instanceJKT          string
 	}
 	teams := make([]*team, 3)
 	for i := range teams {

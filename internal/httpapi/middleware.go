@@ -49,6 +49,17 @@ func userAgent(r *http.Request) string {
 	return ua
 }
 
+type logPathKey struct{}
+
+// SetLogPath makes the access log line of the request in ctx show path instead of the path
+// requested: a handler whose paths may hold a secret (the proxy, where an agent may write the
+// upstream's credential into the path) logs them masked. Outside Middleware it does nothing.
+func SetLogPath(ctx context.Context, path string) {
+	if lp, ok := ctx.Value(logPathKey{}).(*string); ok {
+		*lp = path
+	}
+}
+
 // RequestID returns the request id in ctx, or "".
 func RequestID(ctx context.Context) string {
 	id, _ := ctx.Value(requestIDKey).(string)
@@ -165,6 +176,7 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 			origin.ClientRequestID = cid
 		}
 		ctx := audit.WithOrigin(WithRequestID(r.Context(), id), origin)
+		ctx = context.WithValue(ctx, logPathKey{}, new(string))
 		r = r.WithContext(ctx)
 		w.Header().Set(RequestIDHeader, id)
 		sw := &statusWriter{ResponseWriter: w}
@@ -188,7 +200,11 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 			method := MethodLabel(r.Method)
 			m.requests.WithLabelValues(route, method, CodeLabel(sw.status)).Inc()
 			m.latency.WithLabelValues(route, method).Observe(elapsed.Seconds())
-			log.InfoContext(ctx, "http request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			path := r.URL.Path
+			if lp := ctx.Value(logPathKey{}).(*string); *lp != "" {
+				path = *lp
+			}
+			log.InfoContext(ctx, "http request", slog.String("method", r.Method), slog.String("path", path),
 				slog.Int("status", sw.status), slog.Duration("duration", elapsed))
 		}()
 		next.ServeHTTP(sw, r)

@@ -495,6 +495,9 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	// Fail closed: the call leaves only once its pending record is durable.
 	ev := rt.p.pendingEvent(c)
 	if err := rt.p.cfg.Audit.AppendEvent(req.Context(), ev); err != nil {
+		// A write that timed out may still commit: the refusal names it, so the trail never
+		// shows a call that was not sent as "outcome unknown".
+		c.pendingTried = ev.ID
 		return nil, &auditError{err}
 	}
 	c.pending = &ev

@@ -22,10 +22,13 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/httpapi"
+	"github.com/mandate-dev/mandate/internal/syncbuf"
 	"github.com/mandate-dev/mandate/internal/vault"
 	"github.com/mandate-dev/mandate/verify"
 )
@@ -242,6 +245,8 @@ type env struct {
 	upReqs []*http.Request // what the upstream received (headers and URL; bodies drained)
 	upBody [][]byte
 	upFunc atomic.Pointer[http.HandlerFunc] // overrides the upstream's answer
+
+	accessLog syncbuf.Buffer // the access log of httpapi.Middleware in front of the proxy, as in the server
 }
 
 type envOpts struct {
@@ -311,7 +316,10 @@ func newEnv(t testing.TB, opts ...envOpts) *env {
 	mux := http.NewServeMux()
 	mux.Handle(Pattern, p)
 	mux.HandleFunc(MetadataPattern, p.Metadata)
-	var handler http.Handler = p.Guard(mux)
+	// The server's middleware in front, as in internal/server: request ids, the request's origin
+	// (user agent, the client's request id) and one access log line per request.
+	var handler http.Handler = httpapi.Middleware(slog.New(slog.NewTextHandler(&e.accessLog, nil)),
+		httpapi.NewMetrics(prometheus.NewRegistry()), p.Guard(mux))
 	h.Store(&handler)
 
 	e.upstreams.put(vault.Upstream{Name: "api", BaseURL: e.up.URL + "/base", Auth: vault.AuthBearer, AllowPrivate: true, Routes: []vault.Route{

@@ -252,18 +252,21 @@ func (p *Proxy) Resource(name string) string { return p.issuer + PathPrefix + na
 // call is the state of one request, for the audit event and the forwarding steps. It travels in
 // the outbound request's context (request-scoped).
 type call struct {
-	start    time.Time
-	reqID    string // the server's request id: events, the refusal body, Mandate-Request-Id
-	method   string
-	name     string // the upstream's name, once known to exist
-	upstream vault.Upstream
-	target   target
-	base     *url.URL
-	tr       *upstreamTransport
-	caller   *verify.Caller
-	pattern  string
-	task     delegation.Task
-	mask     *masker // finds the credential injected, to keep it out of the response
+	start  time.Time
+	reqID  string       // the server's request id: events, the refusal body, Mandate-Request-Id
+	origin audit.Origin // what the agent sent about itself (user agent, its own request id): masked in events
+	// pendingTried is the id of a pending record whose write failed: the refusal names it.
+	pendingTried string
+	method       string
+	name         string // the upstream's name, once known to exist
+	upstream     vault.Upstream
+	target       target
+	base         *url.URL
+	tr           *upstreamTransport
+	caller       *verify.Caller
+	pattern      string
+	task         delegation.Task
+	mask         *masker // finds the credential injected, to keep it out of the response
 
 	rawQuery  string       // as the agent sent it: the trail keeps names and keyed hashes
 	pending   *audit.Event // written before the call left; nil when it never did
@@ -294,13 +297,15 @@ func callFrom(ctx context.Context) *call {
 // ServeHTTP handles {issuer}/proxy/{upstream}/{path…}.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.rec.busy.Add(1) // until the call's last event is written
-	c := &call{start: time.Now(), method: r.Method, outcome: audit.OutcomeDenied, reqID: httpapi.RequestID(r.Context())}
+	c := &call{start: time.Now(), method: r.Method, outcome: audit.OutcomeDenied, reqID: httpapi.RequestID(r.Context()),
+		origin: audit.OriginFrom(r.Context())}
 	if c.reqID == "" {
 		c.reqID = ids.New("req") // served without the server's middleware (tests, embedding)
 	}
 	c.w = &countingWriter{ResponseWriter: w, c: c}
 	defer func() {
 		rec := recover()
+		httpapi.SetLogPath(r.Context(), logPath(c))
 		p.finish(r, c, rec)
 		if rec != nil {
 			panic(rec)
@@ -313,6 +318,19 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		p.writeRefusal(c.w, r, c, e)
 	}
+}
+
+// logPath is what the access log shows of c's path: the agent may have written the upstream's
+// credential into it, so it is shown masked as in the audit event, or, before the credential is
+// known (a refusal), not at all: the log line's request id leads to the event, masked there.
+func logPath(c *call) string {
+	switch {
+	case c.name == "":
+		return PathPrefix + "(unknown upstream)"
+	case c.mask == nil:
+		return PathPrefix + c.name + "/(path in the audit event)"
+	}
+	return PathPrefix + c.name + auditText(c.target.rawPath, maxAuditPath, c.mask, url.PathUnescape)
 }
 
 // serve runs the checks in order and forwards the call. A refusal before forwarding is

@@ -33,6 +33,7 @@ const (
 	maxAuditPath      = 512 // bytes of the path kept; longer ones are cut and marked
 	maxAuditParams    = 32  // query parameters kept; the rest are counted in one "…" entry
 	maxAuditParamName = 64  // bytes of a parameter name kept
+	maxAuditUserAgent = 256 // bytes of the agent's User-Agent and X-Request-Id kept
 	queryHashBytes    = 16  // of HMAC-SHA256, hex in the event
 )
 
@@ -78,14 +79,54 @@ func (p *Proxy) event(c *call) audit.Event {
 			ev.PrincipalID = c.task.PrincipalID
 		}
 	}
+	// What the agent says about itself is the agent's text: the credential is masked in it too
+	// (set here, the store does not fill them from the request).
+	// Without a credential to mask them against (a call refused before its upstream was
+	// known), they are withheld rather than kept unmasked.
+	ev.Addr = c.origin.Addr
+	ev.UserAgent = agentText(c.origin.UserAgent, c.mask)
+	ev.ClientRequestID = agentText(c.origin.ClientRequestID, c.mask)
 	if c.name != "" {
 		// The path as the agent sent it and the query's names, bounded and escaped, with every
 		// form of the credential injected masked even where the agent wrote it itself.
 		ev.Call = &audit.Call{Upstream: c.name, Method: safeMethod(c.method), Route: c.pattern,
-			Path:  boundText(c.target.rawPath, maxAuditPath, c.mask),
+			Path:  auditText(c.target.rawPath, maxAuditPath, c.mask, url.PathUnescape),
 			Query: auditQuery(p.cfg.AuditKey, c.rawQuery, c.mask)}
 	}
 	return ev
+}
+
+// withheld stands for what the agent said about itself when no credential was known to mask it.
+const withheld = "(withheld)"
+
+// agentText is a header the agent chose about itself, for an event: masked, or withheld.
+func agentText(s string, m *masker) string {
+	switch {
+	case s == "":
+		return ""
+	case m == nil:
+		return withheld
+	}
+	return auditText(s, maxAuditUserAgent, m, nil)
+}
+
+// auditText is s for an event: bounded and escaped (boundText), with every form of the
+// credential masked, also behind percent-encoding applied once or more (%53%45… or %2553…):
+// when decoding s shows the credential, the decoded form is kept, masked.
+func auditText(s string, limit int, m *masker, unescape func(string) (string, error)) string {
+	if m != nil && unescape != nil {
+		for d, i := s, 0; i < 4; i++ {
+			u, err := unescape(d)
+			if err != nil || u == d {
+				break
+			}
+			d = u
+			if masked := m.maskString(d); masked != d {
+				return boundText(masked, limit, nil)
+			}
+		}
+	}
+	return boundText(s, limit, m)
 }
 
 // pendingEvent is the record written before the call leaves: the call as it will be sent.
@@ -121,6 +162,7 @@ func (p *Proxy) completion(ctx context.Context, c *call, elapsed time.Duration) 
 			c.mask = p.refusalMasker(ctx, c)
 		}
 		ev = p.event(c)
+		ev.Cause = c.pendingTried
 	}
 	ev.Outcome, ev.Reason = c.outcome, c.reason
 	ev.Detail = c.describe(elapsed)
@@ -189,7 +231,7 @@ func auditQuery(key []byte, raw string, m *masker) []audit.QueryParam {
 		mac.Reset()
 		mac.Write([]byte(v))
 		h := mac.Sum(sum[:0])
-		out = append(out, audit.QueryParam{Name: boundText(k, maxAuditParamName, m), ValueHash: hex.EncodeToString(h[:queryHashBytes])})
+		out = append(out, audit.QueryParam{Name: auditText(k, maxAuditParamName, m, url.QueryUnescape), ValueHash: hex.EncodeToString(h[:queryHashBytes])})
 	}
 	if n > len(out) {
 		out = append(out, audit.QueryParam{Name: "…" + strconv.Itoa(n-len(out)) + " more"})

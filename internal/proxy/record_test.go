@@ -302,6 +302,7 @@ func TestEventFields(t *testing.T) {
 		Scopes: []string{"api:read", "api:write"}, Resources: []string{e.issuer + "/proxy/api"}, Target: "api",
 		Call: &audit.Call{Upstream: "api", Method: "PUT", Path: "/items/7%20x", Route: "/items/**", Query: []audit.QueryParam{
 			{Name: "b", ValueHash: hash("2")}, {Name: "a", ValueHash: hash("hello world")}, {Name: "flag", ValueHash: hash("")}, {Name: "b", ValueHash: hash("2")}}},
+		UserAgent: "Go-http-client/1.1",
 	}
 	ignore := cmpopts.IgnoreFields(audit.Event{}, "ID", "Time", "RequestID", "Detail", "TokenID", "Cause")
 	if diff := cmp.Diff(want, pending, ignore); diff != "" {
@@ -441,8 +442,16 @@ func checkNoValueInTrail(t *testing.T, seed uint64) {
 		q = append(q, names[r.IntN(len(names))]+"="+urlEscape(v))
 	}
 	path := "/proxy/api/items/" + fmt.Sprint(r.IntN(1000))
-	if r.IntN(4) == 0 {
-		path += "/" + urlEscape(secret) // the credential in the path is masked
+	switch r.IntN(6) { // the credential in the path is masked, however it is percent-encoded
+	case 0:
+		path += "/" + urlEscape(secret)
+	case 1:
+		path += "/" + escapeAll(secret) // every byte (red team: kept as sent)
+	case 2:
+		path += "/" + strings.ReplaceAll(escapeAll(secret), "%", "%25") // encoded twice
+	}
+	if r.IntN(5) == 0 { // the credential as a query name, encoded twice (red team: decoded once, kept)
+		q = append(q, strings.ReplaceAll(escapeAll(secret), "%", "%25")+"=1")
 	}
 	if len(q) > 0 {
 		path += "?" + strings.Join(q, "&")
@@ -455,6 +464,12 @@ func checkNoValueInTrail(t *testing.T, seed uint64) {
 		body = strings.NewReader(`{"note":"` + v + `"}`)
 	}
 	req := e.request(method, path, tok, body)
+	if r.IntN(3) == 0 { // what the agent says about itself (red team: kept verbatim)
+		req.Header.Set("User-Agent", "tool/1 "+secret)
+	}
+	if r.IntN(3) == 0 {
+		req.Header.Set("X-Request-Id", secret)
+	}
 	for range r.IntN(4) {
 		v := word()
 		values = append(values, v)
@@ -480,6 +495,25 @@ func checkNoValueInTrail(t *testing.T, seed uint64) {
 			t.Fatalf("seed %d: an event holds the credential as %q: %s", seed, f, b)
 		}
 	}
+	// Nor the server's access log line (red team: it logged the path as sent).
+	logs := e.accessLog.String()
+	for _, form := range []string{secret, urlEscape(secret), escapeAll(secret)} {
+		if strings.Contains(logs, form) {
+			t.Fatalf("seed %d: the access log holds the credential as %q: %s", seed, form, logs)
+		}
+	}
+	if f, ok := containsForm([]byte(logs), secret); ok {
+		t.Fatalf("seed %d: the access log holds the credential as %q: %s", seed, f, logs)
+	}
+}
+
+// escapeAll percent-encodes every byte of s.
+func escapeAll(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, "%%%02X", s[i])
+	}
+	return b.String()
 }
 
 func urlEscape(s string) string {

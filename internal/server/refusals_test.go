@@ -208,9 +208,15 @@ func TestRefusalsShareOneShape(t *testing.T) {
 				t.Fatalf("%d audit events with request id %s, want 1", len(evs), id)
 			}
 			ev := evs[0]
-			if ev.Action != tt.action || ev.Outcome != audit.OutcomeDenied || ev.RequestID != id || ev.ClientRequestID != clientID {
+			// The proxy withholds what the agent says about itself when it knows no credential
+			// to mask it against (an unknown upstream): it could hold one.
+			wantClient := clientID
+			if strings.Contains(name, "no such upstream") {
+				wantClient = "(withheld)"
+			}
+			if ev.Action != tt.action || ev.Outcome != audit.OutcomeDenied || ev.RequestID != id || ev.ClientRequestID != wantClient {
 				t.Errorf("audit event: action %s, outcome %s, request id %s, client's %s; want %s, denied, %s, %s",
-					ev.Action, ev.Outcome, ev.RequestID, ev.ClientRequestID, tt.action, id, clientID)
+					ev.Action, ev.Outcome, ev.RequestID, ev.ClientRequestID, tt.action, id, wantClient)
 			}
 		})
 	}
