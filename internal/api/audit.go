@@ -161,7 +161,7 @@ func (a *API) auditWindow(q url.Values, def time.Time) (since, until time.Time, 
 // else only an event on their behalf. Any other id is looked up as a client's X-Request-Id,
 // which clients choose freely (two principals may send the same): among the requests the caller
 // may see that sent it, exactly one is explained (found_by_client_request_id says so); several
-// are answered 409 ambiguous_request_id with their server request ids; events of different
+// are answered 409 conflict with their server request ids; events of different
 // requests are never merged.
 func (a *API) explainAudit(w http.ResponseWriter, r *http.Request, u principal.User) error {
 	id := r.PathValue("id")

@@ -36,7 +36,7 @@ type Explanation struct {
 	// Valid is true when every link of the authority (principal, grant, each task, agent and
 	// key of the chain) had neither been revoked or ended before the event (in sequence order)
 	// nor expired at its time. Problems names each link that was not.
-	Valid    bool      `json:"valid"`
+	Valid    bool          `json:"valid"`
 	Problems []InvalidLink `json:"problems,omitempty"`
 	// Missing says what the trail does not hold (no grant.create for the grant, no task.start
 	// for a task), so a reader knows what the answer could not check.
