@@ -9,6 +9,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/mandate-dev/mandate/internal/api"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/ids"
 )
@@ -221,4 +224,30 @@ func FuzzTermSafe(f *testing.F) {
 			t.Fatalf("termSafe is not idempotent on %q: %q then %q", s, out, again)
 		}
 	})
+}
+
+// TestVerifyReportIsTerminalSafe: verify's report prints a problem's reason and detail, the
+// head hash and key ids through termSafe: a verifier given a hostile export (the detail quotes
+// what it found) writes no unsafe rune and no line of its own.
+func TestVerifyReportIsTerminalSafe(t *testing.T) {
+	s := "\x1b]0;x\x07\u009b2J\u0085\u202e\u2028\r\nFIRST BAD SEQ 0 (none): all is well"
+	res := api.VerifyJSON{Report: audit.Report{Events: 3, FirstSeq: 1, LastSeq: 3, HeadHash: s,
+		Problem:        &audit.Problem{Seq: 2, Reason: s, Detail: s},
+		LastCheckpoint: &audit.Checkpoint{Seq: 1, KeyID: s}}}
+	res.Keys.Keys = []jose.JSONWebKey{{KeyID: s}}
+	plain := res
+	plain.Report.HeadHash, plain.Report.Problem = "h", &audit.Problem{Seq: 2, Reason: "r", Detail: "d"}
+	plain.Report.LastCheckpoint = &audit.Checkpoint{Seq: 1, KeyID: "k"}
+	plain.Keys.Keys = []jose.JSONWebKey{{KeyID: "k"}}
+	var got, want strings.Builder
+	printReport(&got, res, 0)
+	printReport(&want, plain, 0)
+	if g, w := strings.Count(got.String(), "\n"), strings.Count(want.String(), "\n"); g != w {
+		t.Fatalf("the report has %d lines, want %d:\n%s", g, w, got.String())
+	}
+	for _, r := range got.String() {
+		if r != '\n' && termUnsafe(r) {
+			t.Fatalf("the report prints %U:\n%q", r, got.String())
+		}
+	}
 }
