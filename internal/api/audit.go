@@ -156,20 +156,60 @@ func (a *API) auditWindow(q url.Values, def time.Time) (since, until time.Time, 
 	return since, until, nil
 }
 
-// explainAudit answers who ran the agent and on whose behalf for one event or request, from
-// the trail alone. An admin may explain any event; anyone else only an event on their behalf.
+// explainAudit answers who ran the agent and on whose behalf for one event (evt_…) or one
+// request (the server's req_…), from the trail alone. An admin may explain any event; anyone
+// else only an event on their behalf. Any other id is looked up as a client's X-Request-Id,
+// which clients choose freely (two principals may send the same): among the requests the caller
+// may see that sent it, exactly one is explained (found_by_client_request_id says so); several
+// are answered 409 conflict with their server request ids; events of different
+// requests are never merged.
 func (a *API) explainAudit(w http.ResponseWriter, r *http.Request, u principal.User) error {
 	id := r.PathValue("id")
-	x, err := audit.Explain(r.Context(), a.cfg.Audit, id)
 	notFound := apperr.New(apperr.NotFound, "not_found", "no audit event or request %q: a request id is the req_… a refusal or the upstream's Mandate-Request-Id header names; find events with mandate audit", apperr.Clip(id, 80))
+	x, err := audit.Explain(r.Context(), a.cfg.Audit, id)
+	if err == nil && !u.Admin && x.PrincipalID != u.ID {
+		err = audit.ErrNoEvent // the same answer as a missing event, so ids cannot be probed
+	}
 	if errors.Is(err, audit.ErrNoEvent) {
-		return notFound
+		owner := "" // an admin sees every request; anyone else only those on their behalf
+		if !u.Admin {
+			owner = u.ID
+		}
+		reqs, lerr := audit.RequestsByClientID(r.Context(), a.cfg.Audit, id, owner)
+		if lerr != nil {
+			return lerr
+		}
+		switch {
+		case len(reqs) == 0:
+			return notFound
+		case len(reqs) > 1:
+			shown := reqs
+			more := ""
+			if len(shown) > 20 {
+				shown, more = shown[:20], ", …"
+			}
+			n := strconv.Itoa(len(reqs))
+			if len(reqs) > audit.MaxClientRequests {
+				n = "more than " + strconv.Itoa(audit.MaxClientRequests)
+			}
+			return apperr.New(apperr.Conflict, "ambiguous_request_id",
+				"%q is not a server request id but a client's X-Request-Id, sent with %s requests: %s%s; explain one of them: mandate audit explain req_…",
+				apperr.Clip(id, 80), n, strings.Join(shown, ", "), more)
+		}
+		x, err = audit.Explain(r.Context(), a.cfg.Audit, reqs[0])
+		if err == nil && !u.Admin && x.PrincipalID != u.ID {
+			err = audit.ErrNoEvent
+		}
+		if errors.Is(err, audit.ErrNoEvent) {
+			return notFound
+		}
+		if err != nil {
+			return err
+		}
+		x.FoundByClientRequestID = id
 	}
 	if err != nil {
 		return err
-	}
-	if !u.Admin && x.PrincipalID != u.ID {
-		return notFound // the same answer as a missing event, so ids cannot be probed
 	}
 	httpapi.WriteJSON(w, http.StatusOK, x)
 	return nil

@@ -36,12 +36,15 @@ type Explanation struct {
 	// Valid is true when every link of the authority (principal, grant, each task, agent and
 	// key of the chain) had neither been revoked or ended before the event (in sequence order)
 	// nor expired at its time. Problems names each link that was not.
-	Valid    bool      `json:"valid"`
+	Valid    bool          `json:"valid"`
 	Problems []InvalidLink `json:"problems,omitempty"`
 	// Missing says what the trail does not hold (no grant.create for the grant, no task.start
 	// for a task), so a reader knows what the answer could not check.
 	Missing []string `json:"missing,omitempty"`
 	Others  []Event  `json:"others,omitempty"` // the request's other events, oldest first
+	// FoundByClientRequestID is the client's X-Request-Id explain was given, when it found this
+	// request by it (the one request with that id the caller may see), not by the server's id.
+	FoundByClientRequestID string `json:"found_by_client_request_id,omitempty"`
 }
 
 // GrantEvidence is a grant as its grant.create event recorded it.
@@ -78,8 +81,9 @@ type InvalidLink struct {
 // IsRequestID reports whether id names a request (req_…) rather than one event.
 func IsRequestID(id string) bool { return !strings.HasPrefix(id, "evt_") }
 
-// Explain explains the event id (evt_…) or the decisive event of the request id (req_…, or a
-// client's X-Request-Id when no server request id matches).
+// Explain explains the event id (evt_…) or the decisive event of the server's request id
+// (req_…). A client's X-Request-Id is never resolved here: clients choose it freely, so two
+// requests (of two principals) may share it; RequestsByClientID lists the requests that sent it.
 func Explain(ctx context.Context, r Reader, id string) (*Explanation, error) {
 	evs, err := requestEvents(ctx, r, id)
 	if err != nil {
@@ -154,11 +158,40 @@ func requestEvents(ctx context.Context, r Reader, id string) ([]Event, error) {
 		}
 		return evs, nil
 	}
-	evs, err := r.ListEvents(ctx, Filter{RequestID: id, Ascending: true, Limit: MaxPage})
-	if err != nil || len(evs) > 0 {
-		return evs, err
+	return r.ListEvents(ctx, Filter{RequestID: id, Ascending: true, Limit: MaxPage})
+}
+
+// RequestsByClientID lists the server request ids (req_…) of the requests that sent the
+// client's X-Request-Id clientID, oldest first, each once. principalID, when set, keeps to
+// events on that principal's behalf: the caller's authorization filters before anything is
+// chosen. An event of such a request that has no server request id is listed by its event id.
+//
+// MaxClientRequests bounds what RequestsByClientID reads: past this many requests it stops
+// (the answer is ambiguous anyway).
+const MaxClientRequests = 100
+
+func RequestsByClientID(ctx context.Context, r Reader, clientID, principalID string) ([]string, error) {
+	var ids []string
+	f := Filter{ClientRequestID: clientID, PrincipalID: principalID, Ascending: true, Limit: MaxPage}
+	for {
+		evs, err := r.ListEvents(ctx, f)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range evs {
+			id := e.RequestID
+			if id == "" {
+				id = e.ID
+			}
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		if len(evs) < f.Limit || len(ids) > MaxClientRequests {
+			return ids, nil
+		}
+		f.After = evs[len(evs)-1].Seq
 	}
-	return r.ListEvents(ctx, Filter{ClientRequestID: id, Ascending: true, Limit: MaxPage})
 }
 
 // decisiveRank orders the actions that decide a request: a proxied call, then a token hop, then

@@ -133,7 +133,7 @@ and csv. Every event is the schema of docs/audit.md.`,
 				return err
 			}
 			if cursor != "" && format == "table" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "more events: add --all, or --cursor %s for the next page\n", cursor)
+				fmt.Fprintf(cmd.ErrOrStderr(), "more events: add --all, or --cursor %s for the next page\n", termSafe(cursor))
 			}
 			return nil
 		},
@@ -290,7 +290,9 @@ principal, the grant (who granted what, when), the delegation chain with each ho
 purpose and instance key, and whether every link of that authority was valid at that moment
 (none revoked or ended before it, none expired). A proxied call shows the outcome its completion
 recorded, or "outcome unknown" when none was. An admin may explain any event; anyone else the
-events on their behalf.`,
+events on their behalf. A client's own X-Request-Id is no server id (clients choose it, so two
+may send the same): given one, explain lists the server request ids that sent it, among those
+you may see, to explain one by; when there is exactly one, it explains that one and says so.`,
 		Example: "  mandate audit explain req_...\n  mandate audit explain evt_... --format json",
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -327,6 +329,10 @@ func printExplanation(w io.Writer, x *audit.Explanation) error {
 	p := &pageWriter{w: w}
 	e := x.Event
 	p.line("%s %s", e.Action, requestName(e))
+	if x.FoundByClientRequestID != "" {
+		p.line("  (found by the client's X-Request-Id %s, the one request you may see that sent it: the server's id is %s)",
+			x.FoundByClientRequestID, orDash(e.RequestID))
+	}
 	outcome := x.Outcome
 	if outcome == "unknown" {
 		outcome = "outcome unknown (no completion recorded)"
@@ -484,13 +490,20 @@ type pageWriter struct {
 	err error
 }
 
+// line writes one line; every string argument goes through termSafe, so no value can add a
+// line or reach the terminal as a control sequence. The format is the printer's own.
 func (p *pageWriter) line(format string, args ...any) {
+	for i, a := range args {
+		if s, ok := a.(string); ok {
+			args[i] = termSafe(s)
+		}
+	}
 	if p.err == nil {
 		_, p.err = fmt.Fprintf(p.w, format+"\n", args...)
 	}
 }
 
-func (p *pageWriter) section(title string) { p.line("\n%s", title) }
+func (p *pageWriter) section(title string) { p.line("\n" + title) }
 
 func (p *pageWriter) field(k, v string) { p.line("  %-10s %s", k, cleanCell(v)) }
 

@@ -311,3 +311,134 @@ func TestAuditDocExamplesAreEvents(t *testing.T) {
 		}
 	}
 }
+
+// send makes an API call as token with the client's X-Request-Id and returns the server's
+// request id (req_…) its events carry.
+func sendWithClientID(t *testing.T, ts *testServer, token, clientID string) string {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, ts.URL+"/v1/tokens", strings.NewReader(`{"name":"ci"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-Id", clientID)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/tokens: %d %s", resp.StatusCode, b)
+	}
+	// The newest event that carries the client's id is this request's.
+	code, body := get(t, ts.URL+"/v1/audit?limit=1&client_request_id="+url.QueryEscape(clientID), ts.AdminToken)
+	var page api.AuditPage
+	if err := json.Unmarshal([]byte(body), &page); code != http.StatusOK || err != nil || len(page.Events) != 1 {
+		t.Fatalf("GET /v1/audit?client_request_id=%s: %d %v %s", clientID, code, err, body)
+	}
+	if r := page.Events[0].RequestID; !strings.HasPrefix(r, "req_") {
+		t.Fatalf("the event's request id %q is not the server's", r)
+	}
+	return page.Events[0].RequestID
+}
+
+// TestAuditExplainNeverMergesClientRequestIDs: bob, then alice, send X-Request-Id: shared-1.
+// The client's id is not the server's and is not unique: explain resolves a server request id
+// (req_…) or an event id; given the client's id, each principal gets their own request (found
+// by the client's id, said so), never the other's and never the two merged, even though bob's
+// came first; the admin, who sees both, is told the two server request ids to explain one by.
+// Through the real API and the CLI.
+func TestAuditExplainNeverMergesClientRequestIDs(t *testing.T) {
+	ts := newTestServer(t)
+	t.Setenv(envServer, ts.URL)
+	t.Setenv(envToken, ts.AdminToken)
+	tokens := map[string]string{}
+	principals := map[string]string{}
+	for _, name := range []string{"alice", "bob"} {
+		var u api.UserJSON
+		decodeJSON(t, ok(t, "users", "create", name, "--json"), &u)
+		var tok api.TokenJSON
+		decodeJSON(t, ok(t, "tokens", "create", "--user", name, "--json"), &tok)
+		tokens[name], principals[name] = tok.Token, u.ID
+	}
+	reqs := map[string]string{}
+	for _, name := range []string{"bob", "alice"} { // bob's first: the first match is not alice's
+		reqs[name] = sendWithClientID(t, ts, tokens[name], "shared-1")
+	}
+	if reqs["alice"] == reqs["bob"] {
+		t.Fatalf("two requests share the server's id %s", reqs["alice"])
+	}
+
+	for name, other := range map[string]string{"alice": "bob", "bob": "alice"} {
+		t.Setenv(envToken, tokens[name])
+		// The CLI: their own request, said to be found by the client's id; nothing of the other's.
+		out := ok(t, "audit", "explain", "shared-1")
+		hasAll(t, out, "request "+reqs[name], "found by the client's X-Request-Id shared-1", principals[name])
+		if strings.Contains(out, reqs[other]) || strings.Contains(out, principals[other]) {
+			t.Errorf("%s's explain of shared-1 shows %s's request:\n%s", name, other, out)
+		}
+		var x audit.Explanation
+		decodeJSON(t, ok(t, "audit", "explain", "shared-1", "--format", "json"), &x)
+		if x.Event.RequestID != reqs[name] || x.PrincipalID != principals[name] || x.FoundByClientRequestID != "shared-1" {
+			t.Errorf("%s: explained request %s of %s (found by %q), want %s of %s", name, x.Event.RequestID, x.PrincipalID,
+				x.FoundByClientRequestID, reqs[name], principals[name])
+		}
+		for _, o := range x.Others {
+			if o.RequestID != reqs[name] {
+				t.Errorf("%s: event %s of request %s merged into the explanation of %s", name, o.ID, o.RequestID, reqs[name])
+			}
+		}
+		// By the server's id: their own is explained (not found by the client's id); the
+		// other's is a 404, as a missing id.
+		var own audit.Explanation
+		decodeJSON(t, ok(t, "audit", "explain", reqs[name], "--format", "json"), &own)
+		if own.Event.RequestID != reqs[name] || own.FoundByClientRequestID != "" {
+			t.Errorf("%s: explain %s gave request %s (found by %q)", name, reqs[name], own.Event.RequestID, own.FoundByClientRequestID)
+		}
+		fails(t, "", []string{"audit", "explain", reqs[other]}, "no audit event or request")
+		// The API.
+		code, body := get(t, ts.URL+"/v1/audit/explain/shared-1", tokens[name])
+		if code != http.StatusOK || !strings.Contains(body, `"found_by_client_request_id": "shared-1"`) || strings.Contains(body, reqs[other]) {
+			t.Errorf("%s: GET /v1/audit/explain/shared-1: %d %s", name, code, body)
+		}
+	}
+
+	// The admin sees both: no explanation, the two server request ids to explain one by.
+	t.Setenv(envToken, ts.AdminToken)
+	msg := fails(t, "", []string{"audit", "explain", "shared-1"}, reqs["alice"], reqs["bob"], "mandate audit explain req_")
+	if !strings.Contains(msg, "X-Request-Id") {
+		t.Errorf("the admin is not told shared-1 is a client's id: %s", msg)
+	}
+	code, body := get(t, ts.URL+"/v1/audit/explain/shared-1", ts.AdminToken)
+	if code != http.StatusConflict || !strings.Contains(body, `"error": "conflict"`) || !strings.Contains(body, reqs["alice"]) || !strings.Contains(body, reqs["bob"]) {
+		t.Errorf("admin GET /v1/audit/explain/shared-1: %d %s", code, body)
+	}
+	for name, req := range reqs {
+		var x audit.Explanation
+		decodeJSON(t, ok(t, "audit", "explain", req, "--format", "json"), &x)
+		if x.Event.RequestID != req || x.PrincipalID != principals[name] {
+			t.Errorf("admin: explain %s gave request %s of %s", req, x.Event.RequestID, x.PrincipalID)
+		}
+		for _, o := range x.Others {
+			if o.RequestID != req {
+				t.Errorf("admin: event %s of request %s merged into the explanation of %s", o.ID, o.RequestID, req)
+			}
+		}
+	}
+
+	// A client id only one principal sent: the admin gets that request, said to be found by it;
+	// a principal who did not send it gets a 404.
+	only := sendWithClientID(t, ts, tokens["alice"], "alice-only")
+	hasAll(t, ok(t, "audit", "explain", "alice-only"), "request "+only, "found by the client's X-Request-Id alice-only")
+	t.Setenv(envToken, tokens["bob"])
+	fails(t, "", []string{"audit", "explain", "alice-only"}, "no audit event or request")
+	// Alice sends shared-1 again: now she too gets a list, of her own two requests only.
+	second := sendWithClientID(t, ts, tokens["alice"], "shared-1")
+	t.Setenv(envToken, tokens["alice"])
+	msg = fails(t, "", []string{"audit", "explain", "shared-1"}, reqs["alice"], second, "2 requests")
+	if strings.Contains(msg, reqs["bob"]) {
+		t.Errorf("alice is shown bob's request: %s", msg)
+	}
+}

@@ -110,7 +110,7 @@ func printReport(w io.Writer, res api.VerifyJSON, outside int) {
 	fmt.Fprintf(w, ", %d checkpoints matched (%s; %d given from outside), in %v\n", r.Checkpoints, sig, outside,
 		time.Duration(r.DurationMS)*time.Millisecond) // from the server, only the milliseconds travel
 	if r.HeadHash != "" {
-		fmt.Fprintf(w, "head: seq %d hash %s\n", r.LastSeq, r.HeadHash)
+		fmt.Fprintf(w, "head: seq %d hash %s\n", r.LastSeq, termSafe(r.HeadHash))
 	}
 	if c := r.StartsAt; c != nil {
 		fmt.Fprintf(w, "starts after retention: from seq %d, vouched for by the checkpoint of seq %d signed %s\n", r.FirstSeq, c.Seq, c.Time.Format(time.RFC3339))
@@ -119,17 +119,17 @@ func printReport(w io.Writer, res api.VerifyJSON, outside int) {
 		fmt.Fprintf(w, "%d checkpoints are of events retention removed (not checked)\n", r.CheckpointsBeforeStart)
 	}
 	if c := r.LastCheckpoint; c != nil {
-		fmt.Fprintf(w, "last checkpoint: seq %d signed %s by key %s\n", c.Seq, c.Time.Format(time.RFC3339), c.KeyID)
+		fmt.Fprintf(w, "last checkpoint: seq %d signed %s by key %s\n", c.Seq, c.Time.Format(time.RFC3339), termSafe(c.KeyID))
 	}
 	if len(r.TornLines) > 0 {
 		fmt.Fprintf(w, "skipped %d torn lines (not JSON: a write cut by a crash; the sink sends such a record again), first at line %d\n", len(r.TornLines), r.TornLines[0])
 	}
 	if p := r.Problem; p != nil {
-		fmt.Fprintf(w, "FIRST BAD SEQ %d (%s): %s\n", p.Seq, p.Reason, p.Detail)
+		fmt.Fprintf(w, "FIRST BAD SEQ %d (%s): %s\n", p.Seq, termSafe(p.Reason), termSafe(p.Detail))
 	}
 	var kids []string
 	for _, k := range res.Keys.Keys {
-		kids = append(kids, k.KeyID)
+		kids = append(kids, termSafe(k.KeyID))
 	}
 	fmt.Fprintf(w, "checkpoint keys: %s\n", strings.Join(kids, ", "))
 }
@@ -308,7 +308,7 @@ verify with, for mandate audit verify --keys. Needs an admin.`,
 				}
 			}
 			if out != "" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "%d new checkpoints appended to %s\n", n, out)
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d new checkpoints appended to %s\n", n, termSafe(out))
 			}
 			return nil
 		},

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 )
@@ -50,8 +51,9 @@ func printJSON(w io.Writer, v any) error {
 	return err
 }
 
-// table writes aligned columns. Cells are cleaned of tabs and newlines so a value from the
-// server cannot break the layout.
+// table writes aligned columns. Every cell goes through termSafe, so a value from the server
+// (chosen, perhaps, by an attacker) can neither break the layout nor reach the terminal as a
+// control sequence.
 type table struct{ tw *tabwriter.Writer }
 
 func newTable(w io.Writer, header ...string) *table {
@@ -71,16 +73,63 @@ func (t *table) row(cells ...string) {
 
 func (t *table) flush() error { return t.tw.Flush() }
 
+// cleanCell is termSafe(s), or "-" for the empty string.
 func cleanCell(s string) string {
 	if s == "" {
 		return "-"
 	}
-	return strings.Map(func(r rune) rune {
-		if r == '\t' || r == '\n' || r == '\r' || r < 0x20 || r == 0x7f {
-			return ' '
+	return termSafe(s)
+}
+
+// termSafe makes s safe to print on one terminal line: every rune a terminal could act on is
+// escaped as \u00XX or \uXXXX — C0 controls (tab, newline and escape included), DEL, C1
+// controls (U+0080–U+009F: CSI, OSC, NEL…), the bidi controls (U+061C, U+200E, U+200F,
+// U+202A–U+202E, U+2066–U+2069) and the line and paragraph separators (U+2028, U+2029); a byte
+// that is not UTF-8 is \xNN. Printable Unicode is kept as is. It is the one sanitizer of every
+// value a human-readable command prints.
+func termSafe(s string) string {
+	clean := true
+	for i, r := range s {
+		if r == utf8.RuneError || termUnsafe(r) {
+			if r == utf8.RuneError {
+				if _, n := utf8.DecodeRuneInString(s[i:]); n == 3 {
+					continue // a real U+FFFD
+				}
+			}
+			clean = false
+			break
 		}
-		return r
-	}, s)
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, "\\x%02X", s[i])
+		case termUnsafe(r):
+			fmt.Fprintf(&b, "\\u%04X", r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
+}
+
+// termUnsafe reports whether a terminal may act on r rather than show it.
+func termUnsafe(r rune) bool {
+	switch {
+	case r < 0x20, r >= 0x7f && r <= 0x9f: // C0, DEL, C1
+		return true
+	case r == 0x061c, r == 0x200e, r == 0x200f, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069: // bidi
+		return true
+	case r == 0x2028, r == 0x2029:
+		return true
+	}
+	return false
 }
 
 // relTime says how far t is from now in at most two units: "in 4m30s", "3h ago", "now".

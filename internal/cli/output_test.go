@@ -68,9 +68,9 @@ func TestTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "" +
-		"ID      NAME   NOTE\n" +
-		"usr_1   alice  -\n" +
-		"usr_22  bo b   line break\n"
+		"ID      NAME       NOTE\n" +
+		"usr_1   alice      -\n" +
+		"usr_22  bo\\u0009b  line\\u000Abreak\n" // escaped by termSafe, never a cell or row of their own
 	if diff := cmp.Diff(want, buf.String()); diff != "" {
 		t.Errorf("table (-want +got):\n%s", diff)
 	}
