@@ -41,7 +41,10 @@ type Explanation struct {
 	// Missing says what the trail does not hold (no grant.create for the grant, no task.start
 	// for a task), so a reader knows what the answer could not check.
 	Missing []string `json:"missing,omitempty"`
-	Others  []Event  `json:"others,omitempty"` // the request's other events, oldest first
+	// Notes are facts about the authority that did not make it invalid (a service account
+	// disabled: it gets no new tokens, but the grants it made stay until they are revoked).
+	Notes  []string `json:"notes,omitempty"`
+	Others []Event  `json:"others,omitempty"` // the request's other events, oldest first
 	// FoundByClientRequestID is the client's X-Request-Id explain was given, when it found this
 	// request by it (the one request with that id the caller may see), not by the server's id.
 	FoundByClientRequestID string `json:"found_by_client_request_id,omitempty"`
@@ -343,7 +346,9 @@ func (x *Explanation) gather(ctx context.Context, r Reader) error {
 				return fmt.Errorf("explain %s: %w", ev.ID, err)
 			}
 			if len(en) == 0 {
-				x.Problems = append(x.Problems, problem("principal "+p, "disabled", dis))
+				// What the server enforces: a disabled service account's grants stay until
+				// revoked (docs/federation.md), so the call's authority was still valid.
+				x.Notes = append(x.Notes, fmt.Sprintf("principal %s had been disabled (event %s, seq %d); a disabled service account gets no new tokens, but the grants it made stay until they are revoked", p, dis.ID, dis.Seq))
 			}
 		}
 	}

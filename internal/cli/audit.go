@@ -433,7 +433,7 @@ func printExplanation(w io.Writer, x *audit.Explanation) error {
 			p.line("  - %s", pr.Detail)
 		}
 	}
-	for _, m := range x.Missing {
+	for _, m := range append(slices.Clone(x.Notes), x.Missing...) {
 		p.line("  note: %s", m)
 	}
 	if len(x.Others) > 0 {
