@@ -54,7 +54,10 @@ type Error struct {
 	RequestID string
 	// Caller is the token's caller when its signature and claims verified and a later check
 	// refused the request (the proof, the token's status, a scope), so that OnDeny can say whose
-	// token was refused; nil otherwise. It is never written to the response. Do not modify.
+	// token was refused; nil otherwise. A refusal of how the token was presented (bearer, scheme,
+	// missing_proof, multiple_proofs) names the Caller too when the token in the Authorization
+	// header verifies on its own (signature and claims, not a proof): a valid token sent without
+	// its key is still that agent's. It is never written to the response. Do not modify.
 	Caller *Caller
 
 	scope string // for insufficient_scope: the scopes this resource needs

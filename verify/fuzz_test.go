@@ -172,6 +172,9 @@ func FuzzVerifyToken(f *testing.F) {
 		if strings.Count(ch, `"`)%2 != 0 || strings.ContainsAny(ch, "\r\n\\") {
 			t.Fatalf("challenge %q is not safely quoted", ch)
 		}
+		if c := e.Caller; c != nil && (c.JKT == "" || c.Subject == "" || len(c.Chain) == 0 || c.Chain[len(c.Chain)-1].AgentID != c.ClientID) {
+			t.Fatalf("refusal %q names an incomplete caller: %+v", e.Reason, c)
+		}
 		if len(auth) > 20 && strings.Contains(ch, strings.TrimPrefix(auth, "DPoP ")) {
 			t.Fatalf("challenge echoes the token")
 		}

@@ -326,9 +326,11 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 	switch {
 	case strings.EqualFold(scheme, "DPoP"):
 	case strings.EqualFold(scheme, "Bearer"):
-		return nil, invalidToken(ReasonBearer, "this token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof")
+		e := invalidToken(ReasonBearer, "this token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof")
+		return nil, v.attribute(ctx, e, strings.Trim(tok, " \t"))
 	default:
-		return nil, invalidToken(ReasonScheme, "unsupported authorization scheme: send Authorization: DPoP <token> with a DPoP proof")
+		e := invalidToken(ReasonScheme, "unsupported authorization scheme: send Authorization: DPoP <token> with a DPoP proof")
+		return nil, v.attribute(ctx, e, schemeToken(auths[0]))
 	}
 	if tok == "" {
 		return nil, invalidToken(ReasonMalformed, "the Authorization header has no token")
@@ -338,9 +340,11 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 	proofs := r.Header[headerDPoP]
 	switch {
 	case len(proofs) == 0:
-		return nil, refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, ReasonMissingProof, "a DPoP proof is required: send a DPoP header signed by the token's key")
+		e := refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, ReasonMissingProof, "a DPoP proof is required: send a DPoP header signed by the token's key")
+		return nil, v.attribute(ctx, e, tok)
 	case len(proofs) > 1:
-		return nil, refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, ReasonMultipleProofs, "send exactly one DPoP header")
+		e := refuse(http.StatusUnauthorized, CodeInvalidDPoPProof, ReasonMultipleProofs, "send exactly one DPoP header")
+		return nil, v.attribute(ctx, e, tok)
 	}
 
 	// 3–5. The token: signature and claims, checked once per token (see tokenCache).
@@ -365,6 +369,37 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 		e.Caller = c
 	}
 	return c2, e
+}
+
+// attribute returns e, a refusal of how a token was presented (as Bearer, under another scheme,
+// without its proof or with two), with Caller set to the token's Caller when tok verifies as an
+// access token: the same checks and cache as a token presented properly (step 3–5: signature,
+// claims, issuer, audience, expiry), not its proof or status. So a valid token sent without its
+// key — a thief's replay — is refused in its agent's and principal's name rather than
+// anonymously. Nothing else of e changes: the response is the same whether or not tok verifies,
+// and it says nothing about the token. A token that does not verify leaves e anonymous; the
+// cost is what the proper path would spend on it (one parse, one key lookup, at most one
+// signature check).
+func (v *Verifier) attribute(ctx context.Context, e *Error, tok string) *Error {
+	if tok == "" {
+		return e
+	}
+	if c, te := v.token(ctx, tok); te == nil {
+		e.Caller = c
+	}
+	return e
+}
+
+// schemeToken is the credentials of an Authorization value under a scheme this verifier does not
+// accept (Basic, Token, "DPoP\t<token>", …): what follows the first space or tab, without
+// surrounding spaces and tabs; "" when there is none. Whether it is an access token at all is for
+// attribute's checks to say.
+func schemeToken(auth string) string {
+	i := strings.IndexAny(auth, " \t")
+	if i < 0 {
+		return ""
+	}
+	return strings.Trim(auth[i:], " \t")
 }
 
 // token returns the Caller of an access token, from the cache when this verifier has already

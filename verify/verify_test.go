@@ -427,23 +427,35 @@ func TestVerifyRefusals(t *testing.T) {
 	}
 }
 
-// tokenRefusals are the reasons given before the token's signature and claims have verified:
-// such a refusal names no Caller. Every other refusal (the proof, the status, a scope) does.
+// tokenRefusals are the reasons given when the token's signature and claims have not verified:
+// such a refusal names no Caller. Every other refusal (the proof, the status, a scope) does, and
+// so does a refusal of how a token was presented (presentationRefusals) when its token verifies.
 var tokenRefusals = map[string]bool{
-	ReasonMissing: true, ReasonBearer: true, ReasonScheme: true, ReasonMalformed: true, ReasonMissingProof: true,
-	ReasonMultipleProofs: true, ReasonAlg: true, ReasonTyp: true, ReasonUnknownKID: true, ReasonSignature: true,
-	ReasonIssuer: true, ReasonAudience: true, ReasonExpired: true, ReasonNotYetValid: true, ReasonClaims: true,
-	ReasonUnbound: true, ReasonKeysUnavailable: true,
+	ReasonMissing: true, ReasonMalformed: true, ReasonAlg: true, ReasonTyp: true, ReasonUnknownKID: true,
+	ReasonSignature: true, ReasonIssuer: true, ReasonAudience: true, ReasonExpired: true,
+	ReasonNotYetValid: true, ReasonClaims: true, ReasonUnbound: true, ReasonKeysUnavailable: true,
+}
+
+// presentationRefusals are the reasons given before the proof is looked at, about how the token
+// was sent; they name the token's Caller when it verifies on its own (TestPresentationRefusalAttributed).
+var presentationRefusals = map[string]bool{
+	ReasonBearer: true, ReasonScheme: true, ReasonMissingProof: true, ReasonMultipleProofs: true,
 }
 
 // checkDeniedCaller: OnDeny learns whose token was refused exactly when its signature and claims
-// verified, so the refusal can be attributed; a forged or malformed token names nobody.
+// verified, so the refusal can be attributed; a forged or malformed token names nobody. In
+// TestVerifyRefusals every presentation refusal sends a valid token, except "other scheme"
+// (Basic credentials, not a token).
 func checkDeniedCaller(t *testing.T, d *Error, agentID string) {
 	t.Helper()
+	named := !tokenRefusals[d.Reason]
+	if presentationRefusals[d.Reason] {
+		named = d.Reason != ReasonScheme
+	}
 	switch {
-	case tokenRefusals[d.Reason] && d.Caller != nil:
+	case !named && d.Caller != nil:
 		t.Errorf("refusal %q before the token verified names a caller %+v", d.Reason, d.Caller)
-	case !tokenRefusals[d.Reason] && d.Caller == nil:
+	case named && d.Caller == nil:
 		t.Errorf("refusal %q of a verified token names no caller", d.Reason)
 	case d.Caller != nil && d.Caller.AgentID != agentID:
 		t.Errorf("refusal %q names agent %s, want %s", d.Reason, d.Caller.AgentID, agentID)

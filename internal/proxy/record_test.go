@@ -332,9 +332,10 @@ func TestEventFields(t *testing.T) {
 // task and grant; one event, no pending record.
 func TestRefusalAttributed(t *testing.T) {
 	for name, tc := range map[string]struct {
-		setup  func(e *env)
-		twice  bool // send the same request (the same proof) twice
-		reason string
+		setup   func(e *env)
+		twice   bool // send the same request (the same proof) twice
+		present func(req *http.Request, tok string)
+		reason  string
 	}{
 		"task revoked":   {setup: func(e *env) { e.status.revoke("tsk_1") }, reason: "token_revoked"},
 		"agent revoked":  {setup: func(e *env) { e.status.revoke("agt_1") }, reason: "token_revoked"},
@@ -345,6 +346,17 @@ func TestRefusalAttributed(t *testing.T) {
 		"task expired": {setup: func(e *env) {
 			e.tasks.put(delegation.Task{ID: "tsk_1", GrantID: "gr_1", Status: delegation.TaskActive, ExpiresAt: time.Now().Add(-time.Second)})
 		}, reason: reasonTaskEnded},
+		// A valid token presented wrongly, as by a thief without its key: refused before the
+		// proof, still that agent's.
+		"sent as bearer": {present: func(req *http.Request, tok string) {
+			req.Header.Del("DPoP")
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}, reason: "token_bearer"},
+		"no proof":   {present: func(req *http.Request, tok string) { req.Header.Del("DPoP") }, reason: "token_missing_proof"},
+		"two proofs": {present: func(req *http.Request, tok string) { req.Header.Add("DPoP", req.Header.Get("DPoP")) }, reason: "token_multiple_proofs"},
+		"malformed scheme": {present: func(req *http.Request, tok string) {
+			req.Header.Set("Authorization", "DPoP\t"+tok)
+		}, reason: "token_scheme"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t)
@@ -358,6 +370,9 @@ func TestRefusalAttributed(t *testing.T) {
 			}
 			if tc.setup != nil {
 				tc.setup(e)
+			}
+			if tc.present != nil {
+				tc.present(req, tok)
 			}
 			before := len(e.upstreamRequests())
 			if resp, body := e.do(req); resp.StatusCode != http.StatusUnauthorized {
@@ -389,6 +404,18 @@ func TestRefusalAttributed(t *testing.T) {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
 		if ev := e.audit.last(t); ev.ActorType != audit.ActorAnonymous || ev.AgentID != "" || ev.PrincipalID != "" {
+			t.Errorf("a forged token's refusal attributed: %+v", ev)
+		}
+	})
+	t.Run("forged token as bearer: anonymous", func(t *testing.T) {
+		e := newEnv(t)
+		tok := e.token(tokenOpts{scope: "api:read"})
+		req, _ := http.NewRequest("GET", e.issuer+"/proxy/api/items/1", nil)
+		req.Header.Set("Authorization", "Bearer "+tok[:len(tok)-4]+"AAAA")
+		if resp, _ := e.do(req); resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if ev := e.audit.last(t); ev.Reason != "token_bearer" || ev.ActorType != audit.ActorAnonymous || ev.AgentID != "" || ev.PrincipalID != "" {
 			t.Errorf("a forged token's refusal attributed: %+v", ev)
 		}
 	})

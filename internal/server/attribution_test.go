@@ -7,12 +7,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/proxy"
 )
 
 // principalFixture is a person (not an admin) with agents of their own: what they see of the
@@ -346,5 +348,127 @@ func TestExchangeEventsCarryTheAnswer(t *testing.T) {
 	}
 	if gc[0].ActorID != admin || gt.GrantedBy != admin || gt.MaxDepth != 2 || !gt.AllowSubdelegation || len(gt.AuthorizationDetails) != 1 {
 		t.Errorf("grant.create: actor %s terms %+v", gc[0].ActorID, gt)
+	}
+}
+
+// TestStolenTokenPresentationRefusalsInPrincipalReport: a valid task token presented wrongly —
+// as Bearer, without a DPoP proof, with two, under a malformed scheme (DPoP and a tab), as a
+// thief without the key would — is refused at the proxy (/proxy/items/…) and at the server's own
+// agent resource (/v1/agent/whoami) in the token's agent's name, on its principal's behalf, with
+// its task: the refusals are in the principal's trail and report. The same request with a forged
+// token stays anonymous and out of the principal's trail.
+func TestStolenTokenPresentationRefusalsInPrincipalReport(t *testing.T) {
+	ts := newTestServer(t)
+	addItemsUpstream(t, ts)
+	erin := newPrincipal(t, ts, "erin")
+	bot := erin.agent(t, "erins-bot")
+	g := erin.grant(t, map[string]any{"agent": bot.ID, "scopes": []string{"items:read"},
+		"resources": []string{ts.URL + "/proxy/items", ts.URL + "/"}})
+	tok := ts.startTask(t, bot, ts.grantToken(t, bot, g))
+	task := taskOf(t, tok)
+	parts := strings.Split(tok, ".")
+	forged := parts[0] + "." + parts[1] + "." + strings.Repeat("A", len(parts[2]))
+	jkt, _ := dpop.Thumbprint(bot.Key.Public())
+
+	targets := map[string]struct {
+		url, action, prefix string
+	}{
+		"proxy":  {ts.URL + "/proxy/items/v1/items/1", proxy.ActionCall, "token_"},
+		"whoami": {ts.URL + "/v1/agent/whoami", audit.ActionResourceDeny, ""},
+	}
+	presentations := map[string]struct {
+		reason string
+		set    func(req *http.Request, tok, proof string)
+	}{
+		"bearer": {"bearer", func(req *http.Request, tok, proof string) {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}},
+		"no proof": {"missing_proof", func(req *http.Request, tok, proof string) {
+			req.Header.Set("Authorization", "DPoP "+tok)
+		}},
+		"two proofs": {"multiple_proofs", func(req *http.Request, tok, proof string) {
+			req.Header.Set("Authorization", "DPoP "+tok)
+			req.Header.Add("DPoP", proof)
+			req.Header.Add("DPoP", proof)
+		}},
+		"scheme with a tab": {"scheme", func(req *http.Request, tok, proof string) {
+			req.Header.Set("Authorization", "DPoP\t"+tok)
+			req.Header.Set("DPoP", proof)
+		}},
+	}
+	// send sends tok presented as pres to target; it returns the body and the refusal's event.
+	send := func(t *testing.T, target, pres, tok string) (map[string]any, audit.Event) {
+		t.Helper()
+		tg, p := targets[target], presentations[pres]
+		req, _ := http.NewRequest("GET", tg.url, nil)
+		p.set(req, tok, ts.proof(t, bot.Key, "GET", tg.url, tok))
+		resp, body := ts.do(t, req)
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("status %d %v, want 401", resp.StatusCode, body)
+		}
+		id := resp.Header.Get("X-Request-Id")
+		var evs []audit.Event
+		var err error
+		// The proxy records a refusal after it answered: wait for it.
+		for i := 0; len(evs) == 0 && i < 100; i++ {
+			if i > 0 {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if evs, err = ts.Srv.Store().ListEvents(t.Context(), audit.Filter{RequestID: id}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(evs) != 1 {
+			t.Fatalf("%d events of request %s, want 1: %+v", len(evs), id, evs)
+		}
+		if ev := evs[0]; ev.Action != tg.action || ev.Reason != tg.prefix+p.reason || ev.Outcome != audit.OutcomeDenied {
+			t.Fatalf("event %s %s %s, want %s %s denied", ev.Action, ev.Reason, ev.Outcome, tg.action, tg.prefix+p.reason)
+		}
+		return body, evs[0]
+	}
+
+	var attributed []string
+	for target := range targets {
+		for pres := range presentations {
+			t.Run(target+"/"+pres, func(t *testing.T) {
+				body, ev := send(t, target, pres, tok)
+				got := []string{ev.ActorType, ev.ActorID, ev.AgentID, ev.PrincipalID, ev.TaskID, ev.GrantID, ev.KeyJKT, ev.TokenID}
+				want := []string{audit.ActorAgent, bot.ID, bot.ID, erin.id, task, g, jkt, jtiOf(t, tok)}
+				if diff := cmp.Diff(want, got); diff != "" {
+					t.Errorf("who, whose task and token (-want +got):\n%s", diff)
+				}
+				attributed = append(attributed, ev.ID)
+
+				// A forged token: the same answer, and nobody's.
+				fbody, fev := send(t, target, pres, forged)
+				if fev.ActorType != audit.ActorAnonymous || fev.AgentID != "" || fev.PrincipalID != "" || fev.TaskID != "" {
+					t.Errorf("a forged token's refusal is attributed: %+v", fev)
+				}
+				delete(body, "request_id")
+				delete(fbody, "request_id")
+				if diff := cmp.Diff(fbody, body); diff != "" {
+					t.Errorf("a valid token is answered differently from a forged one (-forged +valid):\n%s", diff)
+				}
+			})
+		}
+	}
+
+	// In the principal's trail (ListEvents by principal) and report (the audit API), and nothing
+	// else refused there: the forged tokens' refusals are not hers.
+	mine := erin.events(t, audit.Filter{Outcome: audit.OutcomeDenied})
+	var ids []string
+	for _, ev := range mine {
+		ids = append(ids, ev.ID)
+	}
+	slices.Sort(ids)
+	slices.Sort(attributed)
+	if diff := cmp.Diff(attributed, ids); diff != "" {
+		t.Errorf("the principal's refusals (-attributed +ListEvents):\n%s", diff)
+	}
+	report := erin.report(t)
+	for _, id := range attributed {
+		if !inReport(report, id) {
+			t.Errorf("refusal %s is not in the principal's report", id)
+		}
 	}
 }
