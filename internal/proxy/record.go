@@ -310,7 +310,7 @@ func newRecorder(store audit.Store, log *slog.Logger, size int) *recorder {
 		go func() {
 			defer r.wg.Done()
 			for it := range r.q {
-				r.write(it.ctx, it.ev)
+				r.write(it.ctx, it.ev, completionAttempts)
 			}
 		}()
 	}
@@ -330,13 +330,30 @@ func (r *recorder) record(ctx context.Context, ev audit.Event) {
 		}
 	}
 	r.mu.RUnlock()
-	r.write(ctx, ev)
+	r.write(ctx, ev, 1) // the caller writes it: once, it is holding a connection
 }
 
-func (r *recorder) write(ctx context.Context, ev audit.Event) {
+// completionAttempts is how often a queued completion is tried, with a doubling pause from
+// 100 ms (about 25 s in all): a database blip must not turn a call that ran into "outcome
+// unknown". An attempt that committed but answered an error makes the next one fail on the
+// event's id, which ends the retries.
+const completionAttempts = 9
+
+func (r *recorder) write(ctx context.Context, ev audit.Event, attempts int) {
 	defer r.busy.Add(-1)
-	if err := r.store.AppendEvent(ctx, ev); err != nil {
-		r.log.ErrorContext(ctx, "record proxy call", slog.String("event", ev.ID), slog.String("outcome", string(ev.Outcome)), slog.String("error", err.Error()))
+	pause := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := r.store.AppendEvent(ctx, ev)
+		if err == nil {
+			return
+		}
+		if attempt >= attempts {
+			r.log.ErrorContext(ctx, "record proxy call", slog.String("event", ev.ID), slog.String("outcome", string(ev.Outcome)),
+				slog.Int("attempts", attempt), slog.String("error", err.Error()))
+			return
+		}
+		time.Sleep(pause)
+		pause = min(2*pause, 5*time.Second)
 	}
 }
 
