@@ -124,7 +124,11 @@ func DecodeExt(ev *Event, ext []byte) error {
 }
 
 // Canonical is the canonical form of ev that its hash covers (see hashedEvent).
-func Canonical(ev *Event) []byte {
+func Canonical(ev *Event) []byte { return CanonicalWithExt(ev, Ext(ev)) }
+
+// CanonicalWithExt is Canonical with ext = Ext(ev) already made: a store that keeps ext in a
+// column encodes it once per event, not once for the hash and again for the column.
+func CanonicalWithExt(ev *Event, ext []byte) []byte {
 	return marshalCanonical(hashedEvent{
 		Action:          ev.Action,
 		ActorID:         ev.ActorID,
@@ -133,7 +137,7 @@ func Canonical(ev *Event) []byte {
 		ClientRequestID: ev.ClientRequestID,
 		Count:           ev.Count,
 		Detail:          ev.Detail,
-		Ext:             Ext(ev),
+		Ext:             ext,
 		First:           optionalTime(ev.First),
 		GrantID:         ev.GrantID,
 		ID:              ev.ID,

@@ -81,14 +81,15 @@ func insertEvent(ctx context.Context, tx *sql.Tx, tail *chainTail, ev *audit.Eve
 	ev.Time, ev.First, ev.Last = fromNanos(t), fromNanos(nanos(ev.First)), fromNanos(nanos(ev.Last))
 	ev.Seq = tail.seq + 1
 	ev.PrevHash = tail.hash
-	ev.Hash = ev.ComputeHash()
+	ext := audit.Ext(ev)
+	ev.Hash = audit.ChainHash(ev.PrevHash, audit.CanonicalWithExt(ev, ext))
 	_, err := tx.ExecContext(ctx, `INSERT INTO audit_events (`+eventCols+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
 			$21, $22, $23, $24, $25)`,
 		ev.Seq, ev.ID, t, ev.RequestID, ev.Action, string(ev.Outcome), ev.Reason, ev.Detail,
 		ev.ActorType, ev.ActorID, ev.PrincipalID, ev.AgentID, ev.Target, ev.TokenID, ev.PrevHash, ev.Hash,
 		ev.Source, ev.Count, nanos(ev.First), nanos(ev.Last),
-		ev.ClientRequestID, ev.TaskID, ev.GrantID, ev.Upstream(), string(audit.Ext(ev)))
+		ev.ClientRequestID, ev.TaskID, ev.GrantID, ev.Upstream(), string(ext))
 	if err != nil {
 		return fmt.Errorf("insert audit event: %w: %w", audit.ErrUnavailable, err)
 	}
