@@ -446,13 +446,24 @@ func FuzzReadLines(f *testing.F) {
 	f.Add(buf.String())
 	f.Add("eyJhbGciOiJub25lIn0.e30.\n")
 	f.Add(`{"checkpoint":"a.b.c"}`)
+	// A sink's records, a torn line, members the hash does not cover.
+	f.Add(`{"type":"event","seq":1,"hash":"x","id":"evt_1"}` + "\n" + `{"type":"checkpoint","seq":1,"jws":"a.b.c"}` + "\n" + `{"type":"ev` + "\n")
+	f.Add(`{"seq":1,"hash":"x","PRINCIPAL_ID":"usr_1","principal_id":"usr_2"}`)
+	f.Add(`{"type":"other"}` + "\n" + `{"seq":1,"seq":2,"hash":"h"}`)
 	f.Fuzz(func(t *testing.T, s string) {
 		ks := k.JWKS()
 		v := NewVerifier(&ks, nil)
 		var cps []Checkpoint
-		_ = ReadLines(strings.NewReader(s), func(ev *Event) error { v.Add(ev); return nil },
-			func(c Checkpoint) error { cps = append(cps, c); return nil })
+		var torn []int
+		_ = ReadSinkLines(strings.NewReader(s), func(ev *Event) error { v.Add(ev); return nil },
+			func(c Checkpoint) error { cps = append(cps, c); return nil }, func(n int) { torn = append(torn, n) })
 		v.Finish()
+		lines := strings.Count(s, "\n") + 1
+		for i, n := range torn {
+			if n < 1 || n > lines || (i > 0 && n <= torn[i-1]) {
+				t.Fatalf("torn lines %v of a text of %d lines", torn, lines)
+			}
+		}
 		for _, c := range cps {
 			if pc, err := ParseCheckpoint(c.JWS, ks); err == nil && pc.Seq != c.Seq {
 				t.Fatalf("a checkpoint reads as seq %d and verifies as seq %d", c.Seq, pc.Seq)
