@@ -2,12 +2,15 @@ package httpapi
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -116,4 +119,61 @@ func TestAuditUnavailable(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCredentialNeverInOrigin: the request's own credential, pasted into what the client says
+// about itself (User-Agent, X-Request-Id) or into the path, as written or encoded, reaches
+// neither the request's origin (which the audit trail records) nor the access log (the outside
+// attack found an API token stored verbatim from those headers).
+func TestCredentialNeverInOrigin(t *testing.T) {
+	const cred = "mnd_Qx7vT2kLp9ZrW4sYb8NcD1eF"
+	var logs bytes.Buffer
+	log := slog.New(LogHandler{slog.NewJSONHandler(&logs, nil)})
+	var seen audit.Origin
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { seen = audit.OriginFrom(r.Context()) })
+	h := Middleware(log, NewMetrics(prometheus.NewRegistry()), mux)
+	forms := map[string]string{
+		"as written":      cred,
+		"in a sentence":   "cli/1.0 (" + cred + ")",
+		"query-escaped":   url.QueryEscape(cred),
+		"every byte":      escapeEvery(cred),
+		"base64":          base64.StdEncoding.EncodeToString([]byte(cred + "\n")),
+		"base64url":       base64.RawURLEncoding.EncodeToString([]byte(cred)),
+		"hex, upper case": strings.ToUpper(hex.EncodeToString([]byte(cred))),
+		"encoded twice":   strings.ReplaceAll(escapeEvery(cred), "%", "%25"),
+	}
+	for name, form := range forms {
+		for _, where := range []string{"user agent", "request id", "path"} {
+			t.Run(name+" in the "+where, func(t *testing.T) {
+				logs.Reset()
+				path := "/v1/users/x"
+				if where == "path" {
+					path = "/v1/users/" + url.PathEscape(form)
+				}
+				req := httptest.NewRequest("GET", path, nil)
+				req.Header.Set("Authorization", "Bearer "+cred)
+				switch where {
+				case "user agent":
+					req.Header.Set("User-Agent", form)
+				case "request id":
+					req.Header.Set(RequestIDHeader, form)
+				}
+				h.ServeHTTP(httptest.NewRecorder(), req)
+				for _, v := range []string{seen.UserAgent, seen.ClientRequestID, logs.String()} {
+					if strings.Contains(v, form) || strings.Contains(v, cred) {
+						t.Errorf("%q holds the credential", v)
+					}
+				}
+			})
+		}
+	}
+}
+
+func escapeEvery(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		fmt.Fprintf(&b, "%%%02X", s[i])
+	}
+	return b.String()
 }

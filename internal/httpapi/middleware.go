@@ -2,9 +2,12 @@ package httpapi
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"regexp"
 	"runtime/debug"
 	"strconv"
@@ -30,6 +33,47 @@ const RequestIDHeader = oautherr.RequestIDHeader
 // A caller-supplied request id is kept only when it is short and plain, so it cannot forge log
 // lines or carry a payload.
 var validRequestID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
+
+// withheld stands for a value that held the request's own credential.
+const withheld = "(withheld)"
+
+// requestCredential is the credential of r's Authorization header (what follows the scheme), or
+// "" when there is none long enough to look for without matching ordinary text.
+func requestCredential(r *http.Request) string {
+	_, cred, _ := strings.Cut(strings.TrimSpace(r.Header.Get("Authorization")), " ")
+	if cred = strings.TrimSpace(cred); len(cred) < 12 {
+		return ""
+	}
+	return cred
+}
+
+// holdsCredential reports whether s holds cred as written, percent-encoded (once or more),
+// hex-encoded or base64-encoded from its first byte (standard or URL alphabet).
+func holdsCredential(s, cred string) bool {
+	if s == "" {
+		return false
+	}
+	whole := cred[:len(cred)-len(cred)%3] // base64 of what follows may change the last group
+	if strings.Contains(strings.ToLower(s), hex.EncodeToString([]byte(cred))) { // hex in either case
+		return true
+	}
+	for _, form := range []string{cred, url.QueryEscape(cred),
+		base64.RawStdEncoding.EncodeToString([]byte(whole)), base64.RawURLEncoding.EncodeToString([]byte(whole))} {
+		if strings.Contains(s, form) {
+			return true
+		}
+	}
+	for d, i := s, 0; i < 4; i++ {
+		u, err := url.PathUnescape(d)
+		if err != nil || u == d {
+			break
+		}
+		if d = u; strings.Contains(d, cred) {
+			return true
+		}
+	}
+	return false
+}
 
 // maxUserAgent bounds what one request can put in the audit trail.
 const maxUserAgent = 256
@@ -175,8 +219,22 @@ func Middleware(log *slog.Logger, m *Metrics, next http.Handler) http.Handler {
 		if cid := r.Header.Get(RequestIDHeader); validRequestID.MatchString(cid) {
 			origin.ClientRequestID = cid
 		}
+		// What the client says about itself, and its path, reach the audit trail and the log:
+		// never with the request's own credential in them (a token pasted into the wrong header).
+		logPath := new(string)
+		if cred := requestCredential(r); cred != "" {
+			if holdsCredential(origin.UserAgent, cred) {
+				origin.UserAgent = withheld
+			}
+			if holdsCredential(origin.ClientRequestID, cred) {
+				origin.ClientRequestID = withheld
+			}
+			if holdsCredential(r.URL.Path, cred) || holdsCredential(r.URL.RawPath, cred) {
+				*logPath = "(withheld: the path holds the request's credential)"
+			}
+		}
 		ctx := audit.WithOrigin(WithRequestID(r.Context(), id), origin)
-		ctx = context.WithValue(ctx, logPathKey{}, new(string))
+		ctx = context.WithValue(ctx, logPathKey{}, logPath)
 		r = r.WithContext(ctx)
 		w.Header().Set(RequestIDHeader, id)
 		sw := &statusWriter{ResponseWriter: w}
