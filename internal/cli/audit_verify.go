@@ -160,6 +160,21 @@ func verifyFile(path string, outside []audit.Checkpoint, keys jose.JSONWebKeySet
 	}
 	rep := v.Finish()
 	rep.TornLines = torn
+	// A sink's crash tears at most the line it was writing, and the next line is that record
+	// sent again: torn lines one after another, or a file of no event, are not a crash.
+	var p *audit.Problem
+	for i := 1; i < len(torn) && p == nil; i++ {
+		if torn[i] == torn[i-1]+1 {
+			p = &audit.Problem{Seq: rep.LastSeq + 1, Reason: "unreadable",
+				Detail: fmt.Sprintf("lines %d and %d of %s are both not JSON: a crash tears one line, which the sink then sends again", torn[i-1], torn[i], path)}
+		}
+	}
+	if p == nil && rep.Events == 0 && rep.Problem == nil {
+		p = &audit.Problem{Seq: 1, Reason: "unreadable", Detail: fmt.Sprintf("%s holds no audit event", path)}
+	}
+	if p != nil && rep.Problem == nil {
+		rep.Problem, rep.OK = p, false
+	}
 	return rep, nil
 }
 

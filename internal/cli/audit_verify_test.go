@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -326,4 +327,40 @@ func TestAuditVerifyDocs(t *testing.T) {
 	}
 	out = runScript(t, dir, docBlocks(t, "../../docs/audit-verify.md", "### Offline, without a server", true), env)
 	hasAll(t, out, "audit chain OK", "signatures checked")
+
+	// Torn lines: one a crash tore, then that record sent again, is no tampering; lines torn one
+	// after another, or a file of nothing but torn lines, are (the outside attack cut the last
+	// byte off every line and verify said OK).
+	raw, err := os.ReadFile(filepath.Join(dir, "audit-events.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.SplitAfter(strings.TrimSuffix(string(raw), "\n"), "\n")
+	cut := func(l string) string { return strings.TrimSuffix(l, "\n")[:len(strings.TrimSuffix(l, "\n"))-1] + "\n" }
+	verifyWith := func(name string, ls []string) (string, error) {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(strings.Join(ls, "")), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// No outside checkpoints: the file alone must not pass (with them, a cut tail shows anyway).
+		return mandate(t, "", "audit", "verify", "--events", path, "--keys", filepath.Join(dir, "audit-keys.json"))
+	}
+	k := len(lines) / 2
+	resent := append(append(slices.Clone(lines[:k]), cut(lines[k])), lines[k:]...)
+	if out, err := verifyWith("resent.jsonl", resent); err != nil || !strings.Contains(out, "skipped 1 torn lines") {
+		t.Errorf("a torn line sent again: %v\n%s", err, out)
+	}
+	torn := slices.Clone(lines)
+	for i := k; i < len(torn); i++ {
+		torn[i] = cut(torn[i])
+	}
+	if _, err := verifyWith("torn-tail.jsonl", torn); err == nil {
+		t.Error("verify passed a file whose second half is torn lines")
+	}
+	for i := range torn {
+		torn[i] = cut(torn[i])
+	}
+	if _, err := verifyWith("all-torn.jsonl", torn); err == nil {
+		t.Error("verify passed a file of torn lines only")
+	}
 }
