@@ -120,9 +120,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v) // the client went away; nothing useful to do
+	// Compact: answers are read by programs (the CLI pretty-prints what it shows), and a token
+	// response is on the hot path.
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing useful to do
 }
 
 // HandlerFunc is an http handler that returns its error instead of writing it.

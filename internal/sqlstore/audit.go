@@ -66,7 +66,7 @@ type chainTail struct {
 // readTail reads the end of the chain. The caller holds the write lock.
 func readTail(ctx context.Context, tx *sql.Tx) (chainTail, error) {
 	var t chainTail
-	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&t.seq, &t.hash)
+	err := tx.QueryRowContext(ctx, stmtSQL[stmtReadTail]).Scan(&t.seq, &t.hash)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("read end of audit chain: %w: %w", audit.ErrUnavailable, err)
 	}
@@ -76,6 +76,12 @@ func readTail(ctx context.Context, tx *sql.Tx) (chainTail, error) {
 // insertEvent links ev after tail, inserts it and moves tail to it. Its errors wrap
 // audit.ErrUnavailable: the record could not be written, so neither may what it records.
 func insertEvent(ctx context.Context, tx *sql.Tx, tail *chainTail, ev *audit.Event) error {
+	_, err := tx.ExecContext(ctx, stmtSQL[stmtInsertEvent], linkEvent(tail, ev)...)
+	return movedTail(tail, ev, err)
+}
+
+// linkEvent links ev after tail (its Seq, PrevHash and Hash) and returns the insert's arguments.
+func linkEvent(tail *chainTail, ev *audit.Event) []any {
 	ev.Normalize()
 	t := nanos(ev.Time)
 	ev.Time, ev.First, ev.Last = fromNanos(t), fromNanos(nanos(ev.First)), fromNanos(nanos(ev.Last))
@@ -83,13 +89,14 @@ func insertEvent(ctx context.Context, tx *sql.Tx, tail *chainTail, ev *audit.Eve
 	ev.PrevHash = tail.hash
 	ext := audit.Ext(ev)
 	ev.Hash = audit.ChainHash(ev.PrevHash, audit.CanonicalWithExt(ev, ext))
-	_, err := tx.ExecContext(ctx, `INSERT INTO audit_events (`+eventCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-			$21, $22, $23, $24, $25)`,
-		ev.Seq, ev.ID, t, ev.RequestID, ev.Action, string(ev.Outcome), ev.Reason, ev.Detail,
+	return []any{ev.Seq, ev.ID, t, ev.RequestID, ev.Action, string(ev.Outcome), ev.Reason, ev.Detail,
 		ev.ActorType, ev.ActorID, ev.PrincipalID, ev.AgentID, ev.Target, ev.TokenID, ev.PrevHash, ev.Hash,
 		ev.Source, ev.Count, nanos(ev.First), nanos(ev.Last),
-		ev.ClientRequestID, ev.TaskID, ev.GrantID, ev.Upstream(), string(ext))
+		ev.ClientRequestID, ev.TaskID, ev.GrantID, ev.Upstream(), string(ext)}
+}
+
+// movedTail moves tail to ev once ev's insert succeeded (err == nil).
+func movedTail(tail *chainTail, ev *audit.Event, err error) error {
 	if err != nil {
 		return fmt.Errorf("insert audit event: %w: %w", audit.ErrUnavailable, err)
 	}

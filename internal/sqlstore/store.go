@@ -68,8 +68,11 @@ type Store struct {
 	// appended, when set, is called after every commit of a transaction that may have appended
 	// to the audit chain (see OnAppend).
 	appended atomic.Pointer[func()]
-	// gc commits standalone events in batches (see groupcommit.go).
+	// gc commits the hot path's writes in batches (see groupcommit.go).
 	gc *committer
+	// stmts are the hot path's prepared statements (see prepared.go).
+	stmts    [stmtCount]*sql.Stmt
+	rowStmts map[rowStmtKey]*sql.Stmt // multi-row statements (see batchrows.go)
 }
 
 // OnAppend makes the store call fn after every commit that may have appended audit events, so
@@ -147,6 +150,10 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 	s := &Store{dialect: DialectSQLite, db: w, rdb: r, now: time.Now}
+	if err := s.prepare(ctx); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
 	s.startCommitter()
 	return s, nil
 }
@@ -174,6 +181,9 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
 	s := &Store{dialect: DialectPostgres, db: db, rdb: db, now: time.Now}
+	if err := s.prepare(ctx); err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
 	s.startCommitter()
 	return s, nil
 }
@@ -182,7 +192,7 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 // database.
 func (s *Store) Close() error {
 	s.gc.close()
-	err := s.db.Close()
+	err := errors.Join(s.closeStmts(), s.db.Close())
 	if s.rdb != s.db {
 		err = errors.Join(err, s.rdb.Close())
 	}
