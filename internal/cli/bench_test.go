@@ -2,6 +2,8 @@ package cli
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -166,4 +168,21 @@ func TestBenchDocs(t *testing.T) {
 	if strings.Contains(out, "×") || strings.Contains(out, "unknown") {
 		t.Errorf("the run shows errors:\n%s", out)
 	}
+}
+
+// bench/replicas.sh, the scaling measurement of docs/benchmarks.md, runs through (briefly). It
+// needs root for its cgroups and PostgreSQL, so it runs only when asked: MANDATE_BENCH_REPLICAS=1.
+func TestReplicasScript(t *testing.T) {
+	if os.Getenv("MANDATE_BENCH_REPLICAS") != "1" {
+		t.Skip("MANDATE_BENCH_REPLICAS not 1: bench/replicas.sh (root, cgroups, PostgreSQL) not run")
+	}
+	pgtest.BaseURL(t)
+	cmd := exec.Command("bash", "bench/replicas.sh")
+	cmd.Dir = "../.."
+	cmd.Env = append(os.Environ(), "DURATION=3s", "MAX_RATE=500", "CONCURRENCY=8", "AGENTS=1", "BASE_PORT="+strings.TrimPrefix(servertest.FreeAddr(t), "127.0.0.1:"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench/replicas.sh: %v\n%s", err, out)
+	}
+	hasAll(t, string(out), "one replica (30% of a core):", "three replicas (30% of a core each):", `"errors":{}`, "aggregate issuance, three replicas / one: ")
 }

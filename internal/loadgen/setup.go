@@ -105,10 +105,10 @@ func (b *Bench) admin(ctx context.Context, method, path string, in, out any) err
 
 // registerAgents registers cfg.Agents agents with fresh keys and claims them as the admin.
 func (b *Bench) registerAgents(ctx context.Context) error {
-	run := randomID()[:6]
-	b.progress("set-up: registering %d agents (bench-%s-N) at %s", b.cfg.Agents, strings.ToLower(run), b.cfg.Servers[0])
+	run := shortID()
+	b.progress("set-up: registering %d agents (bench-%s-N) at %s", b.cfg.Agents, run, b.cfg.Servers[0])
 	for i := range b.cfg.Agents {
-		a, err := newAgent(fmt.Sprintf("bench-%s-%d", strings.ToLower(strings.ReplaceAll(run, "_", "x")), i))
+		a, err := newAgent(fmt.Sprintf("bench-%s-%d", run, i))
 		if err != nil {
 			return err
 		}
@@ -272,7 +272,7 @@ func (b *Bench) setUpProxy(ctx context.Context) error {
 	if b.sink, err = startSink(b.cfg.SinkListen); err != nil {
 		return err
 	}
-	name := "bench-" + strings.ToLower(strings.NewReplacer("_", "x", "-", "x").Replace(randomID()[:8]))
+	name := "bench-" + shortID()
 	b.progress("set-up: upstream %s -> %s (the sink this command serves)", name, b.sink.url)
 	if err := b.admin(ctx, http.MethodPost, "/v1/upstreams", map[string]any{
 		"name": name, "base_url": b.sink.url, "auth": "bearer", "allow_private": true,

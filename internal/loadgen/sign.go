@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -80,6 +81,15 @@ func (a *agent) proof(method, htu, accessToken, nonce string, now time.Time) (st
 		return "", fmt.Errorf("DPoP proof: %w", err)
 	}
 	return p, nil
+}
+
+// shortID names the things one run makes (bench-<id>-N agents, the bench-<id> upstream).
+func shortID() string {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
 }
 
 func randomID() string {
