@@ -11,6 +11,10 @@
 #   DURATION     length of each timed run (default 15s); MAX_RATE sizes its pool (default 1500/s)
 #   CONCURRENCY  requests in flight (default 64); AGENTS per run (default 4)
 #   BASE_PORT    replicas listen on BASE_PORT, +1, +2 (default 18500)
+#   CPUSETS      optional: the CPUs of each replica, space-separated, e.g. "0-1 2-3 4-5" on a
+#                host with cores to spare (each replica also joins a cpuset cgroup of them);
+#                default none: on 2 cores three replicas cannot have disjoint sets, and the
+#                quota alone makes each a small machine
 # Run from the repository's root: bash bench/replicas.sh
 set -euo pipefail
 
@@ -21,7 +25,9 @@ MAX_RATE=${MAX_RATE:-1500}
 CONCURRENCY=${CONCURRENCY:-64}
 AGENTS=${AGENTS:-4}
 BASE_PORT=${BASE_PORT:-18500}
+CPUSETS=${CPUSETS:-}
 CG=/sys/fs/cgroup/cpu
+CS=/sys/fs/cgroup/cpuset
 
 work=$(mktemp -d)
 db=mandate_bench_$$
@@ -30,7 +36,7 @@ pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
-	for i in 1 2 3; do rmdir "$CG/mandate-bench-$$-r$i" 2>/dev/null || true; done
+	for i in 1 2 3; do rmdir "$CG/mandate-bench-$$-r$i" "$CS/mandate-bench-$$-r$i" 2>/dev/null || true; done
 	psql "$MANDATE_TEST_POSTGRES" -qc "drop database if exists $db" >/dev/null 2>&1 || true
 	rm -rf "$work"
 }
@@ -48,8 +54,17 @@ start_replica() {
 	mkdir -p "$cg" "$work/r$i"
 	echo 100000 >"$cg/cpu.cfs_period_us"
 	echo $((QUOTA * 1000)) >"$cg/cpu.cfs_quota_us"
-	# The shell joins the cgroup, then becomes the server: it never runs outside it.
-	bash -c 'echo $$ >"$1/cgroup.procs"; shift; exec "$@"' _ "$cg" \
+	local cs=""
+	if [ -n "$CPUSETS" ]; then
+		local sets
+		read -r -a sets <<<"$CPUSETS"
+		cs="$CS/mandate-bench-$$-r$i"
+		mkdir -p "$cs"
+		cat "$CS/cpuset.mems" >"$cs/cpuset.mems"
+		echo "${sets[$((i - 1))]:?CPUSETS names fewer than 3 sets}" >"$cs/cpuset.cpus"
+	fi
+	# The shell joins the cgroups, then becomes the server: it never runs outside them.
+	bash -c 'echo $$ >"$1/cgroup.procs"; if [ -n "$2" ]; then echo $$ >"$2/cgroup.procs"; fi; shift 2; exec "$@"' _ "$cg" "$cs" \
 		"$work/mandate" serve --data-dir "$work/r$i" --master-key-file "$work/r1/master.key" \
 		--database "$dsn" --listen "127.0.0.1:$port" --issuer "$issuer" --log-level warn >"$work/r$i.log" 2>&1 &
 	pids+=($!)
