@@ -55,6 +55,8 @@ var forbidden = map[string][]string{
 	"internal/ratelimit": {"internal/"},
 	"internal/syncbuf":   {"internal/"},
 	"internal/httpbench": {"internal/"},
+	// The load generator is a client of the server over HTTP only, like an agent.
+	"internal/loadgen": {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {
