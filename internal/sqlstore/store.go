@@ -70,6 +70,8 @@ type Store struct {
 	appended atomic.Pointer[func()]
 	// gc commits standalone events in batches (see groupcommit.go).
 	gc *committer
+	// changes delivers committed changes to OnChange's functions (see notify.go).
+	changes changeFeed
 }
 
 // OnAppend makes the store call fn after every commit that may have appended audit events, so
@@ -174,6 +176,9 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
 	s := &Store{dialect: DialectPostgres, db: db, rdb: db, now: time.Now}
+	if err := s.setUpChanges(ctx, dsn); err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
 	s.startCommitter()
 	return s, nil
 }
@@ -182,6 +187,7 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 // database.
 func (s *Store) Close() error {
 	s.gc.close()
+	s.changes.close()
 	err := s.db.Close()
 	if s.rdb != s.db {
 		err = errors.Join(err, s.rdb.Close())
@@ -240,8 +246,10 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
+	changes := trackChanges(tx)
 	defer func() {
 		if err != nil {
+			changes()
 			tx.Rollback()
 		}
 	}()
@@ -251,6 +259,10 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 		}
 	}
 	if err := fn(tx); err != nil {
+		return err
+	}
+	cs := changes()
+	if err := s.sendChanges(ctx, tx, cs); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -264,6 +276,7 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	if fn := s.appended.Load(); lockChain && fn != nil {
 		(*fn)()
 	}
+	s.changes.publish(cs)
 	return nil
 }
 
