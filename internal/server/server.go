@@ -73,6 +73,9 @@ type Server struct {
 	trail                 *audit.Checkpointer // signs checkpoints, checks the tail, prunes past --audit-retention
 	proxy                 *proxy.Proxy
 	sinks                 *auditsink.Exporter // nil without --audit-sink
+	// revocationStreams wakes the revocation feed's streams on every revocation committed by
+	// any replica, and ends them at shutdown.
+	revocationStreams *api.Wakeup
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -209,6 +212,12 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
 	}
+	s.revocationStreams = api.NewWakeup()
+	s.store.OnChange(func(c sqlstore.Change) {
+		if c.Seq > 0 { // a revocation log entry
+			s.revocationStreams.Notify()
+		}
+	})
 	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
 		Keys: s.keys, Tokens: s.store, Audit: s.denials, Delegation: deleg, Vault: s.vault, Federation: fed,
@@ -217,7 +226,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		AgentAuth:     verifier.Middleware,
 		RegisterLimit: ratelimit.New(cfg.RegisterRate, cfg.RegisterBurst, 0, now),
 		ClaimLimit:    ratelimit.New(cfg.ClaimRate, cfg.ClaimBurst, 0, now),
-		Log:           s.log, Now: now})
+		Log:           s.log, Now: now, RevocationWakeup: s.revocationStreams})
 
 	// The egress proxy: one verifier per upstream (audience {issuer}/proxy/{name}) with our own
 	// keys and live status; the proxy audits every call itself, so no OnDeny. It signs identity
@@ -544,7 +553,7 @@ func (s *Server) drainSinks(ctx context.Context) {
 }
 
 func (s *Server) httpServer(h http.Handler) *http.Server {
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -553,6 +562,8 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.revocationStreams.Close) // streams never end by themselves
+	return srv
 }
 
 // FlushDenials waits for the proxy to record the calls it has answered, then writes the

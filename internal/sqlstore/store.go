@@ -73,6 +73,8 @@ type Store struct {
 	// stmts are the hot path's prepared statements (see prepared.go).
 	stmts    [stmtCount]*sql.Stmt
 	rowStmts map[rowStmtKey]*sql.Stmt // multi-row statements (see batchrows.go)
+	// changes delivers committed changes to OnChange's functions (see notify.go).
+	changes changeFeed
 }
 
 // OnAppend makes the store call fn after every commit that may have appended audit events, so
@@ -184,6 +186,10 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 	if err := s.prepare(ctx); err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
+	if err := s.setUpChanges(ctx, dsn); err != nil {
+		s.closeStmts()
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
 	s.startCommitter()
 	return s, nil
 }
@@ -192,6 +198,7 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 // database.
 func (s *Store) Close() error {
 	s.gc.close()
+	s.changes.close()
 	err := errors.Join(s.closeStmts(), s.db.Close())
 	if s.rdb != s.db {
 		err = errors.Join(err, s.rdb.Close())
@@ -250,8 +257,10 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
+	changes := trackChanges(tx)
 	defer func() {
 		if err != nil {
+			changes()
 			tx.Rollback()
 		}
 	}()
@@ -261,6 +270,10 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 		}
 	}
 	if err := fn(tx); err != nil {
+		return err
+	}
+	cs := changes()
+	if err := s.sendChanges(ctx, tx, cs); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -274,6 +287,7 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	if fn := s.appended.Load(); lockChain && fn != nil {
 		(*fn)()
 	}
+	s.changes.publish(cs)
 	return nil
 }
 
