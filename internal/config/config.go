@@ -66,6 +66,11 @@ type Config struct {
 	AuditSinkCAFile        string   // PEM roots for syslog+tls and https sinks; "" = the system's
 	AuditWebhookSecretFile string   // the HMAC key of webhook signatures
 	AuditSinkBatch         int      // records read and delivered at once
+
+	// TLS served by mandate itself (internal/server/tls.go): PEM files, both or neither,
+	// re-read when they change.
+	TLSCert string
+	TLSKey  string
 }
 
 // Default returns the zero-configuration settings: SQLite in ./mandate-data on loopback.
@@ -161,6 +166,8 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.StringVar(&c.AuditSinkCAFile, "audit-sink-ca-file", c.AuditSinkCAFile, "PEM file of the CA certificates that syslog+tls and https audit sinks must chain to, instead of the system's")
 	own.StringVar(&c.AuditWebhookSecretFile, "audit-webhook-secret-file", c.AuditWebhookSecretFile, "file holding the secret (at least 16 bytes) that signs each webhook batch (HMAC-SHA256, header Mandate-Signature); required with an https:// --audit-sink")
 	own.IntVar(&c.AuditSinkBatch, "audit-sink-batch", c.AuditSinkBatch, "audit events read and delivered to a sink at once (1 to 10000)")
+	own.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "serve HTTPS (TLS 1.2 or later) with this PEM certificate chain, on --listen and --metrics-listen; needs --tls-key; both files are re-read when they change (checked every few seconds, and on SIGHUP), a bad new pair is logged and the old one kept; the issuer defaults to https://<listen>")
+	own.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
 	own.VisitAll(func(f *pflag.Flag) { WithEnv(own, f.Name, EnvName(f.Name)) })
 	fs.AddFlagSet(own)
 }
@@ -455,11 +462,17 @@ func (c *Config) Validate() error {
 			bad("--metrics-listen %q: must differ from --listen; leave it empty to serve /metrics there", c.MetricsListen)
 		}
 	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("--tls-cert and --tls-key go together: give both, the certificate chain and its private key (PEM), or neither to serve plain HTTP")
+	}
 	if c.Issuer == "" && err == nil {
 		if host == "" || host == "0.0.0.0" || host == "::" {
 			bad("--issuer is required when listening on all interfaces: set the public URL clients use")
 		}
 		c.Issuer = "http://" + c.Listen
+		if c.TLSCert != "" {
+			c.Issuer = "https://" + c.Listen
+		}
 	}
 	if c.Issuer != "" {
 		u, err := url.Parse(c.Issuer)
@@ -470,6 +483,8 @@ func (c *Config) Validate() error {
 			bad("--issuer %q: must not have a query or fragment (RFC 8414 §2)", c.Issuer)
 		case u.Scheme == "http" && !loopback.Host(u.Hostname()):
 			bad("--issuer %q: plain http is allowed only on loopback; use https", c.Issuer)
+		case u.Scheme == "http" && c.TLSCert != "":
+			bad("--issuer %q: mandate serves TLS (--tls-cert), so clients reach it at https://; give an https issuer", c.Issuer)
 		}
 		c.Issuer = strings.TrimSuffix(c.Issuer, "/")
 	}

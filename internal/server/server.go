@@ -73,6 +73,7 @@ type Server struct {
 	trail                 *audit.Checkpointer // signs checkpoints, checks the tail, prunes past --audit-retention
 	proxy                 *proxy.Proxy
 	sinks                 *auditsink.Exporter // nil without --audit-sink
+	tls                   *tlsFiles           // nil without --tls-cert: plain HTTP
 	// revocationStreams wakes the revocation feed's streams on every revocation committed by
 	// any replica, and ends them at shutdown.
 	revocationStreams *api.Wakeup
@@ -85,6 +86,14 @@ type Server struct {
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (*Server, error) {
 	if now == nil {
 		now = time.Now
+	}
+	// TLS first: a pair that does not load is refused before anything is created.
+	var tlsf *tlsFiles
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		var err error
+		if tlsf, err = loadTLSFiles(cfg.TLSCert, cfg.TLSKey, log, time.Now); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
@@ -105,6 +114,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() ti
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log, store: store, now: now}
+	s.tls = tlsf
 	if err := s.build(ctx, now); err != nil {
 		store.Close()
 		return nil, err
@@ -286,6 +296,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	// The client address goes into the context outermost: httpapi.Middleware reads the route
 	// the mux sets on the very request it passed on.
 	s.handler = ratelimit.Middleware(trusted, httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux)))
+	s.handler = withHSTS(cfg.Issuer, s.handler)
 	return nil
 }
 
@@ -489,7 +500,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	if metricsLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", s.metrics) // the same route, on its own listener
-		servers = append(servers, s.httpServer(mux))
+		servers = append(servers, s.httpServer(withHSTS(s.cfg.Issuer, mux)))
 		listeners = append(listeners, metricsLn)
 	}
 	go s.purgeLoop(ctx)
@@ -507,8 +518,11 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	defer signal.Stop(hup)
 	go s.reloadOnHangup(ctx, hup)
 	errc := make(chan error, len(servers))
+	if s.tls != nil {
+		go s.tls.reloadOnHangup(ctx)
+	}
 	for i, srv := range servers {
-		go func() { errc <- srv.Serve(listeners[i]) }()
+		go func() { errc <- s.serveOn(srv, listeners[i]) }()
 	}
 	var err error
 	select {
