@@ -5,9 +5,6 @@
 -- reads what it deletes, not the table. The partial indexes leave out the rows that have not
 -- ended (time 0), which the purge's conditions state.
 --
--- (SQLite's used_jtis becomes WITHOUT ROWID here; a PostgreSQL table is a heap with its primary
--- key beside it either way, so nothing changes for it.)
---
 -- The audit trail's filters by client request id and by upstream (GET /v1/audit, mandate audit
 -- explain <client request id> as an admin) had no index and read the whole table; their
 -- indexes are partial, so an event without one (every token issue) writes nothing to them.
