@@ -56,6 +56,10 @@ type Config struct {
 	TrustedProxies    []string      // whose X-Forwarded-For is believed; none by default
 	UnclaimedGrace    time.Duration // an UNCLAIMED agent is removed this long after its code lapsed
 
+	// Retention is how long ended tasks, grants and grant requests are kept after they ended
+	// (0 = forever); the audit trail keeps their story (internal/sqlstore/retention.go).
+	Retention time.Duration
+
 	// The audit chain's signed checkpoints (internal/audit/checkpoint.go): one after this many
 	// events or this long, whichever first, when the head moved; and retention (0 = forever).
 	AuditCheckpointEvents   int
@@ -98,12 +102,19 @@ func Default() Config {
 		DenialAuditBurst:  30,
 		DenialAuditWindow: time.Minute,
 		UnclaimedGrace:    24 * time.Hour,
+		Retention:         DefaultRetention,
 
 		AuditCheckpointEvents:   1000,
 		AuditCheckpointInterval: time.Minute,
 		AuditSinkBatch:          100,
 	}
 }
+
+// DefaultRetention keeps ended tasks, grants and grant requests a week: long enough for their
+// owners to list what ended this week and for an agent to read the answer to its request, short
+// enough that state stays about a week of activity, not all of it. Their story stays in the
+// audit trail (--audit-retention), which mandate audit explain reads.
+const DefaultRetention = 7 * 24 * time.Hour
 
 // DefaultMasterKeyFile is the name of the master key file in the data directory.
 const DefaultMasterKeyFile = "master.key"
@@ -159,6 +170,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count")
 	own.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; comma-separated; none by default, so the header is ignored")
 	own.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove")
+	own.DurationVar(&c.Retention, "retention", c.Retention, "how long ended or expired tasks, grants and answered grant requests are kept after they ended, before they are purged (at start and every minute) with their budget counters; their story stays in the audit trail, so mandate audit explain still explains their events; nothing a live token rests on is purged; 0 = keep forever")
 	own.IntVar(&c.AuditCheckpointEvents, "audit-checkpoint-events", c.AuditCheckpointEvents, "sign a checkpoint of the audit chain's head after this many events (or --audit-checkpoint-interval, whichever comes first); keep copies outside the database with mandate audit checkpoints")
 	own.DurationVar(&c.AuditCheckpointInterval, "audit-checkpoint-interval", c.AuditCheckpointInterval, "sign a checkpoint of the audit chain's head at least this often while events are written")
 	own.DurationVar(&c.AuditRetention, "audit-retention", c.AuditRetention, "remove audit events older than this, only up to a signed checkpoint so the rest still verifies; 0 = keep every event")
@@ -513,6 +525,7 @@ func (c *Config) Validate() error {
 	between("shutdown-timeout", c.ShutdownTimeout, 0, 10*time.Minute)
 	between("denial-audit-window", c.DenialAuditWindow, time.Second, time.Hour)
 	between("unclaimed-agent-grace", c.UnclaimedGrace, 0, 365*24*time.Hour)
+	between("retention", c.Retention, 0, 100*365*24*time.Hour)
 	between("audit-checkpoint-interval", c.AuditCheckpointInterval, time.Second, 24*time.Hour)
 	if c.AuditCheckpointEvents < 1 || c.AuditCheckpointEvents > 1e9 {
 		bad("--audit-checkpoint-events %d: want 1 to 1000000000", c.AuditCheckpointEvents)

@@ -684,25 +684,46 @@ func (s *Server) PurgeUnclaimedAgents(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// purgeLoop deletes expired state (used jtis, revoked tokens, retired keys) in batches.
+// purgeLoop deletes expired state (used jtis, revoked tokens, retired keys, and tasks, grants
+// and grant requests ended --retention ago) in batches: once at start, so that restarts do not
+// let it pile up, then every minute.
 func (s *Server) purgeLoop(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.removeSpentBootstrap(ctx)
-			n, err := s.store.Purge(ctx, time.Now())
-			if err != nil {
-				s.log.Warn("purge expired state", slog.String("error", err.Error()))
-			} else if n > 0 {
-				s.log.Debug("purged expired state", slog.Int64("rows", n))
-			}
-			if _, err := s.PurgeUnclaimedAgents(ctx); err != nil {
-				s.log.Warn("purge unclaimed agents", slog.String("error", err.Error()))
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
 			}
 		}
+		if _, err := s.PurgeEnded(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("purge ended tasks and grants", slog.String("error", err.Error()))
+		}
+		s.removeSpentBootstrap(ctx)
+		n, err := s.store.Purge(ctx, time.Now())
+		if err != nil {
+			s.log.Warn("purge expired state", slog.String("error", err.Error()))
+		} else if n > 0 {
+			s.log.Debug("purged expired state", slog.Int64("rows", n))
+		}
+		if _, err := s.PurgeUnclaimedAgents(ctx); err != nil {
+			s.log.Warn("purge unclaimed agents", slog.String("error", err.Error()))
+		}
 	}
+}
+
+// PurgeEnded removes the tasks, grants and grant requests that ended more than --retention ago
+// (none when it is 0), as the purge loop does at start and every minute, and returns how many.
+func (s *Server) PurgeEnded(ctx context.Context) (int64, error) {
+	if s.cfg.Retention <= 0 {
+		return 0, nil
+	}
+	now := s.now()
+	n, err := s.store.PurgeEnded(ctx, now.Add(-s.cfg.Retention), now)
+	if n > 0 {
+		s.log.Info("purged ended tasks, grants and grant requests past --retention", slog.Int64("rows", n))
+	}
+	return n, err
 }

@@ -104,11 +104,35 @@ func movedTail(tail *chainTail, ev *audit.Event, err error) error {
 	return nil
 }
 
-// partialIndexed are the columns whose audit index is partial (migration 0008).
-var partialIndexed = map[string]bool{"task_id": true, "grant_id": true, "principal_id": true}
+// partialIndexed are the columns whose audit index is partial (migrations 0008 and 0012).
+var partialIndexed = map[string]bool{"task_id": true, "grant_id": true, "principal_id": true,
+	"client_request_id": true, "upstream": true}
 
 // ListEvents returns the events f selects, newest first (oldest first with f.Ascending).
 func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, error) {
+	q, args := eventsQuery(f)
+	rows, err := s.rdb.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list audit events: %w", err)
+	}
+	defer rows.Close()
+	var evs []audit.Event
+	for rows.Next() {
+		ev, err := scanEvent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list audit events: %w", err)
+		}
+		evs = append(evs, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list audit events: %w", err)
+	}
+	return evs, nil
+}
+
+// eventsQuery is the statement of ListEvents and its arguments (its plan is checked by
+// TestAuditPlans).
+func eventsQuery(f audit.Filter) (string, []any) {
 	var conds []string
 	var args []any
 	add := func(cond string, v any) {
@@ -155,23 +179,7 @@ func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, 
 	}
 	q += ` ORDER BY seq ` + order + ` LIMIT $` + strconv.Itoa(len(args))
 
-	rows, err := s.rdb.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list audit events: %w", err)
-	}
-	defer rows.Close()
-	var evs []audit.Event
-	for rows.Next() {
-		ev, err := scanEvent(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list audit events: %w", err)
-		}
-		evs = append(evs, ev)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list audit events: %w", err)
-	}
-	return evs, nil
+	return q, args
 }
 
 // scanEvent reads one row of eventCols. A row whose stored columns disagree with each other (an
