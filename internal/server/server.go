@@ -142,12 +142,16 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return err
 	}
 	s.keys.UseMasterKeyring(sealer)
-	if err := s.keys.Ensure(ctx); err != nil {
-		return fmt.Errorf("signing keys: %w", err)
-	}
 	principals := principal.New(s.store, now)
 	principals.OnBootstrapSpent(func(ctx context.Context) { s.removeSpentBootstrap(context.WithoutCancel(ctx)) })
-	if err := s.bootstrap(ctx, principals); err != nil {
+	// Replicas starting together on an empty database take turns: the first creates the first
+	// signing key and the admin, the others find them.
+	if err := s.store.Exclusive(ctx, func(ctx context.Context) error {
+		if err := s.keys.Ensure(ctx); err != nil {
+			return fmt.Errorf("signing keys: %w", err)
+		}
+		return s.bootstrap(ctx, principals)
+	}); err != nil {
 		return err
 	}
 
