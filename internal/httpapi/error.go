@@ -95,8 +95,8 @@ func Unavailable(err error) bool {
 // Both carry Retry-After.
 func AsError(err error) *Error {
 	e := asError(err)
-	if e.Code == "audit_unavailable" || e.Code == CodeTemporarilyUnavailable {
-		return e
+	if e.Status == http.StatusServiceUnavailable {
+		return e // already an answer of unavailability (audit_unavailable, /readyz's)
 	}
 	down := errors.Is(err, apperr.ErrUnavailable)
 	if errors.Is(err, audit.ErrUnavailable) && (e.Status >= 500 || down) {
