@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() ti
 		}
 		f.Close()
 	}
-	store, err := sqlstore.Open(ctx, dsn)
+	store, err := sqlstore.Open(ctx, dsn, sqlstore.WithTimeout(cfg.DBTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
@@ -255,10 +255,11 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
 	})
 	mux.Handle("GET /readyz", h(func(w http.ResponseWriter, r *http.Request) error {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.store.Ping(ctx); err != nil {
-			return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Description: "the database is unreachable", Cause: err}
+		// The ping has the deadline of every database call (--db-timeout).
+		if err := s.store.Ping(r.Context()); err != nil {
+			return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Description: fmt.Sprintf("the database is unreachable or did not answer within --db-timeout (%v); retry later", cfg.DBTimeout),
+				Header:      http.Header{"Retry-After": {httpapi.RetryAfter}}, Cause: err}
 		}
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ready"})
 		return nil
@@ -412,6 +413,9 @@ func (s *Server) removeSpentBootstrap(ctx context.Context) {
 // auditResourceDenial records every refusal of the verify middleware on our own resources.
 func (s *Server) auditResourceDenial(now func() time.Time) func(*http.Request, *verify.Error) {
 	return func(r *http.Request, e *verify.Error) {
+		if e.Code == verify.CodeTemporarilyUnavail {
+			return // the keys or the status could not be read (the database did not answer): no decision
+		}
 		ev := audit.New(now(), httpapi.RequestID(r.Context()), audit.ActionResourceDeny)
 		ev.ActorType, ev.Reason, ev.Detail, ev.Target = audit.ActorAnonymous, e.Reason, e.Description, r.URL.Path
 		if e.Caller != nil {
