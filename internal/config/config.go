@@ -32,6 +32,7 @@ type Config struct {
 	MetricsListen   string // "" = /metrics on Listen
 	Issuer          string
 	Database        string
+	DBTimeout       time.Duration // every database call's deadline
 	LogLevel        string
 	LogFormat       string
 	SigningAlg      string
@@ -93,6 +94,7 @@ func Default() Config {
 		ClaimCodeTTL:    15 * time.Minute,
 		KeyGrace:        time.Hour,
 		ShutdownTimeout: 15 * time.Second,
+		DBTimeout:       5 * time.Second,
 
 		RegisterRate:      10,
 		RegisterBurst:     20,
@@ -150,6 +152,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve /metrics only on this address, e.g. 127.0.0.1:9420, instead of on --listen")
 	own.StringVar(&c.Issuer, "issuer", c.Issuer, "public URL of this server, used as token issuer; default http://<listen>")
 	own.StringVar(&c.Database, "database", c.Database, "postgres:// URL to use PostgreSQL instead of the embedded SQLite")
+	own.DurationVar(&c.DBTimeout, "db-timeout", c.DBTimeout, "deadline of every database call (a connect, a statement, a commit, a ping); a request the database does not answer within it gets 503 temporarily_unavailable with Retry-After, and /readyz says 503")
 	own.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	own.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	own.StringVar(&c.SigningAlg, "signing-alg", c.SigningAlg, "algorithm of new signing keys: EdDSA or ES256")
@@ -523,6 +526,7 @@ func (c *Config) Validate() error {
 	between("agent-key-grace", c.KeyGrace, 0, 30*24*time.Hour)
 	between("key-publish-delay", c.KeyPublishDelay, 0, 7*24*time.Hour)
 	between("shutdown-timeout", c.ShutdownTimeout, 0, 10*time.Minute)
+	between("db-timeout", c.DBTimeout, 100*time.Millisecond, 5*time.Minute)
 	between("denial-audit-window", c.DenialAuditWindow, time.Second, time.Hour)
 	between("unclaimed-agent-grace", c.UnclaimedGrace, 0, 365*24*time.Hour)
 	between("retention", c.Retention, 0, 100*365*24*time.Hour)

@@ -311,6 +311,9 @@ func (s *Service) recordDenial(ctx context.Context, ev *audit.Event, err *error)
 	if *err == nil || ev.Outcome == audit.OutcomeSuccess {
 		return
 	}
+	if errors.Is(*err, apperr.ErrUnavailable) || errors.Is(*err, audit.ErrUnavailable) {
+		return // the database did not answer: no decision to record, and no database to record it in
+	}
 	ev.Reason = apperr.ReasonOf(*err)
 	if de, ok := apperr.As(*err); ok {
 		ev.Detail = de.Msg

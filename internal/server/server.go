@@ -109,7 +109,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() ti
 		}
 		f.Close()
 	}
-	store, err := sqlstore.Open(ctx, dsn)
+	store, err := sqlstore.Open(ctx, dsn, sqlstore.WithTimeout(cfg.DBTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
@@ -155,12 +155,16 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return err
 	}
 	s.keys.UseMasterKeyring(sealer)
-	if err := s.keys.Ensure(ctx); err != nil {
-		return fmt.Errorf("signing keys: %w", err)
-	}
 	principals := principal.New(s.store, now)
 	principals.OnBootstrapSpent(func(ctx context.Context) { s.removeSpentBootstrap(context.WithoutCancel(ctx)) })
-	if err := s.bootstrap(ctx, principals); err != nil {
+	// Replicas starting together on an empty database take turns: the first creates the first
+	// signing key and the admin, the others find them.
+	if err := s.store.Exclusive(ctx, func(ctx context.Context) error {
+		if err := s.keys.Ensure(ctx); err != nil {
+			return fmt.Errorf("signing keys: %w", err)
+		}
+		return s.bootstrap(ctx, principals)
+	}); err != nil {
 		return err
 	}
 
@@ -270,10 +274,11 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
 	})
 	mux.Handle("GET /readyz", h(func(w http.ResponseWriter, r *http.Request) error {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.store.Ping(ctx); err != nil {
-			return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Description: "the database is unreachable", Cause: err}
+		// The ping has the deadline of every database call (--db-timeout).
+		if err := s.store.Ping(r.Context()); err != nil {
+			return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Description: fmt.Sprintf("the database is unreachable or did not answer within --db-timeout (%v); retry later", cfg.DBTimeout),
+				Header:      http.Header{"Retry-After": {httpapi.RetryAfter}}, Cause: err}
 		}
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ready"})
 		return nil
@@ -428,6 +433,9 @@ func (s *Server) removeSpentBootstrap(ctx context.Context) {
 // auditResourceDenial records every refusal of the verify middleware on our own resources.
 func (s *Server) auditResourceDenial(now func() time.Time) func(*http.Request, *verify.Error) {
 	return func(r *http.Request, e *verify.Error) {
+		if e.Code == verify.CodeTemporarilyUnavail {
+			return // the keys or the status could not be read (the database did not answer): no decision
+		}
 		ev := audit.New(now(), httpapi.RequestID(r.Context()), audit.ActionResourceDeny)
 		ev.ActorType, ev.Reason, ev.Detail, ev.Target = audit.ActorAnonymous, e.Reason, e.Description, r.URL.Path
 		if e.Caller != nil {

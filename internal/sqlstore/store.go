@@ -58,6 +58,7 @@ const (
 // Store is every mandate store on one database. It is safe for concurrent use.
 type Store struct {
 	dialect string
+	path    string // the SQLite database file; "" on PostgreSQL
 	// db runs every write. On SQLite it holds exactly one connection (the single writer); on
 	// PostgreSQL it is the one pool for reads and writes.
 	db *sql.DB
@@ -83,12 +84,14 @@ func (s *Store) OnAppend(fn func()) { s.appended.Store(&fn) }
 
 // Open opens and migrates the database. dsn is a postgres:// or postgresql:// URL for
 // PostgreSQL; anything else is a SQLite file path (whose directory must exist). Open refuses,
-// with an error wrapping ErrDatabaseNewer, a database migrated by a newer mandate.
-func Open(ctx context.Context, dsn string) (*Store, error) {
+// with an error wrapping ErrDatabaseNewer, a database migrated by a newer mandate. Every call to
+// the database is bounded by a deadline (DefaultTimeout, or WithTimeout; see deadline.go).
+func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
+	o := openOptions(opts)
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return openPostgres(ctx, dsn)
+		return openPostgres(ctx, dsn, o)
 	}
-	return openSQLite(ctx, dsn)
+	return openSQLite(ctx, dsn, o)
 }
 
 // SQLite connection settings.
@@ -100,16 +103,23 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 // transactions begin IMMEDIATE (_txlock) so a write transaction holds the write lock from its
 // first statement. Reads go to a separate pool of query_only connections; in WAL mode they run
 // concurrently with the writer and see the last committed state. busy_timeout covers other
-// processes on the same file (a CLI next to the server) and WAL checkpoints. synchronous=FULL
+// processes on the same file (a CLI next to the server) and WAL checkpoints, for as long as the store's
+// timeout. synchronous=FULL
 // makes every commit durable across power loss: a revocation or an audit record must not
 // silently disappear (NORMAL would be faster and still consistent, but may lose the last
 // commits).
 const (
-	sqliteWriterParams = "_busy_timeout=10000&_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL&_txlock=immediate"
-	sqliteReaderParams = "_busy_timeout=10000&_foreign_keys=1&_query_only=1"
+	sqliteWriterParams = "_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL&_txlock=immediate"
+	sqliteReaderParams = "_foreign_keys=1&_query_only=1"
 )
 
-func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
+// sqliteParams adds to params a busy_timeout of the store's timeout: a lock held by another
+// process is waited for no longer than any other database call.
+func sqliteParams(params string, timeout time.Duration) string {
+	return fmt.Sprintf("_busy_timeout=%d&%s", timeout.Milliseconds(), params)
+}
+
+func openSQLite(ctx context.Context, path string, o options) (_ *Store, err error) {
 	switch {
 	case path == "":
 		return nil, errors.New("open sqlite: empty database path")
@@ -120,7 +130,7 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 		// database is not; and URIs would bypass the settings above.
 		return nil, fmt.Errorf("open sqlite %q: want a file path", path)
 	}
-	w, err := sql.Open("sqlite", path+"?"+sqliteWriterParams)
+	w, err := openBounded("sqlite", path+"?"+sqliteParams(sqliteWriterParams, o.timeout), o.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -136,11 +146,11 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 	if err := w.PingContext(ctx); err != nil { // creates the file and switches it to WAL
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	if err := migrate(ctx, w, DialectSQLite); err != nil {
+	if err := migrate(unbounded(ctx), w, DialectSQLite); err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 
-	r, err := sql.Open("sqlite", path+"?"+sqliteReaderParams)
+	r, err := openBounded("sqlite", path+"?"+sqliteParams(sqliteReaderParams, o.timeout), o.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -151,7 +161,7 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 		r.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	s := &Store{dialect: DialectSQLite, db: w, rdb: r, now: time.Now}
+	s := &Store{dialect: DialectSQLite, path: path, db: w, rdb: r, now: time.Now}
 	if err := s.prepare(ctx); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
@@ -160,8 +170,8 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 	return s, nil
 }
 
-func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
-	db, err := sql.Open("pgx", dsn)
+func openPostgres(ctx context.Context, dsn string, o options) (_ *Store, err error) {
+	db, err := openPostgresBounded(dsn, o.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err) // never print the URL: it may hold a password
 	}
@@ -179,7 +189,7 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 	if err := db.PingContext(ctx); err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	if err := migrate(ctx, db, DialectPostgres); err != nil {
+	if err := migrate(unbounded(ctx), db, DialectPostgres); err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
 	s := &Store{dialect: DialectPostgres, db: db, rdb: db, now: time.Now}
