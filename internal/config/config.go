@@ -56,6 +56,7 @@ type Config struct {
 	DenialAuditWindow time.Duration // identical anonymous denials are counted into one event
 	TrustedProxies    []string      // whose X-Forwarded-For is believed; none by default
 	UnclaimedGrace    time.Duration // an UNCLAIMED agent is removed this long after its code lapsed
+	AgentCacheTTL     time.Duration // the longest an agent is served from memory without a change notice
 
 	// Retention is how long ended tasks, grants and grant requests are kept after they ended
 	// (0 = forever); the audit trail keeps their story (internal/sqlstore/retention.go).
@@ -104,6 +105,7 @@ func Default() Config {
 		DenialAuditBurst:  30,
 		DenialAuditWindow: time.Minute,
 		UnclaimedGrace:    24 * time.Hour,
+		AgentCacheTTL:     2 * time.Second,
 		Retention:         DefaultRetention,
 
 		AuditCheckpointEvents:   1000,
@@ -172,6 +174,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.IntVar(&c.DenialAuditBurst, "denial-audit-burst", c.DenialAuditBurst, "anonymous refusals per client address written one by one at once")
 	own.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count")
 	own.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; comma-separated; none by default, so the header is ignored")
+	own.DurationVar(&c.AgentCacheTTL, "agent-cache-ttl", c.AgentCacheTTL, "how long an agent and its keys are served from memory; every change is pushed to every replica at once (PostgreSQL LISTEN/NOTIFY), so this only bounds a change notice that was lost")
 	own.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove")
 	own.DurationVar(&c.Retention, "retention", c.Retention, "how long ended or expired tasks, grants and answered grant requests are kept after they ended, before they are purged (at start and every minute) with their budget counters; their story stays in the audit trail, so mandate audit explain still explains their events; nothing a live token rests on is purged; 0 = keep forever")
 	own.IntVar(&c.AuditCheckpointEvents, "audit-checkpoint-events", c.AuditCheckpointEvents, "sign a checkpoint of the audit chain's head after this many events (or --audit-checkpoint-interval, whichever comes first); keep copies outside the database with mandate audit checkpoints")
@@ -529,6 +532,7 @@ func (c *Config) Validate() error {
 	between("db-timeout", c.DBTimeout, 100*time.Millisecond, 5*time.Minute)
 	between("denial-audit-window", c.DenialAuditWindow, time.Second, time.Hour)
 	between("unclaimed-agent-grace", c.UnclaimedGrace, 0, 365*24*time.Hour)
+	between("agent-cache-ttl", c.AgentCacheTTL, 0, 24*time.Hour)
 	between("retention", c.Retention, 0, 100*365*24*time.Hour)
 	between("audit-checkpoint-interval", c.AuditCheckpointInterval, time.Second, 24*time.Hour)
 	if c.AuditCheckpointEvents < 1 || c.AuditCheckpointEvents > 1e9 {

@@ -14,14 +14,10 @@ import (
 // of its keys, and reading the agent and parsing its did:key on each was a fifth of an
 // issuance's CPU. Entries are dropped by Invalidate — called for every change of an agent or
 // its keys, on every replica, by the composition root's change feed — and live at most
-// cacheTTL, which bounds how stale an entry can be if a change notice is ever lost.
+// Config.CacheTTL, which bounds how stale an entry can be if a change notice is ever lost.
 
-const (
-	// cacheTTL is the longest an agent is served from memory without a read of the store.
-	cacheTTL = 2 * time.Second
-	// cacheMax bounds the number of agents held; past it, arbitrary entries make room.
-	cacheMax = 10_000
-)
+// cacheMax bounds the number of agents held; past it, arbitrary entries make room.
+const cacheMax = 10_000
 
 // cachedKey is a key of a cached agent with its parsed public key.
 type cachedKey struct {
@@ -36,19 +32,22 @@ type cacheEntry struct {
 }
 
 type agentCache struct {
+	ttl     time.Duration
 	mu      sync.Mutex
 	gen     uint64 // moves on every invalidation: a load begun before one is not kept
 	entries map[string]*cacheEntry
 }
 
-func newAgentCache() *agentCache { return &agentCache{entries: make(map[string]*cacheEntry)} }
+func newAgentCache(ttl time.Duration) *agentCache {
+	return &agentCache{ttl: ttl, entries: make(map[string]*cacheEntry)}
+}
 
 // get returns id's entry if it is fresh, and the generation a load of id must carry to put.
 func (c *agentCache) get(id string) (*cacheEntry, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[id]
-	if ok && time.Since(e.loaded) < cacheTTL {
+	if ok && time.Since(e.loaded) < c.ttl {
 		return e, c.gen
 	}
 	return nil, c.gen
@@ -58,7 +57,7 @@ func (c *agentCache) get(id string) (*cacheEntry, uint64) {
 func (c *agentCache) put(id string, e *cacheEntry, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen {
+	if c.gen != gen || c.ttl <= 0 {
 		return
 	}
 	if len(c.entries) >= cacheMax {

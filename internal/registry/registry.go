@@ -54,7 +54,10 @@ type Config struct {
 	// UnclaimedGrace is how long an UNCLAIMED agent is kept after its claim code lapsed, the
 	// time it has to ask for a new code, before PurgeUnclaimed deletes it. 0 keeps it forever.
 	UnclaimedGrace time.Duration
-	Now            func() time.Time
+	// CacheTTL is the longest an agent is served from memory (see cache.go); 0 reads the store
+	// every time.
+	CacheTTL time.Duration
+	Now      func() time.Time
 }
 
 // Service is the agent registry.
@@ -68,7 +71,7 @@ func New(cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	c := newAgentCache()
+	c := newAgentCache(cfg.CacheTTL)
 	cfg.Store = invalidating{Store: cfg.Store, cache: c}
 	return &Service{cfg: cfg, cache: c}
 }

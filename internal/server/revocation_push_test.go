@@ -36,15 +36,15 @@ type replicaSet struct {
 
 // startReplicas starts n replicas on PostgreSQL (a database of the test's own), or one server on
 // SQLite when dsn is "".
-func startReplicas(t testing.TB, dsn string, n int) *replicaSet {
+func startReplicas(t testing.TB, dsn string, n int, edit ...func(*config.Config)) *replicaSet {
 	t.Helper()
-	first := newTestServer(t, func(c *config.Config) { c.Database = dsn })
+	first := newTestServer(t, append(edit, func(c *config.Config) { c.Database = dsn })...)
 	rs := &replicaSet{all: []*testServer{first}}
 	for range n - 1 {
 		// The same data directory (master key, bootstrap token) and the same public issuer.
-		rs.all = append(rs.all, newTestServer(t, func(c *config.Config) {
+		rs.all = append(rs.all, newTestServer(t, append(edit, func(c *config.Config) {
 			c.Database, c.DataDir, c.Issuer = dsn, first.DataDir, first.URL
-		}))
+		})...))
 	}
 	return rs
 }

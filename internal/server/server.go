@@ -203,8 +203,19 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return err
 	}
 	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.denials, JTIs: s.store, Issuer: cfg.Issuer,
-		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, UnclaimedGrace: cfg.UnclaimedGrace, Now: now})
+		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, UnclaimedGrace: cfg.UnclaimedGrace,
+		CacheTTL: cfg.AgentCacheTTL, Now: now})
 	s.agents = registrySvc
+	// The registry keeps agents and their parsed keys in memory: every change of one, committed
+	// here or at another replica, drops it (see registry/cache.go).
+	s.store.OnChange(func(c sqlstore.Change) {
+		switch c.Kind {
+		case sqlstore.KindAgentChanged, token.KindAgent:
+			registrySvc.Invalidate(c.ID)
+		case token.KindKey:
+			registrySvc.Invalidate("") // a key's thumbprint does not name its agent
+		}
+	})
 	deleg := delegation.New(delegation.Config{Store: s.store, Agents: s.store, Keys: s.keys, Tokens: s.store, Audit: s.store,
 		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Upstreams: s.store, Now: now})
 	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
