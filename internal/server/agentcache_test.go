@@ -53,7 +53,9 @@ func TestAgentCacheAcrossReplicas(t *testing.T) {
 	if resp, out := a.adminPost(t, "/v1/agents/"+agent.ID+"/revoke"); resp.StatusCode != http.StatusOK {
 		t.Fatalf("revoke at A: %d %v", resp.StatusCode, out)
 	}
-	until(t, "B refuses the agent revoked at A", func() (bool, error) {
+	// Within 20 s: far more than a pushed change takes, far less than B's next purge (a minute),
+	// which could drop the entry by itself.
+	untilWithin(t, 20*time.Second, "B refuses the agent revoked at A", func() (bool, error) {
 		code, out := tokenAt(b)
 		if d, _ := out["error_description"].(string); code != http.StatusOK && !strings.Contains(d, "revoked") {
 			t.Fatalf("B refused for another reason: %d %v", code, out)
