@@ -111,7 +111,7 @@ func (s *Service) open(ctx context.Context, name, kind string) (Secret, error) {
 	if err != nil {
 		return Secret{}, fmt.Errorf("read %s of %s: %w", kind, name, err)
 	}
-	plain, err := s.cfg.Keyring.Open(name, kind, sealed)
+	plain, err := s.env.Open(name, kind, sealed)
 	if err != nil {
 		return Secret{}, fmt.Errorf("open %s of %s: %w", kind, name, err)
 	}
@@ -201,7 +201,7 @@ func (s *Service) storedToken(ctx context.Context, name string) (Secret, time.Ti
 	if err != nil {
 		return Secret{}, time.Time{}, fmt.Errorf("read access token of %s: %w", name, err)
 	}
-	plain, err := s.cfg.Keyring.Open(name, SecretAccessToken, sealed)
+	plain, err := s.env.Open(name, SecretAccessToken, sealed)
 	if err != nil {
 		return Secret{}, time.Time{}, fmt.Errorf("open access token of %s: %w", name, err)
 	}
@@ -224,7 +224,7 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("read refresh token of %s: %w", u.Name, err)
 		}
-		rt, err := s.cfg.Keyring.Open(u.Name, SecretRefreshToken, sealed)
+		rt, err := s.env.Open(u.Name, SecretRefreshToken, sealed)
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("open refresh token of %s: %w", u.Name, err)
 		}
@@ -249,7 +249,7 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 	case err != nil:
 		return Secret{}, time.Time{}, fmt.Errorf("read client secret of %s: %w", u.Name, err)
 	default:
-		cs, err := s.cfg.Keyring.Open(u.Name, SecretClientSecret, sealed)
+		cs, err := s.env.Open(u.Name, SecretClientSecret, sealed)
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("open client secret of %s: %w", u.Name, err)
 		}
@@ -287,14 +287,14 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 	if resp.ExpiresIn > 0 {
 		exp = now.Add(time.Duration(resp.ExpiresIn) * time.Second)
 	}
-	sealedAT, err := s.cfg.Keyring.Seal(u.Name, SecretAccessToken, at.Reveal())
+	sealedAT, err := s.env.Seal(u.Name, SecretAccessToken, at.Reveal())
 	if err != nil {
 		return Secret{}, time.Time{}, fmt.Errorf("seal access token of %s: %w", u.Name, err)
 	}
 	secrets := map[string]SealedSecret{SecretAccessToken: {Sealed: sealedAT, ExpiresAt: exp}}
 	rotated := false
 	if resp.RefreshToken != "" && u.Auth == AuthOAuth2Refresh && resp.RefreshToken != form.Get("refresh_token") {
-		sealedRT, err := s.cfg.Keyring.Seal(u.Name, SecretRefreshToken, []byte(resp.RefreshToken))
+		sealedRT, err := s.env.Seal(u.Name, SecretRefreshToken, []byte(resp.RefreshToken))
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("seal refresh token of %s: %w", u.Name, err)
 		}

@@ -36,8 +36,9 @@ const (
 
 // Config wires the Service.
 type Config struct {
-	Store   Store
-	Keyring *Keyring
+	Store Store
+	// Keyring is the master keyring (masterkey.Keyring) that wraps the data keys of secrets.
+	Keyring MasterKeys
 	Audit   audit.Store // denials and failed upstream token refreshes
 	// HTTPClient calls upstream OAuth token endpoints; redirects are never followed. nil = a
 	// client with a 15 s timeout.
@@ -51,6 +52,7 @@ type Config struct {
 type Service struct {
 	cfg Config
 	hc  *http.Client
+	env *Envelopes
 
 	mu        sync.Mutex
 	upstreams map[string]cachedUpstream
@@ -86,7 +88,7 @@ func New(cfg Config) *Service {
 	}
 	// A redirect would carry the client secret or refresh token in the form to another URL.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Service{cfg: cfg, hc: hc, upstreams: map[string]cachedUpstream{},
+	return &Service{cfg: cfg, hc: hc, env: NewEnvelopes(cfg.Keyring), upstreams: map[string]cachedUpstream{},
 		secrets: map[secretKey]cachedSecret{}, tokens: map[string]*tokenState{}}
 }
 
@@ -264,7 +266,7 @@ func (s *Service) SetSecret(ctx context.Context, requestID string, by principal.
 	if err := checkSecret(u.Auth, kind, secret); err != nil {
 		return err
 	}
-	sealed, err := s.cfg.Keyring.Seal(u.Name, kind, secret)
+	sealed, err := s.env.Seal(u.Name, kind, secret)
 	if err != nil {
 		return fmt.Errorf("seal secret of %s: %w", u.Name, err)
 	}
@@ -282,7 +284,7 @@ func (s *Service) SetSecret(ctx context.Context, requestID string, by principal.
 		if err != nil {
 			return fmt.Errorf("set secret of %s: %w", u.Name, err)
 		}
-		tomb, err := s.cfg.Keyring.Seal(u.Name, SecretAccessToken, nil)
+		tomb, err := s.env.Seal(u.Name, SecretAccessToken, nil)
 		if err != nil {
 			return fmt.Errorf("seal secret of %s: %w", u.Name, err)
 		}
