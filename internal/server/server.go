@@ -199,7 +199,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
 	}
-	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
+	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Leases: s.store, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
 		Keys: s.keys, Tokens: s.store, Audit: s.denials, Delegation: deleg, Vault: s.vault, Federation: fed,
 		Trail:         s.trail,

@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +42,9 @@ type Config struct {
 	// Keyring is the master keyring (masterkey.Keyring) that wraps the data keys of secrets.
 	Keyring MasterKeys
 	Audit   audit.Store // denials and failed upstream token refreshes
+	// Leases make one replica at a time refresh an OAuth upstream's access token while the
+	// others wait for the token it stores. nil = each replica refreshes for itself.
+	Leases Leases
 	// HTTPClient calls upstream OAuth token endpoints; redirects are never followed. nil = a
 	// client with a 15 s timeout.
 	HTTPClient *http.Client
@@ -50,9 +55,10 @@ type Config struct {
 // Service manages upstreams and their write-only secrets, and injects credentials into
 // proxied requests.
 type Service struct {
-	cfg Config
-	hc  *http.Client
-	env *Envelopes
+	cfg    Config
+	hc     *http.Client
+	env    *Envelopes
+	holder string // this service's name in refresh leases: random
 
 	mu        sync.Mutex
 	upstreams map[string]cachedUpstream
@@ -88,7 +94,9 @@ func New(cfg Config) *Service {
 	}
 	// A redirect would carry the client secret or refresh token in the form to another URL.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Service{cfg: cfg, hc: hc, env: NewEnvelopes(cfg.Keyring), upstreams: map[string]cachedUpstream{},
+	holder := make([]byte, 12)
+	rand.Read(holder)
+	return &Service{cfg: cfg, hc: hc, env: NewEnvelopes(cfg.Keyring), holder: hex.EncodeToString(holder), upstreams: map[string]cachedUpstream{},
 		secrets: map[secretKey]cachedSecret{}, tokens: map[string]*tokenState{}}
 }
 
