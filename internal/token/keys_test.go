@@ -135,4 +135,3 @@ func TestPrivateKeysSealed(t *testing.T) {
 		t.Fatalf("opening with another master key: %v, want a wrong master key error", err)
 	}
 }
-
