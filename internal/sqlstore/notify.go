@@ -54,6 +54,7 @@ func (s *Store) OnChange(fn func(Change)) {
 	if s.dialect == DialectPostgres && f.stop == nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		f.stop, f.done = cancel, make(chan struct{})
+		f.following.Store(true)
 		// What other replicas commit from now on is delivered: the log is followed from here
 		// (when the database answers; else from where the listener first finds it).
 		qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -86,6 +87,48 @@ type changeFeed struct {
 	// connection is alive.
 	idleCheck time.Duration
 	log       *slog.Logger
+
+	// local holds the seqs of revocations this process delivered at its own commit, so that the
+	// listener's reading of the log does not deliver them a second time.
+	localMu   sync.Mutex
+	local     map[int64]bool
+	following atomic.Bool // a listener runs
+}
+
+// publishLocal delivers the changes of a transaction this process committed.
+func (f *changeFeed) publishLocal(cs []Change) {
+	if f.following.Load() { // a listener follows the log: remember what it must not repeat
+		f.localMu.Lock()
+		for _, c := range cs {
+			if c.Seq > 0 {
+				if f.local == nil {
+					f.local = map[int64]bool{}
+				}
+				f.local[c.Seq] = true
+			}
+		}
+		f.localMu.Unlock()
+	}
+	f.publish(cs)
+}
+
+// fromLog drops from cs (read from the log up to cursor) what was delivered at commit, and
+// forgets what the cursor has passed.
+func (f *changeFeed) fromLog(cs []Change, cursor int64) []Change {
+	f.localMu.Lock()
+	defer f.localMu.Unlock()
+	out := cs[:0]
+	for _, c := range cs {
+		if !f.local[c.Seq] {
+			out = append(out, c)
+		}
+	}
+	for seq := range f.local {
+		if seq <= cursor {
+			delete(f.local, seq)
+		}
+	}
+	return out
 }
 
 func (f *changeFeed) publish(cs []Change) {
@@ -300,6 +343,7 @@ func (f *changeFeed) receive(ctx context.Context, conn *pgx.Conn, cursor *int64)
 		for _, c := range cs {
 			*cursor = max(*cursor, c.Seq)
 		}
+		f.fromLog(nil, *cursor) // forget the local seqs the cursor has passed
 		if origin != f.origin {
 			f.publish(cs)
 		}
@@ -327,7 +371,7 @@ func (s *Store) catchUp(ctx context.Context, cursor int64) int64 {
 			cs[i] = Change{Kind: r.Kind, ID: r.ID, Seq: r.Seq}
 			cursor = r.Seq
 		}
-		s.changes.publish(cs)
+		s.changes.publish(s.changes.fromLog(cs, cursor))
 		if len(revs) < defaultRevocationLimit {
 			return cursor
 		}

@@ -297,7 +297,7 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	if fn := s.appended.Load(); lockChain && fn != nil {
 		(*fn)()
 	}
-	s.changes.publish(cs)
+	s.changes.publishLocal(cs)
 	return nil
 }
 
