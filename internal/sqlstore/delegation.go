@@ -322,7 +322,7 @@ func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.
 		defaultDelegationEvent(&evs[i], t.ID, t.PrincipalID, t.AgentID)
 		stamp(ctx, &evs[i])
 	}
-	err = s.submit(ctx, func(w *batchWriter) error {
+	op := func(w *batchWriter) error {
 		// Checked here, in the batch, after every write queued before it: a refusal (nothing
 		// written yet) lets the batch go on without this task.
 		if err := requireActive(w.ctx, w.tx, "grants", "grant", t.GrantID, string(delegation.GrantActive)); err != nil {
@@ -353,7 +353,15 @@ func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.
 			}
 		}
 		return nil
-	})
+	}
+	if s.dialect == DialectPostgres {
+		// On PostgreSQL a task's checks and inserts are round trips that the one writer would
+		// make one after another; in a transaction of its own they overlap with others' up to
+		// the chain lock (measured: 300 against 206 exchanges/s batched).
+		err = s.ownBatch(ctx, op)
+	} else {
+		err = s.submit(ctx, op)
+	}
 	if err != nil {
 		return fmt.Errorf("create task %s: %w", t.ID, err)
 	}

@@ -76,6 +76,12 @@ type committer struct {
 	mu      sync.RWMutex // held for reading while sending, for writing to close reqs
 	closed  bool
 	stopped chan struct{}
+	// conn is the writer's own connection on PostgreSQL. Taking one from the pool for every
+	// batch put the writer in line behind every request's reads (database/sql hands a freed
+	// connection to a waiter at random), and with it every write of the process: exchanges,
+	// which read several rows each, fell to a third. On SQLite the pool is the writer's single
+	// connection already, which other writes share.
+	conn *sql.Conn
 	// batchStarted, when set (by tests, before the first append), is called with each batch's
 	// size as the writer starts committing it.
 	batchStarted func(n int)
@@ -208,38 +214,45 @@ func (s *Store) commitBatch(batch []*appendReq) {
 	rowsOK := true
 	for len(pending) > 0 {
 		bad, rowsFailed := -1, false
-		err := s.writeTx(ctx, func(tx *sql.Tx) error {
-			w := &batchWriter{ctx: ctx, tx: tx, s: s}
-			if err := w.readTail(); err != nil {
-				return err
-			}
-			for i := 0; i < len(pending); i++ {
-				r := pending[i]
-				if r.simple != nil && rowsOK {
-					j := i
-					for j < len(pending) && pending[j].simple != nil {
-						j++
+		db, err := s.writerDB(ctx)
+		if err == nil {
+			err = s.txOn(ctx, db, true, func(tx *sql.Tx) error {
+				w := &batchWriter{ctx: ctx, tx: tx, s: s}
+				if err := w.readTail(); err != nil {
+					return err
+				}
+				for i := 0; i < len(pending); i++ {
+					r := pending[i]
+					if r.simple != nil && rowsOK {
+						j := i
+						for j < len(pending) && pending[j].simple != nil {
+							j++
+						}
+						if err := w.writeSimple(pending[i:j]); err != nil {
+							rowsOK, rowsFailed = false, true
+							return err
+						}
+						i = j - 1
+						continue
 					}
-					if err := w.writeSimple(pending[i:j]); err != nil {
-						rowsOK, rowsFailed = false, true
-						return err
+					tail := w.tail
+					r.refused = r.run(w)
+					if r.refused == nil {
+						continue
 					}
-					i = j - 1
-					continue
+					if _, ok := r.refused.(refusal); ok && w.tail == tail {
+						continue
+					}
+					bad = i
+					return r.refused
 				}
-				tail := w.tail
-				r.refused = r.run(w)
-				if r.refused == nil {
-					continue
-				}
-				if _, ok := r.refused.(refusal); ok && w.tail == tail {
-					continue
-				}
-				bad = i
-				return r.refused
-			}
-			return nil
-		})
+				return nil
+			})
+		}
+		if err != nil && s.gc.conn != nil {
+			s.gc.conn.Close() // it may be broken: the next batch takes a fresh one
+			s.gc.conn = nil
+		}
 		if err != nil && rowsFailed {
 			continue // retry once, one write at a time
 		}
@@ -277,6 +290,41 @@ func (r *appendReq) run(w *batchWriter) error {
 		return w.appendSuccess(&e)
 	}
 	return w.append(&e)
+}
+
+// ownBatch runs op in a write transaction of its own, as a batch of one.
+func (s *Store) ownBatch(ctx context.Context, op writeOp) error {
+	var refused error
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		w := &batchWriter{ctx: ctx, tx: tx, s: s}
+		if err := w.readTail(); err != nil {
+			return err
+		}
+		err := op(w)
+		if rf, ok := err.(refusal); ok {
+			refused = rf.err
+		}
+		return err
+	})
+	if refused != nil {
+		return refused
+	}
+	return err
+}
+
+// writerDB is what the writer begins its transactions on: its own connection on PostgreSQL.
+func (s *Store) writerDB(ctx context.Context) (beginner, error) {
+	if s.dialect != DialectPostgres {
+		return s.db, nil
+	}
+	if s.gc.conn == nil {
+		c, err := s.db.Conn(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("connect the audit writer: %w: %w", audit.ErrUnavailable, err)
+		}
+		s.gc.conn = c
+	}
+	return s.gc.conn, nil
 }
 
 // A writeOp is one caller's write, run by the writer inside a batch's transaction through w.
@@ -362,4 +410,8 @@ func (gc *committer) close() {
 	}
 	gc.mu.Unlock()
 	<-gc.stopped
+	if gc.conn != nil {
+		gc.conn.Close()
+		gc.conn = nil
+	}
 }

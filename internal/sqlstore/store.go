@@ -263,7 +263,17 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) (err err
 // tx runs fn in a write transaction, taking the chain lock first on PostgreSQL when lockChain
 // is set (writes that append no audit event need not wait for those that do).
 func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) error) (err error) {
-	tx, err := s.db.BeginTx(ctx, nil)
+	return s.txOn(ctx, s.db, lockChain, fn)
+}
+
+// beginner is what begins a transaction: the pool (*sql.DB) or one of its connections.
+type beginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
+// txOn is tx on db (see groupcommit.go for why the writer keeps a connection of its own).
+func (s *Store) txOn(ctx context.Context, db beginner, lockChain bool, fn func(tx *sql.Tx) error) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
