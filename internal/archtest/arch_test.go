@@ -55,6 +55,9 @@ var forbidden = map[string][]string{
 	"internal/ratelimit": {"internal/"},
 	"internal/syncbuf":   {"internal/"},
 	"internal/httpbench": {"internal/"},
+
+	// The shared DPoP replay store for resource servers' replicas: an SDK package too.
+	"dpop/sqlreplay": {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {
