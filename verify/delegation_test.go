@@ -423,7 +423,7 @@ func TestRevocationFeedStuckCursor(t *testing.T) {
 		writeJSON(w, map[string]any{"revocations": []any{}, "cursor": 3, "more": true})
 	}))
 	t.Cleanup(srv.Close)
-	f := RevocationFeed(srv.URL, nil, time.Second)
+	f := RevocationFeed(srv.URL, nil, time.Second, WithoutStream()) // counts polls
 	ctx := context.Background()
 	err := f.Check(ctx, feedCaller("agt_a"))
 	if err == nil || errors.Is(err, ErrRevoked) {

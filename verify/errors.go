@@ -76,8 +76,15 @@ func (e *Error) WriteHTTP(w http.ResponseWriter) {
 	if e.Code == CodeUseDPoPNonce {
 		f.Nonce = e.Nonce
 	}
+	if e.Code == CodeTemporarilyUnavail {
+		// The keys or the token's status could not be read: the same request may pass later.
+		f.Header = http.Header{"Retry-After": {RetryAfter}}
+	}
 	oautherr.Write(w, f)
 }
+
+// RetryAfter is the Retry-After, in seconds, of a temporarily_unavailable refusal.
+const RetryAfter = "5"
 
 // proofAlgs are the DPoP proof algorithms a challenge names (algs, RFC 9449 §7.1).
 var proofAlgs = []string{AlgEdDSA, AlgEd25519, AlgES256}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -76,6 +77,11 @@ func newTestIssuer(t testing.TB) *testIssuer {
 		writeJSON(w, set)
 	})
 	mux.HandleFunc("GET /v1/revocations", func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("Accept"), "text/event-stream") {
+			// A feed without a stream: the feed polls (stream_test.go tests the stream).
+			http.Error(w, "no stream here", http.StatusNotAcceptable)
+			return
+		}
 		is.feedHits.Add(1)
 		is.mu.Lock()
 		defer is.mu.Unlock()

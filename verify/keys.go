@@ -50,6 +50,7 @@ type options struct {
 	maxStale   time.Duration
 	timeout    time.Duration
 	retain     time.Duration // how long RevocationFeed keeps an entry past its exp
+	noStream   bool          // RevocationFeed only polls
 	now        func() time.Time
 }
 
@@ -66,6 +67,9 @@ func WithMaxAge(d time.Duration) Option { return func(o *options) { o.maxAge = d
 // while refetches fail (default 1m): it refuses on its own when it cannot reach the feed for
 // longer than this, failing every Check closed until the feed can be read again.
 func WithMaxStale(d time.Duration) Option { return func(o *options) { o.maxStale = d } }
+
+// WithoutStream makes RevocationFeed only poll the feed, never follow its stream.
+func WithoutStream() Option { return func(o *options) { o.noStream = true } }
 
 // WithTimeout bounds one fetch (default 10s).
 func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }

@@ -44,6 +44,11 @@ type StatusSource interface {
 // the set. While the feed cannot be read the last copy stays in use for at most MaxStale (default
 // 1m) after it was last brought up to date; then Check fails closed until the feed can be read
 // again. hc nil means http.DefaultClient.
+//
+// By default the feed also follows the issuer's stream of revocations (server-sent events on
+// the same URL, see stream.go): while the stream is up, a revocation reaches the set as soon as
+// the issuer commits it (tens of milliseconds) and Check needs no poll; when it is down or the
+// issuer does not offer it, Check polls as described above. WithoutStream turns it off.
 func RevocationFeed(feedURL string, hc *http.Client, maxAge time.Duration, opts ...Option) StatusSource {
 	if hc == nil {
 		hc = http.DefaultClient
@@ -55,7 +60,19 @@ func RevocationFeed(feedURL string, hc *http.Client, maxAge time.Duration, opts 
 	if strings.Contains(feedURL, "?") {
 		sep = "&"
 	}
-	return &feed{url: feedURL + sep + "after=", hc: hc, maxAge: maxAge, o: buildOptions(opts)}
+	f := &feed{url: feedURL + sep + "after=", hc: hc, maxAge: maxAge, o: buildOptions(opts)}
+	if !f.o.noStream {
+		f.stream = newStream(f)
+	}
+	return f
+}
+
+// Close ends the feed's stream, if one is open; the feed then only polls. The StatusSource
+// RevocationFeed returns implements io.Closer: a program that drops a feed before it exits may
+// close it (an unused stream closes by itself after a minute without a Check).
+func (f *feed) Close() error {
+	f.stream.close()
+	return nil
 }
 
 // Kinds of revocation feed entries.
@@ -90,8 +107,10 @@ type feed struct {
 	maxAge time.Duration
 	o      options
 
-	snap atomic.Pointer[feedSnapshot]
-	sf   singleflight.Group
+	snap    atomic.Pointer[feedSnapshot]
+	applyMu sync.Mutex // held while a new snapshot is made from the last one
+	sf      singleflight.Group
+	stream  *stream // nil when the feed only polls
 
 	mu         sync.Mutex
 	failedAt   time.Time // of the last failed fetch; no new attempt for maxAge after it
@@ -111,17 +130,14 @@ type feedSnapshot struct {
 }
 
 type feedPage struct {
-	Revocations []struct {
-		Kind string `json:"kind"`
-		ID   string `json:"id"`
-		Exp  int64  `json:"exp"`
-	} `json:"revocations"`
-	Cursor int64 `json:"cursor"`
-	More   bool  `json:"more"`
+	Revocations []feedEntry `json:"revocations"`
+	Cursor      int64       `json:"cursor"`
+	More        bool        `json:"more"`
 }
 
 func (f *feed) Check(ctx context.Context, c *Caller) error {
 	now := f.o.now()
+	f.stream.use()
 	s := f.snap.Load()
 	if s == nil || now.Sub(s.fetched) >= f.maxAge {
 		fresh, err := f.refresh(ctx, now)
@@ -224,73 +240,98 @@ func (f *feed) refresh(ctx context.Context, now time.Time) (*feedSnapshot, error
 	}
 }
 
-// catchUp reads the feed from the stored cursor, page after page until more is false, and
-// stores the new set. The pages read before a failure are stored too (more revocations are never
-// worse), but without moving fetched: the set is not known to be complete. Runs one at a time
-// (singleflight).
+// catchUp reads the feed from the stored cursor, page after page until more is false, storing
+// each page's entries as it comes (more revocations are never worse); only the last page marks
+// the set complete as of the time its request started. Runs one at a time (singleflight); the
+// stream (stream.go) may store entries meanwhile.
 func (f *feed) catchUp(ctx context.Context) (*feedSnapshot, error) {
-	next := &feedSnapshot{}
-	if old := f.snap.Load(); old != nil {
-		*next = *old // the maps stay shared until one changes
-	}
-	var cloned [numKinds]bool
-	changed := false
-	retain := int64(f.o.retain / time.Second)
 	for {
 		// Stamp with the time the request started: a revocation published while it was in
 		// flight must not be considered covered.
 		started := f.o.now()
-		after := next.cursor
+		var after int64
+		if old := f.snap.Load(); old != nil {
+			after = old.cursor
+		}
 		var page feedPage
 		err := getJSON(ctx, f.hc, f.url+strconv.FormatInt(after, 10), "application/json", &page)
 		if err == nil && page.More && page.Cursor <= after {
 			err = fmt.Errorf("the cursor did not advance past %d although more pages follow", after)
 		}
 		if err != nil {
-			if changed {
-				f.snap.Store(next)
-			}
 			return nil, fmt.Errorf("verify: fetching the revocation feed: %w", err)
 		}
-		cutoff := started.Unix() - retain // entries with exp before it are dropped
-		for _, e := range page.Revocations {
-			kind, known := kindOf(e.Kind)
-			if !known || e.ID == "" || (e.Exp != 0 && e.Exp < cutoff) {
-				continue
-			}
-			set := next.sets[kind]
-			old, had := set[e.ID]
-			exp := e.Exp
-			if had && (old == 0 || (exp != 0 && old > exp)) {
-				exp = old // keep the later of the two: 0 (never) is the latest
-			}
-			if had && exp == old {
-				continue
-			}
-			if !cloned[kind] {
-				set = maps.Clone(set)
-				if set == nil {
-					set = make(map[string]int64)
-				}
-				next.sets[kind], cloned[kind] = set, true
-			}
-			set[e.ID] = exp
-			changed = true
-			if exp != 0 && (next.nextExp == 0 || exp < next.nextExp) {
-				next.nextExp = exp
-			}
+		var complete time.Time
+		if !page.More {
+			complete = started
 		}
-		if page.Cursor != next.cursor {
-			next.cursor, changed = page.Cursor, true
+		next := f.apply(page.Revocations, page.Cursor, started, complete)
+		if !page.More {
+			return next, nil
 		}
-		if page.More {
+	}
+}
+
+// feedEntry is one entry of the feed, in a page or a stream event.
+type feedEntry struct {
+	Kind string `json:"kind"`
+	ID   string `json:"id"`
+	Exp  int64  `json:"exp"`
+}
+
+// apply adds entries, read up to cursor, to the set and stores the new snapshot, which it
+// returns. complete, unless zero, is a time the set is known to hold every revocation published
+// before. Entries whose exp is past retention at now are dropped.
+func (f *feed) apply(entries []feedEntry, cursor int64, now, complete time.Time) *feedSnapshot {
+	f.applyMu.Lock()
+	defer f.applyMu.Unlock()
+	next := &feedSnapshot{}
+	old := f.snap.Load()
+	if old != nil {
+		*next = *old // the maps stay shared until one changes
+	}
+	var cloned [numKinds]bool
+	changed := old == nil
+	cutoff := now.Unix() - int64(f.o.retain/time.Second) // entries with exp before it are dropped
+	for _, e := range entries {
+		kind, known := kindOf(e.Kind)
+		if !known || e.ID == "" || (e.Exp != 0 && e.Exp < cutoff) {
 			continue
 		}
-		next.fetched = started
-		next.prune(cutoff)
-		f.snap.Store(next)
-		return next, nil
+		set := next.sets[kind]
+		old, had := set[e.ID]
+		exp := e.Exp
+		if had && (old == 0 || (exp != 0 && old > exp)) {
+			exp = old // keep the later of the two: 0 (never) is the latest
+		}
+		if had && exp == old {
+			continue
+		}
+		if !cloned[kind] {
+			set = maps.Clone(set)
+			if set == nil {
+				set = make(map[string]int64)
+			}
+			next.sets[kind], cloned[kind] = set, true
+		}
+		set[e.ID] = exp
+		changed = true
+		if exp != 0 && (next.nextExp == 0 || exp < next.nextExp) {
+			next.nextExp = exp
+		}
 	}
+	if cursor > next.cursor {
+		next.cursor, changed = cursor, true
+	}
+	if complete.After(next.fetched) {
+		next.fetched, changed = complete, true
+		next.prune(cutoff)
+	}
+	if !changed {
+		return old
+	}
+	f.snap.Store(next)
+	return next
 }
 
 // prune drops the entries whose exp is before cutoff, copying the sets it changes.

@@ -5,6 +5,12 @@
 // the decision yourself. Caller carries the principal, the delegation chain, the task and the
 // grant.
 //
+// Revocations reach a Verifier through the issuer's revocation feed (RevocationFeed, the default
+// StatusSource): it follows the feed's stream of server-sent events, so a revocation is refused
+// within tens of milliseconds of its commit on any replica, and polls the feed (every second by
+// default) whenever the stream is unavailable. Close a Verifier you drop before the program
+// exits to end its stream.
+//
 // The package imports nothing internal to mandate, so any Go program can use it.
 package verify
 
@@ -16,6 +22,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/big"
 	"net/http"
@@ -166,6 +173,15 @@ func New(cfg Config) (*Verifier, error) {
 		reqID:    cfg.RequestID,
 		cache:    newTokenCache(cfg.TokenCache),
 	}, nil
+}
+
+// Close releases what the Verifier holds open: the revocation feed's stream, when its status
+// source is one (a StatusSource that implements io.Closer is closed).
+func (v *Verifier) Close() error {
+	if c, ok := v.status.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 // Caller is who made a verified request.

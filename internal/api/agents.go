@@ -200,7 +200,8 @@ type RevocationJSON struct {
 }
 
 // revocations is the cursor-based revocation feed verifiers follow: the log entries after the
-// cursor, oldest first, one page at a time ("more" says another page follows).
+// cursor, oldest first, one page at a time ("more" says another page follows); or, asked with
+// Accept: text/event-stream, a stream of them (see streamRevocations).
 func (a *API) revocations(w http.ResponseWriter, r *http.Request) error {
 	var after int64
 	if v := r.URL.Query().Get("after"); v != "" {
@@ -209,6 +210,9 @@ func (a *API) revocations(w http.ResponseWriter, r *http.Request) error {
 			return apperr.New(apperr.Invalid, "cursor", "after must be a cursor returned by this feed (a whole number)")
 		}
 		after = n
+	}
+	if wantsStream(r) {
+		return a.streamRevocations(w, r, after)
 	}
 	list, err := a.cfg.Tokens.ListRevocations(r.Context(), after, a.cfg.Now(), revocationPage)
 	if err != nil {

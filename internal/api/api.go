@@ -49,6 +49,9 @@ type Config struct {
 	ClaimLimit    *ratelimit.Limiter
 	Log           *slog.Logger
 	Now           func() time.Time
+	// RevocationWakeup wakes the revocation stream when the log may have grown; nil = the
+	// stream reads the log every 15 seconds.
+	RevocationWakeup *Wakeup
 }
 
 // API serves /v1.

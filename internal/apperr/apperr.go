@@ -20,6 +20,13 @@ const (
 	Conflict // the object exists or changed
 )
 
+// ErrUnavailable is wrapped by every error that means a dependency the server needs, its
+// database above all, did not answer in time or at all: a lost connection, a refused one, a
+// deadline passed. It says nothing about the caller's request, which may well be good, so it
+// must never become a credential or "not found" refusal: the edge answers 503 with Retry-After
+// for it (httpapi.AsError), whatever refusal a domain package wrapped around it.
+var ErrUnavailable = errors.New("a service the server depends on is unavailable")
+
 // Error is a refusal with a message safe to show the caller and a stable reason word for
 // metrics and audit events. Err, when set, is the cause: logged, never shown.
 type Error struct {

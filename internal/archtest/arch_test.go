@@ -55,6 +55,8 @@ var forbidden = map[string][]string{
 	"internal/ratelimit": {"internal/"},
 	"internal/syncbuf":   {"internal/"},
 	"internal/httpbench": {"internal/"},
+	// The load generator is a client of the server over HTTP only, like an agent.
+	"internal/loadgen": {"internal/"},
 
 	// The shared DPoP replay store for resource servers' replicas: an SDK package too.
 	"dpop/sqlreplay": {"internal/"},

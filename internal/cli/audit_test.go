@@ -400,7 +400,7 @@ func TestAuditExplainNeverMergesClientRequestIDs(t *testing.T) {
 		fails(t, "", []string{"audit", "explain", reqs[other]}, "no audit event or request")
 		// The API.
 		code, body := get(t, ts.URL+"/v1/audit/explain/shared-1", tokens[name])
-		if code != http.StatusOK || !strings.Contains(body, `"found_by_client_request_id": "shared-1"`) || strings.Contains(body, reqs[other]) {
+		if code != http.StatusOK || !strings.Contains(body, `"found_by_client_request_id":"shared-1"`) || strings.Contains(body, reqs[other]) {
 			t.Errorf("%s: GET /v1/audit/explain/shared-1: %d %s", name, code, body)
 		}
 	}

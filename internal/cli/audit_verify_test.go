@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -152,8 +153,13 @@ func TestAuditVerifyTamper(t *testing.T) {
 			}
 			t.Run("clean", func(t *testing.T) {
 				tr := newTrail(t, backend)
-				hasAll(t, ok(t, "audit", "verify"), "audit chain OK", "2 checkpoints matched", "signatures checked")
-				out := ok(t, "audit", "verify", "--checkpoints", tr.cpFile)
+				// Two of ours at least; the server may have signed one of its own meanwhile.
+				out := ok(t, "audit", "verify")
+				hasAll(t, out, "audit chain OK", "signatures checked")
+				if !regexp.MustCompile(`\b([2-9]|\d\d+) checkpoints matched`).MatchString(out) {
+					t.Errorf("want at least 2 checkpoints matched:\n%s", out)
+				}
+				out = ok(t, "audit", "verify", "--checkpoints", tr.cpFile)
 				hasAll(t, out, "audit chain OK", fmt.Sprintf("seq 1 to %d", tr.head), "2 given from outside",
 					fmt.Sprintf("last checkpoint: seq %d", tr.head), "checkpoint keys: ")
 				var res api.VerifyJSON

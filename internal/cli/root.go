@@ -64,6 +64,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newExecCmd())
 	root.AddCommand(newVaultCmd())
 	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
+	root.AddCommand(newBenchCmd())
 	walk(root, func(c *cobra.Command) {
 		bindClientEnv(c)
 		switch {

@@ -32,6 +32,7 @@ type Config struct {
 	MetricsListen   string // "" = /metrics on Listen
 	Issuer          string
 	Database        string
+	DBTimeout       time.Duration // every database call's deadline
 	LogLevel        string
 	LogFormat       string
 	SigningAlg      string
@@ -55,6 +56,11 @@ type Config struct {
 	DenialAuditWindow time.Duration // identical anonymous denials are counted into one event
 	TrustedProxies    []string      // whose X-Forwarded-For is believed; none by default
 	UnclaimedGrace    time.Duration // an UNCLAIMED agent is removed this long after its code lapsed
+	AgentCacheTTL     time.Duration // the longest an agent is served from memory without a change notice
+
+	// Retention is how long ended tasks, grants and grant requests are kept after they ended
+	// (0 = forever); the audit trail keeps their story (internal/sqlstore/retention.go).
+	Retention time.Duration
 
 	// The audit chain's signed checkpoints (internal/audit/checkpoint.go): one after this many
 	// events or this long, whichever first, when the head moved; and retention (0 = forever).
@@ -66,6 +72,11 @@ type Config struct {
 	AuditSinkCAFile        string   // PEM roots for syslog+tls and https sinks; "" = the system's
 	AuditWebhookSecretFile string   // the HMAC key of webhook signatures
 	AuditSinkBatch         int      // records read and delivered at once
+
+	// TLS served by mandate itself (internal/server/tls.go): PEM files, both or neither,
+	// re-read when they change.
+	TLSCert string
+	TLSKey  string
 }
 
 // Default returns the zero-configuration settings: SQLite in ./mandate-data on loopback.
@@ -84,6 +95,7 @@ func Default() Config {
 		ClaimCodeTTL:    15 * time.Minute,
 		KeyGrace:        time.Hour,
 		ShutdownTimeout: 15 * time.Second,
+		DBTimeout:       5 * time.Second,
 
 		RegisterRate:      10,
 		RegisterBurst:     20,
@@ -93,12 +105,20 @@ func Default() Config {
 		DenialAuditBurst:  30,
 		DenialAuditWindow: time.Minute,
 		UnclaimedGrace:    24 * time.Hour,
+		AgentCacheTTL:     2 * time.Second,
+		Retention:         DefaultRetention,
 
 		AuditCheckpointEvents:   1000,
 		AuditCheckpointInterval: time.Minute,
 		AuditSinkBatch:          100,
 	}
 }
+
+// DefaultRetention keeps ended tasks, grants and grant requests a week: long enough for their
+// owners to list what ended this week and for an agent to read the answer to its request, short
+// enough that state stays about a week of activity, not all of it. Their story stays in the
+// audit trail (--audit-retention), which mandate audit explain reads.
+const DefaultRetention = 7 * 24 * time.Hour
 
 // DefaultMasterKeyFile is the name of the master key file in the data directory.
 const DefaultMasterKeyFile = "master.key"
@@ -134,6 +154,7 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.StringVar(&c.MetricsListen, "metrics-listen", c.MetricsListen, "serve /metrics only on this address, e.g. 127.0.0.1:9420, instead of on --listen")
 	own.StringVar(&c.Issuer, "issuer", c.Issuer, "public URL of this server, used as token issuer; default http://<listen>")
 	own.StringVar(&c.Database, "database", c.Database, "postgres:// URL to use PostgreSQL instead of the embedded SQLite")
+	own.DurationVar(&c.DBTimeout, "db-timeout", c.DBTimeout, "deadline of every database call (a connect, a statement, a commit, a ping); a request the database does not answer within it gets 503 temporarily_unavailable with Retry-After, and /readyz says 503")
 	own.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	own.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	own.StringVar(&c.SigningAlg, "signing-alg", c.SigningAlg, "algorithm of new signing keys: EdDSA or ES256")
@@ -153,7 +174,9 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.IntVar(&c.DenialAuditBurst, "denial-audit-burst", c.DenialAuditBurst, "anonymous refusals per client address written one by one at once")
 	own.DurationVar(&c.DenialAuditWindow, "denial-audit-window", c.DenialAuditWindow, "past --denial-audit-rate, identical anonymous refusals (same client address, action and reason) within this window are written as one event with their count")
 	own.StringSliceVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "addresses or CIDR prefixes of reverse proxies whose X-Forwarded-For names the client address; comma-separated; none by default, so the header is ignored")
+	own.DurationVar(&c.AgentCacheTTL, "agent-cache-ttl", c.AgentCacheTTL, "how long an agent and its keys are served from memory; every change is pushed to every replica at once (PostgreSQL LISTEN/NOTIFY), so this only bounds a change notice that was lost")
 	own.DurationVar(&c.UnclaimedGrace, "unclaimed-agent-grace", c.UnclaimedGrace, "how long an UNCLAIMED agent is kept after its claim code lapsed, the time it has to ask for a new one, before it is removed and its handle and key are free; 0 = never remove")
+	own.DurationVar(&c.Retention, "retention", c.Retention, "how long ended or expired tasks, grants and answered grant requests are kept after they ended, before they are purged (at start and every minute) with their budget counters; their story stays in the audit trail, so mandate audit explain still explains their events; nothing a live token rests on is purged; 0 = keep forever")
 	own.IntVar(&c.AuditCheckpointEvents, "audit-checkpoint-events", c.AuditCheckpointEvents, "sign a checkpoint of the audit chain's head after this many events (or --audit-checkpoint-interval, whichever comes first); keep copies outside the database with mandate audit checkpoints")
 	own.DurationVar(&c.AuditCheckpointInterval, "audit-checkpoint-interval", c.AuditCheckpointInterval, "sign a checkpoint of the audit chain's head at least this often while events are written")
 	own.DurationVar(&c.AuditRetention, "audit-retention", c.AuditRetention, "remove audit events older than this, only up to a signed checkpoint so the rest still verifies; 0 = keep every event")
@@ -161,6 +184,8 @@ func (c *Config) Bind(fs *pflag.FlagSet) {
 	own.StringVar(&c.AuditSinkCAFile, "audit-sink-ca-file", c.AuditSinkCAFile, "PEM file of the CA certificates that syslog+tls and https audit sinks must chain to, instead of the system's")
 	own.StringVar(&c.AuditWebhookSecretFile, "audit-webhook-secret-file", c.AuditWebhookSecretFile, "file holding the secret (at least 16 bytes) that signs each webhook batch (HMAC-SHA256, header Mandate-Signature); required with an https:// --audit-sink")
 	own.IntVar(&c.AuditSinkBatch, "audit-sink-batch", c.AuditSinkBatch, "audit events read and delivered to a sink at once (1 to 10000)")
+	own.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "serve HTTPS (TLS 1.2 or later) with this PEM certificate chain, on --listen and --metrics-listen; needs --tls-key; both files are re-read when they change (checked every few seconds, and on SIGHUP), a bad new pair is logged and the old one kept; the issuer defaults to https://<listen>")
+	own.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
 	own.VisitAll(func(f *pflag.Flag) { WithEnv(own, f.Name, EnvName(f.Name)) })
 	fs.AddFlagSet(own)
 }
@@ -455,11 +480,17 @@ func (c *Config) Validate() error {
 			bad("--metrics-listen %q: must differ from --listen; leave it empty to serve /metrics there", c.MetricsListen)
 		}
 	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("--tls-cert and --tls-key go together: give both, the certificate chain and its private key (PEM), or neither to serve plain HTTP")
+	}
 	if c.Issuer == "" && err == nil {
 		if host == "" || host == "0.0.0.0" || host == "::" {
 			bad("--issuer is required when listening on all interfaces: set the public URL clients use")
 		}
 		c.Issuer = "http://" + c.Listen
+		if c.TLSCert != "" {
+			c.Issuer = "https://" + c.Listen
+		}
 	}
 	if c.Issuer != "" {
 		u, err := url.Parse(c.Issuer)
@@ -470,6 +501,8 @@ func (c *Config) Validate() error {
 			bad("--issuer %q: must not have a query or fragment (RFC 8414 §2)", c.Issuer)
 		case u.Scheme == "http" && !loopback.Host(u.Hostname()):
 			bad("--issuer %q: plain http is allowed only on loopback; use https", c.Issuer)
+		case u.Scheme == "http" && c.TLSCert != "":
+			bad("--issuer %q: mandate serves TLS (--tls-cert), so clients reach it at https://; give an https issuer", c.Issuer)
 		}
 		c.Issuer = strings.TrimSuffix(c.Issuer, "/")
 	}
@@ -496,8 +529,11 @@ func (c *Config) Validate() error {
 	between("agent-key-grace", c.KeyGrace, 0, 30*24*time.Hour)
 	between("key-publish-delay", c.KeyPublishDelay, 0, 7*24*time.Hour)
 	between("shutdown-timeout", c.ShutdownTimeout, 0, 10*time.Minute)
+	between("db-timeout", c.DBTimeout, 100*time.Millisecond, 5*time.Minute)
 	between("denial-audit-window", c.DenialAuditWindow, time.Second, time.Hour)
 	between("unclaimed-agent-grace", c.UnclaimedGrace, 0, 365*24*time.Hour)
+	between("agent-cache-ttl", c.AgentCacheTTL, 0, 24*time.Hour)
+	between("retention", c.Retention, 0, 100*365*24*time.Hour)
 	between("audit-checkpoint-interval", c.AuditCheckpointInterval, time.Second, 24*time.Hour)
 	if c.AuditCheckpointEvents < 1 || c.AuditCheckpointEvents > 1e9 {
 		bad("--audit-checkpoint-events %d: want 1 to 1000000000", c.AuditCheckpointEvents)

@@ -24,6 +24,9 @@ func TestValidate(t *testing.T) {
 		"issuer query":        {func(c *Config) { c.Issuer = "https://a.example/?x=1" }, []string{"query"}},
 		"limits off":          {func(c *Config) { c.RegisterRate, c.ClaimRate, c.DenialAuditRate, c.UnclaimedGrace = 0, 0, 0, 0 }, nil},
 		"trusted proxies":     {func(c *Config) { c.TrustedProxies = []string{"10.0.0.0/8", "192.0.2.1", "2001:db8::/32"} }, nil},
+		"retention forever":   {func(c *Config) { c.Retention = 0 }, nil},
+		"retention negative":  {func(c *Config) { c.Retention = -time.Hour }, []string{"--retention"}},
+		"db timeout":          {func(c *Config) { c.DBTimeout = 0 }, []string{"--db-timeout 0s: want between 100ms and 5m0s"}},
 		"abuse settings": {func(c *Config) {
 			c.RegisterRate, c.ClaimBurst, c.DenialAuditWindow = -1, 0, 0
 			c.TrustedProxies = []string{"proxy.example"}

@@ -60,16 +60,50 @@ var kindStatus = map[apperr.Kind]struct {
 func errAuditUnavailable(err error) *Error {
 	return &Error{Status: http.StatusServiceUnavailable, Code: "audit_unavailable",
 		Description: "the audit trail could not record this request, so nothing was done; retry later, and quote the request id if it persists",
-		Reason:      "audit_unavailable", Header: http.Header{"Retry-After": {"5"}}, Cause: err}
+		Reason:      "audit_unavailable", Header: http.Header{"Retry-After": {RetryAfter}}, Cause: err}
+}
+
+// RetryAfter is the Retry-After, in seconds, of the answers that ask the caller to come back:
+// the audit trail or the database did not answer.
+const RetryAfter = "5"
+
+// CodeTemporarilyUnavailable is the code of a refusal caused by an unavailable dependency (RFC
+// 6749 §4.1.2.1 names it for the authorization endpoint; every endpoint of ours uses it alike).
+const CodeTemporarilyUnavailable = "temporarily_unavailable"
+
+// errTemporarilyUnavailable is the answer to a request the server could not decide because its
+// database (or another dependency) did not answer in time: nothing was done, the caller's
+// credentials were not found wanting, and the same request may succeed later.
+func errTemporarilyUnavailable(err error) *Error {
+	return &Error{Status: http.StatusServiceUnavailable, Code: CodeTemporarilyUnavailable,
+		Description: "the server cannot reach its database right now, so nothing was done; retry the same request later, and quote the request id if it persists",
+		Reason:      "unavailable", Header: http.Header{"Retry-After": {RetryAfter}}, Cause: err}
+}
+
+// Unavailable reports whether err means a dependency did not answer (apperr.ErrUnavailable) or
+// an audit record could not be made (audit.ErrUnavailable): an answer the caller may retry.
+func Unavailable(err error) bool {
+	return errors.Is(err, apperr.ErrUnavailable) || errors.Is(err, audit.ErrUnavailable)
 }
 
 // AsError turns any error into the response to send: an *Error as is, a domain refusal through
-// the kind table, a server failure that left the audit record unwritten (audit.ErrUnavailable)
-// as 503 audit_unavailable, anything else as a 500 whose description reveals nothing.
+// the kind table, anything else as a 500 whose description reveals nothing — but for failures of
+// a dependency, mapped here and nowhere else. A server failure that left the audit record
+// unwritten (audit.ErrUnavailable) is 503 audit_unavailable; an error that wraps
+// apperr.ErrUnavailable (the database did not answer) is 503 temporarily_unavailable, whatever
+// refusal was built around it: a credential could not be checked, which says nothing against it.
+// Both carry Retry-After.
 func AsError(err error) *Error {
 	e := asError(err)
-	if e.Status >= 500 && e.Code != "audit_unavailable" && errors.Is(err, audit.ErrUnavailable) {
+	if e.Status == http.StatusServiceUnavailable {
+		return e // already an answer of unavailability (audit_unavailable, /readyz's)
+	}
+	down := errors.Is(err, apperr.ErrUnavailable)
+	if errors.Is(err, audit.ErrUnavailable) && (e.Status >= 500 || down) {
 		return errAuditUnavailable(err)
+	}
+	if down {
+		return errTemporarilyUnavailable(err)
 	}
 	return e
 }
@@ -120,9 +154,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v) // the client went away; nothing useful to do
+	// Compact: answers are read by programs (the CLI pretty-prints what it shows), and a token
+	// response is on the hot path.
+	_ = json.NewEncoder(w).Encode(v) // the client went away; nothing useful to do
 }
 
 // HandlerFunc is an http handler that returns its error instead of writing it.

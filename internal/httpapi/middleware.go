@@ -53,7 +53,7 @@ func holdsCredential(s, cred string) bool {
 	if s == "" {
 		return false
 	}
-	whole := cred[:len(cred)-len(cred)%3] // base64 of what follows may change the last group
+	whole := cred[:len(cred)-len(cred)%3]                                       // base64 of what follows may change the last group
 	if strings.Contains(strings.ToLower(s), hex.EncodeToString([]byte(cred))) { // hex in either case
 		return true
 	}

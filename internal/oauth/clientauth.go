@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/apperr"
 	"github.com/mandate-dev/mandate/internal/jwsverify"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
@@ -56,8 +57,11 @@ func (s *Server) authenticateClient(ctx context.Context, form url.Values) (regis
 		return registry.Agent{}, token.SingleUse{}, invalidClient("client_id", "client_id does not match the client_assertion's iss", nil)
 	}
 	agent, keys, err := s.cfg.Registry.ActiveKeys(ctx, c.Issuer)
-	if err != nil {
+	if de, ok := apperr.As(err); ok && de.Kind == apperr.Unauthenticated {
 		return registry.Agent{}, token.SingleUse{}, invalidClient("unknown_agent", "no such agent: register it with mandate agent register", err)
+	}
+	if err != nil { // the registry could not be read: no verdict on the client (503, see httpapi.AsError)
+		return registry.Agent{}, token.SingleUse{}, fmt.Errorf("read the client's keys: %w", err)
 	}
 	if err := verifyWithAny(jws, jws.Header().KeyID, keys); err != nil {
 		return agent, token.SingleUse{}, invalidClient("assertion_signature", "client_assertion is not signed by a current key of the agent (rotated keys stop working after their grace period)", err)

@@ -163,6 +163,11 @@ func (s *Server) Token(w http.ResponseWriter, r *http.Request) error {
 			// refusal of authority: counted, but kept out of the audit trail.
 			return err
 		}
+		if httpapi.Unavailable(err) {
+			// The database did not answer: nothing was decided about the caller, and a denial
+			// written now would wait for the same database (the log has the cause).
+			return err
+		}
 		ev.Reason = reason
 		ev.Detail = httpapi.AsError(err).Description
 		if d := httpapi.AsError(err).Audit; d != "" {

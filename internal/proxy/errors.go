@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/oautherr"
 	"github.com/mandate-dev/mandate/verify"
 )
@@ -85,6 +86,10 @@ func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, c *call, e 
 		RequestID: c.reqID, Nonce: e.nonce}
 	if e.challenge {
 		f.Challenge = p.challenge(c, e)
+	}
+	if e.status == http.StatusServiceUnavailable {
+		// Our database or audit trail did not answer: the same call may pass later.
+		f.Header = http.Header{"Retry-After": {httpapi.RetryAfter}}
 	}
 	oautherr.Write(w, f)
 }

@@ -46,7 +46,8 @@ func (p *Proxy) Metadata(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		p.log.WarnContext(r.Context(), "proxy metadata", "error", safeError(err, nil))
 		oautherr.Write(w, oautherr.Refusal{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable",
-			Description: "try again later", RequestID: httpapi.RequestID(r.Context())})
+			Description: "try again later", RequestID: httpapi.RequestID(r.Context()),
+			Header: http.Header{"Retry-After": {httpapi.RetryAfter}}})
 		return
 	}
 	scopes := routeScopes(&u)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,18 +54,26 @@ type Config struct {
 	// UnclaimedGrace is how long an UNCLAIMED agent is kept after its claim code lapsed, the
 	// time it has to ask for a new code, before PurgeUnclaimed deletes it. 0 keeps it forever.
 	UnclaimedGrace time.Duration
-	Now            func() time.Time
+	// CacheTTL is the longest an agent is served from memory (see cache.go); 0 reads the store
+	// every time.
+	CacheTTL time.Duration
+	Now      func() time.Time
 }
 
 // Service is the agent registry.
-type Service struct{ cfg Config }
+type Service struct {
+	cfg   Config
+	cache *agentCache
+}
 
 // New returns the registry service.
 func New(cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{cfg: cfg}
+	c := newAgentCache(cfg.CacheTTL)
+	cfg.Store = invalidating{Store: cfg.Store, cache: c}
+	return &Service{cfg: cfg, cache: c}
 }
 
 // Registered is the outcome of a registration: the claim code is shown to the agent once.
@@ -273,25 +282,30 @@ func (s *Service) ActiveKeys(ctx context.Context, agentID string) (Agent, map[st
 	if !strings.HasPrefix(agentID, "agt_") {
 		return Agent{}, nil, apperr.New(apperr.Unauthenticated, "unknown_agent", "%q is not an agent id (agt_…)", apperr.Clip(agentID, 80))
 	}
-	a, err := s.cfg.Store.GetAgent(ctx, agentID)
-	if errors.Is(err, ErrNotFound) {
-		return Agent{}, nil, apperr.Wrap(err, apperr.Unauthenticated, "unknown_agent", "no agent %q is registered", apperr.Clip(agentID, 80))
-	}
-	if err != nil {
-		return Agent{}, nil, fmt.Errorf("get agent %s: %w", agentID, err)
+	e, gen := s.cache.get(agentID)
+	if e == nil {
+		a, err := s.cfg.Store.GetAgent(ctx, agentID)
+		if errors.Is(err, ErrNotFound) {
+			return Agent{}, nil, apperr.Wrap(err, apperr.Unauthenticated, "unknown_agent", "no agent %q is registered", apperr.Clip(agentID, 80))
+		}
+		if err != nil {
+			return Agent{}, nil, fmt.Errorf("get agent %s: %w", agentID, err)
+		}
+		if e, err = entryOf(a); err != nil {
+			return Agent{}, nil, fmt.Errorf("agent %s: %w", a.ID, err)
+		}
+		s.cache.put(agentID, e, gen)
 	}
 	now := s.cfg.Now()
-	keys := map[string]crypto.PublicKey{}
-	for _, k := range a.Keys {
-		if !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt) {
+	keys := make(map[string]crypto.PublicKey, len(e.keys))
+	for did, k := range e.keys {
+		if !k.expiresAt.IsZero() && !now.Before(k.expiresAt) {
 			continue
 		}
-		pub, err := didkey.Parse(k.DID)
-		if err != nil {
-			return Agent{}, nil, fmt.Errorf("agent %s key %s: %w", a.ID, k.DID, err)
-		}
-		keys[k.DID] = pub
+		keys[did] = k.pub
 	}
+	a := e.agent
+	a.Keys = slices.Clone(a.Keys)
 	return a, keys, nil
 }
 
@@ -299,6 +313,9 @@ func (s *Service) ActiveKeys(ctx context.Context, agentID string) (Agent, map[st
 func (s *Service) recordDenial(ctx context.Context, ev *audit.Event, err *error) {
 	if *err == nil || ev.Outcome == audit.OutcomeSuccess {
 		return
+	}
+	if errors.Is(*err, apperr.ErrUnavailable) || errors.Is(*err, audit.ErrUnavailable) {
+		return // the database did not answer: no decision to record, and no database to record it in
 	}
 	ev.Reason = apperr.ReasonOf(*err)
 	if de, ok := apperr.As(*err); ok {

@@ -73,6 +73,10 @@ type Server struct {
 	trail                 *audit.Checkpointer // signs checkpoints, checks the tail, prunes past --audit-retention
 	proxy                 *proxy.Proxy
 	sinks                 *auditsink.Exporter // nil without --audit-sink
+	tls                   *tlsFiles           // nil without --tls-cert: plain HTTP
+	// revocationStreams wakes the revocation feed's streams on every revocation committed by
+	// any replica, and ends them at shutdown.
+	revocationStreams *api.Wakeup
 
 	// BootstrapPath is where the admin bootstrap token was written, when this start created it.
 	BootstrapPath string
@@ -82,6 +86,14 @@ type Server struct {
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() time.Time) (*Server, error) {
 	if now == nil {
 		now = time.Now
+	}
+	// TLS first: a pair that does not load is refused before anything is created.
+	var tlsf *tlsFiles
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		var err error
+		if tlsf, err = loadTLSFiles(cfg.TLSCert, cfg.TLSKey, log, time.Now); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data directory %s: %w", cfg.DataDir, err)
@@ -97,11 +109,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() ti
 		}
 		f.Close()
 	}
-	store, err := sqlstore.Open(ctx, dsn)
+	store, err := sqlstore.Open(ctx, dsn, sqlstore.WithTimeout(cfg.DBTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("open database: %w", err)
 	}
 	s := &Server{cfg: cfg, log: log, store: store, now: now}
+	s.tls = tlsf
 	if err := s.build(ctx, now); err != nil {
 		store.Close()
 		return nil, err
@@ -142,12 +155,16 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return err
 	}
 	s.keys.UseMasterKeyring(sealer)
-	if err := s.keys.Ensure(ctx); err != nil {
-		return fmt.Errorf("signing keys: %w", err)
-	}
 	principals := principal.New(s.store, now)
 	principals.OnBootstrapSpent(func(ctx context.Context) { s.removeSpentBootstrap(context.WithoutCancel(ctx)) })
-	if err := s.bootstrap(ctx, principals); err != nil {
+	// Replicas starting together on an empty database take turns: the first creates the first
+	// signing key and the admin, the others find them.
+	if err := s.store.Exclusive(ctx, func(ctx context.Context) error {
+		if err := s.keys.Ensure(ctx); err != nil {
+			return fmt.Errorf("signing keys: %w", err)
+		}
+		return s.bootstrap(ctx, principals)
+	}); err != nil {
 		return err
 	}
 
@@ -191,8 +208,19 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		return err
 	}
 	registrySvc := registry.New(registry.Config{Store: s.store, Audit: s.denials, JTIs: s.store, Issuer: cfg.Issuer,
-		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, UnclaimedGrace: cfg.UnclaimedGrace, Now: now})
+		ClaimCodeTTL: cfg.ClaimCodeTTL, KeyGrace: cfg.KeyGrace, UnclaimedGrace: cfg.UnclaimedGrace,
+		CacheTTL: cfg.AgentCacheTTL, Now: now})
 	s.agents = registrySvc
+	// The registry keeps agents and their parsed keys in memory: every change of one, committed
+	// here or at another replica, drops it (see registry/cache.go).
+	s.store.OnChange(func(c sqlstore.Change) {
+		switch c.Kind {
+		case sqlstore.KindAgentChanged, token.KindAgent:
+			registrySvc.Invalidate(c.ID)
+		case token.KindKey:
+			registrySvc.Invalidate("") // a key's thumbprint does not name its agent
+		}
+	})
 	deleg := delegation.New(delegation.Config{Store: s.store, Agents: s.store, Keys: s.keys, Tokens: s.store, Audit: s.store,
 		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Upstreams: s.store, Now: now})
 	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
@@ -214,6 +242,12 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	if err != nil {
 		return fmt.Errorf("verifier: %w", err)
 	}
+	s.revocationStreams = api.NewWakeup()
+	s.store.OnChange(func(c sqlstore.Change) {
+		if c.Seq > 0 { // a revocation log entry
+			s.revocationStreams.Notify()
+		}
+	})
 	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
 		Keys: s.keys, Tokens: s.store, Audit: s.denials, Delegation: deleg, Vault: s.vault, Federation: fed,
@@ -222,7 +256,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		AgentAuth:     verifier.Middleware,
 		RegisterLimit: ratelimit.New(cfg.RegisterRate, cfg.RegisterBurst, 0, now),
 		ClaimLimit:    ratelimit.New(cfg.ClaimRate, cfg.ClaimBurst, 0, now),
-		Log:           s.log, Now: now})
+		Log:           s.log, Now: now, RevocationWakeup: s.revocationStreams})
 
 	// The egress proxy: one verifier per upstream (audience {issuer}/proxy/{name}) with our own
 	// keys and live status; the proxy audits every call itself, so no OnDeny. It signs identity
@@ -257,10 +291,11 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ok"})
 	})
 	mux.Handle("GET /readyz", h(func(w http.ResponseWriter, r *http.Request) error {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := s.store.Ping(ctx); err != nil {
-			return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: "unavailable", Description: "the database is unreachable", Cause: err}
+		// The ping has the deadline of every database call (--db-timeout).
+		if err := s.store.Ping(r.Context()); err != nil {
+			return &httpapi.Error{Status: http.StatusServiceUnavailable, Code: "unavailable",
+				Description: fmt.Sprintf("the database is unreachable or did not answer within --db-timeout (%v); retry later", cfg.DBTimeout),
+				Header:      http.Header{"Retry-After": {httpapi.RetryAfter}}, Cause: err}
 		}
 		httpapi.WriteJSON(w, 200, map[string]string{"status": "ready"})
 		return nil
@@ -283,6 +318,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	// The client address goes into the context outermost: httpapi.Middleware reads the route
 	// the mux sets on the very request it passed on.
 	s.handler = ratelimit.Middleware(trusted, httpapi.Middleware(s.log, httpapi.NewMetrics(reg), px.Guard(mux)))
+	s.handler = withHSTS(cfg.Issuer, s.handler)
 	return nil
 }
 
@@ -414,6 +450,9 @@ func (s *Server) removeSpentBootstrap(ctx context.Context) {
 // auditResourceDenial records every refusal of the verify middleware on our own resources.
 func (s *Server) auditResourceDenial(now func() time.Time) func(*http.Request, *verify.Error) {
 	return func(r *http.Request, e *verify.Error) {
+		if e.Code == verify.CodeTemporarilyUnavail {
+			return // the keys or the status could not be read (the database did not answer): no decision
+		}
 		ev := audit.New(now(), httpapi.RequestID(r.Context()), audit.ActionResourceDeny)
 		ev.ActorType, ev.Reason, ev.Detail, ev.Target = audit.ActorAnonymous, e.Reason, e.Description, r.URL.Path
 		if e.Caller != nil {
@@ -486,7 +525,7 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	if metricsLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", s.metrics) // the same route, on its own listener
-		servers = append(servers, s.httpServer(mux))
+		servers = append(servers, s.httpServer(withHSTS(s.cfg.Issuer, mux)))
 		listeners = append(listeners, metricsLn)
 	}
 	go s.purgeLoop(ctx)
@@ -504,8 +543,11 @@ func (s *Server) Serve(ctx context.Context, ln, metricsLn net.Listener) error {
 	defer signal.Stop(hup)
 	go s.reloadOnHangup(ctx, hup)
 	errc := make(chan error, len(servers))
+	if s.tls != nil {
+		go s.tls.reloadOnHangup(ctx)
+	}
 	for i, srv := range servers {
-		go func() { errc <- srv.Serve(listeners[i]) }()
+		go func() { errc <- s.serveOn(srv, listeners[i]) }()
 	}
 	var err error
 	select {
@@ -550,7 +592,7 @@ func (s *Server) drainSinks(ctx context.Context) {
 }
 
 func (s *Server) httpServer(h http.Handler) *http.Server {
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -559,6 +601,8 @@ func (s *Server) httpServer(h http.Handler) *http.Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	srv.RegisterOnShutdown(s.revocationStreams.Close) // streams never end by themselves
+	return srv
 }
 
 // FlushDenials waits for the proxy to record the calls it has answered, then writes the
@@ -665,25 +709,46 @@ func (s *Server) PurgeUnclaimedAgents(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// purgeLoop deletes expired state (used jtis, revoked tokens, retired keys) in batches.
+// purgeLoop deletes expired state (used jtis, revoked tokens, retired keys, and tasks, grants
+// and grant requests ended --retention ago) in batches: once at start, so that restarts do not
+// let it pile up, then every minute.
 func (s *Server) purgeLoop(ctx context.Context) {
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.removeSpentBootstrap(ctx)
-			n, err := s.store.Purge(ctx, time.Now())
-			if err != nil {
-				s.log.Warn("purge expired state", slog.String("error", err.Error()))
-			} else if n > 0 {
-				s.log.Debug("purged expired state", slog.Int64("rows", n))
-			}
-			if _, err := s.PurgeUnclaimedAgents(ctx); err != nil {
-				s.log.Warn("purge unclaimed agents", slog.String("error", err.Error()))
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
 			}
 		}
+		if _, err := s.PurgeEnded(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("purge ended tasks and grants", slog.String("error", err.Error()))
+		}
+		s.removeSpentBootstrap(ctx)
+		n, err := s.store.Purge(ctx, time.Now())
+		if err != nil {
+			s.log.Warn("purge expired state", slog.String("error", err.Error()))
+		} else if n > 0 {
+			s.log.Debug("purged expired state", slog.Int64("rows", n))
+		}
+		if _, err := s.PurgeUnclaimedAgents(ctx); err != nil {
+			s.log.Warn("purge unclaimed agents", slog.String("error", err.Error()))
+		}
 	}
+}
+
+// PurgeEnded removes the tasks, grants and grant requests that ended more than --retention ago
+// (none when it is 0), as the purge loop does at start and every minute, and returns how many.
+func (s *Server) PurgeEnded(ctx context.Context) (int64, error) {
+	if s.cfg.Retention <= 0 {
+		return 0, nil
+	}
+	now := s.now()
+	n, err := s.store.PurgeEnded(ctx, now.Add(-s.cfg.Retention), now)
+	if n > 0 {
+		s.log.Info("purged ended tasks, grants and grant requests past --retention", slog.Int64("rows", n))
+	}
+	return n, err
 }

@@ -66,7 +66,7 @@ type chainTail struct {
 // readTail reads the end of the chain. The caller holds the write lock.
 func readTail(ctx context.Context, tx *sql.Tx) (chainTail, error) {
 	var t chainTail
-	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&t.seq, &t.hash)
+	err := tx.QueryRowContext(ctx, stmtSQL[stmtReadTail]).Scan(&t.seq, &t.hash)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("read end of audit chain: %w: %w", audit.ErrUnavailable, err)
 	}
@@ -76,6 +76,12 @@ func readTail(ctx context.Context, tx *sql.Tx) (chainTail, error) {
 // insertEvent links ev after tail, inserts it and moves tail to it. Its errors wrap
 // audit.ErrUnavailable: the record could not be written, so neither may what it records.
 func insertEvent(ctx context.Context, tx *sql.Tx, tail *chainTail, ev *audit.Event) error {
+	_, err := tx.ExecContext(ctx, stmtSQL[stmtInsertEvent], linkEvent(tail, ev)...)
+	return movedTail(tail, ev, err)
+}
+
+// linkEvent links ev after tail (its Seq, PrevHash and Hash) and returns the insert's arguments.
+func linkEvent(tail *chainTail, ev *audit.Event) []any {
 	ev.Normalize()
 	t := nanos(ev.Time)
 	ev.Time, ev.First, ev.Last = fromNanos(t), fromNanos(nanos(ev.First)), fromNanos(nanos(ev.Last))
@@ -83,13 +89,14 @@ func insertEvent(ctx context.Context, tx *sql.Tx, tail *chainTail, ev *audit.Eve
 	ev.PrevHash = tail.hash
 	ext := audit.Ext(ev)
 	ev.Hash = audit.ChainHash(ev.PrevHash, audit.CanonicalWithExt(ev, ext))
-	_, err := tx.ExecContext(ctx, `INSERT INTO audit_events (`+eventCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-			$21, $22, $23, $24, $25)`,
-		ev.Seq, ev.ID, t, ev.RequestID, ev.Action, string(ev.Outcome), ev.Reason, ev.Detail,
+	return []any{ev.Seq, ev.ID, t, ev.RequestID, ev.Action, string(ev.Outcome), ev.Reason, ev.Detail,
 		ev.ActorType, ev.ActorID, ev.PrincipalID, ev.AgentID, ev.Target, ev.TokenID, ev.PrevHash, ev.Hash,
 		ev.Source, ev.Count, nanos(ev.First), nanos(ev.Last),
-		ev.ClientRequestID, ev.TaskID, ev.GrantID, ev.Upstream(), string(ext))
+		ev.ClientRequestID, ev.TaskID, ev.GrantID, ev.Upstream(), string(ext)}
+}
+
+// movedTail moves tail to ev once ev's insert succeeded (err == nil).
+func movedTail(tail *chainTail, ev *audit.Event, err error) error {
 	if err != nil {
 		return fmt.Errorf("insert audit event: %w: %w", audit.ErrUnavailable, err)
 	}
@@ -97,11 +104,35 @@ func insertEvent(ctx context.Context, tx *sql.Tx, tail *chainTail, ev *audit.Eve
 	return nil
 }
 
-// partialIndexed are the columns whose audit index is partial (migration 0008).
-var partialIndexed = map[string]bool{"task_id": true, "grant_id": true, "principal_id": true}
+// partialIndexed are the columns whose audit index is partial (migrations 0008 and 0012).
+var partialIndexed = map[string]bool{"task_id": true, "grant_id": true, "principal_id": true,
+	"client_request_id": true, "upstream": true}
 
 // ListEvents returns the events f selects, newest first (oldest first with f.Ascending).
 func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, error) {
+	q, args := eventsQuery(f)
+	rows, err := s.rdb.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list audit events: %w", err)
+	}
+	defer rows.Close()
+	var evs []audit.Event
+	for rows.Next() {
+		ev, err := scanEvent(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list audit events: %w", err)
+		}
+		evs = append(evs, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list audit events: %w", err)
+	}
+	return evs, nil
+}
+
+// eventsQuery is the statement of ListEvents and its arguments (its plan is checked by
+// TestAuditPlans).
+func eventsQuery(f audit.Filter) (string, []any) {
 	var conds []string
 	var args []any
 	add := func(cond string, v any) {
@@ -148,23 +179,7 @@ func (s *Store) ListEvents(ctx context.Context, f audit.Filter) ([]audit.Event, 
 	}
 	q += ` ORDER BY seq ` + order + ` LIMIT $` + strconv.Itoa(len(args))
 
-	rows, err := s.rdb.QueryContext(ctx, q, args...)
-	if err != nil {
-		return nil, fmt.Errorf("list audit events: %w", err)
-	}
-	defer rows.Close()
-	var evs []audit.Event
-	for rows.Next() {
-		ev, err := scanEvent(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list audit events: %w", err)
-		}
-		evs = append(evs, ev)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list audit events: %w", err)
-	}
-	return evs, nil
+	return q, args
 }
 
 // scanEvent reads one row of eventCols. A row whose stored columns disagree with each other (an

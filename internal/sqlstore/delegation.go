@@ -310,27 +310,33 @@ func (s *Store) TouchGrantRequest(ctx context.Context, id string, at time.Time) 
 // task (when ParentID is set), the principal or the agent does not exist; delegation.ErrNotActive
 // if the grant is revoked or the parent has ended: checked here, under the write lock, so that a
 // task cannot start under a grant or parent whose revocation cascade has already run.
+//
+// It is committed with whatever else is being written (see groupcommit.go): an exchange costs
+// no commit of its own.
 func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.SingleUse, evs ...audit.Event) error {
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		if err := requireActive(ctx, tx, "grants", "grant", t.GrantID, string(delegation.GrantActive)); err != nil {
-			return err
+	a, err := encodeAuthority(t.Scopes, t.Resources, t.AuthorizationDetails, t.Budget)
+	if err != nil {
+		return fmt.Errorf("create task %s: %w", t.ID, err)
+	}
+	for i := range evs {
+		defaultDelegationEvent(&evs[i], t.ID, t.PrincipalID, t.AgentID)
+		stamp(ctx, &evs[i])
+	}
+	err = s.submit(ctx, func(w *batchWriter) error {
+		// Checked here, in the batch, after every write queued before it: a refusal (nothing
+		// written yet) lets the batch go on without this task.
+		if err := requireActive(w.ctx, w.tx, "grants", "grant", t.GrantID, string(delegation.GrantActive)); err != nil {
+			return refuseIf(err, delegation.ErrNotFound, delegation.ErrNotActive)
 		}
 		if t.ParentID != "" {
-			if err := requireActive(ctx, tx, "tasks", "parent task", t.ParentID, string(delegation.TaskActive)); err != nil {
-				return err
+			if err := requireActive(w.ctx, w.tx, "tasks", "parent task", t.ParentID, string(delegation.TaskActive)); err != nil {
+				return refuseIf(err, delegation.ErrNotFound, delegation.ErrNotActive)
 			}
 		}
-		for _, u := range uses {
-			if err := s.use(ctx, tx, u.ID, u.ExpiresAt); err != nil {
-				return err
-			}
-		}
-		a, err := encodeAuthority(t.Scopes, t.Resources, t.AuthorizationDetails, t.Budget)
-		if err != nil {
+		if err := w.use(uses); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO tasks (`+taskCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`,
+		_, err := w.s.stmt(w.ctx, w.tx, stmtInsertTask).ExecContext(w.ctx,
 			t.ID, t.GrantID, nullString(t.ParentID), t.RootID, t.Depth, t.PrincipalID, t.AgentID, t.InstanceJKT,
 			t.Purpose, a.scopes, a.resources, a.details, a.budget, string(t.Status), nanos(t.CreatedAt),
 			nanos(t.ExpiresAt), nanos(t.EndedAt), t.KeyJKT)
@@ -340,9 +346,9 @@ func (s *Store) CreateTask(ctx context.Context, t delegation.Task, uses []token.
 		if err != nil {
 			return err
 		}
-		for _, ev := range evs {
-			defaultDelegationEvent(&ev, t.ID, t.PrincipalID, t.AgentID)
-			if err := appendSuccess(ctx, tx, &ev); err != nil {
+		for i := range evs {
+			ev := evs[i] // a copy: a retried batch starts from the original
+			if err := w.appendSuccess(&ev); err != nil {
 				return err
 			}
 		}

@@ -99,6 +99,7 @@ func runDialectTests(t *testing.T, dialect string, newDSN func(t *testing.T) str
 	t.Run("AnyByteChanged", func(t *testing.T) { anyByteChanged(t, mustOpen(t, newDSN(t))) })
 	t.Run("GroupCommit", func(t *testing.T) { testGroupCommit(t, newDSN) })
 	t.Run("TwoReplicasOneChain", func(t *testing.T) { testTwoReplicas(t, newDSN(t)) })
+	t.Run("SingleUseInBatches", func(t *testing.T) { testSingleUseInBatches(t, newDSN(t)) })
 
 	t.Run("TamperDetected", func(t *testing.T) {
 		for _, tc := range []struct{ name, sql string }{

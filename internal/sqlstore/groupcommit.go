@@ -8,20 +8,33 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"time"
+
+	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/ids"
+	"github.com/mandate-dev/mandate/internal/token"
 )
 
-// Group commit of standalone events.
+// Group commit.
 //
-// AppendEvent is on the hot path of every refusal and of every proxied call (the durable
-// "pending" record before forwarding and the completion after), and each append is a durable
-// commit: on SQLite with synchronous=FULL an fsync, on PostgreSQL a WAL flush. One writer
-// goroutine turns many appends into one commit: it takes the first queued event, then whatever
-// else queued while the previous batch committed (at most maxBatch), links them to the chain in
-// queue order in one write transaction, and releases each caller when that transaction has
-// committed. It never waits on a timer: an idle store commits a lone event at once, and a busy
-// one batches exactly what piled up during the last fsync.
+// Every durable write on the hot path goes through one writer goroutine: a token's issue (its
+// single-use ids and its audit event), an exchange's new task, a refusal, a proxied call's
+// pending record and completion. Each is a durable commit of its own when done alone — on
+// SQLite with synchronous=FULL an fsync, on PostgreSQL a WAL flush, and there under the chain
+// lock that every replica's audited writes take. The writer turns many of them into one commit:
+// it takes the first queued write, then whatever else queued while the previous batch committed
+// (at most maxBatch), runs them in queue order in one write transaction — linking their events
+// to the chain in that order — and releases each caller when that transaction has committed
+// (nothing is answered before its record is durable: invariant 6). It never waits on a timer:
+// an idle store commits a lone write at once, and a busy one batches exactly what piled up
+// during the last commit.
+//
+// A write is a writeOp. An op that refuses (a replayed jti, a grant revoked meanwhile) returns
+// a refusal (see refuse) and must have written nothing; it is answered at once and the batch
+// goes on. Any other error is the database's: the transaction is rolled back and the batch
+// retried without that op, so one bad write never takes the others down and no batch is
+// committed in a different order or twice.
 
 // maxBatch bounds the events committed together, so one transaction stays short and a caller
 // queued behind a burst waits for at most a few batches.
@@ -40,10 +53,12 @@ const (
 )
 
 type appendReq struct {
-	ev    audit.Event
-	state atomic.Int32
-	done  chan error  // buffered: the writer never waits for the caller
-	cb    func(error) // AppendEventAsync's callback, instead of done
+	op      writeOp
+	simple  *simpleWrite // instead of op: written with others of its shape (see batchrows.go)
+	refused error        // what op returned in the last attempt
+	state   atomic.Int32
+	done    chan error  // buffered: the writer never waits for the caller
+	cb      func(error) // AppendEventAsync's callback, instead of done
 }
 
 // release tells r's caller how its append ended.
@@ -74,13 +89,26 @@ func (s *Store) startCommitter() {
 // errStoreClosed refuses appends after Close.
 var errStoreClosed = errors.New("the store is closed")
 
-// enqueue hands ev to the writer and waits for its batch to commit. A caller whose context ends
-// while its event is still queued takes it back (it is never written); one whose event is
-// already in a batch being committed returns at once, and the batch goes on unchanged (the
-// event may then be on record though the caller gave up: a record without an action, never an
-// action without a record).
+// enqueue hands ev to the writer and waits for its batch to commit.
 func (s *Store) enqueue(ctx context.Context, ev audit.Event) error {
-	r := &appendReq{ev: ev, done: make(chan error, 1)}
+	return s.submitSimple(ctx, &simpleWrite{ev: ev})
+}
+
+// submit hands op to the writer and waits for its batch to commit. A caller whose context ends
+// while its op is still queued takes it back (it is never run); one whose op is already in a
+// batch being committed returns at once, and the batch goes on unchanged (its event may then be
+// on record though the caller gave up: a record without an action, never an action without a
+// record).
+func (s *Store) submit(ctx context.Context, op writeOp) error {
+	return s.wait(ctx, &appendReq{op: op, done: make(chan error, 1)})
+}
+
+// submitSimple is submit for a write of the common shape (see batchrows.go).
+func (s *Store) submitSimple(ctx context.Context, sw *simpleWrite) error {
+	return s.wait(ctx, &appendReq{simple: sw, done: make(chan error, 1)})
+}
+
+func (s *Store) wait(ctx context.Context, r *appendReq) error {
 	gc := s.gc
 	gc.mu.RLock()
 	if gc.closed {
@@ -119,7 +147,7 @@ func (s *Store) AppendEventAsync(ctx context.Context, ev audit.Event, done func(
 		done = func(error) {}
 	}
 	action, id := ev.Action, ev.ID
-	r := &appendReq{ev: ev, cb: func(err error) {
+	r := &appendReq{simple: &simpleWrite{ev: ev}, cb: func(err error) {
 		if err != nil {
 			err = fmt.Errorf("append audit event %s %s: %w", action, id, err)
 		}
@@ -158,11 +186,11 @@ func (s *Store) runCommitter() {
 	}
 }
 
-// commitBatch writes the batch's events, in queue order, in one transaction. An event whose
-// insert fails (a reused id, say) is refused alone: the transaction is rolled back and retried
-// without it, the others keeping their order. A failure that is no one event's (begin, the
-// chain lock, commit) refuses every event of the batch; none is retried, so a batch is never
-// committed in a different order or twice.
+// batchTimeout bounds one batch's transaction, so that a database that stops answering fails
+// the batch's callers instead of holding them and every caller queued behind them.
+const batchTimeout = 10 * time.Second
+
+// commitBatch runs the batch's ops, in queue order, in one transaction (see the top of the file).
 func (s *Store) commitBatch(batch []*appendReq) {
 	pending := batch[:0:0]
 	for _, r := range batch {
@@ -173,24 +201,54 @@ func (s *Store) commitBatch(batch []*appendReq) {
 	if f := s.gc.batchStarted; f != nil && len(pending) > 0 {
 		f(len(pending))
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
+	defer cancel()
+	// rowsOK is cleared when a multi-row statement fails: the retry then runs every write on
+	// its own, so that the failing one is found and the others go on.
+	rowsOK := true
 	for len(pending) > 0 {
-		bad := -1
-		err := s.writeTx(context.Background(), func(tx *sql.Tx) error {
-			tail, err := readTail(context.Background(), tx)
-			if err != nil {
+		bad, rowsFailed := -1, false
+		err := s.writeTx(ctx, func(tx *sql.Tx) error {
+			w := &batchWriter{ctx: ctx, tx: tx, s: s}
+			if err := w.readTail(); err != nil {
 				return err
 			}
-			for i, r := range pending {
-				ev := r.ev // a copy: a rolled-back attempt leaves nothing behind
-				if err := insertEvent(context.Background(), tx, &tail, &ev); err != nil {
-					bad = i
-					return err
+			for i := 0; i < len(pending); i++ {
+				r := pending[i]
+				if r.simple != nil && rowsOK {
+					j := i
+					for j < len(pending) && pending[j].simple != nil {
+						j++
+					}
+					if err := w.writeSimple(pending[i:j]); err != nil {
+						rowsOK, rowsFailed = false, true
+						return err
+					}
+					i = j - 1
+					continue
 				}
+				tail := w.tail
+				r.refused = r.run(w)
+				if r.refused == nil {
+					continue
+				}
+				if _, ok := r.refused.(refusal); ok && w.tail == tail {
+					continue
+				}
+				bad = i
+				return r.refused
 			}
 			return nil
 		})
+		if err != nil && rowsFailed {
+			continue // retry once, one write at a time
+		}
 		if err == nil {
 			for _, r := range pending {
+				if rf, ok := r.refused.(refusal); ok {
+					r.release(rf.err)
+					continue
+				}
 				r.release(nil)
 			}
 			return
@@ -204,6 +262,95 @@ func (s *Store) commitBatch(batch []*appendReq) {
 		pending[bad].release(err)
 		pending = append(pending[:bad:bad], pending[bad+1:]...)
 	}
+}
+
+// run runs r's write on its own (a simple write too, when multi-row statements failed).
+func (r *appendReq) run(w *batchWriter) error {
+	if r.simple == nil {
+		return r.op(w)
+	}
+	if err := w.use(r.simple.uses); err != nil {
+		return err
+	}
+	e := r.simple.ev
+	if r.simple.success {
+		return w.appendSuccess(&e)
+	}
+	return w.append(&e)
+}
+
+// A writeOp is one caller's write, run by the writer inside a batch's transaction through w.
+// It returns nil, a refusal (having written nothing), or the database's error.
+type writeOp func(w *batchWriter) error
+
+// refusal marks an op's answer that is not the database's failure: the op wrote nothing and
+// the batch goes on without it.
+type refusal struct{ err error }
+
+func (r refusal) Error() string { return r.err.Error() }
+
+// refuse wraps err as a refusal. Only an op that has written nothing may return one.
+func refuse(err error) error { return refusal{err} }
+
+// refuseIf makes err a refusal when it is one of the domain's answers in answers (a query that
+// found nothing, say), and leaves it the database's error otherwise.
+func refuseIf(err error, answers ...error) error {
+	for _, a := range answers {
+		if errors.Is(err, a) {
+			return refuse(err)
+		}
+	}
+	return err
+}
+
+// batchWriter is what an op writes with: the batch's transaction and the end of the audit
+// chain, which moves as the batch's ops append.
+type batchWriter struct {
+	ctx  context.Context
+	tx   *sql.Tx
+	tail chainTail
+	s    *Store
+}
+
+func (w *batchWriter) readTail() error {
+	err := w.s.stmt(w.ctx, w.tx, stmtReadTail).QueryRowContext(w.ctx).Scan(&w.tail.seq, &w.tail.hash)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("read end of audit chain: %w: %w", audit.ErrUnavailable, err)
+	}
+	return nil
+}
+
+// append links ev to the chain as it is (its Outcome kept).
+func (w *batchWriter) append(ev *audit.Event) error {
+	_, err := w.s.stmt(w.ctx, w.tx, stmtInsertEvent).ExecContext(w.ctx, linkEvent(&w.tail, ev)...)
+	return movedTail(&w.tail, ev, err)
+}
+
+// appendSuccess appends ev as the record of a change this op made.
+func (w *batchWriter) appendSuccess(ev *audit.Event) error {
+	ev.Outcome = audit.OutcomeSuccess
+	return w.append(ev)
+}
+
+// use uses up every id in uses; if one was used before, it takes back the ones it used and
+// refuses with dpop.ErrReplay (wrapped), so the op has written nothing.
+func (w *batchWriter) use(uses []token.SingleUse) error {
+	for i, u := range uses {
+		err := w.s.useStmt(w.ctx, w.s.stmt(w.ctx, w.tx, stmtUse), u.ID, u.ExpiresAt)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, dpop.ErrReplay) {
+			return err
+		}
+		for _, done := range uses[:i] {
+			if _, derr := w.s.stmt(w.ctx, w.tx, stmtUnuse).ExecContext(w.ctx, done.ID); derr != nil {
+				return derr
+			}
+		}
+		return refuse(err)
+	}
+	return nil
 }
 
 // close stops taking appends, commits what is queued and waits for the writer to finish.

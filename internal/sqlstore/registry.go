@@ -37,6 +37,7 @@ func (s *Store) CreateAgent(ctx context.Context, a registry.Agent, code registry
 				return err
 			}
 		}
+		agentChanged(tx, a.ID) // a cache may remember that it did not exist
 		defaultAgentEvent(&ev, a.ID)
 		return appendSuccess(ctx, tx, &ev)
 	})
@@ -56,6 +57,11 @@ func insertKey(ctx context.Context, tx *sql.Tx, agentID string, k registry.Key) 
 		return fmt.Errorf("add key %s: %w", k.DID, err)
 	}
 	return nil
+}
+
+// agentChanged notes, for OnChange, that the agent's row or keys change in tx.
+func agentChanged(tx *sql.Tx, agentID string) {
+	noteChange(tx, Change{Kind: KindAgentChanged, ID: agentID})
 }
 
 // defaultAgentEvent names the agent an event is about when the caller could not (a claim knows
@@ -245,6 +251,7 @@ func (s *Store) ClaimAgent(ctx context.Context, codeHash, ownerID string, now ti
 		if a, err = getAgent(ctx, tx, id); err != nil {
 			return fmt.Errorf("read agent %s: %w", id, err)
 		}
+		agentChanged(tx, id)
 		defaultAgentEvent(&ev, id)
 		if ev.PrincipalID == "" {
 			ev.PrincipalID = ownerID
@@ -292,6 +299,7 @@ func (s *Store) UpdateAgent(ctx context.Context, id string, fn func(*registry.Ag
 		if a, err = getAgent(ctx, tx, id); err != nil {
 			return err
 		}
+		agentChanged(tx, id)
 		defaultAgentEvent(&ev, id)
 		if a.Status != registry.StatusRevoked || wasRevoked {
 			return appendSuccess(ctx, tx, &ev)
@@ -343,6 +351,7 @@ func (s *Store) RotateKey(ctx context.Context, agentID string, newKey registry.K
 		if a, err = getAgent(ctx, tx, agentID); err != nil {
 			return err
 		}
+		agentChanged(tx, agentID)
 		defaultAgentEvent(&ev, agentID)
 		return appendSuccess(ctx, tx, &ev)
 	})
@@ -376,6 +385,7 @@ func (s *Store) RevokeKey(ctx context.Context, agentID, did string, at time.Time
 		if a, err = getAgent(ctx, tx, agentID); err != nil {
 			return err
 		}
+		agentChanged(tx, agentID)
 		defaultAgentEvent(&ev, agentID)
 		if err := appendSuccess(ctx, tx, &ev); err != nil {
 			return err
@@ -455,6 +465,7 @@ func (s *Store) PurgeUnclaimed(ctx context.Context, lapsedBefore time.Time, limi
 			if err := execOne(ctx, tx, registry.ErrNotFound, `DELETE FROM agents WHERE id = $1`, a.ID); err != nil {
 				return fmt.Errorf("delete agent %s: %w", a.ID, err)
 			}
+			agentChanged(tx, a.ID)
 			e := ev(a)
 			defaultAgentEvent(&e, a.ID)
 			if err := appendSuccess(ctx, tx, &e); err != nil {

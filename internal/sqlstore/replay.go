@@ -9,6 +9,7 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/delegation"
+	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/registry"
 	"github.com/mandate-dev/mandate/internal/token"
@@ -26,32 +27,52 @@ var (
 
 // Use records a single-use identifier (a DPoP proof's, a registration JWS's or a client
 // assertion's jti) until exp, and returns dpop.ErrReplay if it is already recorded and unexpired.
-// One statement decides, so of concurrent uses exactly one succeeds; an expired record is
-// replaced. Expired records are deleted by Purge.
+// One statement decides, so of concurrent uses exactly one succeeds (on every replica of one
+// database); an expired record is replaced. It is committed with whatever else is being written
+// (see groupcommit.go). Expired records are deleted by Purge.
 func (s *Store) Use(ctx context.Context, id string, exp time.Time) error {
-	return s.use(ctx, s.db, id, exp)
+	return s.submit(ctx, func(w *batchWriter) error { return w.use([]token.SingleUse{{ID: id, ExpiresAt: exp}}) })
 }
 
-// RecordIssue uses up the ids and appends ev in one write transaction.
+// RecordIssue uses up the ids and appends ev as a success, committed together (see
+// groupcommit.go): dpop.ErrReplay, wrapped, if an id was used before, and then nothing is written.
 func (s *Store) RecordIssue(ctx context.Context, uses []token.SingleUse, ev audit.Event) error {
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		for _, u := range uses {
-			if err := s.use(ctx, tx, u.ID, u.ExpiresAt); err != nil {
-				return err
-			}
-		}
-		return appendSuccess(ctx, tx, &ev)
-	})
+	stamp(ctx, &ev)
+	err := s.submitSimple(ctx, &simpleWrite{uses: uses, ev: ev, success: true})
 	if err != nil {
 		return fmt.Errorf("record token issue %s: %w", ev.TokenID, err)
 	}
 	return nil
 }
 
-func (s *Store) use(ctx context.Context, q querier, id string, exp time.Time) error {
-	res, err := q.ExecContext(ctx, `INSERT INTO used_jtis (id, expires_at) VALUES ($1, $2)
-		ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at
-		WHERE used_jtis.expires_at <= $3`, id, nanos(exp), nanos(s.now()))
+// AppendEventUsing appends ev as it is (its Outcome kept, like AppendEvent) and uses up every id
+// in uses, committed together: dpop.ErrReplay, wrapped, if an id was used before, and then
+// nothing is written. A proxied call's pending record consumes its proof's jti this way, so a
+// proof is single-use across replicas at the cost of a row in a commit made anyway.
+func (s *Store) AppendEventUsing(ctx context.Context, ev audit.Event, uses []token.SingleUse) error {
+	stamp(ctx, &ev)
+	err := s.submitSimple(ctx, &simpleWrite{uses: uses, ev: ev})
+	if err != nil {
+		return fmt.Errorf("append audit event %s %s: %w", ev.Action, ev.ID, err)
+	}
+	return nil
+}
+
+// stamp gives ev an id and the request's fields from ctx, before it leaves for the writer.
+func stamp(ctx context.Context, ev *audit.Event) {
+	if ev.ID == "" {
+		ev.ID = ids.New("evt")
+	}
+	ev.Stamp(ctx)
+}
+
+func (s *Store) useStmt(ctx context.Context, st *sql.Stmt, id string, exp time.Time) error {
+	res, err := st.ExecContext(ctx, id, nanos(exp), nanos(s.now()))
+	return usedUp(id, res, err)
+}
+
+// usedUp is the outcome of a use statement: dpop.ErrReplay (wrapped) when it changed no row.
+func usedUp(id string, res sql.Result, err error) error {
 	if err != nil {
 		return fmt.Errorf("use %s: %w", id, err)
 	}

@@ -19,12 +19,16 @@ import (
 // released after the commit is visible, so the next transaction draws a larger seq and commits
 // later (see migrations/*/0002_delegation.sql). A seq drawn by a transaction that rolls back is
 // a gap, which cursors skip.
+//
+// The entry is a Change for OnChange, delivered once tx commits.
 func appendRevocation(ctx context.Context, tx *sql.Tx, kind, id string, expires, revoked time.Time) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO revocations (kind, id, expires_at, revoked_at) VALUES ($1, $2, $3, $4)`,
-		kind, id, nanos(expires), nanos(revoked))
+	var seq int64
+	err := tx.QueryRowContext(ctx, `INSERT INTO revocations (kind, id, expires_at, revoked_at) VALUES ($1, $2, $3, $4)
+		RETURNING seq`, kind, id, nanos(expires), nanos(revoked)).Scan(&seq)
 	if err != nil {
 		return fmt.Errorf("append %s %s to the revocation log: %w", kind, id, err)
 	}
+	noteChange(tx, Change{Kind: kind, ID: id, Seq: seq})
 	return nil
 }
 

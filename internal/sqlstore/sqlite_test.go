@@ -50,8 +50,8 @@ func TestSQLiteSettings(t *testing.T) {
 		{"reader journal", "journal_mode", true, "wal"},
 		{"writer foreign keys", "foreign_keys", false, "1"},
 		{"writer synchronous", "synchronous", false, "2"},
-		{"writer busy timeout", "busy_timeout", false, "10000"},
-		{"reader busy timeout", "busy_timeout", true, "10000"},
+		{"writer busy timeout", "busy_timeout", false, "5000"}, // DefaultTimeout
+		{"reader busy timeout", "busy_timeout", true, "5000"},
 		{"reader query only", "query_only", true, "1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

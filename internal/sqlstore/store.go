@@ -58,6 +58,7 @@ const (
 // Store is every mandate store on one database. It is safe for concurrent use.
 type Store struct {
 	dialect string
+	path    string // the SQLite database file; "" on PostgreSQL
 	// db runs every write. On SQLite it holds exactly one connection (the single writer); on
 	// PostgreSQL it is the one pool for reads and writes.
 	db *sql.DB
@@ -68,8 +69,13 @@ type Store struct {
 	// appended, when set, is called after every commit of a transaction that may have appended
 	// to the audit chain (see OnAppend).
 	appended atomic.Pointer[func()]
-	// gc commits standalone events in batches (see groupcommit.go).
+	// gc commits the hot path's writes in batches (see groupcommit.go).
 	gc *committer
+	// stmts are the hot path's prepared statements (see prepared.go).
+	stmts    [stmtCount]*sql.Stmt
+	rowStmts map[rowStmtKey]*sql.Stmt // multi-row statements (see batchrows.go)
+	// changes delivers committed changes to OnChange's functions (see notify.go).
+	changes changeFeed
 }
 
 // OnAppend makes the store call fn after every commit that may have appended audit events, so
@@ -78,12 +84,14 @@ func (s *Store) OnAppend(fn func()) { s.appended.Store(&fn) }
 
 // Open opens and migrates the database. dsn is a postgres:// or postgresql:// URL for
 // PostgreSQL; anything else is a SQLite file path (whose directory must exist). Open refuses,
-// with an error wrapping ErrDatabaseNewer, a database migrated by a newer mandate.
-func Open(ctx context.Context, dsn string) (*Store, error) {
+// with an error wrapping ErrDatabaseNewer, a database migrated by a newer mandate. Every call to
+// the database is bounded by a deadline (DefaultTimeout, or WithTimeout; see deadline.go).
+func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
+	o := openOptions(opts)
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return openPostgres(ctx, dsn)
+		return openPostgres(ctx, dsn, o)
 	}
-	return openSQLite(ctx, dsn)
+	return openSQLite(ctx, dsn, o)
 }
 
 // SQLite connection settings.
@@ -95,16 +103,23 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 // transactions begin IMMEDIATE (_txlock) so a write transaction holds the write lock from its
 // first statement. Reads go to a separate pool of query_only connections; in WAL mode they run
 // concurrently with the writer and see the last committed state. busy_timeout covers other
-// processes on the same file (a CLI next to the server) and WAL checkpoints. synchronous=FULL
+// processes on the same file (a CLI next to the server) and WAL checkpoints, for as long as the store's
+// timeout. synchronous=FULL
 // makes every commit durable across power loss: a revocation or an audit record must not
 // silently disappear (NORMAL would be faster and still consistent, but may lose the last
 // commits).
 const (
-	sqliteWriterParams = "_busy_timeout=10000&_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL&_txlock=immediate"
-	sqliteReaderParams = "_busy_timeout=10000&_foreign_keys=1&_query_only=1"
+	sqliteWriterParams = "_foreign_keys=1&_journal_mode=WAL&_synchronous=FULL&_txlock=immediate"
+	sqliteReaderParams = "_foreign_keys=1&_query_only=1"
 )
 
-func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
+// sqliteParams adds to params a busy_timeout of the store's timeout: a lock held by another
+// process is waited for no longer than any other database call.
+func sqliteParams(params string, timeout time.Duration) string {
+	return fmt.Sprintf("_busy_timeout=%d&%s", timeout.Milliseconds(), params)
+}
+
+func openSQLite(ctx context.Context, path string, o options) (_ *Store, err error) {
 	switch {
 	case path == "":
 		return nil, errors.New("open sqlite: empty database path")
@@ -115,7 +130,7 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 		// database is not; and URIs would bypass the settings above.
 		return nil, fmt.Errorf("open sqlite %q: want a file path", path)
 	}
-	w, err := sql.Open("sqlite", path+"?"+sqliteWriterParams)
+	w, err := openBounded("sqlite", path+"?"+sqliteParams(sqliteWriterParams, o.timeout), o.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -131,11 +146,11 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 	if err := w.PingContext(ctx); err != nil { // creates the file and switches it to WAL
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	if err := migrate(ctx, w, DialectSQLite); err != nil {
+	if err := migrate(unbounded(ctx), w, DialectSQLite); err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
 
-	r, err := sql.Open("sqlite", path+"?"+sqliteReaderParams)
+	r, err := openBounded("sqlite", path+"?"+sqliteParams(sqliteReaderParams, o.timeout), o.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
@@ -146,13 +161,17 @@ func openSQLite(ctx context.Context, path string) (_ *Store, err error) {
 		r.Close()
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
-	s := &Store{dialect: DialectSQLite, db: w, rdb: r, now: time.Now}
+	s := &Store{dialect: DialectSQLite, path: path, db: w, rdb: r, now: time.Now}
+	if err := s.prepare(ctx); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
+	}
 	s.startCommitter()
 	return s, nil
 }
 
-func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
-	db, err := sql.Open("pgx", dsn)
+func openPostgres(ctx context.Context, dsn string, o options) (_ *Store, err error) {
+	db, err := openPostgresBounded(dsn, o.timeout)
 	if err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err) // never print the URL: it may hold a password
 	}
@@ -170,10 +189,17 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 	if err := db.PingContext(ctx); err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
-	if err := migrate(ctx, db, DialectPostgres); err != nil {
+	if err := migrate(unbounded(ctx), db, DialectPostgres); err != nil {
 		return nil, fmt.Errorf("open postgres: %w", err)
 	}
 	s := &Store{dialect: DialectPostgres, db: db, rdb: db, now: time.Now}
+	if err := s.prepare(ctx); err != nil {
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
+	if err := s.setUpChanges(ctx, dsn); err != nil {
+		s.closeStmts()
+		return nil, fmt.Errorf("open postgres: %w", err)
+	}
 	s.startCommitter()
 	return s, nil
 }
@@ -182,7 +208,8 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 // database.
 func (s *Store) Close() error {
 	s.gc.close()
-	err := s.db.Close()
+	s.changes.close()
+	err := errors.Join(s.closeStmts(), s.db.Close())
 	if s.rdb != s.db {
 		err = errors.Join(err, s.rdb.Close())
 	}
@@ -240,8 +267,10 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}
+	changes := trackChanges(tx)
 	defer func() {
 		if err != nil {
+			changes()
 			tx.Rollback()
 		}
 	}()
@@ -251,6 +280,10 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 		}
 	}
 	if err := fn(tx); err != nil {
+		return err
+	}
+	cs := changes()
+	if err := s.sendChanges(ctx, tx, cs); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -264,6 +297,7 @@ func (s *Store) tx(ctx context.Context, lockChain bool, fn func(tx *sql.Tx) erro
 	if fn := s.appended.Load(); lockChain && fn != nil {
 		(*fn)()
 	}
+	s.changes.publish(cs)
 	return nil
 }
 

@@ -40,6 +40,7 @@ type Store interface {
 	SaveSinkCursor(ctx context.Context, sink string, c auditsink.Cursor) error
 	Use(ctx context.Context, id string, exp time.Time) error
 	VerifyChain(ctx context.Context) error
+	PurgeEnded(ctx context.Context, cutoff, now time.Time) (int64, error)
 	audit.CheckpointStore
 }
 
@@ -72,6 +73,9 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 		{"SigningKeys", testSigningKeys},
 		{"RevokedTokens", testRevokedTokens},
 		{"Purge", testPurge},
+		{"Retention", testRetention},
+		{"RetentionManyBatches", testRetentionManyBatches},
+		{"RetentionKeepsAuthority", testRetentionKeepsAuthority},
 		{"RenewClaimCode", testRenewClaimCode},
 		{"PurgeUnclaimed", testPurgeUnclaimed},
 		{"Use", testUse},

@@ -102,8 +102,11 @@ func (k *Keys) parse(ctx context.Context, raw, typ, issuer string, v any, iss *s
 		return fmt.Errorf("%w: typ %q is not %s", ErrInvalidToken, got, typ)
 	}
 	pub, err := k.PublicKey(ctx, h.KeyID)
-	if err != nil {
+	if errors.Is(err, ErrUnknownKey) {
 		return fmt.Errorf("%w: %v", ErrInvalidToken, err)
+	}
+	if err != nil { // the keys could not be read: nothing is known against the token
+		return fmt.Errorf("verify token: %w", err)
 	}
 	payload, err := jws.Verify(pub)
 	if err != nil {

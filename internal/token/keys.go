@@ -166,8 +166,18 @@ func (k *Keys) generate(activeAt time.Time) (SigningKey, error) {
 
 // current returns a snapshot no older than the reload interval.
 func (k *Keys) current(ctx context.Context) (*snapshot, error) {
-	if s := k.snap.Load(); s != nil && k.cfg.Now().Sub(s.loaded) < k.cfg.Reload {
+	s := k.snap.Load()
+	if s != nil && k.cfg.Now().Sub(s.loaded) < k.cfg.Reload {
 		return s, nil
+	}
+	if s != nil {
+		// One request reloads; the others keep to the keys held meanwhile rather than queue
+		// behind it, each for as long as a slow database takes.
+		if !k.mu.TryLock() {
+			return s, nil
+		}
+		defer k.mu.Unlock()
+		return k.reloadLocked(ctx)
 	}
 	return k.reload(ctx)
 }
@@ -175,6 +185,10 @@ func (k *Keys) current(ctx context.Context) (*snapshot, error) {
 func (k *Keys) reload(ctx context.Context) (*snapshot, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	return k.reloadLocked(ctx)
+}
+
+func (k *Keys) reloadLocked(ctx context.Context) (*snapshot, error) {
 	now := k.cfg.Now()
 	rows, err := k.cfg.Store.ListSigningKeys(ctx, now)
 	if err != nil {
