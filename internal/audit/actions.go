@@ -31,6 +31,8 @@ var Actions = []string{
 	"grant.deny",
 	"grant.request",
 	"grant.revoke",
+	"master_key.add",
+	"master_key.promote",
 	"master_key.prune",
 	"master_key.rewrap",
 	"master_key.rotate",

@@ -19,7 +19,6 @@ import (
 	"github.com/mandate-dev/mandate/internal/pgtest"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
-	"github.com/mandate-dev/mandate/internal/sqlstore"
 )
 
 // tamperBackends are the databases the tamper tests run on: SQLite always, PostgreSQL with
@@ -315,16 +314,19 @@ func TestAuditVerifyDocs(t *testing.T) {
 	out := runScript(t, dir, substitute(t, script, [][2]string{{"127.0.0.1:8420", addr}}), env)
 	hasAll(t, out, "audit chain OK", "1 given from outside", "checkpoint keys: ")
 
-	st, err := sqlstore.Open(t.Context(), filepath.Join(dir, "mandate-data", server.DatabaseFile))
+	cfg := config.Default()
+	cfg.DataDir = filepath.Join(dir, "mandate-data")
+	db, err := server.OpenMaintenance(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	st := db.Store()
 	f, err := os.Create(filepath.Join(dir, "audit-events.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	err = st.ScanEvents(t.Context(), 0, func(ev *audit.Event) error { return audit.WriteLine(f, ev) })
-	st.Close()
+	db.Close()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -17,9 +17,9 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/masterkey"
 	"github.com/mandate-dev/mandate/internal/pgtest"
 	"github.com/mandate-dev/mandate/internal/servertest"
-	"github.com/mandate-dev/mandate/internal/token"
 )
 
 // The deployment the repository ships: the Dockerfile's build line makes a static binary, the
@@ -327,7 +327,7 @@ func runDeployBlock(t *testing.T, bin string, b deployBlock) {
 				t.Fatal(err)
 			}
 		}
-		if _, _, err := token.LoadOrCreateMasterKeys(filepath.Join(data, "master.key")); err != nil {
+		if _, _, err := masterkey.LoadOrCreate(filepath.Join(data, "master.key")); err != nil {
 			t.Fatal(err)
 		}
 		subs = [][2]string{{"/var/lib/mandate/", data + "/"}, {"/mnt/secrets/", secrets + "/"}}

@@ -63,6 +63,7 @@ func NewRoot(out, errOut io.Writer) *cobra.Command {
 	root.AddCommand(newUpstreamCmd())
 	root.AddCommand(newExecCmd())
 	root.AddCommand(newVaultCmd())
+	root.AddCommand(newMasterKeyCmd())
 	root.AddCommand(newServiceAccountsCmd(), newFederationCmd(), newAuditCmd())
 	root.AddCommand(newBenchCmd())
 	walk(root, func(c *cobra.Command) {

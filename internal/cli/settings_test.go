@@ -18,9 +18,9 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/masterkey"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
-	"github.com/mandate-dev/mandate/internal/token"
 )
 
 // cleanEnv unsets every MANDATE_* variable for the test (empty counts as unset), then sets env.
@@ -313,7 +313,7 @@ func TestVaultDataDirFlagBeatsEnv(t *testing.T) {
 	cleanEnv(t, map[string]string{"MANDATE_DATA_DIR": a.DataDir})
 	out := ok(t, "vault", "rotate-master-key", "--data-dir", b.DataDir)
 	hasAll(t, out, "Added master key")
-	if keys, _ := token.ReadMasterKeys(keyB); len(keys) != 2 {
+	if keys, _ := masterkey.Read(keyB); len(keys) != 2 {
 		t.Errorf("%s holds %d keys after the rotation, want 2", keyB, len(keys))
 	}
 	if afterA, _ := os.ReadFile(keyA); !bytes.Equal(beforeA, afterA) {
@@ -321,14 +321,14 @@ func TestVaultDataDirFlagBeatsEnv(t *testing.T) {
 	}
 	// Without the flag, the environment names the data directory.
 	ok(t, "vault", "rewrap")
-	if keys, _ := token.ReadMasterKeys(keyA); len(keys) != 1 {
+	if keys, _ := masterkey.Read(keyA); len(keys) != 1 {
 		t.Errorf("rewrap changed %s", keyA)
 	}
 	// A --config file names it when neither does.
 	cleanEnv(t, nil)
 	file := writeFile(t, "vault.yaml", fmt.Sprintf("data-dir: %q\nlisten: 0.0.0.0:1\n", a.DataDir))
 	ok(t, "vault", "rotate-master-key", "--config", file)
-	if keys, _ := token.ReadMasterKeys(keyA); len(keys) != 2 {
+	if keys, _ := masterkey.Read(keyA); len(keys) != 2 {
 		t.Errorf("%s holds %d keys after the rotation named by the config file, want 2", keyA, len(keys))
 	}
 	fails(t, "", []string{"vault", "rewrap", "--config", filepath.Join(t.TempDir(), "none.yaml")}, "none.yaml")

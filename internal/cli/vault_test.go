@@ -12,12 +12,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,30 +24,30 @@ import (
 
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/masterkey"
 	"github.com/mandate-dev/mandate/internal/pgtest"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/servertest"
-	"github.com/mandate-dev/mandate/internal/sqlstore"
 	"github.com/mandate-dev/mandate/internal/token"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
 func randomMasterKey(t *testing.T) []byte {
 	t.Helper()
-	k := make([]byte, token.MasterKeySize)
+	k := make([]byte, masterkey.Size)
 	if _, err := rand.Read(k); err != nil {
 		t.Fatal(err)
 	}
 	return k
 }
 
-func mustVaultKeyring(t *testing.T, keys ...[]byte) *vault.Keyring {
+func mustVaultKeyring(t *testing.T, keys ...[]byte) *vault.Envelopes {
 	t.Helper()
-	kr, err := vault.NewKeyring(keys...)
+	kr, err := masterkey.NewKeyring(keys...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kr
+	return vault.NewEnvelopes(kr)
 }
 
 // legacySigningKey is a signing key as an earlier version stored it: sealed with master and no
@@ -75,7 +73,7 @@ func legacySigningKey(t *testing.T, master []byte, now time.Time) token.SigningK
 
 // sealedBy counts the rows of the store per master key id that sealed them ("" for a signing
 // key of an earlier version, which names none).
-func sealedBy(t *testing.T, st *sqlstore.Store) (secrets, keys map[string]int) {
+func sealedBy(t *testing.T, st masterkey.Store) (secrets, keys map[string]int) {
 	t.Helper()
 	ctx := context.Background()
 	secrets, keys = map[string]int{}, map[string]int{}
@@ -97,7 +95,7 @@ func sealedBy(t *testing.T, st *sqlstore.Store) (secrets, keys map[string]int) {
 		t.Fatal(err)
 	}
 	for _, k := range page {
-		keys[token.SealedBy(k.Sealed)]++
+		keys[masterkey.SealedBy(k.Sealed)]++
 	}
 	return secrets, keys
 }
@@ -119,14 +117,14 @@ func injected(t *testing.T, srv *server.Server, name string) string {
 
 func readKeys(t *testing.T, path string) []string {
 	t.Helper()
-	keys, err := token.ReadMasterKeys(path)
+	keys, err := masterkey.Read(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if m := fileMode(t, path); m != 0o600 {
 		t.Errorf("%s has mode %04o, want 0600", path, m)
 	}
-	return keyIDs(keys)
+	return masterkey.IDs(keys)
 }
 
 func TestVaultRotateMasterKeySQLite(t *testing.T) { testVaultRotation(t, "") }
@@ -146,7 +144,7 @@ func testVaultRotation(t *testing.T, database string) {
 	if err := os.WriteFile(keyPath, keyA, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	idA := token.MasterKeyID(keyA)
+	idA := masterkey.ID(keyA)
 	start := func() *servertest.Server {
 		return servertest.Start(t, servertest.Options{Config: func(c *config.Config) { c.DataDir, c.Database = dataDir, database }})
 	}
@@ -175,7 +173,7 @@ func testVaultRotation(t *testing.T, database string) {
 	// Enough rows for several pages, written as a server holding key A does.
 	st := s1.Srv.Store()
 	krA := mustVaultKeyring(t, keyA)
-	for i := range 2*rewrapBatch + 7 {
+	for i := range 2*masterkey.Batch + 7 {
 		name := fmt.Sprintf("bulk-%03d", i)
 		u := vault.Upstream{Name: name, BaseURL: "https://" + name + ".example", Auth: vault.AuthBearer, CreatedAt: time.Now(), UpdatedAt: time.Now()}
 		if err := st.CreateUpstream(ctx, u, audit.New(time.Now(), "", vault.ActionUpstreamCreate)); err != nil {
@@ -193,13 +191,13 @@ func testVaultRotation(t *testing.T, database string) {
 	}
 	secrets, keys := sealedBy(t, st)
 	nSecrets, nKeys := secrets[idA], keys[idA]+keys[""]
-	if len(secrets) != 1 || nSecrets != 2*rewrapBatch+7+3 || keys[""] != 1 || nKeys != 2 {
+	if len(secrets) != 1 || nSecrets != 2*masterkey.Batch+7+3 || keys[""] != 1 || nKeys != 2 {
 		t.Fatalf("before the rotation: secrets by key %v, signing keys by key %v", secrets, keys)
 	}
 
 	// A key file that does not open this database is refused before anything changes.
 	wrong := filepath.Join(t.TempDir(), "wrong.key")
-	token.WriteMasterKeys(wrong, [][]byte{randomMasterKey(t)})
+	masterkey.Write(wrong, []masterkey.Key{{Secret: randomMasterKey(t)}})
 	fails(t, "", vaultCmd("rotate-master-key", "--master-key-file", wrong), "refusing to rotate",
 		fmt.Sprintf("%d rows", nSecrets+nKeys))
 	if ids := readKeys(t, wrong); len(ids) != 1 {
@@ -223,11 +221,11 @@ func testVaultRotation(t *testing.T, database string) {
 	if len(secrets) != 1 || secrets[idB] != nSecrets || len(keys) != 1 || keys[idB] != nKeys {
 		t.Fatalf("after the rotation: secrets by key %v, signing keys by key %v; want all by %s", secrets, keys, idB)
 	}
-	evs, err := st.ListEvents(ctx, audit.Filter{Action: actionMasterKeyRewrap})
+	evs, err := st.ListEvents(ctx, audit.Filter{Action: masterkey.ActionRewrap})
 	if err != nil || len(evs) != 4 { // three pages of secrets, one of signing keys
 		t.Errorf("%d rewrap events, want 4 (%v)", len(evs), err)
 	}
-	if evs, _ := st.ListEvents(ctx, audit.Filter{Action: actionMasterKeyRotate}); len(evs) != 1 || evs[0].Target != idB {
+	if evs, _ := st.ListEvents(ctx, audit.Filter{Action: masterkey.ActionRotate}); len(evs) != 1 || evs[0].Target != idB {
 		t.Errorf("rotate events = %+v", evs)
 	}
 	if err := st.VerifyChain(ctx); err != nil {
@@ -293,7 +291,7 @@ func testVaultRotation(t *testing.T, database string) {
 		t.Fatalf("after prune the key file holds %v, want [%s]", ids, idB)
 	}
 	hasAll(t, ok(t, vaultCmd("prune-master-keys")...), "Nothing to prune")
-	if evs, _ := st.ListEvents(ctx, audit.Filter{Action: actionMasterKeyPrune}); len(evs) != 1 || !strings.Contains(evs[0].Detail, idA) {
+	if evs, _ := st.ListEvents(ctx, audit.Filter{Action: masterkey.ActionPrune}); len(evs) != 1 || !strings.Contains(evs[0].Detail, idA) {
 		t.Errorf("prune events = %+v", evs)
 	}
 
@@ -306,131 +304,6 @@ func testVaultRotation(t *testing.T, database string) {
 		t.Errorf("s3 injects %q", got)
 	}
 	hasAll(t, ok(t, "keys", "list", "--server", s3.URL), legacy.KID)
-	if err := st.VerifyChain(ctx); err != nil {
-		t.Errorf("VerifyChain: %v", err)
-	}
-}
-
-// A server writing while the rotation re-wraps loses nothing: a row changed between the
-// re-wrap's read and its write keeps the new value, and is re-wrapped in a later pass.
-func TestVaultRewrapConcurrentWriter(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	st, err := sqlstore.Open(ctx, filepath.Join(dir, "mandate.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	keyA, keyB := randomMasterKey(t), randomMasterKey(t)
-	krA, krB := mustVaultKeyring(t, keyA), mustVaultKeyring(t, keyB, keyA)
-	const rows = 3*rewrapBatch + 11
-	name := func(i int) string { return fmt.Sprintf("u%03d", i) }
-	put := func(kr *vault.Keyring, i int, value string) {
-		blob, err := kr.Seal(name(i), vault.SecretCredential, []byte(value))
-		if err == nil {
-			err = st.PutSecret(ctx, name(i), vault.SecretCredential, blob, time.Time{}, audit.New(time.Now(), "", vault.ActionSecretSet))
-		}
-		if err != nil {
-			t.Error(err)
-		}
-	}
-	want := map[int]string{}
-	for i := range rows {
-		u := vault.Upstream{Name: name(i), BaseURL: "https://x.example", Auth: vault.AuthBearer, CreatedAt: time.Now(), UpdatedAt: time.Now()}
-		if err := st.CreateUpstream(ctx, u, audit.New(time.Now(), "", vault.ActionUpstreamCreate)); err != nil {
-			t.Fatal(err)
-		}
-		want[i] = fmt.Sprintf("v0-%d", i)
-		put(krA, i, want[i])
-	}
-	keyPath := filepath.Join(dir, "master.key")
-	if err := token.WriteMasterKeys(keyPath, [][]byte{keyB, keyA}); err != nil {
-		t.Fatal(err)
-	}
-
-	// Deterministic: between reading the first page and writing it back, a server that has not
-	// reloaded rewrites three of its rows with key A.
-	v := &offlineVault{store: st, keyPath: keyPath}
-	first := true
-	var mu sync.Mutex
-	v.beforeWrite = func() {
-		if !first {
-			return
-		}
-		first = false
-		mu.Lock()
-		defer mu.Unlock()
-		for i := range 3 {
-			want[i] = fmt.Sprintf("hook-%d", i)
-			put(krA, i, want[i])
-		}
-	}
-	// And at random: a writer rewriting rows with either key all along.
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for n := 0; ; n++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			r, _ := rand.Int(rand.Reader, big.NewInt(rows))
-			i := int(r.Int64())
-			kr := krA
-			if n%2 == 1 {
-				kr = krB
-			}
-			value := fmt.Sprintf("w%d-%d", n, i)
-			mu.Lock()
-			want[i] = value
-			put(kr, i, value)
-			mu.Unlock()
-		}
-	}()
-	stats, err := v.rewrap(ctx, [][]byte{keyB, keyA})
-	close(stop)
-	<-done
-	// A writer that never pauses may keep every pass from finishing clean: the re-wrap then
-	// says to run it again, and has still lost nothing.
-	if err != nil && !strings.Contains(err.Error(), "kept changing") {
-		t.Fatalf("rewrap: %v", err)
-	}
-	// How many rows this pass re-wrapped depends on the writer (a row it rewrote with key B
-	// needs none); that nothing is lost and nothing stays under A is checked below.
-	if stats.Secrets == 0 {
-		t.Errorf("re-wrapped no rows")
-	}
-	check := func() (byA int) {
-		t.Helper()
-		for i := range rows {
-			sealed, _, _, err := st.GetSecret(ctx, name(i), vault.SecretCredential)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := krB.Open(name(i), vault.SecretCredential, sealed)
-			if err != nil || string(got) != want[i] {
-				t.Errorf("%s = %q, %v; want %q (a write was lost)", name(i), got, err, want[i])
-			}
-			if vault.WrappedBy(sealed) == token.MasterKeyID(keyA) {
-				byA++
-			}
-		}
-		return byA
-	}
-	check()
-	for i := range 3 {
-		if want[i] == fmt.Sprintf("v0-%d", i) {
-			t.Errorf("the hook did not run for %s", name(i))
-		}
-	}
-	// With the writer gone, one more re-wrap leaves nothing under A.
-	if _, err := v.rewrap(ctx, [][]byte{keyB, keyA}); err != nil {
-		t.Fatal(err)
-	}
-	if byA := check(); byA != 0 {
-		t.Errorf("%d rows still wrapped by A after the second re-wrap", byA)
-	}
 	if err := st.VerifyChain(ctx); err != nil {
 		t.Errorf("VerifyChain: %v", err)
 	}
@@ -459,12 +332,12 @@ func TestServerReloadsMasterKeysOnSIGHUP(t *testing.T) {
 		t.Fatalf("upstream add: %v\n%s", err, out)
 	}
 	keyPath := filepath.Join(s.DataDir, server.MasterKeyFile)
-	old, err := token.ReadMasterKeys(keyPath)
+	old, err := masterkey.Read(keyPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	keyB := randomMasterKey(t)
-	if err := token.WriteMasterKeys(keyPath, append([][]byte{keyB}, old...)); err != nil {
+	if err := masterkey.Write(keyPath, append([]masterkey.Key{{Secret: keyB}}, old...)); err != nil {
 		t.Fatal(err)
 	}
 	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
@@ -479,11 +352,11 @@ func TestServerReloadsMasterKeysOnSIGHUP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if vault.WrappedBy(sealed) == token.MasterKeyID(keyB) {
+		if vault.WrappedBy(sealed) == masterkey.ID(keyB) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after SIGHUP the server still seals with %s, want %s", vault.WrappedBy(sealed), token.MasterKeyID(keyB))
+			t.Fatalf("after SIGHUP the server still seals with %s, want %s", vault.WrappedBy(sealed), masterkey.ID(keyB))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -133,6 +133,9 @@ func (s invalidating) RenewClaimCode(ctx context.Context, agentID string, code C
 }
 
 func (s invalidating) PurgeUnclaimed(ctx context.Context, lapsedBefore time.Time, limit int, ev func(Agent) audit.Event) ([]Agent, error) {
-	defer s.cache.invalidate("")
-	return s.Store.PurgeUnclaimed(ctx, lapsedBefore, limit, ev)
+	gone, err := s.Store.PurgeUnclaimed(ctx, lapsedBefore, limit, ev)
+	for _, a := range gone {
+		s.cache.invalidate(a.ID)
+	}
+	return gone, err
 }

@@ -19,10 +19,10 @@ import (
 
 	"github.com/mandate-dev/mandate/internal/config"
 	"github.com/mandate-dev/mandate/internal/ids"
+	"github.com/mandate-dev/mandate/internal/masterkey"
 	"github.com/mandate-dev/mandate/internal/pgtest"
 	"github.com/mandate-dev/mandate/internal/server"
 	"github.com/mandate-dev/mandate/internal/sqlstore"
-	"github.com/mandate-dev/mandate/internal/token"
 )
 
 // TestColdStartReplicas (acceptance 6): five replicas started together on an empty PostgreSQL
@@ -40,7 +40,7 @@ func TestColdStartReplicas(t *testing.T) {
 	const replicas, runs = 5, 20
 	// The replicas share the master key, as replicas must (each its own copy of the file).
 	masterKey := filepath.Join(t.TempDir(), "master.key")
-	if _, _, err := token.LoadOrCreateMasterKeys(masterKey); err != nil {
+	if _, _, err := masterkey.LoadOrCreate(masterKey); err != nil {
 		t.Fatal(err)
 	}
 	for run := range runs {

@@ -143,7 +143,13 @@ func (res *verifyResource) call(key crypto.Signer, tok string) (int, error) {
 // arrives, not a slow one: the time is measured by BenchmarkRevocationPropagation).
 func until(t testing.TB, what string, cond func() (bool, error)) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
+	untilWithin(t, time.Minute, what, cond)
+}
+
+// untilWithin is until with another bound.
+func untilWithin(t testing.TB, bound time.Duration, what string, cond func() (bool, error)) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
 	for {
 		ok, err := cond()
 		if err != nil {
@@ -153,7 +159,7 @@ func until(t testing.TB, what string, cond func() (bool, error)) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within a minute", what)
+			t.Fatalf("%s: not within %v", what, bound)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -16,9 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -37,6 +35,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/federation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/ids"
+	"github.com/mandate-dev/mandate/internal/masterkey"
 	"github.com/mandate-dev/mandate/internal/oauth"
 	"github.com/mandate-dev/mandate/internal/principal"
 	"github.com/mandate-dev/mandate/internal/proxy"
@@ -64,7 +63,7 @@ type Server struct {
 	vault   *vault.Service
 	handler http.Handler
 	metrics http.Handler // /metrics; on the main handler too unless cfg.MetricsListen is set
-	masters *masterKeyFile
+	masters *masterkey.File
 	now     func() time.Time
 
 	legacyBootstrapWarned atomic.Bool // the warning about a never-expiring bootstrap file, once
@@ -124,37 +123,28 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, now func() ti
 
 func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	cfg := s.cfg
-	// The master key file holds the master keys, newest first (see token.ParseMasterKeys). Both
-	// keyrings below are reloaded from it on SIGHUP and when a blob names a key they do not
-	// hold, so a rotation by another process (mandate vault rotate-master-key) needs no restart.
+	// The master key file holds the master keys, newest first (see internal/masterkey). One
+	// keyring seals the signing keys and wraps the vault's data keys; it is reloaded from the
+	// file on SIGHUP and when a blob names a key it does not hold, so keys added or promoted by
+	// another process (mandate masterkey, mandate vault rotate-master-key) need no restart.
 	masterPath := cfg.MasterKeyPath()
-	masters, created, err := token.LoadOrCreateMasterKeys(masterPath)
+	masterFile, masterKeys, created, err := masterkey.Open(masterPath, s.log)
 	if err != nil {
 		return err
 	}
 	if created {
 		s.log.Info("created master key; back it up: it decrypts every signing key and upstream secret", slog.String("path", masterPath))
 	}
-	sealer, err := token.NewMasterKeyring(masters...)
-	if err != nil {
-		return err
-	}
-	// Upstream secrets are sealed under data keys wrapped by the master key (envelope
-	// encryption; see internal/vault/envelope.go).
-	keyring, err := vault.NewKeyring(masters...)
-	if err != nil {
-		return fmt.Errorf("vault keyring: %w", err)
-	}
-	s.masters = &masterKeyFile{path: masterPath, log: s.log, sealer: sealer, keyring: keyring}
-	sealer.OnUnknownKey(s.masters.unknown)
-	keyring.OnUnknownKey(s.masters.unknown)
-	s.log.Debug("loaded master keys", slog.String("path", masterPath), slog.Any("key_ids", keyring.KeyIDs()))
-	s.keys, err = token.NewKeys(token.KeysConfig{Store: s.store, MasterKey: masters[0], Alg: cfg.SigningAlg,
+	s.masters = masterFile
+	keyring := masterFile.Keyring()
+	s.log.Debug("loaded master keys", slog.String("path", masterPath), slog.Any("key_ids", masterkey.IDs(masterKeys)))
+	// The keys derived below come from the oldest key that seals (a staged key is never it).
+	masters := masterkey.Active(masterKeys)
+	s.keys, err = token.NewKeys(token.KeysConfig{Store: s.store, Sealer: keyring, Alg: cfg.SigningAlg,
 		PublishDelay: cfg.KeyPublishDelay, MaxTokenTTL: cfg.TokenTTL, Now: now})
 	if err != nil {
 		return err
 	}
-	s.keys.UseMasterKeyring(sealer)
 	principals := principal.New(s.store, now)
 	principals.OnBootstrapSpent(func(ctx context.Context) { s.removeSpentBootstrap(context.WithoutCancel(ctx)) })
 	// Replicas starting together on an empty database take turns: the first creates the first
@@ -248,7 +238,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 			s.revocationStreams.Notify()
 		}
 	})
-	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Audit: s.store, Log: s.log, Now: now})
+	s.vault = vault.New(vault.Config{Store: s.store, Keyring: keyring, Leases: s.store, Audit: s.store, Log: s.log, Now: now})
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
 		Keys: s.keys, Tokens: s.store, Audit: s.denials, Delegation: deleg, Vault: s.vault, Federation: fed,
 		Trail:         s.trail,
@@ -620,70 +610,9 @@ func (s *Server) FlushDenials(ctx context.Context) int {
 // Proxy is the egress proxy (for tests: Wait for its events).
 func (s *Server) Proxy() *proxy.Proxy { return s.proxy }
 
-// masterKeyFile reloads the master key file into the keyrings that seal signing keys and
-// upstream secrets.
-type masterKeyFile struct {
-	path    string
-	log     *slog.Logger
-	sealer  *token.MasterKeyring
-	keyring *vault.Keyring
-
-	mu     sync.Mutex
-	loaded time.Time // last reload (wall clock: it only rate-limits reloads); zero until the first
-}
-
-// unknownKeyReload bounds the reloads caused by blobs that name a key the keyrings do not hold.
-const unknownKeyReload = time.Second
-
-func (m *masterKeyFile) reload() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.reloadLocked()
-}
-
-func (m *masterKeyFile) reloadLocked() error {
-	m.loaded = time.Now()
-	keys, err := token.ReadMasterKeys(m.path)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		for _, k := range keys {
-			clear(k)
-		}
-	}()
-	if err := m.sealer.Set(keys...); err != nil {
-		return err
-	}
-	if err := m.keyring.Set(keys...); err != nil {
-		return err
-	}
-	m.log.Info("reloaded master keys", slog.String("path", m.path), slog.Any("key_ids", m.keyring.KeyIDs()))
-	return nil
-}
-
-// unknown is called when a blob names the master key id that a keyring does not hold, as when
-// another process has rotated the master key: it reloads the file (at most once a second) and
-// reports whether the keyrings hold the key now.
-func (m *masterKeyFile) unknown(id string) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if slices.Contains(m.keyring.KeyIDs(), id) {
-		return true // reloaded meanwhile
-	}
-	if time.Since(m.loaded) < unknownKeyReload {
-		return false
-	}
-	if err := m.reloadLocked(); err != nil {
-		m.log.Error("reload master keys", slog.String("path", m.path), slog.String("error", err.Error()))
-		return false
-	}
-	return slices.Contains(m.keyring.KeyIDs(), id)
-}
-
 // ReloadMasterKeys re-reads the master key file, as on SIGHUP: after a rotation, the new key
 // seals what this server writes from then on.
-func (s *Server) ReloadMasterKeys() error { return s.masters.reload() }
+func (s *Server) ReloadMasterKeys() error { return s.masters.Reload() }
 
 // reloadOnHangup reloads the master key file on every SIGHUP until ctx ends.
 func (s *Server) reloadOnHangup(ctx context.Context, hup <-chan os.Signal) {

@@ -36,7 +36,7 @@ var ErrUnknownKey = errors.New("unknown signing key id")
 // KeysConfig configures Keys.
 type KeysConfig struct {
 	Store        Store
-	MasterKey    []byte
+	Sealer       Sealer        // seals the private keys (the master keyring)
 	Alg          string        // algorithm of new keys: AlgEdDSA (default) or AlgES256
 	PublishDelay time.Duration // how long a new key is published before it signs
 	MaxTokenTTL  time.Duration // longest lifetime of a token the keys sign; an old key stays published this long after it stops signing
@@ -46,10 +46,9 @@ type KeysConfig struct {
 
 // Keys holds the server's signing keys, loaded from the store and cached.
 type Keys struct {
-	cfg    KeysConfig
-	sealer *sealer
-	snap   atomic.Pointer[snapshot]
-	mu     sync.Mutex // serialises reloads
+	cfg  KeysConfig
+	snap atomic.Pointer[snapshot]
+	mu   sync.Mutex // serialises reloads
 }
 
 type snapshot struct {
@@ -78,11 +77,10 @@ func NewKeys(cfg KeysConfig) (*Keys, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s, err := newSealer(cfg.MasterKey)
-	if err != nil {
-		return nil, err
+	if cfg.Sealer == nil {
+		return nil, errors.New("signing keys: no master keyring to seal them")
 	}
-	return &Keys{cfg: cfg, sealer: s}, nil
+	return &Keys{cfg: cfg}, nil
 }
 
 // Ensure creates the first signing key when the store has none. The first key signs at once:
@@ -152,7 +150,7 @@ func (k *Keys) generate(activeAt time.Time) (SigningKey, error) {
 	if err != nil {
 		return SigningKey{}, fmt.Errorf("encode signing key: %w", err)
 	}
-	sealed, err := k.sealer.seal(der, jwk.KeyID)
+	sealed, err := k.cfg.Sealer.Seal(der, []byte(jwk.KeyID))
 	if err != nil {
 		return SigningKey{}, fmt.Errorf("seal signing key: %w", err)
 	}
@@ -216,9 +214,9 @@ func (k *Keys) reloadLocked(ctx context.Context) (*snapshot, error) {
 }
 
 func (k *Keys) open(row SigningKey) (*loadedKey, error) {
-	der, err := k.sealer.open(row.Private, row.KID)
+	der, err := k.cfg.Sealer.Open(row.Private, []byte(row.KID))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open signing key %s: %w", row.KID, err)
 	}
 	priv, err := x509.ParsePKCS8PrivateKey(der)
 	if err != nil {

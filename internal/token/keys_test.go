@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/masterkey"
 	"github.com/mandate-dev/mandate/internal/sqlstore"
 	"github.com/mandate-dev/mandate/internal/token"
 )
@@ -32,12 +32,17 @@ func setup(t *testing.T, alg string) (*token.Keys, *sqlstore.Store, *clock, []by
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	master, _, err := token.LoadOrCreateMasterKey(filepath.Join(t.TempDir(), "master.key"))
+	_, keys, _, err := masterkey.Open(filepath.Join(t.TempDir(), "master.key"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master := keys[0].Secret
+	ring, err := masterkey.NewKeyring(master)
 	if err != nil {
 		t.Fatal(err)
 	}
 	clk := &clock{t: time.Now()}
-	k, err := token.NewKeys(token.KeysConfig{Store: st, MasterKey: master, Alg: alg, PublishDelay: 10 * time.Minute, MaxTokenTTL: 5 * time.Minute, Now: clk.Now})
+	k, err := token.NewKeys(token.KeysConfig{Store: st, Sealer: ring, Alg: alg, PublishDelay: 10 * time.Minute, MaxTokenTTL: 5 * time.Minute, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,31 +123,15 @@ func TestPrivateKeysSealed(t *testing.T) {
 	if _, err := x509.ParsePKCS8PrivateKey(rows[0].Private); err == nil {
 		t.Fatal("the stored private key parses as PKCS#8: it is not sealed")
 	}
-	other := bytes.Repeat([]byte{7}, token.MasterKeySize)
-	k2, err := token.NewKeys(token.KeysConfig{Store: st, MasterKey: other, Now: clk.Now})
+	other, err := masterkey.NewKeyring(bytes.Repeat([]byte{7}, masterkey.Size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := token.NewKeys(token.KeysConfig{Store: st, Sealer: other, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := k2.Ensure(context.Background()); err == nil || !strings.Contains(err.Error(), "wrong master key") {
 		t.Fatalf("opening with another master key: %v, want a wrong master key error", err)
-	}
-}
-
-func TestMasterKeyFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "master.key")
-	k1, created, err := token.LoadOrCreateMasterKey(path)
-	if err != nil || !created {
-		t.Fatalf("create: %v %v", created, err)
-	}
-	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
-		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
-	}
-	k2, created, err := token.LoadOrCreateMasterKey(path)
-	if err != nil || created || !bytes.Equal(k1, k2) {
-		t.Fatalf("reload: %v %v", created, err)
-	}
-	os.Chmod(path, 0o644)
-	if _, _, err := token.LoadOrCreateMasterKey(path); err == nil || !strings.Contains(err.Error(), "chmod 600") {
-		t.Fatalf("world-readable master key accepted: %v", err)
 	}
 }

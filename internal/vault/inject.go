@@ -111,7 +111,7 @@ func (s *Service) open(ctx context.Context, name, kind string) (Secret, error) {
 	if err != nil {
 		return Secret{}, fmt.Errorf("read %s of %s: %w", kind, name, err)
 	}
-	plain, err := s.cfg.Keyring.Open(name, kind, sealed)
+	plain, err := s.env.Open(name, kind, sealed)
 	if err != nil {
 		return Secret{}, fmt.Errorf("open %s of %s: %w", kind, name, err)
 	}
@@ -166,21 +166,30 @@ func (s *Service) accessToken(ctx context.Context, u Upstream) (Secret, error) {
 		return st.token, nil
 	}
 	for attempt := 0; ; attempt++ {
-		tok, exp, err := s.storedToken(ctx, u.Name)
+		tok, err := s.loadStored(ctx, u.Name, st)
+		if err != nil || st.fresh(s.cfg.Now()) {
+			return tok, err
+		}
+		// Stale: one replica at a time refreshes it (the lease); the others wait for the token
+		// it stores.
+		held, err := s.takeLease(ctx, u.Name)
 		if err != nil {
 			return Secret{}, err
 		}
-		// A token read from the store has an unknown lifetime (another replica may have
-		// fetched it): the full margin applies, unless it is the one this process fetched.
-		obtained := time.Time{}
-		if exp.Equal(st.expiresAt) {
-			obtained = st.obtained
+		if !held {
+			if err := s.waitLease(ctx); err != nil {
+				return Secret{}, err
+			}
+			attempt--
+			continue
 		}
-		st.token, st.expiresAt, st.obtained, st.checked = tok, exp, obtained, s.cfg.Now()
-		if st.fresh(s.cfg.Now()) {
-			return tok, nil
+		// A replica that held the lease until just now may have stored a fresh token.
+		if tok, err := s.loadStored(ctx, u.Name, st); err != nil || st.fresh(s.cfg.Now()) {
+			s.releaseLease(ctx, u.Name)
+			return tok, err
 		}
-		tok, exp, err = s.refresh(ctx, u)
+		tok, exp, err := s.refresh(ctx, u)
+		s.releaseLease(ctx, u.Name)
 		if errors.Is(err, ErrConflict) && attempt < 3 {
 			continue // another replica refreshed first: take its token
 		}
@@ -189,6 +198,64 @@ func (s *Service) accessToken(ctx context.Context, u Upstream) (Secret, error) {
 		}
 		st.token, st.expiresAt, st.obtained, st.checked = tok, exp, s.cfg.Now(), s.cfg.Now()
 		return tok, nil
+	}
+}
+
+// loadStored reads the access token from the store into st.
+func (s *Service) loadStored(ctx context.Context, name string, st *tokenState) (Secret, error) {
+	tok, exp, err := s.storedToken(ctx, name)
+	if err != nil {
+		return Secret{}, err
+	}
+	// A token read from the store has an unknown lifetime (another replica may have fetched
+	// it): the full margin applies, unless it is the one this process fetched.
+	obtained := time.Time{}
+	if exp.Equal(st.expiresAt) {
+		obtained = st.obtained
+	}
+	st.token, st.expiresAt, st.obtained, st.checked = tok, exp, obtained, s.cfg.Now()
+	return tok, nil
+}
+
+// Refresh leases. The lease outlives the token endpoint's timeout: a replica that holds it
+// has given up on the endpoint before it lapses, and one that crashed holding it keeps the
+// others waiting this long at most.
+const (
+	leaseTTL  = 45 * time.Second
+	leasePoll = 50 * time.Millisecond
+)
+
+// takeLease takes the lease on refreshing upstream's access token for this service; true
+// without Leases (every replica refreshes for itself).
+func (s *Service) takeLease(ctx context.Context, name string) (bool, error) {
+	if s.cfg.Leases == nil {
+		return true, nil
+	}
+	held, err := s.cfg.Leases.TakeRefreshLease(ctx, name, s.holder, s.cfg.Now(), leaseTTL)
+	if err != nil {
+		return false, fmt.Errorf("refresh the access token of %s: %w", name, err)
+	}
+	return held, nil
+}
+
+func (s *Service) releaseLease(ctx context.Context, name string) {
+	if s.cfg.Leases == nil {
+		return
+	}
+	if err := s.cfg.Leases.ReleaseRefreshLease(context.WithoutCancel(ctx), name, s.holder); err != nil {
+		s.cfg.Log.WarnContext(ctx, "release the refresh lease (it lapses by itself)", slog.String("upstream", name), slog.String("error", err.Error()))
+	}
+}
+
+// waitLease waits a little while another replica refreshes (or until ctx ends).
+func (s *Service) waitLease(ctx context.Context) error {
+	t := time.NewTimer(leasePoll)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -201,7 +268,7 @@ func (s *Service) storedToken(ctx context.Context, name string) (Secret, time.Ti
 	if err != nil {
 		return Secret{}, time.Time{}, fmt.Errorf("read access token of %s: %w", name, err)
 	}
-	plain, err := s.cfg.Keyring.Open(name, SecretAccessToken, sealed)
+	plain, err := s.env.Open(name, SecretAccessToken, sealed)
 	if err != nil {
 		return Secret{}, time.Time{}, fmt.Errorf("open access token of %s: %w", name, err)
 	}
@@ -224,7 +291,7 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("read refresh token of %s: %w", u.Name, err)
 		}
-		rt, err := s.cfg.Keyring.Open(u.Name, SecretRefreshToken, sealed)
+		rt, err := s.env.Open(u.Name, SecretRefreshToken, sealed)
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("open refresh token of %s: %w", u.Name, err)
 		}
@@ -249,7 +316,7 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 	case err != nil:
 		return Secret{}, time.Time{}, fmt.Errorf("read client secret of %s: %w", u.Name, err)
 	default:
-		cs, err := s.cfg.Keyring.Open(u.Name, SecretClientSecret, sealed)
+		cs, err := s.env.Open(u.Name, SecretClientSecret, sealed)
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("open client secret of %s: %w", u.Name, err)
 		}
@@ -287,14 +354,14 @@ func (s *Service) refresh(ctx context.Context, u Upstream) (Secret, time.Time, e
 	if resp.ExpiresIn > 0 {
 		exp = now.Add(time.Duration(resp.ExpiresIn) * time.Second)
 	}
-	sealedAT, err := s.cfg.Keyring.Seal(u.Name, SecretAccessToken, at.Reveal())
+	sealedAT, err := s.env.Seal(u.Name, SecretAccessToken, at.Reveal())
 	if err != nil {
 		return Secret{}, time.Time{}, fmt.Errorf("seal access token of %s: %w", u.Name, err)
 	}
 	secrets := map[string]SealedSecret{SecretAccessToken: {Sealed: sealedAT, ExpiresAt: exp}}
 	rotated := false
 	if resp.RefreshToken != "" && u.Auth == AuthOAuth2Refresh && resp.RefreshToken != form.Get("refresh_token") {
-		sealedRT, err := s.cfg.Keyring.Seal(u.Name, SecretRefreshToken, []byte(resp.RefreshToken))
+		sealedRT, err := s.env.Seal(u.Name, SecretRefreshToken, []byte(resp.RefreshToken))
 		if err != nil {
 			return Secret{}, time.Time{}, fmt.Errorf("seal refresh token of %s: %w", u.Name, err)
 		}

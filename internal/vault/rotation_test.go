@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/mandate-dev/mandate/internal/masterkey"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
@@ -20,33 +21,33 @@ func TestKeyringSetAndReload(t *testing.T) {
 	}
 	// The reload hook is asked for the unknown key; when it refuses, the blob does not open.
 	var asked []string
-	kr.OnUnknownKey(func(id string) bool { asked = append(asked, id); return false })
+	kr.keys.OnUnknownKey(func(id string) bool { asked = append(asked, id); return false })
 	if _, err := kr.Open("ahrefs", vault.SecretCredential, blobB); !errors.Is(err, vault.ErrSealed) {
 		t.Fatalf("Open = %v, want ErrSealed", err)
 	}
-	if len(asked) != 1 || asked[0] != vault.KeyID(b) {
-		t.Fatalf("OnUnknownKey asked for %v, want [%s]", asked, vault.KeyID(b))
+	if len(asked) != 1 || asked[0] != masterkey.ID(b) {
+		t.Fatalf("OnUnknownKey asked for %v, want [%s]", asked, masterkey.ID(b))
 	}
 	// When it reloads (Set), the blob opens, and new seals use the new newest key.
-	kr.OnUnknownKey(func(id string) bool { return kr.Set(b, a) == nil })
+	kr.keys.OnUnknownKey(func(id string) bool { return kr.keys.Set(keysOf(b, a)) == nil })
 	got, err := kr.Open("ahrefs", vault.SecretCredential, blobB)
 	if err != nil || string(got) != "the secret" {
 		t.Fatalf("Open after reload = %q, %v", got, err)
 	}
-	if ids := kr.KeyIDs(); len(ids) != 2 || ids[0] != vault.KeyID(b) {
+	if ids := kr.keys.KeyIDs(); len(ids) != 2 || ids[0] != masterkey.ID(b) {
 		t.Errorf("KeyIDs = %v", ids)
 	}
 	fresh, _ := kr.Seal("ahrefs", vault.SecretCredential, []byte("x"))
-	if vault.WrappedBy(fresh) != vault.KeyID(b) {
-		t.Errorf("a new blob is wrapped by %s, want %s", vault.WrappedBy(fresh), vault.KeyID(b))
+	if vault.WrappedBy(fresh) != masterkey.ID(b) {
+		t.Errorf("a new blob is wrapped by %s, want %s", vault.WrappedBy(fresh), masterkey.ID(b))
 	}
-	if err := kr.Set(); err == nil {
+	if err := kr.keys.Set(nil); err == nil {
 		t.Error("Set() with no key succeeded")
 	}
-	if err := kr.Set([]byte("short")); err == nil {
+	if err := kr.keys.Set(keysOf([]byte("short"))); err == nil {
 		t.Error("Set with a short key succeeded")
 	}
-	if ids := kr.KeyIDs(); len(ids) != 2 {
+	if ids := kr.keys.KeyIDs(); len(ids) != 2 {
 		t.Errorf("a failed Set changed the keys: %v", ids)
 	}
 }
@@ -56,7 +57,7 @@ func TestKeyringRewrapAndCanOpen(t *testing.T) {
 	blobA, _ := mustKeyring(t, a).Seal("resend", vault.SecretCredential, []byte("re_canary"))
 	both := mustKeyring(t, b, a)
 	re, err := both.Rewrap("resend", vault.SecretCredential, blobA)
-	if err != nil || vault.WrappedBy(re) != vault.KeyID(b) {
+	if err != nil || vault.WrappedBy(re) != masterkey.ID(b) {
 		t.Fatalf("Rewrap: %v, wrapped by %s", err, vault.WrappedBy(re))
 	}
 	onlyB := mustKeyring(t, b)
@@ -72,4 +73,12 @@ func TestKeyringRewrapAndCanOpen(t *testing.T) {
 	if got, err := onlyB.Open("resend", vault.SecretCredential, re); err != nil || !bytes.Equal(got, []byte("re_canary")) {
 		t.Errorf("Open(rewrapped) = %q, %v", got, err)
 	}
+}
+
+func keysOf(secrets ...[]byte) []masterkey.Key {
+	keys := make([]masterkey.Key, len(secrets))
+	for i, s := range secrets {
+		keys[i] = masterkey.Key{Secret: s}
+	}
+	return keys
 }

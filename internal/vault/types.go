@@ -102,6 +102,16 @@ type Store interface {
 	SwapSecrets(ctx context.Context, upstream, checkKind string, checkVersion int64, secrets map[string]SealedSecret, ev audit.Event) error
 }
 
+// Leases is what the vault needs to refresh an OAuth upstream's access token on one replica at a
+// time (internal/sqlstore implements it, in the database every replica shares).
+type Leases interface {
+	// TakeRefreshLease takes the lease on refreshing upstream's access token for holder until
+	// now+ttl, in one atomic step; false when another holder's lease has not expired.
+	TakeRefreshLease(ctx context.Context, upstream, holder string, now time.Time, ttl time.Duration) (bool, error)
+	// ReleaseRefreshLease gives holder's lease up.
+	ReleaseRefreshLease(ctx context.Context, upstream, holder string) error
+}
+
 // SealedSecret is one value for SwapSecrets.
 type SealedSecret struct {
 	Sealed    []byte

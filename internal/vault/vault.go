@@ -2,6 +2,8 @@ package vault
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -36,9 +38,13 @@ const (
 
 // Config wires the Service.
 type Config struct {
-	Store   Store
-	Keyring *Keyring
+	Store Store
+	// Keyring is the master keyring (masterkey.Keyring) that wraps the data keys of secrets.
+	Keyring MasterKeys
 	Audit   audit.Store // denials and failed upstream token refreshes
+	// Leases make one replica at a time refresh an OAuth upstream's access token while the
+	// others wait for the token it stores. nil = each replica refreshes for itself.
+	Leases Leases
 	// HTTPClient calls upstream OAuth token endpoints; redirects are never followed. nil = a
 	// client with a 15 s timeout.
 	HTTPClient *http.Client
@@ -49,8 +55,10 @@ type Config struct {
 // Service manages upstreams and their write-only secrets, and injects credentials into
 // proxied requests.
 type Service struct {
-	cfg Config
-	hc  *http.Client
+	cfg    Config
+	hc     *http.Client
+	env    *Envelopes
+	holder string // this service's name in refresh leases: random
 
 	mu        sync.Mutex
 	upstreams map[string]cachedUpstream
@@ -86,7 +94,9 @@ func New(cfg Config) *Service {
 	}
 	// A redirect would carry the client secret or refresh token in the form to another URL.
 	hc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Service{cfg: cfg, hc: hc, upstreams: map[string]cachedUpstream{},
+	holder := make([]byte, 12)
+	rand.Read(holder)
+	return &Service{cfg: cfg, hc: hc, env: NewEnvelopes(cfg.Keyring), holder: hex.EncodeToString(holder), upstreams: map[string]cachedUpstream{},
 		secrets: map[secretKey]cachedSecret{}, tokens: map[string]*tokenState{}}
 }
 
@@ -264,7 +274,7 @@ func (s *Service) SetSecret(ctx context.Context, requestID string, by principal.
 	if err := checkSecret(u.Auth, kind, secret); err != nil {
 		return err
 	}
-	sealed, err := s.cfg.Keyring.Seal(u.Name, kind, secret)
+	sealed, err := s.env.Seal(u.Name, kind, secret)
 	if err != nil {
 		return fmt.Errorf("seal secret of %s: %w", u.Name, err)
 	}
@@ -282,7 +292,7 @@ func (s *Service) SetSecret(ctx context.Context, requestID string, by principal.
 		if err != nil {
 			return fmt.Errorf("set secret of %s: %w", u.Name, err)
 		}
-		tomb, err := s.cfg.Keyring.Seal(u.Name, SecretAccessToken, nil)
+		tomb, err := s.env.Seal(u.Name, SecretAccessToken, nil)
 		if err != nil {
 			return fmt.Errorf("seal secret of %s: %w", u.Name, err)
 		}

@@ -48,7 +48,7 @@ func (c *clock) Advance(d time.Duration) {
 
 type env struct {
 	store *sqlstore.Store
-	ring  *vault.Keyring
+	ring  *keyring
 	clk   *clock
 }
 
@@ -63,7 +63,7 @@ func newEnv(t *testing.T) *env {
 }
 
 func (e *env) service() *vault.Service {
-	return vault.New(vault.Config{Store: e.store, Keyring: e.ring, Audit: e.store, Now: e.clk.Now})
+	return vault.New(vault.Config{Store: e.store, Keyring: e.ring.keys, Audit: e.store, Now: e.clk.Now})
 }
 
 func wantKind(t *testing.T, what string, err error, kind apperr.Kind) {
@@ -702,7 +702,7 @@ func (failingAudit) AppendEvent(context.Context, audit.Event) error {
 // the audit trail is unavailable.
 func TestRefreshFailsClosed(t *testing.T) {
 	e := newEnv(t)
-	svc := vault.New(vault.Config{Store: e.store, Keyring: e.ring, Audit: failingAudit{e.store}, Now: e.clk.Now})
+	svc := vault.New(vault.Config{Store: e.store, Keyring: e.ring.keys, Audit: failingAudit{e.store}, Now: e.clk.Now})
 	ts := newTokenServer(t, "rt-live")
 	for kind, secrets := range map[vault.AuthKind]map[string]string{
 		vault.AuthOAuth2Refresh:           {vault.SecretRefreshToken: "rt-live", vault.SecretClientSecret: "client-secret"},
