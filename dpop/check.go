@@ -96,6 +96,13 @@ type Proof struct {
 	JTI string
 	// IssuedAt is the proof's iat.
 	IssuedAt time.Time
+	// ReplayID is the identifier Check recorded in the replay store (the key's thumbprint
+	// and the jti), and ReplayUntil how long it must be remembered (iat plus twice the
+	// window). A server that also records the proof elsewhere — in the same database
+	// transaction as its own record of the request, so replicas sharing that database refuse
+	// a proof any one of them accepted — uses these.
+	ReplayID    string
+	ReplayUntil time.Time
 }
 
 // Check verifies one DPoP header value against the request. The caller must
@@ -159,13 +166,14 @@ func (c *Checker) Check(ctx context.Context, proof string, req Request) (*Proof,
 	// A proof passes the iat check until iat+window; the second window is a
 	// margin for clocks that differ between replicas and the shared store.
 	exp := iat.Add(2 * c.window)
-	if err := c.replay.Use(ctx, jkt+":"+cl.JTI, exp); err != nil {
+	id := jkt + ":" + cl.JTI
+	if err := c.replay.Use(ctx, id, exp); err != nil {
 		if errors.Is(err, ErrReplay) {
 			return nil, refuse("replay", "The DPoP proof has already been used.")
 		}
 		return nil, fmt.Errorf("dpop: recording proof id: %w", err)
 	}
-	return &Proof{PublicKey: pub, JKT: jkt, JTI: cl.JTI, IssuedAt: iat}, nil
+	return &Proof{PublicKey: pub, JKT: jkt, JTI: cl.JTI, IssuedAt: iat, ReplayID: id, ReplayUntil: exp}, nil
 }
 
 // checkClaims checks the claims that describe the request, returning iat.

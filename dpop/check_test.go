@@ -281,7 +281,8 @@ func TestCheckAccepts(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Check: %v", err)
 			}
-			want := &Proof{PublicKey: tc.key, JKT: mustThumb(t, tc.key), JTI: got.JTI}
+			jkt := mustThumb(t, tc.key)
+			want := &Proof{PublicKey: tc.key, JKT: jkt, JTI: got.JTI, ReplayID: jkt + ":" + got.JTI, ReplayUntil: got.IssuedAt.Add(2 * defaultWin)}
 			if diff := diffProof(want, got, cmpopts.IgnoreFields(Proof{}, "IssuedAt")); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}

@@ -54,7 +54,8 @@ func TestRFC9449Vectors(t *testing.T) {
 			if _, ok := got.PublicKey.(*ecdsa.PublicKey); !ok {
 				t.Errorf("key type %T, want *ecdsa.PublicKey", got.PublicKey)
 			}
-			want := &Proof{PublicKey: got.PublicKey, JKT: v.JKT, JTI: pl.JTI, IssuedAt: time.Unix(pl.IAT, 0)}
+			want := &Proof{PublicKey: got.PublicKey, JKT: v.JKT, JTI: pl.JTI, IssuedAt: time.Unix(pl.IAT, 0),
+				ReplayID: v.JKT + ":" + pl.JTI, ReplayUntil: time.Unix(pl.IAT, 0).Add(2 * defaultWin)}
 			if diff := diffProof(want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}

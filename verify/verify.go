@@ -47,8 +47,12 @@ type Config struct {
 	Audience string       // required: this resource server's identifier; must be in aud
 	Keys     KeySource    // nil = RemoteKeys(jwks_uri from the issuer's metadata, read once lazily)
 	Status   StatusSource // nil = RevocationFeed(Issuer+"/v1/revocations", HTTPClient, 1s)
-	DPoP     dpop.Config  // proof window, replay store, nonces; Replay nil = a new in-memory store
-	Leeway   time.Duration
+	// DPoP is the proof window, replay store and nonces. Replay nil = a new in-memory store,
+	// which is complete for one process only: the replicas of a resource server share one
+	// store (dpop/sqlreplay on their database), or a proof one of them accepted is accepted
+	// once more by each other one within its window.
+	DPoP   dpop.Config
+	Leeway time.Duration
 	// Algs lists the token signature algorithms to accept: a subset of EdDSA, Ed25519 and ES256
 	// (the default is all three). none, HMAC and RSA are never accepted.
 	Algs []string
@@ -214,6 +218,16 @@ type Caller struct {
 
 	// Claims holds every claim of the token as decoded JSON (act, txn, grant, ...). Do not modify.
 	Claims map[string]any
+
+	// ProofID identifies the request's DPoP proof as Config.DPoP.Replay recorded it (the key's
+	// thumbprint and the proof's jti, dpop.Proof.ReplayID), and ProofExpiresAt says until when
+	// it must be remembered. The replay store already refused a proof it had seen; a resource
+	// that writes its own durable record of each request can also use the id up in that same
+	// transaction, so that replicas sharing its database refuse a proof any one of them
+	// accepted at no extra commit (mandate's proxy does this with its pending audit record).
+	// Replicas without such a record share a store instead: see package dpop/sqlreplay.
+	ProofID        string
+	ProofExpiresAt time.Time
 }
 
 // Actor is one agent of a delegation chain.
@@ -370,16 +384,18 @@ func (v *Verifier) verify(ctx context.Context, r *http.Request) (*Caller, *Error
 	}
 
 	// 6. The proof: fresh, for this request, by the key the token is bound to, with ath.
-	if _, err := v.checker.Check(ctx, proofs[0], dpop.Request{
+	proof, err := v.checker.Check(ctx, proofs[0], dpop.Request{
 		Method:      r.Method,
 		URL:         v.requestURL(r),
 		AccessToken: tok,
 		JKT:         c.JKT,
-	}); err != nil {
+	})
+	if err != nil {
 		e := v.proofError(err, tok, proofs[0])
 		e.Caller = c
 		return nil, e
 	}
+	c.ProofID, c.ProofExpiresAt = proof.ReplayID, proof.ReplayUntil
 	c2, e := v.afterProof(ctx, c)
 	if e != nil {
 		e.Caller = c

@@ -57,6 +57,9 @@ var forbidden = map[string][]string{
 	"internal/httpbench": {"internal/"},
 	// The load generator is a client of the server over HTTP only, like an agent.
 	"internal/loadgen": {"internal/"},
+
+	// The shared DPoP replay store for resource servers' replicas: an SDK package too.
+	"dpop/sqlreplay": {"internal/"},
 }
 
 func TestImportsPointOneWay(t *testing.T) {

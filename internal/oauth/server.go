@@ -51,6 +51,11 @@ type Config struct {
 	Metrics    *Metrics
 	Log        *slog.Logger
 	Now        func() time.Time
+
+	// SharedProofs uses each proof's id up in the database too, in the issue's transaction, so
+	// a proof one replica accepted is refused by every other. false (one process: DPoP's own
+	// replay store is complete) keeps proof ids in memory only.
+	SharedProofs bool
 }
 
 // Metrics count token decisions.
@@ -140,10 +145,6 @@ type tokenResponse struct {
 
 const maxFormBytes = 64 << 10
 
-// proofMemory is how long a token endpoint proof's jti is remembered in the database: longer
-// than any accepted iat window, either way.
-const proofMemory = 30 * time.Minute
-
 // Token is the token endpoint (RFC 6749 §3.2).
 func (s *Server) Token(w http.ResponseWriter, r *http.Request) error {
 	ctx := r.Context()
@@ -203,9 +204,12 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 		}
 		req.Proof = proof
 		ev.KeyJKT = proof.JKT
-		// The proof's jti is also used up in the database with the issue, so a proof captured at
-		// one replica cannot be replayed at another (each replica's replay cache is its own).
-		req.Uses = append(req.Uses, token.SingleUse{ID: "dpop:" + proof.JKT + ":" + proof.JTI, ExpiresAt: proof.IssuedAt.Add(proofMemory)})
+		// With replicas the proof's id is also used up in the database with the issue, so a
+		// proof captured at one replica cannot be replayed at another (each replica's replay
+		// cache is its own); one process has its checker's cache alone.
+		if s.cfg.SharedProofs {
+			req.Uses = append(req.Uses, token.SingleUse{ID: "dpop:" + proof.ReplayID, ExpiresAt: proof.ReplayUntil})
+		}
 	}
 	if g.ClientAuth() {
 		agent, use, err := s.authenticateClient(ctx, form)

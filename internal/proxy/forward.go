@@ -16,7 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/token"
 	"github.com/mandate-dev/mandate/internal/vault"
 )
 
@@ -492,9 +494,13 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if c.mask != nil {
 		ownRepresentation(req.Header)
 	}
-	// Fail closed: the call leaves only once its pending record is durable.
+	// Fail closed: the call leaves only once its pending record is durable. With ProofUses the
+	// proof is used up in the same commit, so no replica forwards a proof another accepted.
 	ev := rt.p.pendingEvent(c)
-	if err := rt.p.cfg.Audit.AppendEvent(req.Context(), ev); err != nil {
+	if err := rt.p.writePending(req.Context(), c, ev); err != nil {
+		if errors.Is(err, dpop.ErrReplay) {
+			return nil, &replayError{err} // nothing was written
+		}
 		// A write that timed out may still commit: the refusal names it, so the trail never
 		// shows a call that was not sent as "outcome unknown".
 		c.pendingTried = ev.ID
@@ -502,6 +508,22 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	c.pending = &ev
 	return c.tr.t.RoundTrip(req)
+}
+
+// replayError is RoundTrip's refusal of a proof another replica accepted: nothing was written
+// or sent.
+type replayError struct{ err error }
+
+func (e *replayError) Error() string { return "use DPoP proof: " + e.err.Error() }
+func (e *replayError) Unwrap() error { return e.err }
+
+// writePending writes c's pending record ev, using up its proof with it when ProofUses is set.
+func (p *Proxy) writePending(ctx context.Context, c *call, ev audit.Event) error {
+	if p.cfg.ProofUses == nil || c.caller == nil || c.caller.ProofID == "" {
+		return p.cfg.Audit.AppendEvent(ctx, ev)
+	}
+	use := []token.SingleUse{{ID: "dpop:" + c.caller.ProofID, ExpiresAt: c.caller.ProofExpiresAt}}
+	return p.cfg.ProofUses.AppendEventUsing(ctx, ev, use)
 }
 
 // modifyResponse keeps upstream session state and credentials away from the agent: cookies are
@@ -571,11 +593,12 @@ func (p *Proxy) rewriteLocation(c *call, reqURL *url.URL, loc string) string {
 func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	c := callFrom(r.Context())
 	var (
-		blocked *BlockedError
-		cred    *credentialError
-		answer  *answerError
-		audErr  *auditError
-		e       *refusal
+		blocked  *BlockedError
+		cred     *credentialError
+		answer   *answerError
+		audErr   *auditError
+		replayed *replayError
+		e        *refusal
 	)
 	switch {
 	case c.in != nil && c.in.tooLarge.Load():
@@ -583,6 +606,9 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 			fmt.Sprintf("the request body is larger than the task's max_request_bytes (%d)", c.in.limit))
 	case c.form != nil && c.form.refused.Load() != nil:
 		e = c.form.refused.Load()
+	case errors.As(err, &replayed):
+		e = refuse(http.StatusUnauthorized, "invalid_dpop_proof", "token_replay", "this DPoP proof was already used: make a fresh proof for every request")
+		e.challenge = true
 	case errors.As(err, &blocked):
 		e = refuse(http.StatusBadGateway, "bad_gateway", reasonBlocked, "the upstream's address is not allowed (private, loopback or link-local): mark the upstream allow_private if that is intended")
 		e.outcome = audit.OutcomeFailure

@@ -33,6 +33,7 @@ import (
 	"github.com/mandate-dev/mandate/internal/delegation"
 	"github.com/mandate-dev/mandate/internal/httpapi"
 	"github.com/mandate-dev/mandate/internal/ids"
+	"github.com/mandate-dev/mandate/internal/token"
 	"github.com/mandate-dev/mandate/internal/vault"
 	"github.com/mandate-dev/mandate/verify"
 )
@@ -63,6 +64,12 @@ type Tasks interface {
 	UseBudgets(ctx context.Context, counters []delegation.BudgetCounter) error
 }
 
+// PendingUsing writes a call's pending record and uses up single-use ids in one transaction,
+// writing nothing and returning dpop.ErrReplay (wrapped) when one was used before.
+type PendingUsing interface {
+	AppendEventUsing(ctx context.Context, ev audit.Event, uses []token.SingleUse) error
+}
+
 // Timeouts bound the stages of a call. Zero fields take the defaults in brackets.
 type Timeouts struct {
 	Dial           time.Duration // resolve and connect [10s]
@@ -86,6 +93,12 @@ type Config struct {
 	// Audit records every call. A call is forwarded only once its pending record is written
 	// (AppendEvent returned nil).
 	Audit audit.Store
+	// ProofUses, when set, writes each pending record instead of Audit, using up the call's
+	// DPoP proof (verify.Caller.ProofID, as "dpop:"+id) in the same commit: replicas sharing
+	// the database then refuse a proof any one of them accepted — 401 invalid_dpop_proof,
+	// reason token_replay, recorded, nothing forwarded — at the cost of one row in a commit
+	// made anyway. nil = the verifiers' replay stores alone decide (one process).
+	ProofUses PendingUsing
 	// AuditKey keys the hashes of query values in audit events (HMAC-SHA256). The server derives
 	// it from the master key, so every replica hashes a value alike; nil = a random key for
 	// this process (hashes then compare only within it).

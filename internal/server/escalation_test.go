@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/pgtest"
 )
 
 // TestEscalationRefused: each attempt to get more than the parent holds, or to use authority
@@ -194,13 +195,15 @@ func taskOf(t testing.TB, tok string) string { s, _ := claimOf(t, tok, "txn").(s
 // jtiOf reads the jti claim of a token.
 func jtiOf(t testing.TB, tok string) string { s, _ := claimOf(t, tok, "jti").(string); return s }
 
-// TestProofReplayAcrossReplicas: two replicas on one database. A token-endpoint proof used at
-// one is refused at the other, though each has its own in-memory replay cache: its jti is used up
-// in the database with the issue.
+// TestProofReplayAcrossReplicas: two replicas on one PostgreSQL database. A token-endpoint proof
+// used at one is refused at the other, though each has its own in-memory replay cache: its jti is
+// used up in the database with the issue. (SQLite is one process: its proof ids stay in memory,
+// TestOneNodeKeepsProofIDsInMemory.)
 func TestProofReplayAcrossReplicas(t *testing.T) {
-	a := newTestServer(t)
-	// Replica B: the same data directory (database and master key) and the same public issuer.
-	b := newTestServer(t, func(c *config.Config) { c.DataDir, c.Issuer = a.DataDir, a.URL })
+	dsn := pgtest.URL(t)
+	a := newTestServer(t, func(c *config.Config) { c.Database = dsn })
+	// Replica B: the same database, data directory (master key) and public issuer.
+	b := newTestServer(t, func(c *config.Config) { c.Database, c.DataDir, c.Issuer = dsn, a.DataDir, a.URL })
 	bURL := "http://" + b.Addr
 	agent := a.newAgent(t, "two-replicas", true)
 	a.token(t, agent, agent.Key, nil) // fetch a nonce (valid on both: derived from the shared master key)

@@ -7,11 +7,14 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/config"
+	"github.com/mandate-dev/mandate/internal/pgtest"
 )
 
 // BenchmarkProxyCall measures proxied calls end to end through the real server and store
@@ -63,12 +66,9 @@ func BenchmarkProxyCall(b *testing.B) {
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
 	}
 
-	for _, mode := range []struct {
-		name     string
-		parallel bool
-	}{{"serial", false}, {"parallel", true}} {
-		b.Run("mandate/"+mode.name, func(b *testing.B) {
-			ts := newTestServer(b)
+	for _, mode := range proxyBenchModes() {
+		b.Run(mode.server+"/"+mode.name, func(b *testing.B) {
+			ts := newTestServer(b, mode.config(b)...)
 			resp, out := ts.adminJSON(b, "POST", "/v1/upstreams", map[string]any{
 				"name": "items", "base_url": up.URL, "auth": "bearer", "allow_private": true,
 				"routes": []map[string]any{{"scope": "items:read", "methods": []string{"GET"}, "paths": []string{"/v1/**"}}},
@@ -99,6 +99,9 @@ func BenchmarkProxyCall(b *testing.B) {
 				return req
 			})
 		})
+		if mode.server != "mandate" {
+			continue // plain is measured once per mode
+		}
 		b.Run("plain/"+mode.name, func(b *testing.B) {
 			target, _ := url.Parse(up.URL)
 			rp := httputil.NewSingleHostReverseProxy(target)
@@ -117,4 +120,34 @@ func BenchmarkProxyCall(b *testing.B) {
 			})
 		})
 	}
+}
+
+type proxyBenchMode struct {
+	server, name string
+	parallel     bool
+	postgres     bool
+}
+
+// proxyBenchModes are serial and parallel on SQLite ("mandate") and, when MANDATE_TEST_POSTGRES
+// is set, on PostgreSQL ("mandate-postgres", a fresh schema per run).
+func proxyBenchModes() []proxyBenchMode {
+	var modes []proxyBenchMode
+	for _, m := range []struct {
+		name     string
+		parallel bool
+	}{{"serial", false}, {"parallel", true}} {
+		modes = append(modes, proxyBenchMode{server: "mandate", name: m.name, parallel: m.parallel})
+		if os.Getenv(pgtest.EnvVar) != "" {
+			modes = append(modes, proxyBenchMode{server: "mandate-postgres", name: m.name, parallel: m.parallel, postgres: true})
+		}
+	}
+	return modes
+}
+
+func (m proxyBenchMode) config(b *testing.B) []func(*config.Config) {
+	if !m.postgres {
+		return nil
+	}
+	dsn := pgtest.URL(b)
+	return []func(*config.Config){func(c *config.Config) { c.Database = dsn }}
 }

@@ -177,6 +177,11 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		nonces = dpop.NewNonces(nonceSecret, cfg.NonceRotation, now)
 	}
 	replay := dpop.NewMemoryReplayStore()
+	// Single use of DPoP proofs across replicas (see sharedProofs): on PostgreSQL a proof's id
+	// is also used up in the database — with the token's issue, with a proxied call's pending
+	// record, or on its own for /v1 — so no replica accepts a proof another accepted. One
+	// SQLite process keeps proof ids in memory only.
+	proofs := s.sharedProofs(replay)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo())
@@ -216,12 +221,12 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		Principals: principals, Audit: s.denials, JTIs: s.store, Delegation: deleg, Federation: fed,
 		DPoP:    tokenDPoP,
 		Nonces:  nonces,
-		Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now,
+		Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now, SharedProofs: proofs.shared,
 	})
 	verifier, err := verify.New(verify.Config{
 		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,
 		Keys: localKeys{s.keys}, Status: localStatus{deleg},
-		DPoP: dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now},
+		DPoP: dpop.Config{Window: cfg.DPoPWindow, Replay: proofs.store, Now: now},
 		Now:  now, OnDeny: s.auditResourceDenial(now), RequestID: requestID,
 	})
 	if err != nil {
@@ -237,7 +242,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	apiSrv := api.New(api.Config{Issuer: cfg.Issuer, Registry: registrySvc, Agents: s.store, Principals: principals,
 		Keys: s.keys, Tokens: s.store, Audit: s.denials, Delegation: deleg, Vault: s.vault, Federation: fed,
 		Trail:         s.trail,
-		DPoP:          dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Now: now}),
+		DPoP:          dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: proofs.store, Now: now}),
 		AgentAuth:     verifier.Middleware,
 		RegisterLimit: ratelimit.New(cfg.RegisterRate, cfg.RegisterBurst, 0, now),
 		ClaimLimit:    ratelimit.New(cfg.ClaimRate, cfg.ClaimBurst, 0, now),
@@ -248,7 +253,8 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	// assertions with the token signing keys, so upstreams verify them with /oauth/jwks.
 	px, err := proxy.New(proxy.Config{
 		Issuer: cfg.Issuer, Upstreams: s.vault, Credentials: s.vault, Tasks: s.store, Audit: s.denials,
-		AuditKey: queryKey, SignAssertion: s.keys.Sign,
+		ProofUses: proofs.pending,
+		AuditKey:  queryKey, SignAssertion: s.keys.Sign,
 		Verifier: func(audience string) (*verify.Verifier, error) {
 			return verify.New(verify.Config{
 				Issuer: cfg.Issuer, Audience: audience, BaseURL: cfg.Issuer,
