@@ -46,7 +46,7 @@ func TestAgentCacheAcrossReplicas(t *testing.T) {
 		resp, out := ts.do(t, req)
 		return resp.StatusCode, out
 	}
-	a.token(t, agent, key, nil) // a nonce (every replica accepts every other's)
+	a.token(t, agent, key, nil)                         // a nonce (every replica accepts every other's)
 	if code, out := tokenAt(b); code != http.StatusOK { // fills B's cache
 		t.Fatalf("token at B before the revocation: %d %v", code, out)
 	}
