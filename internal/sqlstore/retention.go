@@ -2,7 +2,6 @@ package sqlstore
 
 import (
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -28,7 +27,7 @@ func (s *Store) PurgeEnded(ctx context.Context, cutoff, now time.Time) (int64, e
 	// Each step deletes rows that match one indexed condition (migration 0012) and have no
 	// referencing row left. A step runs until it deletes nothing, so that tasks are removed level
 	// by level, leaves first (a chain is at most delegation.MaxDepthLimit deep).
-	steps := []struct{ what, query string }{
+	steps := []purgeStep{
 		{"expired tasks", `DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks t
 			WHERE t.expires_at <= $1 AND NOT EXISTS (SELECT 1 FROM tasks c WHERE c.parent_id = t.id) LIMIT $2)`},
 		{"ended tasks", `DELETE FROM tasks WHERE id IN (SELECT t.id FROM tasks t
@@ -46,26 +45,6 @@ func (s *Store) PurgeEnded(ctx context.Context, cutoff, now time.Time) (int64, e
 			WHERE r.expires_at <> 0 AND r.expires_at <= $1
 			AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.request_id = r.id) LIMIT $2)`},
 	}
-	var total int64
-	for _, st := range steps {
-		for {
-			if err := ctx.Err(); err != nil {
-				return total, fmt.Errorf("purge %s: %w", st.what, err)
-			}
-			// No audit event and no chain lock: what goes had ended, and its story is on record.
-			res, err := s.db.ExecContext(ctx, st.query, nanos(cutoff), int64(purgeBatch))
-			if err != nil {
-				return total, fmt.Errorf("purge %s: %w", st.what, err)
-			}
-			n, err := res.RowsAffected()
-			if err != nil {
-				return total, fmt.Errorf("purge %s: %w", st.what, err)
-			}
-			total += n
-			if n == 0 {
-				break
-			}
-		}
-	}
-	return total, nil
+	// No audit event and no chain lock: what goes had ended, and its story is on record.
+	return s.purgeSteps(ctx, steps, cutoff)
 }

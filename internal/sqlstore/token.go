@@ -156,7 +156,7 @@ const purgeBatch = 1000
 func (s *Store) Purge(ctx context.Context, now time.Time) (int64, error) {
 	// The subquery form of a limited DELETE works on both dialects (SQLite's DELETE … LIMIT
 	// needs a compile-time option).
-	steps := []struct{ what, query string }{
+	steps := []purgeStep{
 		{"revoked tokens", `DELETE FROM revoked_tokens WHERE jti IN
 			(SELECT jti FROM revoked_tokens WHERE expires_at <= $1 LIMIT $2)`},
 		{"used jtis", `DELETE FROM used_jtis WHERE id IN
@@ -166,13 +166,22 @@ func (s *Store) Purge(ctx context.Context, now time.Time) (int64, error) {
 		{"revocation log", `DELETE FROM revocations WHERE seq IN
 			(SELECT seq FROM revocations WHERE expires_at <> 0 AND expires_at <= $1 LIMIT $2)`},
 	}
+	return s.purgeSteps(ctx, steps, now)
+}
+
+// purgeStep is one DELETE of a purge: it removes at most $2 rows that stopped mattering at $1.
+type purgeStep struct{ what, query string }
+
+// purgeSteps runs each step until it removes nothing more (a step may uncover rows for itself:
+// a parent task whose last child went), and returns how many rows went.
+func (s *Store) purgeSteps(ctx context.Context, steps []purgeStep, at time.Time) (int64, error) {
 	var total int64
 	for _, st := range steps {
 		for {
 			if err := ctx.Err(); err != nil {
 				return total, fmt.Errorf("purge %s: %w", st.what, err)
 			}
-			res, err := s.db.ExecContext(ctx, st.query, nanos(now), int64(purgeBatch))
+			res, err := s.db.ExecContext(ctx, st.query, nanos(at), int64(purgeBatch))
 			if err != nil {
 				return total, fmt.Errorf("purge %s: %w", st.what, err)
 			}
@@ -181,7 +190,7 @@ func (s *Store) Purge(ctx context.Context, now time.Time) (int64, error) {
 				return total, fmt.Errorf("purge %s: %w", st.what, err)
 			}
 			total += n
-			if n < purgeBatch {
+			if n == 0 {
 				break
 			}
 		}
