@@ -72,6 +72,16 @@ func (s *MemoryReplayStore) Use(_ context.Context, id string, exp time.Time) err
 	return nil
 }
 
+// Forget removes id, so that its next Use is judged afresh. It is for a store in front of a
+// shared one: a proof recorded here whose use in the shared store then failed (the store did
+// not answer, so the request was refused as unavailable) must not be refused as a replay when
+// the client retries it.
+func (s *MemoryReplayStore) Forget(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.seen, id) // its heap entry goes when it expires (purge checks it still matches)
+}
+
 func (s *MemoryReplayStore) purge(now time.Time, max int) {
 	for i := 0; i < max && len(s.byExp) > 0 && !s.byExp[0].exp.After(now); i++ {
 		e := heap.Pop(&s.byExp).(expiry)

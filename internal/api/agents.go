@@ -2,7 +2,6 @@ package api
 
 import (
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/mandate-dev/mandate/internal/apperr"
@@ -204,10 +203,10 @@ type RevocationJSON struct {
 // Accept: text/event-stream, a stream of them (see streamRevocations).
 func (a *API) revocations(w http.ResponseWriter, r *http.Request) error {
 	var after int64
-	if v := r.URL.Query().Get("after"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return apperr.New(apperr.Invalid, "cursor", "after must be a cursor returned by this feed (a whole number)")
+	if vs := r.URL.Query()["after"]; len(vs) > 0 {
+		n, ok := parseCursor(vs)
+		if !ok {
+			return apperr.New(apperr.Invalid, "cursor", "after must be one cursor returned by this feed (a whole number)")
 		}
 		after = n
 	}

@@ -89,11 +89,29 @@ func wantsStream(r *http.Request) bool {
 //
 // and a comment line as a heartbeat every half second. A client that reconnects resumes from
 // the id of the last event it received.
+// parseCursor reads a feed cursor: exactly one value of decimal digits (no sign, no space)
+// that fits an int64. Anything else is refused rather than read as some other cursor.
+func parseCursor(vs []string) (int64, bool) {
+	if len(vs) != 1 || vs[0] == "" || len(vs[0]) > 19 {
+		return 0, false
+	}
+	for _, c := range vs[0] {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(vs[0], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return n, true
+}
+
 func (a *API) streamRevocations(w http.ResponseWriter, r *http.Request, after int64) error {
-	if v := r.Header.Get("Last-Event-ID"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || n < 0 {
-			return apperr.New(apperr.Invalid, "cursor", "Last-Event-ID must be the id of an event of this stream (a whole number)")
+	if vs := r.Header.Values("Last-Event-ID"); len(vs) > 0 {
+		n, ok := parseCursor(vs)
+		if !ok {
+			return apperr.New(apperr.Invalid, "cursor", "send one Last-Event-ID, the id of an event of this stream (a whole number)")
 		}
 		after = n
 	}

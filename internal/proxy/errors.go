@@ -90,6 +90,9 @@ func (p *Proxy) writeRefusal(w http.ResponseWriter, r *http.Request, c *call, e 
 	if e.status == http.StatusServiceUnavailable {
 		// Our database or audit trail did not answer: the same call may pass later.
 		f.Header = http.Header{"Retry-After": {httpapi.RetryAfter}}
+		if fn := p.cfg.ProofNotUsed; fn != nil && c.caller != nil && c.caller.ProofID != "" {
+			fn(c.caller.ProofID)
+		}
 	}
 	oautherr.Write(w, f)
 }

@@ -99,6 +99,10 @@ type Config struct {
 	// reason token_replay, recorded, nothing forwarded — at the cost of one row in a commit
 	// made anyway. nil = the verifiers' replay stores alone decide (one process).
 	ProofUses PendingUsing
+	// ProofNotUsed, when set, is called with the proof id (verify.Caller.ProofID) of a call
+	// refused as unavailable (503): nothing was done with it, so a replay store in front of a
+	// shared one may forget it, and the client's retry is judged afresh.
+	ProofNotUsed func(proofID string)
 	// AuditKey keys the hashes of query values in audit events (HMAC-SHA256). The server derives
 	// it from the master key, so every replica hashes a value alike; nil = a random key for
 	// this process (hashes then compare only within it).

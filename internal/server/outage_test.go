@@ -360,7 +360,33 @@ func TestDatabaseOutage(t *testing.T) {
 		if unavailable == 0 {
 			t.Errorf("database %s: no request was answered 503; was the database reached?", name)
 		}
+		// A request answered 503 is retried as it was, proof and all, once the database is
+		// back: it must be judged afresh, not refused as the replay of itself.
+		var retries []func() *http.Request
+		for _, r := range []struct{ path, tok string }{{"/proxy/items/v1/items", c.taskTok}, {"/v1/agent/whoami", c.selfTok}} {
+			u := c.ts.URL + r.path
+			proof := c.proof(c.agent.Key, "GET", u, r.tok)
+			mk := func() *http.Request {
+				req, _ := http.NewRequest("GET", u, nil)
+				req.Header.Set("Authorization", "DPoP "+r.tok)
+				req.Header.Set("DPoP", proof)
+				return req
+			}
+			if got, _ := send(c.hc, r.path, mk()); got.status != http.StatusServiceUnavailable {
+				t.Logf("database %s: %s answered %v before the retry", name, r.path, got)
+			}
+			retries = append(retries, mk)
+		}
 		rl.set(relayUp)
+		for _, mk := range retries {
+			got, _ := send(c.hc, "retry", mk())
+			for i := 0; i < 10 && got.status == http.StatusServiceUnavailable; i++ {
+				got, _ = send(c.hc, "retry", mk()) // the pool's connections are still coming back
+			}
+			if got.status != http.StatusOK {
+				t.Errorf("after the database was %s: the retry of a request answered 503: %v, want 200", name, got)
+			}
+		}
 		allSucceed("after the database was " + name)
 	}
 	outage("cut", relayCut)

@@ -2,11 +2,15 @@ package server
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"time"
 
 	"github.com/mandate-dev/mandate/dpop"
+	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/proxy"
 	"github.com/mandate-dev/mandate/internal/sqlstore"
+	"github.com/mandate-dev/mandate/internal/token"
 )
 
 // proofStores say where the server's DPoP proofs are used up. Every proof is first recorded in
@@ -21,17 +25,59 @@ import (
 //     statement (store).
 //
 // SQLite is one process: memory alone is complete, and no proof id is written to the database.
+//
+// A shared write that fails for the database's sake (not a replay) forgets the proof in memory
+// again: the request was answered 503, and the client's retry of it must be judged afresh, not
+// refused as a replay at this replica only.
 type proofStores struct {
 	shared  bool
 	store   dpop.ReplayStore   // for checkers that use a proof up themselves (/v1)
 	pending proxy.PendingUsing // nil = the proxy's pending records use nothing up
+	issues  token.Store        // the token endpoint's store of issues
 }
 
 func (s *Server) sharedProofs(memory *dpop.MemoryReplayStore) proofStores {
 	if s.store.Dialect() != sqlstore.DialectPostgres {
-		return proofStores{store: memory}
+		return proofStores{store: memory, issues: s.store}
 	}
-	return proofStores{shared: true, store: dbProofs{memory: memory, db: s.store}, pending: s.store}
+	return proofStores{shared: true, store: dbProofs{memory: memory, db: s.store},
+		pending: pendingForget{s.store, memory}, issues: issuesForget{s.store, memory}}
+}
+
+// forget forgets in memory the proofs among uses when err is the database's failure.
+func forget(memory *dpop.MemoryReplayStore, uses []token.SingleUse, err error) {
+	if err == nil || errors.Is(err, dpop.ErrReplay) {
+		return
+	}
+	for _, u := range uses {
+		if id, ok := strings.CutPrefix(u.ID, "dpop:"); ok {
+			memory.Forget(id)
+		}
+	}
+}
+
+// pendingForget is the proxy's pending record, forgetting its proof when the write failed.
+type pendingForget struct {
+	db     *sqlstore.Store
+	memory *dpop.MemoryReplayStore
+}
+
+func (p pendingForget) AppendEventUsing(ctx context.Context, ev audit.Event, uses []token.SingleUse) error {
+	err := p.db.AppendEventUsing(ctx, ev, uses)
+	forget(p.memory, uses, err)
+	return err
+}
+
+// issuesForget is the token endpoint's store, forgetting a token's proof when its issue failed.
+type issuesForget struct {
+	*sqlstore.Store
+	memory *dpop.MemoryReplayStore
+}
+
+func (p issuesForget) RecordIssue(ctx context.Context, uses []token.SingleUse, ev audit.Event) error {
+	err := p.Store.RecordIssue(ctx, uses, ev)
+	forget(p.memory, uses, err)
+	return err
 }
 
 // dbProofs uses a proof up in memory, then in the database every replica shares.
@@ -44,5 +90,7 @@ func (p dbProofs) Use(ctx context.Context, id string, exp time.Time) error {
 	if err := p.memory.Use(ctx, id, exp); err != nil {
 		return err
 	}
-	return p.db.Use(ctx, "dpop:"+id, exp)
+	err := p.db.Use(ctx, "dpop:"+id, exp)
+	forget(p.memory, []token.SingleUse{{ID: "dpop:" + id}}, err)
+	return err
 }

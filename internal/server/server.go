@@ -215,7 +215,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		Issuer: cfg.Issuer, MaxTokenTTL: cfg.TokenTTL, Upstreams: s.store, Now: now})
 	fed := federation.New(federation.Config{Store: s.store, ServiceAccounts: s.store, Log: s.log, Now: now})
 	tokenDPoP := dpop.NewChecker(dpop.Config{Window: cfg.DPoPWindow, Replay: replay, Nonces: nonces, Now: now})
-	issuance := token.NewIssuance(token.IssuanceConfig{Keys: s.keys, Store: s.store, Issuer: cfg.Issuer, TTL: cfg.TokenTTL, Now: now})
+	issuance := token.NewIssuance(token.IssuanceConfig{Keys: s.keys, Store: proofs.issues, Issuer: cfg.Issuer, TTL: cfg.TokenTTL, Now: now})
 	oauthSrv := oauth.New(oauth.Config{
 		Issuer: cfg.Issuer, Keys: s.keys, Issuance: issuance, Registry: registrySvc,
 		Principals: principals, Audit: s.denials, JTIs: s.store, Delegation: deleg, Federation: fed,
@@ -253,8 +253,8 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	// assertions with the token signing keys, so upstreams verify them with /oauth/jwks.
 	px, err := proxy.New(proxy.Config{
 		Issuer: cfg.Issuer, Upstreams: s.vault, Credentials: s.vault, Tasks: s.store, Audit: s.denials,
-		ProofUses: proofs.pending,
-		AuditKey:  queryKey, SignAssertion: s.keys.Sign,
+		ProofUses: proofs.pending, ProofNotUsed: replay.Forget,
+		AuditKey: queryKey, SignAssertion: s.keys.Sign,
 		Verifier: func(audience string) (*verify.Verifier, error) {
 			return verify.New(verify.Config{
 				Issuer: cfg.Issuer, Audience: audience, BaseURL: cfg.Issuer,

@@ -267,6 +267,12 @@ func (s *Store) commitBatch(batch []*appendReq) {
 			return
 		}
 		if bad < 0 {
+			if !errors.Is(err, audit.ErrUnavailable) {
+				// Beginning, locking or committing failed (the writer's own connection broke,
+				// say, where the pool would have tried another): nothing of the batch is on
+				// record, so neither may what it records be.
+				err = fmt.Errorf("commit a batch of %d writes: %w: %w", len(pending), audit.ErrUnavailable, err)
+			}
 			for _, r := range pending {
 				r.release(err)
 			}
