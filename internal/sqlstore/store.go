@@ -26,10 +26,11 @@
 // transaction as its change, and marks it OutcomeSuccess; when the change fails nothing is
 // written. Appends are serialised so the chain never forks: SQLite has a single writer
 // connection with BEGIN IMMEDIATE transactions, and PostgreSQL takes a transaction-scoped
-// advisory lock at the start of every audited write transaction (see writeTx). Standalone
-// events (AppendEvent) are committed in batches by one writer goroutine, one commit for what
-// queued while the last one ran (see groupcommit.go). Every error that means an event is not on
-// record wraps audit.ErrUnavailable.
+// advisory lock at the start of every audited write transaction (see writeTx). The hot path's
+// writes — token issues with their single-use ids, refusals, proxied calls' records, and on
+// SQLite new tasks — are committed in batches by one writer goroutine, one transaction (and one
+// chain lock) for what queued while the last one ran (see groupcommit.go). Every error that
+// means an event is not on record wraps audit.ErrUnavailable.
 package sqlstore
 
 import (
