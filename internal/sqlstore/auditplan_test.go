@@ -9,11 +9,15 @@ import (
 	"github.com/mandate-dev/mandate/internal/pgtest"
 )
 
-func TestSQLiteAuditPlans(t *testing.T) { testAuditPlans(t, mustOpen(t, newSQLiteDSN(t))) }
+// The trail is filled by one statement of 50,000 rows, which under -race on a busy machine takes
+// longer than the default deadline of a database call: the store gets a minute.
+func TestSQLiteAuditPlans(t *testing.T) {
+	testAuditPlans(t, mustOpen(t, newSQLiteDSN(t), WithTimeout(time.Minute)))
+}
 
 func TestPostgresAuditPlans(t *testing.T) {
 	pgtest.BaseURL(t)
-	testAuditPlans(t, mustOpen(t, pgtest.URL(t)))
+	testAuditPlans(t, mustOpen(t, pgtest.URL(t), WithTimeout(time.Minute)))
 }
 
 // planEvents is how many events the plan test's trail holds: enough that a full scan costs more

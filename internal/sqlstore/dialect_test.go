@@ -245,11 +245,11 @@ func testTwoReplicas(t *testing.T, dsn string) {
 	}
 }
 
-func mustOpen(t *testing.T, dsn string) *Store {
+func mustOpen(t *testing.T, dsn string, opts ...Option) *Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	s, err := Open(ctx, dsn)
+	s, err := Open(ctx, dsn, opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
