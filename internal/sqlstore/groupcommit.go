@@ -3,8 +3,10 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 
@@ -249,7 +251,13 @@ func (s *Store) commitBatch(batch []*appendReq) {
 				return nil
 			})
 		}
-		if err != nil && s.gc.conn != nil {
+		// The database did not answer (a lost connection, a deadline): no one write is to blame,
+		// and retrying the others one at a time would only meet the same outage again.
+		down := err != nil && unreachable(ctx, err)
+		if down {
+			bad, rowsFailed = -1, false
+		}
+		if err != nil && s.gc.conn != nil && (bad < 0 || down) {
 			s.gc.conn.Close() // it may be broken: the next batch takes a fresh one
 			s.gc.conn = nil
 		}
@@ -318,6 +326,14 @@ func (s *Store) ownBatch(ctx context.Context, op writeOp) error {
 	return err
 }
 
+// unreachable reports whether err means the database could not be reached or did not answer in
+// time — not an answer it gave about one write (a constraint, a full disk on one insert).
+func unreachable(ctx context.Context, err error) bool {
+	var ne net.Error
+	return ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, driver.ErrBadConn) || errors.As(err, &ne)
+}
+
 // writerDB is what the writer begins its transactions on: its own connection on PostgreSQL.
 func (s *Store) writerDB(ctx context.Context) (beginner, error) {
 	if s.dialect != DialectPostgres {
@@ -342,6 +358,7 @@ type writeOp func(w *batchWriter) error
 type refusal struct{ err error }
 
 func (r refusal) Error() string { return r.err.Error() }
+func (r refusal) Unwrap() error { return r.err }
 
 // refuse wraps err as a refusal. Only an op that has written nothing may return one.
 func refuse(err error) error { return refusal{err} }
