@@ -151,6 +151,9 @@ func (s *Store) Use(ctx context.Context, id string, exp time.Time) error {
 	}
 	res, err := s.db.ExecContext(ctx, s.useSQL, id, exp.UnixNano(), now.UnixNano())
 	if err != nil {
+		// Not recorded where the replicas decide: forget it here too, so the client's retry of
+		// the refused request is judged afresh rather than refused as a replay at this replica.
+		s.front.Forget(id)
 		return fmt.Errorf("sqlreplay: record proof id: %w", err)
 	}
 	n, err := res.RowsAffected()

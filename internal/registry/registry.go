@@ -289,7 +289,7 @@ func (s *Service) ActiveKeys(ctx context.Context, agentID string) (Agent, map[st
 			return Agent{}, nil, apperr.Wrap(err, apperr.Unauthenticated, "unknown_agent", "no agent %q is registered", apperr.Clip(agentID, 80))
 		}
 		if err != nil {
-			return Agent{}, nil, fmt.Errorf("get agent %s: %w", agentID, err)
+			return Agent{}, nil, fmt.Errorf("get agent %s: %w", apperr.Clip(agentID, 80), err)
 		}
 		if e, err = entryOf(a); err != nil {
 			return Agent{}, nil, fmt.Errorf("agent %s: %w", a.ID, err)

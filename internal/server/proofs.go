@@ -34,6 +34,10 @@ type proofStores struct {
 	store   dpop.ReplayStore   // for checkers that use a proof up themselves (/v1)
 	pending proxy.PendingUsing // nil = the proxy's pending records use nothing up
 	issues  token.Store        // the token endpoint's store of issues
+	// notUsed forgets the proof of a proxied call refused as unavailable (the proxy calls it
+	// for every such 503, before or at the pending write). Only where the database decides:
+	// with memory alone, forgetting would let a copy of the proof through.
+	notUsed func(proofID string)
 }
 
 func (s *Server) sharedProofs(memory *dpop.MemoryReplayStore) proofStores {
@@ -41,7 +45,7 @@ func (s *Server) sharedProofs(memory *dpop.MemoryReplayStore) proofStores {
 		return proofStores{store: memory, issues: s.store}
 	}
 	return proofStores{shared: true, store: dbProofs{memory: memory, db: s.store},
-		pending: pendingForget{s.store, memory}, issues: issuesForget{s.store, memory}}
+		pending: s.store, issues: issuesForget{s.store, memory}, notUsed: memory.Forget}
 }
 
 // forget forgets in memory the proofs among uses when err is the database's failure.
@@ -54,18 +58,6 @@ func forget(memory *dpop.MemoryReplayStore, uses []token.SingleUse, err error) {
 			memory.Forget(id)
 		}
 	}
-}
-
-// pendingForget is the proxy's pending record, forgetting its proof when the write failed.
-type pendingForget struct {
-	db     *sqlstore.Store
-	memory *dpop.MemoryReplayStore
-}
-
-func (p pendingForget) AppendEventUsing(ctx context.Context, ev audit.Event, uses []token.SingleUse) error {
-	err := p.db.AppendEventUsing(ctx, ev, uses)
-	forget(p.memory, uses, err)
-	return err
 }
 
 // issuesForget is the token endpoint's store, forgetting a token's proof when its issue failed.

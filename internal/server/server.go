@@ -253,7 +253,7 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 	// assertions with the token signing keys, so upstreams verify them with /oauth/jwks.
 	px, err := proxy.New(proxy.Config{
 		Issuer: cfg.Issuer, Upstreams: s.vault, Credentials: s.vault, Tasks: s.store, Audit: s.denials,
-		ProofUses: proofs.pending, ProofNotUsed: replay.Forget,
+		ProofUses: proofs.pending, ProofNotUsed: proofs.notUsed,
 		AuditKey: queryKey, SignAssertion: s.keys.Sign,
 		Verifier: func(audience string) (*verify.Verifier, error) {
 			return verify.New(verify.Config{
