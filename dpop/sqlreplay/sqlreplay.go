@@ -9,7 +9,9 @@
 // deleted in bounded batches, at most once per PurgeInterval, by a background purge that a Use
 // starts. It runs on PostgreSQL and on SQLite (3.24 or later, e.g. modernc.org/sqlite), and on
 // engines that speak their dialect of INSERT … ON CONFLICT; the caller opens the *sql.DB with
-// its driver.
+// its driver. On SQLite give it a busy timeout (modernc.org/sqlite:
+// "file:replay.db?_pragma=busy_timeout(5000)"): the background purge writes alongside Use, and
+// without one a Use that meets it fails at once with SQLITE_BUSY instead of waiting.
 //
 // An in-process cache in front refuses a proof replayed at the same replica without a database
 // round trip; every first use costs one single-statement write.
