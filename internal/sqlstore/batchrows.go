@@ -20,11 +20,14 @@ import (
 // SQLite it saves the per-statement cost. Statements are prepared once per row count, and runs
 // are cut into chunks of a few fixed sizes so that only those few are ever prepared.
 
-// simpleWrite is a write of that shape: uses, then ev (as a success, or with its Outcome kept).
+// simpleWrite is a write of that shape: uses, then evs (as successes, or with their Outcome
+// kept) — and an exchange's task, checked before the uses and inserted before the events (see
+// taskrows.go).
 type simpleWrite struct {
 	uses    []token.SingleUse
-	ev      audit.Event
+	evs     []audit.Event
 	success bool
+	task    *taskWrite
 }
 
 // chunkSizes are the row counts of the prepared multi-row statements, largest first; a run is
@@ -116,10 +119,18 @@ func (w *batchWriter) writeSimple(run []*appendReq) error {
 		id  string
 		exp int64
 	}
+	for _, r := range run {
+		r.refused = nil
+	}
+	if err := w.checkTasks(run); err != nil {
+		return err
+	}
 	var uses []use
 	owner := map[string]int{} // id → index in run of the write that uses it
 	for i, r := range run {
-		r.refused = nil
+		if r.refused != nil {
+			continue
+		}
 		for _, u := range r.simple.uses {
 			if _, dup := owner[u.ID]; dup {
 				r.refused = refuse(fmt.Errorf("use %s: %w", u.ID, dpop.ErrReplay))
@@ -173,7 +184,7 @@ func (w *batchWriter) writeSimple(run []*appendReq) error {
 			r.refused = refuse(fmt.Errorf("use %s: %w", replayed, dpop.ErrReplay))
 		}
 		for _, u := range r.simple.uses {
-			if fresh[u.ID] && run[owner[u.ID]] == r {
+			if o, ok := owner[u.ID]; ok && fresh[u.ID] && run[o] == r {
 				giveBack = append(giveBack, u.ID)
 			}
 		}
@@ -184,19 +195,21 @@ func (w *batchWriter) writeSimple(run []*appendReq) error {
 			return fmt.Errorf("give back single-use ids: %w", err)
 		}
 	}
+	if err := w.insertTasks(run); err != nil {
+		return err
+	}
 	var evs [][]any
-	var linked []audit.Event
 	for _, r := range run {
 		if r.refused != nil {
 			continue
 		}
-		e := r.simple.ev // a copy: a retried batch starts from the original
-		if r.simple.success {
-			e.Outcome = audit.OutcomeSuccess
+		for _, e := range r.simple.evs { // a copy: a retried batch starts from the original
+			if r.simple.success {
+				e.Outcome = audit.OutcomeSuccess
+			}
+			evs = append(evs, linkEvent(&w.tail, &e))
+			w.tail.seq, w.tail.hash = e.Seq, e.Hash
 		}
-		evs = append(evs, linkEvent(&w.tail, &e))
-		w.tail.seq, w.tail.hash = e.Seq, e.Hash
-		linked = append(linked, e)
 	}
 	return chunks(len(evs), func(from, to int) error {
 		st, err := w.rowStmt("event", to-from)

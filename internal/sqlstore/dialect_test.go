@@ -100,6 +100,9 @@ func runDialectTests(t *testing.T, dialect string, newDSN func(t *testing.T) str
 	t.Run("GroupCommit", func(t *testing.T) { testGroupCommit(t, newDSN) })
 	t.Run("TwoReplicasOneChain", func(t *testing.T) { testTwoReplicas(t, newDSN(t)) })
 	t.Run("SingleUseInBatches", func(t *testing.T) { testSingleUseInBatches(t, newDSN(t)) })
+	t.Run("TasksInBatches", func(t *testing.T) { testTasksInBatches(t, newDSN(t), false) })
+	t.Run("TasksInBatchesSomeMissing", func(t *testing.T) { testTasksInBatches(t, newDSN(t), true) })
+	t.Run("RevokeWhileStarting", func(t *testing.T) { testRevokeWhileStarting(t, newDSN(t)) })
 
 	t.Run("TamperDetected", func(t *testing.T) {
 		for _, tc := range []struct{ name, sql string }{

@@ -32,11 +32,12 @@ import (
 // an idle store commits a lone write at once, and a busy one batches exactly what piled up
 // during the last commit.
 //
-// A write is a writeOp. An op that refuses (a replayed jti, a grant revoked meanwhile) returns
-// a refusal (see refuse) and must have written nothing; it is answered at once and the batch
-// goes on. Any other error is the database's: the transaction is rolled back and the batch
-// retried without that op, so one bad write never takes the others down and no batch is
-// committed in a different order or twice.
+// A write is a simpleWrite (see batchrows.go): single-use ids, events, perhaps a task. The
+// writer does a batch with a few multi-row statements. A write that is refused (a replayed jti, a
+// grant revoked meanwhile) has written nothing (see refuse); it is answered at once and the
+// batch goes on. Any other error is the database's: the transaction is rolled back and the batch
+// retried one write at a time, and then without the write that failed, so one bad write never
+// takes the others down and no batch is committed in a different order or twice.
 
 // maxBatch bounds the events committed together, so one transaction stays short and a caller
 // queued behind a burst waits for at most a few batches.
@@ -55,9 +56,8 @@ const (
 )
 
 type appendReq struct {
-	op      writeOp
-	simple  *simpleWrite // instead of op: written with others of its shape (see batchrows.go)
-	refused error        // what op returned in the last attempt
+	simple  *simpleWrite // the write (see batchrows.go)
+	refused error        // its refusal in the last attempt, nil when written
 	state   atomic.Int32
 	done    chan error  // buffered: the writer never waits for the caller
 	cb      func(error) // AppendEventAsync's callback, instead of done
@@ -99,19 +99,14 @@ var errStoreClosed = errors.New("the store is closed")
 
 // enqueue hands ev to the writer and waits for its batch to commit.
 func (s *Store) enqueue(ctx context.Context, ev audit.Event) error {
-	return s.submitSimple(ctx, &simpleWrite{ev: ev})
+	return s.submitSimple(ctx, &simpleWrite{evs: []audit.Event{ev}})
 }
 
-// submit hands op to the writer and waits for its batch to commit. A caller whose context ends
-// while its op is still queued takes it back (it is never run); one whose op is already in a
-// batch being committed returns at once, and the batch goes on unchanged (its event may then be
-// on record though the caller gave up: a record without an action, never an action without a
-// record).
-func (s *Store) submit(ctx context.Context, op writeOp) error {
-	return s.wait(ctx, &appendReq{op: op, done: make(chan error, 1)})
-}
-
-// submitSimple is submit for a write of the common shape (see batchrows.go).
+// submitSimple hands sw to the writer and waits for its batch to commit. A caller whose context
+// ends while its write is still queued takes it back (it is never run); one whose write is
+// already in a batch being committed returns at once, and the batch goes on unchanged (its event
+// may then be on record though the caller gave up: a record without an action, never an action
+// without a record).
 func (s *Store) submitSimple(ctx context.Context, sw *simpleWrite) error {
 	return s.wait(ctx, &appendReq{simple: sw, done: make(chan error, 1)})
 }
@@ -155,7 +150,7 @@ func (s *Store) AppendEventAsync(ctx context.Context, ev audit.Event, done func(
 		done = func(error) {}
 	}
 	action, id := ev.Action, ev.ID
-	r := &appendReq{simple: &simpleWrite{ev: ev}, cb: func(err error) {
+	r := &appendReq{simple: &simpleWrite{evs: []audit.Event{ev}}, cb: func(err error) {
 		if err != nil {
 			err = fmt.Errorf("append audit event %s %s: %w", action, id, err)
 		}
@@ -198,7 +193,7 @@ func (s *Store) runCommitter() {
 // the batch's callers instead of holding them and every caller queued behind them.
 const batchTimeout = 10 * time.Second
 
-// commitBatch runs the batch's ops, in queue order, in one transaction (see the top of the file).
+// commitBatch runs the batch's writes, in queue order, in one transaction (see the top of the file).
 func (s *Store) commitBatch(batch []*appendReq) {
 	pending := batch[:0:0]
 	for _, r := range batch {
@@ -225,17 +220,12 @@ func (s *Store) commitBatch(batch []*appendReq) {
 				}
 				for i := 0; i < len(pending); i++ {
 					r := pending[i]
-					if r.simple != nil && rowsOK {
-						j := i
-						for j < len(pending) && pending[j].simple != nil {
-							j++
-						}
-						if err := w.writeSimple(pending[i:j]); err != nil {
+					if rowsOK {
+						if err := w.writeSimple(pending); err != nil {
 							rowsOK, rowsFailed = false, true
 							return err
 						}
-						i = j - 1
-						continue
+						break
 					}
 					tail := w.tail
 					r.refused = r.run(w)
@@ -291,39 +281,31 @@ func (s *Store) commitBatch(batch []*appendReq) {
 	}
 }
 
-// run runs r's write on its own (a simple write too, when multi-row statements failed).
+// run runs r's write on its own, when multi-row statements failed.
 func (r *appendReq) run(w *batchWriter) error {
-	if r.simple == nil {
-		return r.op(w)
-	}
-	if err := w.use(r.simple.uses); err != nil {
-		return err
-	}
-	e := r.simple.ev
-	if r.simple.success {
-		return w.appendSuccess(&e)
-	}
-	return w.append(&e)
-}
-
-// ownBatch runs op in a write transaction of its own, as a batch of one.
-func (s *Store) ownBatch(ctx context.Context, op writeOp) error {
-	var refused error
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		w := &batchWriter{ctx: ctx, tx: tx, s: s}
-		if err := w.readTail(); err != nil {
+	sw := r.simple
+	if sw.task != nil {
+		if err := w.runTask(sw.task); err != nil {
 			return err
 		}
-		err := op(w)
-		if rf, ok := err.(refusal); ok {
-			refused = rf.err
-		}
-		return err
-	})
-	if refused != nil {
-		return refused
 	}
-	return err
+	if err := w.use(sw.uses); err != nil {
+		return err
+	}
+	if sw.task != nil {
+		if err := w.insertTask(sw.task); err != nil {
+			return err
+		}
+	}
+	for _, e := range sw.evs { // a copy: a retried batch starts from the original
+		if sw.success {
+			e.Outcome = audit.OutcomeSuccess
+		}
+		if err := w.append(&e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // unreachable reports whether err means the database could not be reached or did not answer in
@@ -349,18 +331,14 @@ func (s *Store) writerDB(ctx context.Context) (beginner, error) {
 	return s.gc.conn, nil
 }
 
-// A writeOp is one caller's write, run by the writer inside a batch's transaction through w.
-// It returns nil, a refusal (having written nothing), or the database's error.
-type writeOp func(w *batchWriter) error
-
-// refusal marks an op's answer that is not the database's failure: the op wrote nothing and
+// refusal marks a write's answer that is not the database's failure: the write wrote nothing and
 // the batch goes on without it.
 type refusal struct{ err error }
 
 func (r refusal) Error() string { return r.err.Error() }
 func (r refusal) Unwrap() error { return r.err }
 
-// refuse wraps err as a refusal. Only an op that has written nothing may return one.
+// refuse wraps err as a refusal. Only a write that has written nothing may return one.
 func refuse(err error) error { return refusal{err} }
 
 // refuseIf makes err a refusal when it is one of the domain's answers in answers (a query that
@@ -374,7 +352,7 @@ func refuseIf(err error, answers ...error) error {
 	return err
 }
 
-// batchWriter is what an op writes with: the batch's transaction and the end of the audit
+// batchWriter is what a batch is written with: the batch's transaction and the end of the audit
 // chain, which moves as the batch's ops append.
 type batchWriter struct {
 	ctx  context.Context
@@ -397,14 +375,14 @@ func (w *batchWriter) append(ev *audit.Event) error {
 	return movedTail(&w.tail, ev, err)
 }
 
-// appendSuccess appends ev as the record of a change this op made.
+// appendSuccess appends ev as the record of a change this write made.
 func (w *batchWriter) appendSuccess(ev *audit.Event) error {
 	ev.Outcome = audit.OutcomeSuccess
 	return w.append(ev)
 }
 
 // use uses up every id in uses; if one was used before, it takes back the ones it used and
-// refuses with dpop.ErrReplay (wrapped), so the op has written nothing.
+// refuses with dpop.ErrReplay (wrapped), so the write has written nothing.
 func (w *batchWriter) use(uses []token.SingleUse) error {
 	for i, u := range uses {
 		err := w.s.useStmt(w.ctx, w.s.stmt(w.ctx, w.tx, stmtUse), u.ID, u.ExpiresAt)

@@ -49,6 +49,10 @@ func (s *Store) prepare(ctx context.Context) error {
 		s.closeStmts()
 		return err
 	}
+	if err := s.prepareTaskRows(); err != nil {
+		s.closeStmts()
+		return err
+	}
 	return nil
 }
 

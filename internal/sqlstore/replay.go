@@ -31,14 +31,14 @@ var (
 // database); an expired record is replaced. It is committed with whatever else is being written
 // (see groupcommit.go). Expired records are deleted by Purge.
 func (s *Store) Use(ctx context.Context, id string, exp time.Time) error {
-	return s.submit(ctx, func(w *batchWriter) error { return w.use([]token.SingleUse{{ID: id, ExpiresAt: exp}}) })
+	return s.submitSimple(ctx, &simpleWrite{uses: []token.SingleUse{{ID: id, ExpiresAt: exp}}})
 }
 
 // RecordIssue uses up the ids and appends ev as a success, committed together (see
 // groupcommit.go): dpop.ErrReplay, wrapped, if an id was used before, and then nothing is written.
 func (s *Store) RecordIssue(ctx context.Context, uses []token.SingleUse, ev audit.Event) error {
 	stamp(ctx, &ev)
-	err := s.submitSimple(ctx, &simpleWrite{uses: uses, ev: ev, success: true})
+	err := s.submitSimple(ctx, &simpleWrite{uses: uses, evs: []audit.Event{ev}, success: true})
 	if err != nil {
 		return fmt.Errorf("record token issue %s: %w", ev.TokenID, err)
 	}
@@ -51,7 +51,7 @@ func (s *Store) RecordIssue(ctx context.Context, uses []token.SingleUse, ev audi
 // proof is single-use across replicas at the cost of a row in a commit made anyway.
 func (s *Store) AppendEventUsing(ctx context.Context, ev audit.Event, uses []token.SingleUse) error {
 	stamp(ctx, &ev)
-	err := s.submitSimple(ctx, &simpleWrite{uses: uses, ev: ev})
+	err := s.submitSimple(ctx, &simpleWrite{uses: uses, evs: []audit.Event{ev}})
 	if err != nil {
 		return fmt.Errorf("append audit event %s %s: %w", ev.Action, ev.ID, err)
 	}
