@@ -56,7 +56,7 @@ func (s *Store) prepareRows(ctx context.Context) error {
 	s.rowStmts = make(map[rowStmtKey]*sql.Stmt)
 	for _, kind := range []string{"use", "event"} {
 		for _, n := range chunkSizes {
-			st, err := s.db.PrepareContext(ctx, rowStmtSQL(kind, n))
+			st, err := s.db.PrepareContext(ctx, s.sqlFor(rowStmtSQL(kind, n)))
 			if err != nil {
 				return fmt.Errorf("prepare %s × %d: %w", kind, n, err)
 			}

@@ -248,7 +248,7 @@ func testTwoReplicas(t *testing.T, dsn string) {
 	}
 }
 
-func mustOpen(t *testing.T, dsn string, opts ...Option) *Store {
+func mustOpen(t testing.TB, dsn string, opts ...Option) *Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()

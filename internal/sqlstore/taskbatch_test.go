@@ -29,7 +29,7 @@ type taskFixture struct {
 	createTask                func(s *Store, grant, parent, agent, marker string, uses []token.SingleUse) error
 }
 
-func newTaskFixture(t *testing.T, s *Store) *taskFixture {
+func newTaskFixture(t testing.TB, s *Store) *taskFixture {
 	ctx := t.Context()
 	now := time.Now().UTC()
 	f := &taskFixture{now: now, grantOf: map[string]string{}}

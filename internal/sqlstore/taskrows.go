@@ -44,7 +44,7 @@ var taskStmtKinds = []string{"grant", "parent", "task"}
 func (s *Store) prepareTaskRows() error {
 	for _, kind := range taskStmtKinds {
 		for _, n := range chunkSizes {
-			st, err := s.db.Prepare(taskStmtSQL(kind, n))
+			st, err := s.db.Prepare(s.sqlFor(taskStmtSQL(kind, n)))
 			if err != nil {
 				return fmt.Errorf("prepare %s × %d: %w", kind, n, err)
 			}
@@ -59,11 +59,18 @@ func (s *Store) prepareTaskRows() error {
 // (delegation.ErrNotActive). Writes refused already are left alone.
 func (w *batchWriter) checkTasks(run []*appendReq) error {
 	var grants, parents []string
+	seen := map[string]bool{}
+	add := func(ids *[]string, id string) {
+		if !seen[id] {
+			seen[id] = true
+			*ids = append(*ids, id)
+		}
+	}
 	for _, r := range run {
 		if tw := r.simple.task; tw != nil && r.refused == nil {
-			grants = append(grants, tw.t.GrantID)
+			add(&grants, tw.t.GrantID)
 			if tw.t.ParentID != "" {
-				parents = append(parents, tw.t.ParentID)
+				add(&parents, tw.t.ParentID)
 			}
 		}
 	}
