@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mandate-dev/mandate/internal/cpuslot"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -56,6 +57,9 @@ type Config struct {
 	// a proof one replica accepted is refused by every other. false (one process: DPoP's own
 	// replay store is complete) keeps proof ids in memory only.
 	SharedProofs bool
+	// CPU bounds how many token requests compute at once (see package cpuslot); nil bounds
+	// nothing.
+	CPU *cpuslot.Limiter
 }
 
 // Metrics count token decisions.
@@ -191,6 +195,10 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request, ev *audit.Event, 
 	if err != nil {
 		return nil, err
 	}
+	// From here the request computes until it waits for its commit (which yields the slot):
+	// taken after the body is read, so a slow client holds no slot.
+	ctx, leave := s.cfg.CPU.Enter(ctx)
+	defer leave()
 	g, ok := s.grants[form.Get("grant_type")]
 	if !ok {
 		return nil, badRequest(CodeUnsupportedGrantType, "grant_type", "grant_type must be one of: "+strings.Join(s.grantTypes(), ", "))

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/mandate-dev/mandate/internal/cpuslot"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -222,6 +224,9 @@ func (s *Server) build(ctx context.Context, now func() time.Time) error {
 		DPoP:    tokenDPoP,
 		Nonces:  nonces,
 		Metrics: oauth.NewMetrics(reg), Log: s.log, Now: now, SharedProofs: proofs.shared,
+		// Two requests computing per core keep the cores busy while one waits for a core;
+		// 50 ms is what a request may lose to slots held by requests blocked elsewhere.
+		CPU: cpuslot.New(2*runtime.GOMAXPROCS(0), 50*time.Millisecond),
 	})
 	verifier, err := verify.New(verify.Config{
 		Issuer: cfg.Issuer, Audience: cfg.Issuer, BaseURL: cfg.Issuer,

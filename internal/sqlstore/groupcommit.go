@@ -14,6 +14,7 @@ import (
 
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
+	"github.com/mandate-dev/mandate/internal/cpuslot"
 	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/token"
 )
@@ -125,6 +126,9 @@ func (s *Store) wait(ctx context.Context, r *appendReq) error {
 		gc.mu.RUnlock()
 		return ctx.Err()
 	}
+	// The wait needs no CPU: the request's slot goes to one that does (see package cpuslot).
+	back := cpuslot.Yield(ctx)
+	defer back()
 	select {
 	case err := <-r.done:
 		return err
