@@ -15,7 +15,6 @@ import (
 	"github.com/mandate-dev/mandate/dpop"
 	"github.com/mandate-dev/mandate/internal/audit"
 	"github.com/mandate-dev/mandate/internal/cpuslot"
-	"github.com/mandate-dev/mandate/internal/ids"
 	"github.com/mandate-dev/mandate/internal/token"
 )
 
@@ -60,16 +59,11 @@ type appendReq struct {
 	simple  *simpleWrite // the write (see batchrows.go)
 	refused error        // its refusal in the last attempt, nil when written
 	state   atomic.Int32
-	done    chan error  // buffered: the writer never waits for the caller
-	cb      func(error) // AppendEventAsync's callback, instead of done
+	done    chan error // buffered: the writer never waits for the caller
 }
 
 // release tells r's caller how its append ended.
 func (r *appendReq) release(err error) {
-	if r.cb != nil {
-		r.cb(err)
-		return
-	}
 	r.done <- err
 }
 
@@ -138,36 +132,6 @@ func (s *Store) wait(ctx context.Context, r *appendReq) error {
 		}
 		return fmt.Errorf("gave up waiting for the audit record's commit (it may be on record): %w", ctx.Err())
 	}
-}
-
-// AppendEventAsync queues ev like AppendEvent but does not wait for its commit: done, when not
-// nil, is called once with the outcome (nil: durable) from the writer goroutine, so it must not
-// block. For records whose caller has nothing left to decide (a proxied call's completion, after
-// the response went out). ctx gives the request fields (audit.Origin) only; it cannot cancel
-// the append. AppendEventAsync blocks only while the queue is full.
-func (s *Store) AppendEventAsync(ctx context.Context, ev audit.Event, done func(error)) {
-	if ev.ID == "" {
-		ev.ID = ids.New("evt")
-	}
-	ev.Stamp(ctx)
-	if done == nil {
-		done = func(error) {}
-	}
-	action, id := ev.Action, ev.ID
-	r := &appendReq{simple: &simpleWrite{evs: []audit.Event{ev}}, cb: func(err error) {
-		if err != nil {
-			err = fmt.Errorf("append audit event %s %s: %w", action, id, err)
-		}
-		done(err)
-	}}
-	gc := s.gc
-	gc.mu.RLock()
-	defer gc.mu.RUnlock()
-	if gc.closed {
-		r.release(errStoreClosed)
-		return
-	}
-	gc.reqs <- r
 }
 
 // runCommitter is the writer loop: one batch at a time until Close, then what is left queued.
